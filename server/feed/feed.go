@@ -1,0 +1,95 @@
+// Package feed is the one small contract between the controllers, which know
+// Kubernetes, and the sync server, which knows sessions, queues and the wire.
+//
+// Controllers encode each object version once into an Object and Publish it
+// to the nodes that should hold it; the server prepends each session's
+// sequence number to the same bytes. The server asks the controllers what a
+// node should hold (Source) when the node connects, and hands them the
+// node's reports (Reporter). Neither side imports the other's internals.
+package feed
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// Key names one object on a node: latest-wins queues are keyed by it.
+type Key struct {
+	Kind      edgesyncv1.Kind
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string {
+	return fmt.Sprintf("%s %s/%s", k.Kind, k.Namespace, k.Name)
+}
+
+// Object is one encoded event for one object version, shared read-only by
+// every session that sends it.
+type Object struct {
+	Key             Key
+	UID             string
+	ResourceVersion string
+	// Deleted is true for a DELETE event.
+	Deleted bool
+	// Payload is an edgesync.v1.SyncResponse with sequence 0 and one event
+	// set, encoded once. A session sends its own sequence field followed by
+	// these bytes, which decodes as the same message with that sequence.
+	Payload []byte
+}
+
+// Encode serializes msg (sequence 0, one event set) into an Object.
+func Encode(key Key, uid, resourceVersion string, deleted bool, msg *edgesyncv1.SyncResponse) (*Object, error) {
+	if msg.GetSequence() != 0 {
+		return nil, fmt.Errorf("encode %s: sequence must be 0, sessions set their own", key)
+	}
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", key, err)
+	}
+	return &Object{Key: key, UID: uid, ResourceVersion: resourceVersion, Deleted: deleted, Payload: payload}, nil
+}
+
+// Publisher delivers objects to the nodes connected to this replica. The
+// server implements it; controllers call it from their workers.
+type Publisher interface {
+	// Publish queues obj for node, replacing whatever is queued for the same
+	// key and not yet sent. A node not connected here ignores it: it gets
+	// the difference from Source when it connects.
+	Publish(node string, obj *Object)
+}
+
+// Source answers what a node should hold, from informer caches and without
+// calling the API server. Controllers implement it.
+type Source interface {
+	// Desired returns every object node should hold now.
+	Desired(node string) ([]*Object, error)
+	// Tombstone returns the DELETE event for an object the node holds but
+	// should not hold.
+	Tombstone(key Key, uid string) (*Object, error)
+}
+
+// Answer delivers the outcome of one report to the node's session; it is
+// dropped when the session has ended (the edge sends the report again).
+type Answer func(*edgesyncv1.StatusResult)
+
+// Reporter applies the reports edges send. Controllers implement it.
+type Reporter interface {
+	// HandleReport takes one report (node registration, node status,
+	// heartbeat, pod status, device status) from node, whose identity the
+	// server has verified. It must not block on the API server: it queues
+	// the work and calls answer exactly once, from any goroutine.
+	HandleReport(node string, req *edgesyncv1.SyncRequest, answer Answer)
+	// SessionEnded tells that node has no session here any more, so that
+	// per-node work (such as renewing its Lease) stops.
+	SessionEnded(node string)
+}
+
+// Controllers is everything the server needs from the controllers.
+type Controllers interface {
+	Source
+	Reporter
+}
