@@ -90,6 +90,9 @@ check-generate: generate ## Fail if gen/ or api/ formatting differs from what is
 .PHONY: generate-python
 generate-python: tools k8s-protos apt-deps ## Generate the Python client into gen-python/ (not committed).
 	$(BIN)/buf generate --template buf.gen.python.yaml
+	@# The Kubernetes protos have no services; their empty gRPC modules land
+	@# under an importable-looking but invalid "k8s.io" folder.
+	@rm -rf gen-python/k8s.io
 	@find gen-python -type d -exec touch {}/__init__.py \;
 
 # --- checks ------------------------------------------------------------------
