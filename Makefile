@@ -114,9 +114,9 @@ build: ## Build the edgesync binaries into ./bin.
 # The devcluster is its own Go module so the main module never depends on
 # k8s.io/kubernetes. The first build takes ~10 minutes on 2 cores.
 .PHONY: devcluster
-devcluster: ## Build the real kube-apiserver + etcd control plane.
+devcluster: ## Build the real kube-apiserver + etcd control plane, and kubectl.
 	@echo "building tools/devcluster (kube-apiserver + etcd; ~10 min on a cold cache)..."
-	cd tools/devcluster && go build -o $(BIN)/devcluster .
+	cd tools/devcluster && go build -o $(BIN)/devcluster . && go build -o $(BIN)/kubectl ./cmd/kubectl
 
 # --- run and test ------------------------------------------------------------
 
