@@ -1,0 +1,228 @@
+// Package rawstream is the physical limit edgesync is measured against: a
+// minimal grpc-go bidirectional stream over the same mTLS, carrying opaque
+// byte messages with the same flow control as edgesync (a window of
+// unacknowledged messages, cumulative acknowledgements) and nothing else: no
+// protobuf, no queues, no sessions.
+//
+// The client's first message asks for Count messages of Size bytes; the
+// server sends them, each prefixed by its sequence number, keeping at most
+// Window unacknowledged, and the client acknowledges cumulatively.
+package rawstream
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+)
+
+// codecName is the content subtype of the raw stream.
+const codecName = "rawbytes"
+
+// message is one opaque frame on the raw stream.
+type message struct {
+	b []byte
+}
+
+// codec passes *message bytes through untouched.
+type codec struct{}
+
+func (codec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(*message)
+	if !ok {
+		return nil, fmt.Errorf("rawstream codec: cannot marshal %T", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+}
+
+func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*message)
+	if !ok {
+		return fmt.Errorf("rawstream codec: cannot unmarshal into %T", v)
+	}
+	m.b = data.Materialize()
+	return nil
+}
+
+func (codec) Name() string { return codecName }
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: "edgesyncbench.Raw",
+	HandlerType: (*any)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Stream",
+		Handler:       streamHandler,
+		ServerStreams: true,
+		ClientStreams: true,
+	}},
+}
+
+const fullMethod = "/edgesyncbench.Raw/Stream"
+
+// Register adds the raw service to s, which must use ServerOption.
+func Register(s *grpc.Server) {
+	s.RegisterService(&serviceDesc, nil)
+}
+
+// ServerOption installs the raw codec on a server.
+func ServerOption() grpc.ServerOption {
+	return grpc.ForceServerCodecV2(codec{})
+}
+
+// Request is what a client asks for when it opens a stream.
+type Request struct {
+	Count  uint64
+	Size   uint64
+	Window uint64
+}
+
+func (r Request) encode() []byte {
+	b := make([]byte, 24)
+	binary.BigEndian.PutUint64(b, r.Count)
+	binary.BigEndian.PutUint64(b[8:], r.Size)
+	binary.BigEndian.PutUint64(b[16:], r.Window)
+	return b
+}
+
+func decodeRequest(b []byte) (Request, error) {
+	if len(b) != 24 {
+		return Request{}, status.Errorf(codes.InvalidArgument, "first message must be a 24-byte request, got %d bytes", len(b))
+	}
+	r := Request{
+		Count:  binary.BigEndian.Uint64(b),
+		Size:   binary.BigEndian.Uint64(b[8:]),
+		Window: binary.BigEndian.Uint64(b[16:]),
+	}
+	if r.Size < 8 || r.Window == 0 {
+		return r, status.Errorf(codes.InvalidArgument, "size must be at least 8 and window positive, got %+v", r)
+	}
+	return r, nil
+}
+
+func streamHandler(_ any, stream grpc.ServerStream) error {
+	var first message
+	if err := stream.RecvMsg(&first); err != nil {
+		return err
+	}
+	req, err := decodeRequest(first.b)
+	if err != nil {
+		return err
+	}
+	// One goroutine receives acknowledgements; this one sends.
+	acked := make(chan uint64, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		defer close(acked)
+		for {
+			var m message
+			if err := stream.RecvMsg(&m); err != nil {
+				recvErr <- err
+				return
+			}
+			if len(m.b) != 8 {
+				recvErr <- status.Error(codes.InvalidArgument, "acknowledgements are 8 bytes")
+				return
+			}
+			seq := binary.BigEndian.Uint64(m.b)
+			select {
+			case <-acked:
+			default:
+			}
+			acked <- seq
+		}
+	}()
+	// Every message shares one payload; only its 8-byte header differs, as
+	// edgesync's frames share the encoded object.
+	payload := make([]byte, req.Size-8)
+	var lastAck uint64
+	for seq := uint64(1); seq <= req.Count; seq++ {
+		for seq-lastAck > req.Window {
+			a, ok := <-acked
+			if !ok {
+				return <-recvErr
+			}
+			lastAck = max(lastAck, a)
+		}
+		hdr := make([]byte, 8)
+		binary.BigEndian.PutUint64(hdr, seq)
+		if err := stream.SendMsg(&message{b: append(hdr, payload...)}); err != nil {
+			return err
+		}
+	}
+	// Wait for the final acknowledgement so "delivered" means acknowledged.
+	for lastAck < req.Count {
+		a, ok := <-acked
+		if !ok {
+			return <-recvErr
+		}
+		lastAck = max(lastAck, a)
+	}
+	return nil
+}
+
+// Run opens one stream on conn, receives req.Count messages and acknowledges
+// them, calling onMessage after each. It returns when every message has been
+// received and acknowledged.
+func Run(ctx context.Context, conn *grpc.ClientConn, req Request, onMessage func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := conn.NewStream(ctx, &serviceDesc.Streams[0], fullMethod, grpc.ForceCodecV2(codec{}))
+	if err != nil {
+		return fmt.Errorf("open raw stream: %w", err)
+	}
+	if err := stream.SendMsg(&message{b: req.encode()}); err != nil {
+		return fmt.Errorf("send raw request: %w", err)
+	}
+	// The receiving goroutine (this one) hands the newest sequence to the
+	// sending goroutine, which acknowledges whatever is newest when it gets
+	// to it: under load acknowledgements coalesce, as an edge's do.
+	latest := make(chan uint64, 1)
+	sendErr := make(chan error, 1)
+	go func() {
+		defer close(sendErr)
+		for seq := range latest {
+			ack := make([]byte, 8)
+			binary.BigEndian.PutUint64(ack, seq)
+			if err := stream.SendMsg(&message{b: ack}); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- stream.CloseSend()
+	}()
+	var got uint64
+	var rerr error
+	for got < req.Count {
+		var m message
+		if err := stream.RecvMsg(&m); err != nil {
+			rerr = fmt.Errorf("receive raw message %d: %w", got+1, err)
+			break
+		}
+		got = binary.BigEndian.Uint64(m.b)
+		onMessage()
+		select {
+		case <-latest:
+		default:
+		}
+		latest <- got
+	}
+	close(latest)
+	if err := <-sendErr; err != nil && rerr == nil {
+		rerr = fmt.Errorf("acknowledge: %w", err)
+	}
+	if rerr != nil {
+		return rerr
+	}
+	// The server ends the stream once it has the final acknowledgement.
+	var m message
+	if err := stream.RecvMsg(&m); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("end of raw stream: %v", err)
+	}
+	return nil
+}
