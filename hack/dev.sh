@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# `make dev`: run the whole product on this machine, against a real
+# kube-apiserver, until Ctrl-C. Everything it creates lives under .dev/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/bin
+DEV=$ROOT/.dev
+GRPC_PORT=${EDGESYNC_DEV_GRPC_PORT:-9443}
+HTTP_PORT=${EDGESYNC_DEV_HTTP_PORT:-9090}
+export PATH=$BIN:$PATH
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'make dev: %s\n' "$*" >&2; exit 1; }
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  rm -f "$DEV/ready"
+  if [ ${#pids[@]} -gt 0 ]; then
+    printf '\n==> stopping (agent, server, devcluster)\n'
+    # Stop in reverse order of start: agent, server, then the cluster.
+    for ((i=${#pids[@]}-1; i>=0; i--)); do
+      kill -TERM "${pids[i]}" 2>/dev/null || true
+      wait "${pids[i]}" 2>/dev/null || true
+    done
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll until COMMAND succeeds.
+wait_for() {
+  local what=$1 seconds=$2; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "timed out after ${seconds}s waiting for $what"
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || die "a process exited while waiting for $what (logs in .dev/)"; done
+    sleep 0.5
+  done
+}
+
+mkdir -p "$DEV"
+rm -f "$DEV/ready"
+
+step "starting the devcluster (etcd + kube-apiserver)"
+"$BIN/devcluster" run --dir "$DEV/cluster" --crds "$ROOT/deploy/crds" >"$DEV/devcluster.log" 2>&1 &
+pids+=($!)
+wait_for "the devcluster" 120 test -f "$DEV/cluster/ready"
+export KUBECONFIG=$DEV/cluster/kubeconfig
+grep 'devcluster ready' "$DEV/devcluster.log"
+
+step "applying RBAC and the server's identity (deploy/)"
+kubectl apply -f "$ROOT/deploy/namespace.yaml" -f "$ROOT/deploy/rbac/" >/dev/null
+# The server talks to the apiserver as its own ServiceAccount, bound only by
+# deploy/rbac, so every run proves the RBAC is enough.
+token=$(kubectl -n edgesync-system create token edgesync-server --duration=24h)
+server_url=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$DEV/cluster-ca.crt"
+SERVER_KUBECONFIG=$DEV/server.kubeconfig
+rm -f "$SERVER_KUBECONFIG"
+KUBECONFIG=$SERVER_KUBECONFIG kubectl config set-cluster devcluster --server="$server_url" \
+  --certificate-authority="$DEV/cluster-ca.crt" --embed-certs >/dev/null
+KUBECONFIG=$SERVER_KUBECONFIG kubectl config set-credentials edgesync-server --token="$token" >/dev/null
+KUBECONFIG=$SERVER_KUBECONFIG kubectl config set-context dev --cluster=devcluster --user=edgesync-server >/dev/null
+KUBECONFIG=$SERVER_KUBECONFIG kubectl config use-context dev >/dev/null
+chmod 600 "$SERVER_KUBECONFIG"
+
+step "creating the dev PKI in .dev/pki"
+PKI=$DEV/pki
+rm -rf "$PKI"
+edgesync-server certs init --dir "$PKI" --hosts localhost,127.0.0.1
+edgesync-server certs node edge-1 --dir "$PKI"
+edgesync-server certs admin dev-admin --dir "$PKI"
+
+step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT)"
+edgesync-server \
+  --listen-address "127.0.0.1:$GRPC_PORT" \
+  --http-address "127.0.0.1:$HTTP_PORT" \
+  --ca-file "$PKI/ca.crt" --cert-file "$PKI/server.crt" --key-file "$PKI/server.key" \
+  --kubeconfig "$SERVER_KUBECONFIG" \
+  --server-id dev >"$DEV/server.log" 2>&1 &
+pids+=($!)
+wait_for "edgesync-server to pass its gRPC health check" 60 \
+  grpcurl -cacert "$PKI/ca.crt" -cert "$PKI/admin-dev-admin.crt" -key "$PKI/admin-dev-admin.key" \
+  "127.0.0.1:$GRPC_PORT" grpc.health.v1.Health/Check
+
+step "starting edgesync-agent for node edge-1 (its events follow)"
+edgesync-agent \
+  --server "127.0.0.1:$GRPC_PORT" --node edge-1 \
+  --ca "$PKI/ca.crt" --cert "$PKI/node-edge-1.crt" --key "$PKI/node-edge-1.key" \
+  --store "$DEV/edge-1" 2>"$DEV/agent-edge-1.log" | tee "$DEV/agent-edge-1.events" &
+pids+=($!)
+wait_for "node edge-1 to register" 60 kubectl get node edge-1
+
+step "creating the demo: a pod with a configmap and a secret, and a device (deploy/demo)"
+kubectl apply -f "$ROOT/deploy/demo/demo.yaml" >/dev/null
+wait_for "pod demo/web to report Running" 60 \
+  bash -c "[ \"\$(kubectl -n demo get pod web -o jsonpath='{.status.phase}')\" = Running ]"
+printf 'pod demo/web is %s in the apiserver, reported by edge-1\n' \
+  "$(kubectl -n demo get pod web -o jsonpath='{.status.phase}')"
+
+cat >"$DEV/env" <<ENV
+# source .dev/env: talk to the dev installation.
+export KUBECONFIG=$DEV/cluster/kubeconfig
+export EDGESYNC_ADDR=127.0.0.1:$GRPC_PORT
+export EDGESYNC_CA=$PKI/ca.crt
+export EDGESYNC_ADMIN_CERT=$PKI/admin-dev-admin.crt
+export EDGESYNC_ADMIN_KEY=$PKI/admin-dev-admin.key
+export EDGESYNC_PKI_DIR=$PKI
+export PATH=$BIN:\$PATH
+ENV
+touch "$DEV/ready"
+
+cat <<TXT
+
+==> edgesync is up (.dev/ready). In another shell:
+
+  source .dev/env
+  kubectl get nodes,pods -A
+  grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR list
+  grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
+  # a second agent:
+  edgesync-server certs node edge-2 --dir \$EDGESYNC_PKI_DIR
+  edgesync-agent --server \$EDGESYNC_ADDR --node edge-2 --ca \$EDGESYNC_CA \\
+    --cert \$EDGESYNC_PKI_DIR/node-edge-2.crt --key \$EDGESYNC_PKI_DIR/node-edge-2.key --store .dev/edge-2
+
+Logs: .dev/devcluster.log .dev/server.log .dev/agent-edge-1.log. Ctrl-C stops everything.
+TXT
+
+wait "${pids[@]}"
