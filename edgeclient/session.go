@@ -1,0 +1,510 @@
+package edgeclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgesync/edgesync/edgeclient/backoff"
+	"github.com/edgesync/edgesync/edgeclient/store"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+const (
+	// maxBatch bounds the messages applied in one store transaction.
+	maxBatch = 64
+	// defaultHeartbeat applies when Welcome carries no interval.
+	defaultHeartbeat = 30 * time.Second
+	// minLiveness is the shortest LivenessTimeout the client derives.
+	minLiveness = 30 * time.Second
+)
+
+// Run connects to the server and keeps the node connected, reconnecting
+// with jittered exponential backoff whenever the stream ends, until ctx
+// ends; then it returns nil. It runs once at a time per Client.
+func (c *Client) Run(ctx context.Context) error {
+	if !c.runMu.TryLock() {
+		return errors.New("edgeclient: Run is already running")
+	}
+	defer c.runMu.Unlock()
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	b := backoff.New(c.cfg.Backoff)
+	for gen := uint64(1); ; gen++ {
+		welcomed, err := c.session(ctx, gen)
+		c.updateState(func(s *State) {
+			s.Connected, s.Synced, s.SessionID, s.ServerID = false, false, "", ""
+			if ctx.Err() == nil && err != nil {
+				s.LastError = err.Error()
+				s.Reconnects++
+			}
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if welcomed {
+			b.Reset()
+		}
+		delay := b.Next()
+		c.log.Info("not connected to the server; retrying", zap.String("server", c.cfg.Server), zap.Error(err), zap.Duration("retry_in", delay))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session is one Sync stream. Three goroutines share it: receive (the only
+// caller of Recv), apply (store, events, control messages) and send (the
+// only caller of Send after Hello).
+type session struct {
+	c      *Client
+	gen    uint64
+	stream grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]
+	wake   chan struct{} // buffered(1): something for send to do
+
+	welcomeCh chan struct{} // closed by apply when Welcome arrives
+	welcomed  atomic.Bool
+
+	mu      sync.Mutex // guards the fields below
+	welcome *edgesyncv1.Welcome
+	applied uint64 // highest sequence applied
+	acked   uint64 // highest sequence acknowledged
+	ackNow  bool   // send an Ack without waiting for more
+	nacks   []*edgesyncv1.Nack
+}
+
+func (s *session) wakeSender() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// session runs one stream until it fails or ctx ends. welcomed says
+// whether the server accepted it, which resets the backoff.
+func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err error) {
+	tlsCfg, err := c.tlsConfig()
+	if err != nil {
+		return false, err
+	}
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvMessageBytes)),
+		grpc.WithSharedWriteBuffer(true),
+	}, c.cfg.DialOptions...)
+	// A connection per stream: every stream starts with a fresh TLS
+	// handshake (and so a rotated certificate), and the client's backoff
+	// alone decides when to dial.
+	cc, err := grpc.NewClient(c.cfg.Server, opts...)
+	if err != nil {
+		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
+	}
+	defer cc.Close()
+
+	g, gctx := errgroup.WithContext(ctx)
+	stream, err := edgesyncv1.NewSyncServiceClient(cc).Sync(gctx)
+	if err != nil {
+		return false, fmt.Errorf("open stream to %s: %w", c.cfg.Server, err)
+	}
+	refs, err := c.store.Refs()
+	if err != nil {
+		return false, err
+	}
+	hello := &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{
+		NodeName: c.cfg.NodeName, AgentVersion: c.cfg.AgentVersion, HeldObjects: refs,
+	}}}
+	if err := stream.Send(hello); err != nil {
+		if errors.Is(err, io.EOF) {
+			_, err = stream.Recv()
+		}
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	c.log.Debug("sent hello", zap.Int("held_objects", len(refs)))
+
+	s := &session{c: c, gen: gen, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
+	c.mu.Lock()
+	c.wake = s.wakeSender
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.wake = nil
+		c.mu.Unlock()
+	}()
+
+	msgs := make(chan *edgesyncv1.SyncResponse, maxBatch)
+	g.Go(func() error { return s.receive(gctx, msgs) })
+	g.Go(func() error { return s.apply(gctx, msgs) })
+	g.Go(func() error { return s.sendLoop(gctx) })
+	err = g.Wait()
+	return s.welcomed.Load(), err
+}
+
+// receive is the stream's only Recv caller; it closes msgs when it returns.
+func (s *session) receive(ctx context.Context, msgs chan<- *edgesyncv1.SyncResponse) error {
+	defer close(msgs)
+	for {
+		m, err := s.stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return errors.New("server ended the stream")
+		}
+		if err != nil {
+			return fmt.Errorf("stream: %w", err)
+		}
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *session) liveness() time.Duration {
+	if d := s.c.cfg.LivenessTimeout; d > 0 {
+		return d
+	}
+	s.mu.Lock()
+	hb := s.welcome.GetHeartbeatInterval().AsDuration()
+	s.mu.Unlock()
+	return max(3*hb, minLiveness)
+}
+
+// apply takes messages in batches: it writes a batch's object changes to the
+// store in one transaction, then delivers events and handles control
+// messages in order, then lets send acknowledge the batch.
+func (s *session) apply(ctx context.Context, msgs <-chan *edgesyncv1.SyncResponse) error {
+	liveness := s.liveness()
+	timer := time.NewTimer(liveness)
+	defer timer.Stop()
+	batch := make([]*edgesyncv1.SyncResponse, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return nil // receive returned the stream's error
+			}
+			batch = append(batch, m)
+		case <-timer.C:
+			return fmt.Errorf("nothing received from the server for %v; assuming the connection is dead", liveness)
+		case <-ctx.Done():
+			return nil
+		}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := s.applyBatch(ctx, batch); err != nil {
+			return err
+		}
+		s.noteApplied(batch[len(batch)-1].GetSequence(), len(msgs) == 0)
+		liveness = s.liveness()
+		timer.Reset(liveness)
+	}
+}
+
+// noteApplied records that every message up to seq is applied and asks
+// send to acknowledge when half the window is unacknowledged or nothing
+// more is waiting.
+func (s *session) noteApplied(seq uint64, idle bool) {
+	s.mu.Lock()
+	s.applied = seq
+	half := uint64(s.welcome.GetAckWindow() / 2)
+	if idle || seq-s.acked >= max(half, 1) {
+		s.ackNow = true
+	}
+	s.mu.Unlock()
+	s.wakeSender()
+}
+
+func (s *session) nack(seq uint64, key store.Key, rec *store.Record, reason string) {
+	ref := &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name}
+	if rec != nil {
+		ref.Uid, ref.ResourceVersion = rec.UID, rec.ResourceVersion
+	}
+	s.c.log.Warn("refusing object", zap.Stringer("object", key), zap.String("reason", reason))
+	s.mu.Lock()
+	s.nacks = append(s.nacks, &edgesyncv1.Nack{Sequence: seq, Object: ref, Reason: reason})
+	s.mu.Unlock()
+	s.c.updateState(func(st *State) { st.Nacks++ })
+}
+
+// step is one message of a batch, with what it does to the store.
+type step struct {
+	msg    *edgesyncv1.SyncResponse
+	object bool
+	ev     objectEvent
+	old    *store.Record // what the store held before
+	bad    error
+}
+
+func (s *session) applyBatch(ctx context.Context, batch []*edgesyncv1.SyncResponse) error {
+	steps := make([]step, len(batch))
+	var changes []store.Change
+	var applies, deletes uint64
+	overlay := map[store.Key]*store.Record{} // the batch's effect so far
+	for i, m := range batch {
+		st := &steps[i]
+		st.msg = m
+		ev, isObj, err := splitEvent(m)
+		st.object, st.ev, st.bad = isObj, ev, err
+		if !isObj || err != nil {
+			continue
+		}
+		old, seen := overlay[ev.key]
+		if !seen {
+			if old, err = s.c.store.Get(ev.key); err != nil {
+				return fmt.Errorf("read store: %w", err)
+			}
+		}
+		st.old = old
+		overlay[ev.key] = ev.record
+		changes = append(changes, store.Change{Key: ev.key, Record: ev.record})
+		if ev.record != nil {
+			applies++
+		} else {
+			deletes++
+		}
+	}
+	if len(changes) > 0 {
+		if err := s.c.store.Apply(changes); err != nil {
+			// The store is broken; acknowledging would lose the change.
+			return err
+		}
+		s.c.updateState(func(st *State) {
+			st.ObjectsReceived += applies
+			st.DeletesReceived += deletes
+		})
+	}
+	for i := range steps {
+		st := &steps[i]
+		switch {
+		case st.bad != nil:
+			s.nack(st.msg.GetSequence(), st.ev.key, st.ev.record, st.bad.Error())
+		case st.object:
+			s.deliver(ctx, st)
+		default:
+			s.control(st.msg)
+		}
+	}
+	return nil
+}
+
+// deliver turns one applied object event into Events for OnEvent.
+func (s *session) deliver(ctx context.Context, st *step) {
+	on := s.c.cfg.OnEvent
+	if on == nil {
+		return
+	}
+	rec, old, seq := st.ev.record, st.old, st.msg.GetSequence()
+	var events []Event
+	switch {
+	case rec == nil && old == nil: // forgetting what is not held
+	case rec == nil:
+		events = append(events, Event{Type: Deleted, Key: old.Key, UID: old.UID, ResourceVersion: old.ResourceVersion})
+	case old == nil:
+		events = append(events, Event{Type: Added, Key: rec.Key, UID: rec.UID, ResourceVersion: rec.ResourceVersion})
+	case old.UID != rec.UID: // deleted and created again under the same name
+		events = append(events,
+			Event{Type: Deleted, Key: old.Key, UID: old.UID, ResourceVersion: old.ResourceVersion},
+			Event{Type: Added, Key: rec.Key, UID: rec.UID, ResourceVersion: rec.ResourceVersion})
+	case old.ResourceVersion != rec.ResourceVersion:
+		events = append(events, Event{Type: Modified, Key: rec.Key, UID: rec.UID, ResourceVersion: rec.ResourceVersion})
+	}
+	for _, ev := range events {
+		ev.Sequence = seq
+		var err error
+		src := rec
+		if ev.Type == Deleted {
+			src = old
+		}
+		if ev.Object, err = Decode(src); err != nil {
+			s.nack(seq, ev.Key, rec, err.Error())
+			continue
+		}
+		if ev.Type == Modified {
+			o, err := Decode(old)
+			if err == nil {
+				ev.Old = &o
+			}
+		}
+		if err := on(ctx, ev); err != nil {
+			s.nack(seq, ev.Key, rec, err.Error())
+		}
+	}
+}
+
+// control handles Welcome, SyncComplete and StatusResult.
+func (s *session) control(msg *edgesyncv1.SyncResponse) {
+	c := s.c
+	switch m := msg.GetMessage().(type) {
+	case *edgesyncv1.SyncResponse_Welcome:
+		if s.welcomed.Load() {
+			c.log.Warn("ignoring a second Welcome")
+			return
+		}
+		s.mu.Lock()
+		s.welcome = m.Welcome
+		s.mu.Unlock()
+		s.welcomed.Store(true)
+		close(s.welcomeCh)
+		c.updateState(func(st *State) {
+			st.Connected, st.Synced = true, false
+			st.SessionID, st.ServerID = m.Welcome.GetSessionId(), m.Welcome.GetServerId()
+			st.ConnectedSince = time.Now()
+			st.Connections++
+		})
+		c.log.Info("connected", zap.String("server", c.cfg.Server), zap.String("session", m.Welcome.GetSessionId()), zap.String("server_id", m.Welcome.GetServerId()))
+	case *edgesyncv1.SyncResponse_SyncComplete:
+		c.updateState(func(st *State) {
+			st.Synced = true
+			st.LastSync = time.Now()
+			st.LastSyncSent, st.LastSyncDeleted = m.SyncComplete.GetObjectsSent(), m.SyncComplete.GetObjectsDeleted()
+		})
+		c.log.Debug("initial sync complete", zap.Uint32("sent", m.SyncComplete.GetObjectsSent()), zap.Uint32("deleted", m.SyncComplete.GetObjectsDeleted()))
+	case *edgesyncv1.SyncResponse_StatusResult:
+		c.answer(m.StatusResult)
+	default:
+		// A newer server may send messages this client does not know.
+		c.log.Debug("ignoring unknown message", zap.Uint64("sequence", msg.GetSequence()))
+	}
+}
+
+// send is the stream's only Send caller after Hello: Nacks, Acks, and,
+// once welcomed, heartbeats and reports within the server's rate.
+func (s *session) send(ctx context.Context) error {
+	c := s.c
+	var (
+		welcomeCh  = s.welcomeCh
+		heartbeats <-chan time.Time
+		retry      <-chan time.Time
+		limiter    *rate.Limiter
+		maxBytes   int
+		ticker     *time.Ticker
+	)
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.wake:
+		case <-welcomeCh:
+			welcomeCh = nil
+			s.mu.Lock()
+			w := s.welcome
+			s.mu.Unlock()
+			interval := w.GetHeartbeatInterval().AsDuration()
+			if interval <= 0 {
+				interval = defaultHeartbeat
+			}
+			ticker = time.NewTicker(interval)
+			heartbeats = ticker.C
+			if n := w.GetMaxReportsPerSecond(); n > 0 {
+				limiter = rate.NewLimiter(rate.Limit(n), int(n))
+			}
+			maxBytes = int(w.GetMaxMessageBytes())
+			c.heartbeat()
+		case <-heartbeats:
+			c.heartbeat()
+		case <-retry:
+			retry = nil
+		}
+
+		s.mu.Lock()
+		nacks, applied, ackNow := s.nacks, s.applied, s.ackNow
+		s.nacks, s.ackNow = nil, false
+		acked := s.acked
+		s.mu.Unlock()
+		for _, n := range nacks {
+			if err := s.write(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Nack{Nack: n}}); err != nil {
+				return err
+			}
+		}
+		if ackNow && applied > acked {
+			if err := s.write(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: applied}}}); err != nil {
+				return err
+			}
+			s.mu.Lock()
+			s.acked = applied
+			s.mu.Unlock()
+		}
+
+		if welcomeCh != nil || retry != nil {
+			continue
+		}
+		for _, r := range c.unsent(s.gen) {
+			if maxBytes > 0 && proto.Size(r.req) > maxBytes {
+				c.drop(r, status.Errorf(codes.ResourceExhausted, "report %s is %d bytes, more than the server accepts (%d)", r.key, proto.Size(r.req), maxBytes))
+				continue
+			}
+			if limiter != nil {
+				res := limiter.Reserve()
+				if d := res.Delay(); d > 0 {
+					res.Cancel()
+					retry = time.After(d)
+					break
+				}
+			}
+			if err := s.write(r.req); err != nil {
+				return err
+			}
+			c.markSent(r, s.gen)
+		}
+	}
+}
+
+// write sends one message. When the stream is broken it returns
+// errStreamBroken, and send returns quietly: receive gets the stream's
+// status and reports it.
+func (s *session) write(m *edgesyncv1.SyncRequest) error {
+	err := s.stream.Send(m)
+	if errors.Is(err, io.EOF) {
+		return errStreamBroken
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+var errStreamBroken = errors.New("stream broken")
+
+// sendLoop runs send, hiding errStreamBroken (see write).
+func (s *session) sendLoop(ctx context.Context) error {
+	if err := s.send(ctx); !errors.Is(err, errStreamBroken) {
+		return err
+	}
+	return nil
+}
