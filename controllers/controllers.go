@@ -1,0 +1,278 @@
+// Package controllers is the Kubernetes side of edgesync: it composes the
+// pod, device and node controllers into the one feed.Controllers the sync
+// server uses. One set of shared informer caches serves every edge node, so
+// connecting a node costs no API-server call; writes from edge reports go
+// through the configured client and respect its QPS and burst.
+//
+// Wiring:
+//
+//	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, Logger: log}, server)
+//	// hand ctrls to the server as its feed.Controllers, then:
+//	err = ctrls.Run(ctx) // blocks until ctx ends
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/edgesync/edgesync/controllers/devicesync"
+	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
+	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/controllers/podsync"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
+)
+
+// DefaultEdgeLabel marks edge nodes, as in KubeEdge.
+const DefaultEdgeLabel = "node-role.kubernetes.io/edge"
+
+// DefaultFieldManager names edgesync's writes to the API server.
+const DefaultFieldManager = "edgesync"
+
+// Config configures the controllers. Zero values take the defaults given.
+type Config struct {
+	// RESTConfig builds Client and Dynamic when they are nil. Its QPS and
+	// Burst bound the writes reports cause.
+	RESTConfig *rest.Config
+	// Client and Dynamic talk to the API server; built from RESTConfig
+	// when nil.
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// EdgeLabel is the label key that marks edge nodes (any value);
+	// DefaultEdgeLabel when empty.
+	EdgeLabel string
+	// FieldManager names the writes; DefaultFieldManager when empty.
+	FieldManager string
+	// LeaseDuration is written into node Leases; 40s when zero.
+	LeaseDuration time.Duration
+	// Workers is the number of workers per controller queue; 4 when zero.
+	Workers int
+	// ResyncPeriod of the informers; none when zero.
+	ResyncPeriod time.Duration
+	// DisableDevices turns the device controller off, for clusters
+	// without the devices.kubeedge.io CRDs.
+	DisableDevices bool
+	Logger         *zap.Logger
+}
+
+// Controllers implements feed.Controllers over informer caches.
+type Controllers struct {
+	cfg       Config
+	log       *zap.Logger
+	informers []cache.SharedIndexInformer
+	synced    chan struct{} // closed once every cache has synced
+
+	pods    *podsync.Controller
+	devices *devicesync.Controller // nil when disabled
+	nodes   *nodestatus.Controller
+}
+
+var _ feed.Controllers = (*Controllers)(nil)
+
+// New builds the controllers and their informers; nothing talks to the API
+// server before Run. pub receives what each node should get.
+func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
+	if pub == nil {
+		return nil, errors.New("controllers: a feed.Publisher is required")
+	}
+	if cfg.EdgeLabel == "" {
+		cfg.EdgeLabel = DefaultEdgeLabel
+	}
+	if cfg.FieldManager == "" {
+		cfg.FieldManager = DefaultFieldManager
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Client == nil || (cfg.Dynamic == nil && !cfg.DisableDevices) {
+		if cfg.RESTConfig == nil {
+			return nil, errors.New("controllers: RESTConfig is required unless Client and Dynamic are given")
+		}
+	}
+	var err error
+	if cfg.Client == nil {
+		if cfg.Client, err = kubernetes.NewForConfig(cfg.RESTConfig); err != nil {
+			return nil, fmt.Errorf("controllers: kubernetes client: %w", err)
+		}
+	}
+	if cfg.Dynamic == nil && !cfg.DisableDevices {
+		if cfg.Dynamic, err = dynamic.NewForConfig(cfg.RESTConfig); err != nil {
+			return nil, fmt.Errorf("controllers: dynamic client: %w", err)
+		}
+	}
+
+	c := &Controllers{cfg: cfg, log: cfg.Logger, synced: make(chan struct{})}
+	label := cfg.EdgeLabel
+	isEdge := func(n *corev1.Node) bool { _, ok := n.Labels[label]; return ok }
+
+	nodes := coreinformers.NewFilteredNodeInformer(cfg.Client, cfg.ResyncPeriod, cache.Indexers{},
+		func(o *metav1.ListOptions) { o.LabelSelector = label })
+	pods := coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{},
+		func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermNotEqualSelector("spec.nodeName", "").String()
+		})
+	configMaps := coreinformers.NewConfigMapInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{})
+	secrets := coreinformers.NewSecretInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{})
+	if err := podsync.AddIndexers(pods); err != nil {
+		return nil, fmt.Errorf("controllers: %w", err)
+	}
+	c.informers = append(c.informers, nodes, pods, configMaps, secrets)
+
+	if c.pods, err = podsync.New(podsync.Config{
+		Client: cfg.Client, Pods: pods, ConfigMaps: configMaps, Secrets: secrets, Nodes: nodes, IsEdge: isEdge,
+		FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("podsync"),
+	}, pub); err != nil {
+		return nil, err
+	}
+	if c.nodes, err = nodestatus.New(nodestatus.Config{
+		Client: cfg.Client, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
+		LeaseDuration: cfg.LeaseDuration, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
+	}); err != nil {
+		return nil, err
+	}
+	if !cfg.DisableDevices {
+		devices := dynamicinformer.NewFilteredDynamicInformer(cfg.Dynamic, devicesync.Devices, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{}, nil).Informer()
+		models := dynamicinformer.NewFilteredDynamicInformer(cfg.Dynamic, devicesync.DeviceModels, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{}, nil).Informer()
+		if err := devicesync.AddIndexers(devices); err != nil {
+			return nil, fmt.Errorf("controllers: %w", err)
+		}
+		c.informers = append(c.informers, devices, models)
+		if c.devices, err = devicesync.New(devicesync.Config{
+			Dynamic: cfg.Dynamic, Devices: devices, Models: models, Nodes: nodes, IsEdge: isEdge,
+			FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("devicesync"),
+		}, pub); err != nil {
+			return nil, err
+		}
+	}
+	for _, inf := range c.informers {
+		// Edges never need managed fields; dropping them before the cache
+		// stores an object saves memory and an encode-time copy.
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return nil, fmt.Errorf("controllers: %w", err)
+		}
+	}
+	return c, nil
+}
+
+func dropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// Run starts the informers, waits for their caches, runs the controllers'
+// workers until ctx ends, and returns once everything it started has
+// stopped. It returns an error only when ctx ended before the caches
+// synced.
+func (c *Controllers) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, inf := range c.informers {
+		wg.Go(func() { inf.Run(ctx.Done()) })
+	}
+	synced := make([]cache.InformerSynced, 0, len(c.informers))
+	for _, inf := range c.informers {
+		synced = append(synced, inf.HasSynced)
+	}
+	wg.Go(func() {
+		if cache.WaitForCacheSync(ctx.Done(), synced...) {
+			c.log.Info("informer caches synced")
+			close(c.synced)
+		}
+	})
+
+	errs := make(chan error, 3)
+	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
+	if c.devices != nil {
+		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
+	}
+	<-ctx.Done()
+	cancel()
+	wg.Wait()
+	close(errs)
+	var err error
+	for e := range errs {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+// Synced is closed once every informer cache has synced; Desired answers
+// UNAVAILABLE before.
+func (c *Controllers) Synced() <-chan struct{} { return c.synced }
+
+// Desired returns every object node should hold, from the caches.
+func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
+	select {
+	case <-c.synced:
+	default:
+		return nil, status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
+	}
+	objs, err := c.pods.Desired(node)
+	if err != nil {
+		return nil, err
+	}
+	if c.devices != nil {
+		devs, err := c.devices.Desired(node)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, devs...)
+	}
+	return objs, nil
+}
+
+// Tombstone returns the DELETE event for an object a node should not hold.
+func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
+	if key.Kind == edgesyncv1.Kind_KIND_DEVICE {
+		return devicesync.Tombstone(key, uid)
+	}
+	return podsync.Tombstone(key, uid)
+}
+
+// HandleReport routes a report to the controller that writes it.
+func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
+	switch req.GetMessage().(type) {
+	case *edgesyncv1.SyncRequest_NodeRegistration, *edgesyncv1.SyncRequest_NodeStatus, *edgesyncv1.SyncRequest_Heartbeat:
+		c.nodes.HandleReport(node, req, answer)
+	case *edgesyncv1.SyncRequest_PodStatus:
+		c.pods.HandleReport(node, req, answer)
+	case *edgesyncv1.SyncRequest_DeviceStatus:
+		if c.devices == nil {
+			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "device support is disabled on this server")))
+			return
+		}
+		c.devices.HandleReport(node, req, answer)
+	default:
+		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "%T is not a report", req.GetMessage())))
+	}
+}
+
+// SessionEnded stops per-node work for node (its Lease renewals).
+func (c *Controllers) SessionEnded(node string) {
+	c.nodes.SessionEnded(node)
+}
