@@ -182,7 +182,7 @@ type Client struct {
 	reports   map[string]*Report // unanswered reports, latest per object
 	byID      map[uint64]*Report // the same reports by request id
 	lastID    uint64
-	wake      func() // wakes the current stream's sender; nil when none
+	wake      func()             // wakes the current stream's sender; nil when none
 	nodeStat  *corev1.NodeStatus // last reported node status, normalized
 	nodeStatR *Report            // its report
 }
