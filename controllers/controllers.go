@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -79,6 +80,8 @@ type Controllers struct {
 	informers []cache.SharedIndexInformer
 	synced    chan struct{} // closed once every cache has synced
 
+	pub     latePublisher
+
 	pods    *podsync.Controller
 	devices *devicesync.Controller // nil when disabled
 	nodes   *nodestatus.Controller
@@ -87,11 +90,9 @@ type Controllers struct {
 var _ feed.Controllers = (*Controllers)(nil)
 
 // New builds the controllers and their informers; nothing talks to the API
-// server before Run. pub receives what each node should get.
+// server before Run. pub receives what each node should get; it may be nil
+// when the publisher is set later with SetPublisher (before Run).
 func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
-	if pub == nil {
-		return nil, errors.New("controllers: a feed.Publisher is required")
-	}
 	if cfg.EdgeLabel == "" {
 		cfg.EdgeLabel = DefaultEdgeLabel
 	}
@@ -122,6 +123,9 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 
 	c := &Controllers{cfg: cfg, log: cfg.Logger, synced: make(chan struct{})}
+	if pub != nil {
+		c.SetPublisher(pub)
+	}
 	label := cfg.EdgeLabel
 	isEdge := func(n *corev1.Node) bool { _, ok := n.Labels[label]; return ok }
 
@@ -141,7 +145,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if c.pods, err = podsync.New(podsync.Config{
 		Client: cfg.Client, Pods: pods, ConfigMaps: configMaps, Secrets: secrets, Nodes: nodes, IsEdge: isEdge,
 		FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("podsync"),
-	}, pub); err != nil {
+	}, &c.pub); err != nil {
 		return nil, err
 	}
 	if c.nodes, err = nodestatus.New(nodestatus.Config{
@@ -160,7 +164,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		if c.devices, err = devicesync.New(devicesync.Config{
 			Dynamic: cfg.Dynamic, Devices: devices, Models: models, Nodes: nodes, IsEdge: isEdge,
 			FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("devicesync"),
-		}, pub); err != nil {
+		}, &c.pub); err != nil {
 			return nil, err
 		}
 	}
@@ -172,6 +176,25 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		}
 	}
 	return c, nil
+}
+
+// SetPublisher sets where published objects go, for servers that are built
+// after the controllers. Call it before Run.
+func (c *Controllers) SetPublisher(pub feed.Publisher) {
+	c.pub.v.Store(&pub)
+}
+
+// latePublisher forwards to a publisher set after construction. Objects
+// published before it is set are dropped: no node is connected yet, and
+// nodes get them from Desired when they connect.
+type latePublisher struct {
+	v atomic.Pointer[feed.Publisher]
+}
+
+func (l *latePublisher) Publish(node string, obj *feed.Object) {
+	if p := l.v.Load(); p != nil {
+		(*p).Publish(node, obj)
+	}
 }
 
 func dropManagedFields(obj any) (any, error) {
