@@ -80,7 +80,7 @@ type Controllers struct {
 	informers []cache.SharedIndexInformer
 	synced    chan struct{} // closed once every cache has synced
 
-	pub     latePublisher
+	pub latePublisher
 
 	pods    *podsync.Controller
 	devices *devicesync.Controller // nil when disabled
