@@ -1,0 +1,267 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgesync/edgesync/internal/bench/measure"
+)
+
+// results is everything one run measured; it is written as results.json.
+type results struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Machine  machine   `json:"machine"`
+	Scale    scale     `json:"scale"`
+
+	Density    densityResult    `json:"density"`
+	Fanout     fanoutResult     `json:"fanout"`
+	Throughput throughputResult `json:"throughput"`
+	Encode     encodeResult     `json:"encode_once"`
+	Storm      stormResult      `json:"reconnect_storm"`
+	Heartbeats heartbeatResult  `json:"heartbeats"`
+
+	// Skipped and Failed say why a scenario has no figures.
+	Skipped map[int]string `json:"skipped,omitempty"`
+	Failed  map[int]string `json:"failed,omitempty"`
+	Table   []row          `json:"table"`
+}
+
+type machine struct {
+	CPUs          int    `json:"cpus"`
+	MemTotalBytes int64  `json:"mem_total_bytes"`
+	GoVersion     string `json:"go_version"`
+	OS            string `json:"os"`
+	FileLimit     uint64 `json:"open_file_limit"`
+}
+
+type rampPoint struct {
+	Sessions int   `json:"sessions"`
+	RSSBytes int64 `json:"rss_bytes"`
+}
+
+type densityResult struct {
+	Done               bool        `json:"done"`
+	Sessions           int         `json:"sessions"`
+	ConnectSeconds     float64     `json:"connect_seconds"`
+	BaseRSSBytes       int64       `json:"base_rss_bytes"`
+	RSSBytes           int64       `json:"rss_bytes"`
+	RSSPerSessionBytes float64     `json:"rss_per_session_bytes"`
+	HeapBytes          float64     `json:"heap_inuse_bytes"`
+	Goroutines         float64     `json:"goroutines"`
+	ServerSessions     float64     `json:"server_sessions_gauge"`
+	IdleCPUPercent     float64     `json:"idle_cpu_percent_of_one_core"`
+	BenchRSSBytes      int64       `json:"simulator_rss_bytes"`
+	Ramp               []rampPoint `json:"ramp"`
+}
+
+type fanoutResult struct {
+	Done     bool            `json:"done"`
+	Nodes    int             `json:"nodes"`
+	Updates  int             `json:"updates"`
+	Latency  measure.Summary `json:"latency"`
+	RoundsMs []float64       `json:"rounds_ms"`
+	Samples  []time.Duration `json:"-"`
+	Source   string          `json:"source"`
+}
+
+type throughputResult struct {
+	Done                     bool    `json:"done"`
+	Sessions                 int     `json:"sessions"`
+	MessagesPerSession       int     `json:"messages_per_session"`
+	SizeBytes                int     `json:"size_bytes"`
+	EdgesyncMessageBytes     int     `json:"edgesync_message_bytes"`
+	RawMessageBytes          int     `json:"raw_message_bytes"`
+	PublishSeconds           float64 `json:"edgesync_publish_seconds"`
+	EdgesyncSeconds          float64 `json:"edgesync_seconds"`
+	EdgesyncDeliveredSeconds float64 `json:"edgesync_delivered_seconds"`
+	EdgesyncPerSecond        float64 `json:"edgesync_per_second"`
+	EdgesyncAcked            float64 `json:"edgesync_acked"`
+	EdgesyncServerCPUSeconds float64 `json:"edgesync_server_cpu_seconds"`
+	EdgesyncBenchCPUSeconds  float64 `json:"edgesync_simulator_cpu_seconds"`
+	RawSeconds               float64 `json:"raw_seconds"`
+	RawPerSecond             float64 `json:"raw_per_second"`
+	RawServerCPUSeconds      float64 `json:"raw_server_cpu_seconds"`
+	RawBenchCPUSeconds       float64 `json:"raw_client_cpu_seconds"`
+	Ratio                    float64 `json:"ratio"`
+}
+
+type encodePoint struct {
+	Recipients      int     `json:"recipients"`
+	Versions        int     `json:"versions"`
+	Delivered       int     `json:"delivered"`
+	ServerSent      float64 `json:"server_sent"`
+	CPUSeconds      float64 `json:"server_cpu_seconds"`
+	MicrosPerMsg    float64 `json:"server_cpu_us_per_message"`
+	ElapsedSeconds  float64 `json:"elapsed_seconds"`
+	MessagesPerSecs float64 `json:"messages_per_second"`
+}
+
+type encodeResult struct {
+	Done   bool          `json:"done"`
+	Points []encodePoint `json:"points"`
+}
+
+type stormResult struct {
+	Done            bool    `json:"done"`
+	Edges           int     `json:"edges"`
+	HeldObjects     int     `json:"held_objects"`
+	DownSeconds     float64 `json:"seconds_until_all_edges_noticed"`
+	ResyncSeconds   float64 `json:"resync_seconds_after_restart"`
+	FromKillSeconds float64 `json:"resync_seconds_after_kill"`
+	ObjectsResent   int64   `json:"objects_resent"`
+	Redundant       int64   `json:"redundant_objects"`
+}
+
+type heartbeatResult struct {
+	Done          bool    `json:"done"`
+	Nodes         int     `json:"nodes"`
+	WindowSeconds float64 `json:"window_seconds"`
+	CPUPercent    float64 `json:"cpu_percent_of_one_core"`
+	Heartbeats    int64   `json:"heartbeats"`
+	OtherReports  int64   `json:"other_reports"`
+	PerNodePer10s float64 `json:"heartbeats_per_node_per_10s"`
+}
+
+// row is one line of the goal table.
+type row struct {
+	Scenario string `json:"scenario"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Met      string `json:"met"`
+}
+
+func newResults(sc scale, fileLimit uint64) *results {
+	r := &results{
+		Started: time.Now().UTC(),
+		Scale:   sc,
+		Machine: machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, FileLimit: fileLimit},
+		Skipped: map[int]string{},
+		Failed:  map[int]string{},
+	}
+	r.Fanout.Source = "published in-process through feed.Publisher (simulated controllers); no apiserver or informer in the path"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				r.Machine.MemTotalBytes = kb * 1024
+			}
+		}
+	}
+	return r
+}
+
+func (r *results) notRun(id int, why string) { r.Skipped[id] = why }
+func (r *results) failed(id int, err error)  { r.Failed[id] = err.Error() }
+
+func (r *results) write(path string) error {
+	r.Table = r.table()
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+const (
+	kib = 1024
+	mib = 1024 * 1024
+)
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "no"
+}
+
+// table turns the figures into the goal table. A scenario without figures
+// says why.
+func (r *results) table() []row {
+	var rows []row
+	missing := func(id int, name, goal string) bool {
+		if why, ok := r.Failed[id]; ok {
+			rows = append(rows, row{name, goal, "failed: " + why, "not run"})
+			return true
+		}
+		if why, ok := r.Skipped[id]; ok {
+			rows = append(rows, row{name, goal, why, "not run"})
+			return true
+		}
+		return false
+	}
+	scaleNote := func(n, goal int) string {
+		if n < goal {
+			return fmt.Sprintf(" (reduced: %d of %d)", n, goal)
+		}
+		return ""
+	}
+
+	name, goal := "1 density", "10,000 sessions; RSS ≤ 1 GiB (≤ 100 KiB/session); idle CPU ≤ 5 % of a core (heartbeats every 10 s)"
+	if d := r.Density; !missing(1, name, goal) && d.Done {
+		perKiB := d.RSSPerSessionBytes / kib
+		projected := float64(d.BaseRSSBytes) + 10000*d.RSSPerSessionBytes
+		ok := perKiB <= 100 && d.IdleCPUPercent <= 5 && (d.Sessions >= 10000 && d.RSSBytes <= 1<<30 || d.Sessions < 10000 && projected <= 1<<30)
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session, %.0f goroutines, idle CPU %.1f %%",
+			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.Goroutines, d.IdleCPUPercent), yesNo(ok)})
+	}
+
+	name, goal = "2 fan-out latency", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"
+	if f := r.Fanout; !missing(2, name, goal) && f.Done {
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes × %d updates, from publish (no apiserver): p50 %.1f ms, p99 %.1f ms, max %.1f ms",
+			f.Nodes, f.Updates, f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs), yesNo(f.Latency.P99Ms <= 250) + " (without apiserver/informer)"})
+	}
+
+	name, goal = "3 throughput vs raw", "1,000 sessions: delivered+acked msg/s ≥ 0.5 × raw grpc-go bidi"
+	if t := r.Throughput; !missing(3, name, goal) && t.Done {
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions × %d msgs of ~%d B: edgesync %.0f/s, raw %.0f/s = %.2f×",
+			t.Sessions, t.MessagesPerSession, t.SizeBytes, t.EdgesyncPerSecond, t.RawPerSecond, t.Ratio), yesNo(t.Ratio >= 0.5)})
+	}
+
+	name, goal = "4 encode once", "server CPU per delivered message flat at 1/10/100/1,000 recipients"
+	if e := r.Encode; !missing(4, name, goal) && e.Done {
+		var parts []string
+		ok := true
+		for _, p := range e.Points {
+			parts = append(parts, fmt.Sprintf("%d: %.1f µs", p.Recipients, p.MicrosPerMsg))
+			if p.MicrosPerMsg > 1.25*e.Points[0].MicrosPerMsg {
+				ok = false
+			}
+		}
+		rows = append(rows, row{name, goal, "CPU/msg by recipients " + strings.Join(parts, ", "), yesNo(ok) + " (none > 1.25× the 1-recipient cost)"})
+	}
+
+	name, goal = "5 reconnect storm", "10,000 edges, server killed+restarted: all resynced ≤ 30 s; 0 LIST/GET; 0 objects re-sent that an edge held"
+	if s := r.Storm; !missing(5, name, goal) && s.Done {
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d edges%s holding %d objects: all resynced %.1f s after restart (%.1f s after kill); %d objects re-sent, %d already held; LIST/GET not measured (in-memory controllers)",
+			s.Edges, scaleNote(s.Edges, 10000), s.HeldObjects, s.ResyncSeconds, s.FromKillSeconds, s.ObjectsResent, s.Redundant),
+			yesNo(s.ResyncSeconds <= 30 && s.Redundant == 0) + " (LIST/GET not measured)"})
+	} else if _, skipped := r.Skipped[5]; !skipped && !s.Done {
+		if _, failed := r.Failed[5]; !failed {
+			rows = append(rows, row{name, goal, "the density run before it did not finish", "not run"})
+		}
+	}
+
+	name, goal = "6 heartbeats", "10,000 nodes every 10 s: ≤ 1 Lease write/node/10 s; no NodeStatus writes unless changed; CPU ≤ 20 % of a core"
+	if h := r.Heartbeats; !missing(6, name, goal) && h.Done {
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: server CPU %.1f %%; %.2f heartbeats/node/10 s and %d other reports reached the controllers; Lease/NodeStatus writes not measured (in-memory controllers)",
+			h.Nodes, scaleNote(h.Nodes, 10000), h.WindowSeconds, h.CPUPercent, h.PerNodePer10s, h.OtherReports),
+			yesNo(h.CPUPercent <= 20 && h.PerNodePer10s <= 1.05 && h.OtherReports == 0) + " (server side only)"})
+	}
+	return rows
+}
+
+func (r *results) printTable(w io.Writer) {
+	fmt.Fprintf(w, "\nedgesync-bench, scale %s, %d CPUs, %s, %s\n\n", r.Scale.Name, r.Machine.CPUs, r.Machine.GoVersion, r.Started.Format(time.RFC3339))
+	fmt.Fprintln(w, "| scenario | goal | measured | met? |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, row := range r.table() {
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", row.Scenario, row.Goal, row.Measured, row.Met)
+	}
+}

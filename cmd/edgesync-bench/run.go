@@ -1,0 +1,551 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgesync/edgesync/internal/bench/certs"
+	"github.com/edgesync/edgesync/internal/bench/edgesim"
+	"github.com/edgesync/edgesync/internal/bench/measure"
+	"github.com/edgesync/edgesync/internal/bench/netx"
+	"github.com/edgesync/edgesync/internal/bench/simfeed"
+	"github.com/edgesync/edgesync/server/feed"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// scale is the size of every scenario.
+type scale struct {
+	Name string `json:"name"`
+	// Density, heartbeat and storm sessions.
+	Sessions int `json:"sessions"`
+	// IdleWindow is how long idle CPU and heartbeats are measured.
+	IdleWindow time.Duration `json:"idle_window"`
+	// FanoutNodes receive each of FanoutUpdates ConfigMap updates.
+	FanoutNodes   int `json:"fanout_nodes"`
+	FanoutUpdates int `json:"fanout_updates"`
+	// ThroughputSessions each receive ThroughputMessages messages.
+	ThroughputSessions int `json:"throughput_sessions"`
+	ThroughputMessages int `json:"throughput_messages"`
+	// EncodeMessages are delivered at each recipient count.
+	EncodeMessages int `json:"encode_messages"`
+	// ObjectsPerNode are held by every density/storm node.
+	ObjectsPerNode int `json:"objects_per_node"`
+	// Size is the encoded size of each object event.
+	Size int `json:"size_bytes"`
+}
+
+var scales = map[string]scale{
+	"smoke": {Name: "smoke", Sessions: 50, IdleWindow: 5 * time.Second, FanoutNodes: 50, FanoutUpdates: 5,
+		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 1000, ObjectsPerNode: 3, Size: 1024},
+	"reduced": {Name: "reduced", Sessions: 2000, IdleWindow: 30 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
+		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 10000, ObjectsPerNode: 3, Size: 1024},
+	"full": {Name: "full", Sessions: 10000, IdleWindow: 60 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
+		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 20000, ObjectsPerNode: 3, Size: 1024},
+}
+
+const heartbeatInterval = 10 * time.Second
+
+// bench is one run of the benchmark.
+type bench struct {
+	sc     scale
+	out    string
+	certs  *certs.Set
+	names  []string
+	nodes  []tls.Certificate
+	prog   *progress
+	result *results
+}
+
+func runMain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	scaleName := fs.String("scale", "reduced", "smoke (seconds), reduced (make bench, minutes) or full (the issue's scales)")
+	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
+	which := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats)")
+	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sc, ok := scales[*scaleName]
+	if !ok {
+		return fmt.Errorf("unknown --scale %q: use reduced or full", *scaleName)
+	}
+	if *sessions > 0 {
+		sc.Sessions = *sessions
+	}
+	want := map[int]bool{}
+	for _, s := range strings.Split(*which, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 6 {
+			return fmt.Errorf("--scenarios: %q is not a scenario number 1-6", s)
+		}
+		want[n] = true
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	limit, err := netx.RaiseFileLimit()
+	if err != nil {
+		return err
+	}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr)}
+	b.result = newResults(sc, limit)
+	defer b.prog.stop()
+
+	// Every scenario's edges come from one set of node certificates.
+	need := 0
+	if want[1] || want[5] || want[6] {
+		need = max(need, sc.Sessions)
+	}
+	if want[2] || want[3] || want[4] {
+		need = max(need, sc.FanoutNodes, sc.ThroughputSessions)
+	}
+	if uint64(need)+256 > limit {
+		return fmt.Errorf("%d sessions need more open files than the limit %d allows: raise the hard limit (ulimit -Hn)", need, limit)
+	}
+	b.certs, err = certs.New(filepath.Join(*out, "certs"))
+	if err != nil {
+		return err
+	}
+	b.prog.say("issuing %d node certificates", need)
+	b.names = nodeNames(0, need)
+	if b.nodes, err = b.certs.IssueNodes(b.names); err != nil {
+		return err
+	}
+
+	type scenario struct {
+		ids []int
+		run func(context.Context, map[int]bool) error
+	}
+	for _, s := range []scenario{
+		{[]int{1, 5, 6}, b.densityStormHeartbeats},
+		{[]int{2, 4}, b.fanoutAndEncode},
+		{[]int{3}, b.throughput},
+	} {
+		run := map[int]bool{}
+		for _, id := range s.ids {
+			if want[id] {
+				run[id] = true
+			}
+		}
+		if len(run) == 0 {
+			for _, id := range s.ids {
+				b.result.notRun(id, "not selected with --scenarios")
+			}
+			continue
+		}
+		if err := s.run(ctx, run); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			for id := range run {
+				b.result.failed(id, err)
+			}
+			fmt.Fprintf(os.Stderr, "scenarios %v failed: %v\n", s.ids, err)
+		}
+	}
+	b.prog.stop()
+	b.result.Finished = time.Now().UTC()
+	if err := b.result.write(filepath.Join(*out, "results.json")); err != nil {
+		return err
+	}
+	if err := b.plots(); err != nil {
+		fmt.Fprintf(os.Stderr, "plots: %v\n", err)
+	}
+	b.result.printTable(os.Stdout)
+	fmt.Printf("\nresults, plots, profiles and server logs: %s\n", *out)
+	return nil
+}
+
+// startEdgesync starts an edgesync server process.
+func (b *bench) startEdgesync(ctx context.Context, name, addr string, nodes, objects int) (*child, error) {
+	return startChild(ctx, filepath.Join(b.out, name+".log"),
+		"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", addr,
+		"--heartbeat", heartbeatInterval.String(),
+		"--nodes", strconv.Itoa(nodes), "--objects", strconv.Itoa(objects), "--size", strconv.Itoa(b.sc.Size))
+}
+
+// fleet builds n simulated edges for the server at addr.
+func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
+	return edgesim.New(edgesim.Config{
+		Addr: addr, Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
+		ConnectConcurrency: 4 * runtime.GOMAXPROCS(0),
+	}, b.names[:n], b.nodes[:n])
+}
+
+// waitFor polls cond until it holds or timeout passes: the benchmark
+// observes another process and a fleet of connections, so it watches their
+// state rather than waiting on one event.
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not within %s", what, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// hold waits d unless ctx ends first: the measuring window of a scenario.
+func hold(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// densityStormHeartbeats runs scenarios 1, 6 and 5 on one fleet: connect,
+// measure memory, measure an idle window with heartbeats, then kill and
+// restart the server and measure the resync.
+func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) error {
+	n := b.sc.Sessions
+	srv, err := b.startEdgesync(ctx, "server-density", "127.0.0.1:0", n, b.sc.ObjectsPerNode)
+	if err != nil {
+		return err
+	}
+	defer func() { srv.kill() }()
+	addr := srv.ready.GRPC
+	base, err := srv.proc()
+	if err != nil {
+		return err
+	}
+	fleet, err := b.fleet(addr, n, true, false)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+	fctx, cancel := context.WithCancel(ctx)
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(fctx); close(fleetDone) }()
+	defer func() { cancel(); <-fleetDone }()
+	b.prog.watch("density", fleet, n)
+
+	// Ramp: sample the server's RSS against the sessions connected.
+	d := &b.result.Density
+	d.Sessions = n
+	d.BaseRSSBytes = base.RSSBytes
+	start := time.Now()
+	samples := time.NewTicker(250 * time.Millisecond)
+	rampDeadline := time.Now().Add(time.Duration(n/50+60) * time.Second)
+	for int(fleet.C.Synced.Load()) < n {
+		select {
+		case <-ctx.Done():
+			samples.Stop()
+			return ctx.Err()
+		case <-samples.C:
+		}
+		if ps, err := srv.proc(); err == nil {
+			d.Ramp = append(d.Ramp, rampPoint{Sessions: int(fleet.C.Connected.Load()), RSSBytes: ps.RSSBytes})
+		}
+		if time.Now().After(rampDeadline) {
+			samples.Stop()
+			return fmt.Errorf("only %d of %d edges synced after %s (last error: %v)", fleet.C.Synced.Load(), n, time.Since(start).Round(time.Second), fleet.LastError())
+		}
+	}
+	samples.Stop()
+	d.ConnectSeconds = time.Since(start).Seconds()
+	b.prog.say("%d sessions synced in %.1fs", n, d.ConnectSeconds)
+
+	// Let the connect burst's garbage be collected before measuring.
+	if err := hold(ctx, 5*time.Second); err != nil {
+		return err
+	}
+	full, err := srv.proc()
+	if err != nil {
+		return err
+	}
+	d.Ramp = append(d.Ramp, rampPoint{Sessions: n, RSSBytes: full.RSSBytes})
+	d.RSSBytes = full.RSSBytes
+	d.RSSPerSessionBytes = float64(full.RSSBytes-base.RSSBytes) / float64(n)
+	if m, err := srv.metrics(ctx); err == nil {
+		d.Goroutines = m.Sum("go_goroutines", nil)
+		d.HeapBytes = m.Sum("go_memstats_heap_inuse_bytes", nil)
+		d.ServerSessions = m.Sum("edgesync_sessions_connected", nil)
+	}
+	if err := srv.profile(ctx, "heap", 0, filepath.Join(b.out, "density-heap.pprof")); err != nil {
+		fmt.Fprintf(os.Stderr, "heap profile: %v\n", err)
+	}
+	d.BenchRSSBytes = selfRSS()
+
+	// Idle window: heartbeats only. The CPU profile covers it.
+	counts0, err := srv.counts(ctx)
+	if err != nil {
+		return err
+	}
+	cpu0, _ := srv.proc()
+	profDone := make(chan error, 1)
+	go func() {
+		profDone <- srv.profile(ctx, "profile", int(b.sc.IdleWindow.Seconds()), filepath.Join(b.out, "idle-cpu.pprof"))
+	}()
+	b.prog.say("idle window of %s with heartbeats every %s", b.sc.IdleWindow, heartbeatInterval)
+	if err := hold(ctx, b.sc.IdleWindow); err != nil {
+		return err
+	}
+	cpu1, _ := srv.proc()
+	counts1, err := srv.counts(ctx)
+	if err != nil {
+		return err
+	}
+	if err := <-profDone; err != nil {
+		fmt.Fprintf(os.Stderr, "idle CPU profile: %v\n", err)
+	}
+	d.IdleCPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / b.sc.IdleWindow.Seconds()
+	h := &b.result.Heartbeats
+	h.Nodes = n
+	h.WindowSeconds = b.sc.IdleWindow.Seconds()
+	h.CPUPercent = d.IdleCPUPercent
+	h.Heartbeats = counts1.Heartbeats - counts0.Heartbeats
+	h.OtherReports = counts1.OtherReports - counts0.OtherReports
+	h.PerNodePer10s = float64(h.Heartbeats) / float64(n) / (b.sc.IdleWindow.Seconds() / 10)
+	d.Done, h.Done = true, true
+
+	if !run[5] {
+		return nil
+	}
+	// Reconnect storm: kill the server, start it again on the same port
+	// with the same desired state, and watch every edge come back.
+	s := &b.result.Storm
+	s.Edges = n
+	objects0, redundant0 := fleet.C.Objects.Load(), fleet.C.Redundant.Load()
+	held := fleet.HeldObjects()
+	killed := time.Now()
+	srv.kill()
+	if err := waitFor(ctx, time.Minute, "edges notice the server is gone", func() bool { return fleet.C.Connected.Load() == 0 }); err != nil {
+		return err
+	}
+	s.DownSeconds = time.Since(killed).Seconds()
+	srv, err = b.startEdgesync(ctx, "server-storm", addr, n, b.sc.ObjectsPerNode)
+	if err != nil {
+		return err
+	}
+	restarted := time.Now()
+	b.prog.watch("storm", fleet, n)
+	err = waitFor(ctx, 5*time.Minute, "every edge resynced", func() bool { return int(fleet.C.Synced.Load()) == n })
+	if err != nil {
+		return fmt.Errorf("%w (%d synced; last error: %v)", err, fleet.C.Synced.Load(), fleet.LastError())
+	}
+	s.ResyncSeconds = time.Since(restarted).Seconds()
+	s.FromKillSeconds = time.Since(killed).Seconds()
+	s.ObjectsResent = fleet.C.Objects.Load() - objects0
+	s.Redundant = fleet.C.Redundant.Load() - redundant0
+	s.HeldObjects = held
+	s.Done = true
+	b.prog.say("storm: %d edges resynced %.1fs after the restart", n, s.ResyncSeconds)
+	return nil
+}
+
+// fanoutAndEncode runs scenarios 2 and 4 on one fleet.
+func (b *bench) fanoutAndEncode(ctx context.Context, run map[int]bool) error {
+	n := b.sc.FanoutNodes
+	srv, err := b.startEdgesync(ctx, "server-fanout", "127.0.0.1:0", 0, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { srv.stop() }()
+	fleet, err := b.fleet(srv.ready.GRPC, n, false, true)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+	fctx, cancel := context.WithCancel(ctx)
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(fctx); close(fleetDone) }()
+	defer func() { cancel(); <-fleetDone }()
+	b.prog.watch("fan-out", fleet, n)
+	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
+		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	}
+
+	if run[2] {
+		f := &b.result.Fanout
+		f.Nodes, f.Updates = b.sc.FanoutNodes, b.sc.FanoutUpdates
+		key := configMapKey("fanout")
+		for i := range b.sc.FanoutUpdates {
+			start := time.Now()
+			rv, err := srv.put(ctx, "fanout", 0, b.sc.FanoutNodes, 1, b.sc.Size)
+			if err != nil {
+				return err
+			}
+			if err := waitFor(ctx, time.Minute, fmt.Sprintf("update %d on every node", i+1), func() bool {
+				return fleet.HeldVersion(key, rv) == b.sc.FanoutNodes
+			}); err != nil {
+				return err
+			}
+			f.RoundsMs = append(f.RoundsMs, float64(time.Since(start).Microseconds())/1000)
+		}
+		f.Samples = fleet.Latencies()
+		f.Latency = measure.Summarize(slices.Clone(f.Samples))
+		f.Done = true
+		b.prog.say("fan-out: p50 %.1f ms p99 %.1f ms max %.1f ms", f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs)
+	}
+	if run[4] {
+		e := &b.result.Encode
+		for _, k := range []int{1, 10, 100, 1000} {
+			if k > n {
+				break
+			}
+			total := b.sc.EncodeMessages
+			versions := total / k
+			total = versions * k
+			objects0 := fleet.C.Objects.Load()
+			m0, err := srv.metrics(ctx)
+			if err != nil {
+				return err
+			}
+			cpu0, _ := srv.proc()
+			start := time.Now()
+			if _, err := srv.put(ctx, fmt.Sprintf("encode-%d", k), 0, k, versions, b.sc.Size); err != nil {
+				return err
+			}
+			if err := waitFor(ctx, 5*time.Minute, fmt.Sprintf("%d messages to %d recipients", total, k), func() bool {
+				return fleet.C.Objects.Load()-objects0 >= int64(total)
+			}); err != nil {
+				return err
+			}
+			elapsed := time.Since(start)
+			cpu1, _ := srv.proc()
+			m1, err := srv.metrics(ctx)
+			if err != nil {
+				return err
+			}
+			sent := m1.Sum("edgesync_messages_sent_total", nil) - m0.Sum("edgesync_messages_sent_total", nil)
+			e.Points = append(e.Points, encodePoint{
+				Recipients: k, Versions: versions, Delivered: total, ServerSent: sent,
+				CPUSeconds:      cpu1.CPUSeconds - cpu0.CPUSeconds,
+				MicrosPerMsg:    1e6 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / float64(total),
+				ElapsedSeconds:  elapsed.Seconds(),
+				MessagesPerSecs: float64(total) / elapsed.Seconds(),
+			})
+		}
+		e.Done = len(e.Points) > 0
+	}
+	return nil
+}
+
+func configMapKey(name string) feed.Key {
+	return feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: simfeed.Namespace, Name: name}
+}
+
+// throughput runs scenario 3: edgesync, then the raw baseline, each with
+// the same sessions, message count and size.
+func (b *bench) throughput(ctx context.Context, _ map[int]bool) error {
+	n, m := b.sc.ThroughputSessions, b.sc.ThroughputMessages
+	t := &b.result.Throughput
+	t.Sessions, t.MessagesPerSession, t.SizeBytes = n, m, b.sc.Size
+	if err := b.throughputEdgesync(ctx, n, m); err != nil {
+		return fmt.Errorf("edgesync: %w", err)
+	}
+	if err := b.throughputRaw(ctx, n, m); err != nil {
+		return fmt.Errorf("raw grpc-go: %w", err)
+	}
+	if t.RawPerSecond > 0 {
+		t.Ratio = t.EdgesyncPerSecond / t.RawPerSecond
+	}
+	t.Done = true
+	return nil
+}
+
+func (b *bench) throughputEdgesync(ctx context.Context, n, m int) error {
+	t := &b.result.Throughput
+	srv, err := b.startEdgesync(ctx, "server-throughput", "127.0.0.1:0", 0, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { srv.stop() }()
+	fleet, err := b.fleet(srv.ready.GRPC, n, false, false)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+	fctx, cancel := context.WithCancel(ctx)
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(fctx); close(fleetDone) }()
+	defer func() { cancel(); <-fleetDone }()
+	b.prog.watch("throughput edgesync", fleet, n)
+	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
+		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	}
+	total := int64(n * m)
+	m0, err := srv.metrics(ctx)
+	if err != nil {
+		return err
+	}
+	cpu0, _ := srv.proc()
+	self0 := selfCPU()
+	profDone := make(chan error, 1)
+	go func() {
+		profDone <- srv.profile(ctx, "profile", 10, filepath.Join(b.out, "throughput-cpu.pprof"))
+	}()
+	start := time.Now()
+	objects0 := fleet.C.Objects.Load()
+	if _, err := srv.put(ctx, "throughput", 0, n, m, b.sc.Size); err != nil {
+		return err
+	}
+	t.PublishSeconds = time.Since(start).Seconds()
+	if err := waitFor(ctx, 10*time.Minute, "every message delivered", func() bool { return fleet.C.Objects.Load()-objects0 >= total }); err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	// Delivered is not done until the server has every acknowledgement.
+	var acked float64
+	err = waitFor(ctx, time.Minute, "every message acknowledged", func() bool {
+		m1, err := srv.metrics(ctx)
+		if err != nil {
+			return false
+		}
+		acked = m1.Sum("edgesync_messages_acked_total", nil) - m0.Sum("edgesync_messages_acked_total", nil)
+		return acked >= float64(total)
+	})
+	if err != nil {
+		return fmt.Errorf("%w (%v of %d)", err, acked, total)
+	}
+	ackedElapsed := time.Since(start)
+	cpu1, _ := srv.proc()
+	t.EdgesyncSeconds = ackedElapsed.Seconds()
+	t.EdgesyncDeliveredSeconds = elapsed.Seconds()
+	t.EdgesyncPerSecond = float64(total) / ackedElapsed.Seconds()
+	t.EdgesyncServerCPUSeconds = cpu1.CPUSeconds - cpu0.CPUSeconds
+	t.EdgesyncBenchCPUSeconds = selfCPU() - self0
+	t.EdgesyncAcked = acked
+	if err := <-profDone; err != nil {
+		fmt.Fprintf(os.Stderr, "throughput CPU profile: %v\n", err)
+	}
+	b.prog.say("edgesync: %d messages in %.2fs: %.0f/s", total, ackedElapsed.Seconds(), t.EdgesyncPerSecond)
+	return nil
+}
+
+func selfCPU() float64 {
+	ps, err := measure.ReadProc(os.Getpid())
+	if err != nil {
+		return 0
+	}
+	return ps.CPUSeconds
+}
+
+func selfRSS() int64 {
+	ps, err := measure.ReadProc(os.Getpid())
+	if err != nil {
+		return 0
+	}
+	return ps.RSSBytes
+}

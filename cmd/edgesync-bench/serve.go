@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/edgesync/edgesync/internal/bench/certs"
+	"github.com/edgesync/edgesync/internal/bench/edgesim"
+	"github.com/edgesync/edgesync/internal/bench/netx"
+	"github.com/edgesync/edgesync/internal/bench/rawstream"
+	"github.com/edgesync/edgesync/internal/bench/simfeed"
+	"github.com/edgesync/edgesync/server"
+)
+
+// ready is the one line a server process prints on stdout once it serves.
+type ready struct {
+	PID     int    `json:"pid"`
+	GRPC    string `json:"grpc"`
+	HTTP    string `json:"http"`
+	Control string `json:"control"`
+}
+
+// serveMain runs a server under test: "edgesync" (the real server package
+// with simulated controllers) or "raw" (the raw grpc-go baseline).
+func serveMain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	kind := fs.String("kind", "edgesync", "server to run: edgesync or raw")
+	certDir := fs.String("certs", "", "directory with ca.crt, ca.key, server.crt, server.key")
+	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
+	heartbeat := fs.Duration("heartbeat", 10*time.Second, "heartbeat interval told to edges")
+	nodes := fs.Int("nodes", 0, "nodes that hold the initial objects")
+	objects := fs.Int("objects", 0, "initial ConfigMaps every node holds (resource version 1)")
+	size := fs.Int("size", 1024, "encoded size of each object event in bytes")
+	nodeLimit := fs.Int("node-limit", 20000, "most sessions the server holds")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := netx.RaiseFileLimit(); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	switch *kind {
+	case "raw":
+		return serveRaw(ctx, lis, *certDir)
+	case "edgesync":
+		return serveEdgesync(ctx, lis, *certDir, *heartbeat, *nodeLimit, *nodes, *objects, *size)
+	default:
+		return fmt.Errorf("unknown --kind %q: use edgesync or raw", *kind)
+	}
+}
+
+func announce(r ready) error {
+	r.PID = os.Getpid()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(os.Stdout, "%s\n", b)
+	return err
+}
+
+func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
+	tlsCfg, err := certs.ServerTLS(certDir)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), rawstream.ServerOption())
+	rawstream.Register(srv)
+	// The raw server's /metrics has only the Go runtime's figures.
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go httpSrv.Serve(httpLis)
+	defer httpSrv.Close()
+	go func() {
+		<-ctx.Done()
+		srv.Stop()
+	}()
+	if err := announce(ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String()}); err != nil {
+		return err
+	}
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit, nodes, objects, size int) error {
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector())
+	srv, err := server.New(server.Options{
+		ServerID: "edgesync-bench",
+		TLS: server.TLSFiles{
+			CAFile:   filepath.Join(certDir, certs.CACert),
+			CertFile: filepath.Join(certDir, certs.ServerCert),
+			KeyFile:  filepath.Join(certDir, certs.ServerKey),
+		},
+		HeartbeatInterval: heartbeat,
+		NodeLimit:         nodeLimit,
+		HTTPListener:      httpLis,
+		EnablePprof:       true,
+		Registerer:        reg,
+		Gatherer:          reg,
+	})
+	if err != nil {
+		return err
+	}
+	ctrls := simfeed.New()
+	// The initial objects are the same in every server process started with
+	// the same flags, so a restarted server wants what edges already hold.
+	all := nodeNames(0, nodes)
+	for j := range objects {
+		obj, err := simfeed.ConfigMap(fmt.Sprintf("base-%d", j), 1, size, nil)
+		if err != nil {
+			return err
+		}
+		ctrls.Put(all, obj)
+	}
+	ctrls.SetPublisher(srv)
+
+	ctl := &control{ctrls: ctrls}
+	ctl.rv.Store(1)
+	ctlSrv := &http.Server{Handler: ctl.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go ctlSrv.Serve(ctlLis)
+	defer ctlSrv.Close()
+
+	if err := announce(ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String(), Control: ctlLis.Addr().String()}); err != nil {
+		return err
+	}
+	return srv.Serve(ctx, lis, ctrls)
+}
+
+// nodeNames returns the names of simulated nodes from (inclusive) to to
+// (exclusive).
+func nodeNames(from, to int) []string {
+	out := make([]string, 0, max(to-from, 0))
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("edge-%05d", i))
+	}
+	return out
+}
+
+// control is the endpoint through which the benchmark makes changes, as
+// the real controllers would on Kubernetes events: each object version is
+// encoded once and published to every recipient.
+type control struct {
+	ctrls *simfeed.Controllers
+	rv    atomic.Uint64
+}
+
+func (c *control) handler() http.Handler {
+	mux := http.NewServeMux()
+	// POST /put?from=&to=&name=&size=&count=: count objects (name-0 ...
+	// when count > 1, else name), each a new version, each published to
+	// nodes [from, to). The ConfigMap carries the time it was made.
+	mux.HandleFunc("POST /put", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		from, _ := strconv.Atoi(q.Get("from"))
+		to, _ := strconv.Atoi(q.Get("to"))
+		size, _ := strconv.Atoi(q.Get("size"))
+		count, _ := strconv.Atoi(q.Get("count"))
+		name := q.Get("name")
+		if name == "" || to <= from {
+			http.Error(w, "need name and from < to", http.StatusBadRequest)
+			return
+		}
+		count = max(count, 1)
+		nodes := nodeNames(from, to)
+		var rv uint64
+		for i := range count {
+			n := name
+			if count > 1 {
+				n = fmt.Sprintf("%s-%d", name, i)
+			}
+			rv = c.rv.Add(1)
+			obj, err := simfeed.ConfigMap(n, rv, size, map[string]string{
+				edgesim.SentAtKey: strconv.FormatInt(time.Now().UnixNano(), 10),
+			})
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			c.ctrls.Put(nodes, obj)
+		}
+		json.NewEncoder(w).Encode(map[string]string{"resource_version": strconv.FormatUint(rv, 10)})
+	})
+	mux.HandleFunc("GET /counts", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode(c.ctrls.Counts())
+	})
+	return mux
+}

@@ -1,0 +1,386 @@
+// Package edgesim simulates a fleet of edge nodes for edgesync-bench. Each
+// edge holds a real mutual-TLS connection with its own node certificate and
+// speaks the edgesync protocol (Hello with what it holds, Welcome, initial
+// sync, live events, cumulative acknowledgements, heartbeats) directly over
+// the generated gRPC client, keeping what it holds in memory. It is lean on
+// purpose: one receiving and one sending goroutine per stream, so that the
+// simulator, not the server, is what stays small on a shared machine.
+package edgesim
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/edgesync/edgesync/internal/bench/certs"
+	"github.com/edgesync/edgesync/internal/bench/netx"
+	"github.com/edgesync/edgesync/server/feed"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// SentAtKey is the ConfigMap data key in which the benchmark's publisher
+// writes the time (Unix nanoseconds) at which an update was made; an edge
+// that receives such a ConfigMap records the delivery latency.
+const SentAtKey = "edgesync-bench.sent-at"
+
+// Config configures a fleet.
+type Config struct {
+	// Addr is the server's host:port.
+	Addr  string
+	Roots *x509.CertPool
+	// Heartbeats makes every edge send Heartbeat on Welcome's interval.
+	Heartbeats bool
+	// ConnectConcurrency bounds how many edges are dialing at once during
+	// Start (the ramp); reconnects after a failure are not bounded.
+	ConnectConcurrency int
+	// RecordLatency makes edges keep a latency sample per ConfigMap carrying
+	// SentAtKey.
+	RecordLatency bool
+}
+
+// Counters are the fleet's running totals.
+type Counters struct {
+	// Connected counts streams that received Welcome and have not ended.
+	Connected atomic.Int64
+	// Synced counts current streams that received SyncComplete.
+	Synced atomic.Int64
+	// Objects counts object events received (APPLY and DELETE).
+	Objects atomic.Int64
+	// Redundant counts APPLY events for an object the edge already held at
+	// that resource version.
+	Redundant atomic.Int64
+	// StatusResults counts answers to reports.
+	StatusResults atomic.Int64
+	// Heartbeats counts Heartbeat reports sent.
+	Heartbeats atomic.Int64
+	// StreamsEnded counts streams that ended with an error.
+	StreamsEnded atomic.Int64
+}
+
+// Fleet is a set of simulated edges.
+type Fleet struct {
+	cfg    Config
+	dialer netx.Dialer
+	edges  []*edge
+	C      Counters
+
+	mu        sync.Mutex // guards the fields below
+	latencies []time.Duration
+	lastErr   error
+}
+
+type edge struct {
+	fleet *Fleet
+	name  string
+	conn  *grpc.ClientConn
+
+	mu   sync.Mutex // guards held
+	held map[feed.Key]*edgesyncv1.ObjectRef
+}
+
+// New builds a fleet of edges named names holding the matching certificates.
+// It does not connect: call Run.
+func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, error) {
+	if len(names) != len(certificates) {
+		return nil, errors.New("edgesim: one certificate per name")
+	}
+	f := &Fleet{cfg: cfg}
+	for i, name := range names {
+		conn, err := grpc.NewClient(cfg.Addr,
+			grpc.WithTransportCredentials(credentials.NewTLS(certs.ClientTLS(cfg.Roots, certificates[i]))),
+			grpc.WithContextDialer(f.dialer.DialContext),
+			grpc.WithConnectParams(grpc.ConnectParams{
+				// Jittered and short, so that a restarted server sees a
+				// storm spread over a few seconds, not a thundering herd
+				// at one instant nor minutes of waiting.
+				Backoff:           backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.5, MaxDelay: 5 * time.Second},
+				MinConnectTimeout: 20 * time.Second,
+			}),
+		)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("edge %s: %w", name, err)
+		}
+		f.edges = append(f.edges, &edge{fleet: f, name: name, conn: conn, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
+	}
+	return f, nil
+}
+
+// Size is the number of edges.
+func (f *Fleet) Size() int { return len(f.edges) }
+
+// Close closes every edge's connection. Call it after Run returned.
+func (f *Fleet) Close() {
+	for _, e := range f.edges {
+		e.conn.Close()
+	}
+}
+
+// Run keeps every edge connected until ctx ends: each edge dials, holds its
+// stream and, when the stream ends, opens a new one (the connection
+// redials with jittered backoff). It returns when ctx ends.
+func (f *Fleet) Run(ctx context.Context) {
+	var g errgroup.Group
+	ramp := make(chan struct{}, max(f.cfg.ConnectConcurrency, 1))
+	for _, e := range f.edges {
+		g.Go(func() error {
+			select {
+			case ramp <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+			released := false
+			release := func() {
+				if !released {
+					released = true
+					<-ramp
+				}
+			}
+			for ctx.Err() == nil {
+				err := e.stream(ctx, release)
+				release()
+				if ctx.Err() != nil {
+					break
+				}
+				f.C.StreamsEnded.Add(1)
+				f.setErr(fmt.Errorf("edge %s: %w", e.name, err))
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
+
+// Latencies returns and clears the latency samples recorded so far.
+func (f *Fleet) Latencies() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.latencies
+	f.latencies = nil
+	return out
+}
+
+// LastError returns the last stream error seen, if any.
+func (f *Fleet) LastError() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastErr
+}
+
+func (f *Fleet) setErr(err error) {
+	f.mu.Lock()
+	f.lastErr = err
+	f.mu.Unlock()
+}
+
+// HeldVersion returns how many edges hold the object key at version rv.
+func (f *Fleet) HeldVersion(key feed.Key, rv string) int {
+	n := 0
+	for _, e := range f.edges {
+		e.mu.Lock()
+		if ref, ok := e.held[key]; ok && ref.GetResourceVersion() == rv {
+			n++
+		}
+		e.mu.Unlock()
+	}
+	return n
+}
+
+// HeldObjects returns the total number of objects held by all edges.
+func (f *Fleet) HeldObjects() int {
+	n := 0
+	for _, e := range f.edges {
+		e.mu.Lock()
+		n += len(e.held)
+		e.mu.Unlock()
+	}
+	return n
+}
+
+// stream holds one Sync stream until it fails or ctx ends. welcomed is
+// called once Welcome arrived.
+func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
+	c := &e.fleet.C
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := edgesyncv1.NewSyncServiceClient(e.conn).Sync(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	if err := st.Send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: e.hello()}}); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	first, err := st.Recv()
+	if err != nil {
+		return fmt.Errorf("receive welcome: %w", err)
+	}
+	w := first.GetWelcome()
+	if w == nil {
+		return fmt.Errorf("first message is %T, not Welcome", first.GetMessage())
+	}
+	c.Connected.Add(1)
+	defer c.Connected.Add(-1)
+	welcomed()
+	synced := false
+	defer func() {
+		if synced {
+			c.Synced.Add(-1)
+		}
+	}()
+
+	// The sending goroutine acknowledges the newest sequence it is handed
+	// and sends heartbeats; this goroutine receives.
+	latest := make(chan uint64, 1)
+	latest <- first.GetSequence()
+	sendDone := make(chan error, 1)
+	go func() { sendDone <- e.send(ctx, st, latest, w) }()
+	defer func() {
+		cancel()
+		<-sendDone
+	}()
+
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch m := resp.GetMessage().(type) {
+		case *edgesyncv1.SyncResponse_SyncComplete:
+			if !synced {
+				synced = true
+				c.Synced.Add(1)
+			}
+		case *edgesyncv1.SyncResponse_StatusResult:
+			c.StatusResults.Add(1)
+		default:
+			e.apply(m)
+		}
+		select {
+		case <-latest:
+		default:
+		}
+		latest <- resp.GetSequence()
+	}
+}
+
+func (e *edge) send(ctx context.Context, st grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse], latest <-chan uint64, w *edgesyncv1.Welcome) error {
+	var beat <-chan time.Time
+	interval := w.GetHeartbeatInterval().AsDuration()
+	if e.fleet.cfg.Heartbeats && interval > 0 {
+		// The first heartbeat comes at a random point of the interval, as
+		// edges that connected at different times would send it.
+		first := time.NewTimer(rand.N(interval))
+		defer first.Stop()
+		beat = first.C
+	}
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	var requestID uint64
+	for {
+		var req *edgesyncv1.SyncRequest
+		select {
+		case <-ctx.Done():
+			return nil
+		case seq := <-latest:
+			req = &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: seq}}}
+		case <-beat:
+			if ticker == nil {
+				ticker = time.NewTicker(interval)
+				beat = ticker.C
+			}
+			requestID++
+			req = &edgesyncv1.SyncRequest{RequestId: requestID, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}}
+			e.fleet.C.Heartbeats.Add(1)
+		}
+		if err := st.Send(req); err != nil {
+			return err
+		}
+	}
+}
+
+func (e *edge) hello() *edgesyncv1.Hello {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h := &edgesyncv1.Hello{NodeName: e.name, AgentVersion: "edgesync-bench/edgesim"}
+	for _, ref := range e.held {
+		h.HeldObjects = append(h.HeldObjects, ref)
+	}
+	return h
+}
+
+// apply records an object event as the edge's store would.
+func (e *edge) apply(m any) {
+	ref, deleted, data := objectOf(m)
+	if ref == nil {
+		return
+	}
+	f := e.fleet
+	f.C.Objects.Add(1)
+	key := feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}
+	e.mu.Lock()
+	if deleted {
+		delete(e.held, key)
+	} else {
+		if old, ok := e.held[key]; ok && old.GetResourceVersion() == ref.GetResourceVersion() && old.GetUid() == ref.GetUid() {
+			f.C.Redundant.Add(1)
+		}
+		e.held[key] = ref
+	}
+	e.mu.Unlock()
+	if f.cfg.RecordLatency && data != nil {
+		if ns, err := strconv.ParseInt(data[SentAtKey], 10, 64); err == nil {
+			d := time.Since(time.Unix(0, ns))
+			f.mu.Lock()
+			f.latencies = append(f.latencies, d)
+			f.mu.Unlock()
+		}
+	}
+}
+
+// objectOf returns the object an event carries, whether it is a delete, and
+// a ConfigMap's data.
+func objectOf(m any) (ref *edgesyncv1.ObjectRef, deleted bool, data map[string]string) {
+	type meta interface {
+		GetName() string
+		GetNamespace() string
+		GetUid() string
+		GetResourceVersion() string
+	}
+	var kind edgesyncv1.Kind
+	var md meta
+	var typ edgesyncv1.EventType
+	switch ev := m.(type) {
+	case *edgesyncv1.SyncResponse_PodEvent:
+		kind, md, typ = edgesyncv1.Kind_KIND_POD, ev.PodEvent.GetPod().GetMetadata(), ev.PodEvent.GetType()
+	case *edgesyncv1.SyncResponse_ConfigMapEvent:
+		kind, md, typ = edgesyncv1.Kind_KIND_CONFIG_MAP, ev.ConfigMapEvent.GetConfigMap().GetMetadata(), ev.ConfigMapEvent.GetType()
+		data = ev.ConfigMapEvent.GetConfigMap().GetData()
+	case *edgesyncv1.SyncResponse_SecretEvent:
+		kind, md, typ = edgesyncv1.Kind_KIND_SECRET, ev.SecretEvent.GetSecret().GetMetadata(), ev.SecretEvent.GetType()
+	case *edgesyncv1.SyncResponse_DeviceEvent:
+		kind, md, typ = edgesyncv1.Kind_KIND_DEVICE, ev.DeviceEvent.GetDevice().GetMetadata(), ev.DeviceEvent.GetType()
+	default:
+		return nil, false, nil
+	}
+	return &edgesyncv1.ObjectRef{
+		Kind: kind, Namespace: md.GetNamespace(), Name: md.GetName(),
+		Uid: md.GetUid(), ResourceVersion: md.GetResourceVersion(),
+	}, typ == edgesyncv1.EventType_EVENT_TYPE_DELETE, data
+}
