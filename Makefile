@@ -128,3 +128,17 @@ test: tools lint check-generate build devcluster apt-deps generate-python ## Run
 .PHONY: dev
 dev: build devcluster ## Run the devcluster and print how to reach it.
 	$(BIN)/devcluster run --dir $(ROOT)/.dev/cluster
+
+# --- benchmarks --------------------------------------------------------------
+
+BENCH_OUT ?= $(ROOT)/.tmp/bench
+
+.PHONY: bench
+bench: ## Run the six performance scenarios at reduced scale (< 10 min) and print goal vs measured.
+	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
+	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
+
+.PHONY: bench-full
+bench-full: ## Run the six performance scenarios at the issue's scales (10,000 sessions).
+	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
+	$(BUILD)/edgesync-bench run --scale full --out $(BENCH_OUT)-full
