@@ -1,0 +1,378 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/edgesync/edgesync/edgeclient"
+	"github.com/edgesync/edgesync/edgeclient/backoff"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+const defaultStatusInterval = time.Minute
+
+type options struct {
+	server, caFile, certFile, keyFile string
+	node, storeDir                    string
+	labels                            map[string]string
+	backoff                           backoff.Config
+	statusInterval                    time.Duration
+}
+
+// agent runs pods with a simulated runtime: every pod is Running and Ready
+// as soon as it arrives.
+type agent struct {
+	node    string
+	client  *edgeclient.Client
+	log     *zap.Logger
+	started metav1.Time // the node's Ready transition time
+
+	outMu sync.Mutex // guards out
+	out   io.Writer
+}
+
+func runAgent(ctx context.Context, o options, log *zap.Logger, out io.Writer) error {
+	a := &agent{node: o.node, log: log, out: out, started: metav1.Now()}
+	c, err := edgeclient.New(edgeclient.Config{
+		Server: o.server, CAFile: o.caFile, CertFile: o.certFile, KeyFile: o.keyFile,
+		NodeName: o.node, StoreDir: o.storeDir, Logger: log, Backoff: o.backoff,
+		AgentVersion: "edgesync-agent/" + version,
+		OnEvent:      a.onEvent,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	a.client = c
+
+	// Offline autonomy: serve what the store holds before any connection.
+	held, err := c.List(edgesyncv1.Kind_KIND_UNSPECIFIED)
+	if err != nil {
+		return fmt.Errorf("read store: %w", err)
+	}
+	for _, obj := range held {
+		a.print("HELD", obj, nil)
+		if obj.Pod != nil {
+			a.reportPod(obj.Pod)
+		}
+	}
+	if _, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: o.labels, Status: *a.nodeStatus()}); err != nil {
+		return err
+	}
+	if _, err := c.ReportNodeStatus(a.nodeStatus()); err != nil {
+		return err
+	}
+	log.Info("agent started", zap.String("node", o.node), zap.Int("held_objects", len(held)), zap.String("server", o.server))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.Run(ctx) })
+	g.Go(func() error {
+		t := time.NewTicker(o.statusInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				if _, err := c.ReportNodeStatus(a.nodeStatus()); err != nil {
+					return err
+				}
+			}
+		}
+	})
+	return g.Wait()
+}
+
+func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
+	a.print(ev.Type.String(), ev.Object, ev.Old)
+	if p := ev.Object.Pod; p != nil && ev.Type != edgeclient.Deleted {
+		a.reportPod(p)
+	}
+	return nil
+}
+
+// reportPod reports the simulated runtime's status of pod. Results are
+// not awaited: the client logs refusals and resends unanswered reports.
+func (a *agent) reportPod(pod *corev1.Pod) {
+	st := podStatus(pod, time.Now())
+	if equality.Semantic.DeepEqual(st, &pod.Status) {
+		return // the cloud already has it
+	}
+	if _, err := a.client.ReportPodStatus(pod.Namespace, pod.Name, string(pod.UID), st); err != nil {
+		a.log.Warn("cannot report pod status", zap.String("pod", pod.Namespace+"/"+pod.Name), zap.Error(err))
+	}
+}
+
+// print writes one line: time, event, kind, namespace/name, version and
+// what changed.
+func (a *agent) print(what string, obj edgeclient.Object, old *edgeclient.Object) {
+	kind, meta := kindMeta(obj)
+	line := fmt.Sprintf("%s %-8s %-9s %s/%s rv=%s", time.Now().UTC().Format(time.RFC3339), what, kind, meta.Namespace, meta.Name, meta.ResourceVersion)
+	if d := describe(obj, old); d != "" {
+		line += " " + d
+	}
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	fmt.Fprintln(a.out, line)
+}
+
+func kindMeta(obj edgeclient.Object) (string, metav1.ObjectMeta) {
+	switch {
+	case obj.Pod != nil:
+		return "Pod", obj.Pod.ObjectMeta
+	case obj.ConfigMap != nil:
+		return "ConfigMap", obj.ConfigMap.ObjectMeta
+	case obj.Secret != nil:
+		return "Secret", obj.Secret.ObjectMeta
+	case obj.Device != nil:
+		m := obj.Device.Device.GetMetadata()
+		return "Device", metav1.ObjectMeta{Namespace: m.GetNamespace(), Name: m.GetName(), ResourceVersion: m.GetResourceVersion()}
+	}
+	return "?", metav1.ObjectMeta{}
+}
+
+// describe says what an object is (old == nil) or what changed.
+func describe(obj edgeclient.Object, old *edgeclient.Object) string {
+	var parts []string
+	switch {
+	case obj.Pod != nil:
+		p := obj.Pod
+		if old == nil || old.Pod == nil {
+			parts = append(parts, "images="+strings.Join(images(p), ","))
+			if p.DeletionTimestamp != nil {
+				parts = append(parts, "terminating")
+			}
+			break
+		}
+		o := old.Pod
+		if a, b := strings.Join(images(o), ","), strings.Join(images(p), ","); a != b {
+			parts = append(parts, "images "+a+" -> "+b)
+		}
+		if p.DeletionTimestamp != nil && o.DeletionTimestamp == nil {
+			parts = append(parts, "terminating")
+		}
+		if !equality.Semantic.DeepEqual(o.Labels, p.Labels) {
+			parts = append(parts, "labels changed")
+		}
+		if !equality.Semantic.DeepEqual(o.Annotations, p.Annotations) {
+			parts = append(parts, "annotations changed")
+		}
+		if !equality.Semantic.DeepEqual(o.Spec, p.Spec) && len(parts) == 0 {
+			parts = append(parts, "spec changed")
+		}
+	case obj.ConfigMap != nil:
+		var before map[string]string
+		if old != nil && old.ConfigMap != nil {
+			before = old.ConfigMap.Data
+		}
+		parts = append(parts, keyChanges(before, obj.ConfigMap.Data, old != nil, func(a, b string) bool { return a == b }))
+	case obj.Secret != nil:
+		var before map[string][]byte
+		if old != nil && old.Secret != nil {
+			before = old.Secret.Data
+		}
+		// Only key names: never print secret values.
+		parts = append(parts, keyChanges(before, obj.Secret.Data, old != nil, func(a, b []byte) bool { return string(a) == string(b) }))
+	case obj.Device != nil:
+		d := obj.Device.Device
+		if old == nil || old.Device == nil {
+			parts = append(parts, "model="+d.GetModelName(), "properties="+strconv.Itoa(len(d.GetProperties())))
+			break
+		}
+		desired := map[string]string{}
+		for _, p := range old.Device.Device.GetProperties() {
+			desired[p.GetName()] = p.GetDesired().GetValue()
+		}
+		for _, p := range d.GetProperties() {
+			if v := p.GetDesired().GetValue(); desired[p.GetName()] != v {
+				parts = append(parts, fmt.Sprintf("%s: %q -> %q", p.GetName(), desired[p.GetName()], v))
+			}
+		}
+	}
+	return strings.Join(slices.DeleteFunc(parts, func(s string) bool { return s == "" }), " ")
+}
+
+func images(p *corev1.Pod) []string {
+	var out []string
+	for _, c := range p.Spec.Containers {
+		out = append(out, c.Image)
+	}
+	return out
+}
+
+// keyChanges lists the keys of a data map, or with modified set how they
+// changed: +added -removed ~changed.
+func keyChanges[V any](before, after map[string]V, modified bool, equal func(a, b V) bool) string {
+	if !modified {
+		return "keys=" + strings.Join(slices.Sorted(maps.Keys(after)), ",")
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(after)) {
+		if b, ok := before[k]; !ok {
+			out = append(out, "+"+k)
+		} else if !equal(b, after[k]) {
+			out = append(out, "~"+k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(before)) {
+		if _, ok := after[k]; !ok {
+			out = append(out, "-"+k)
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return "data " + strings.Join(out, " ")
+}
+
+// podStatus is the simulated runtime's status of pod at now: every
+// container running and ready, or, once the pod is being deleted, every
+// container terminated and the pod Succeeded, so the cloud can remove it.
+// Times already in the pod's status are kept, so reporting the same state
+// twice reports the same status (and does not make the cloud write again).
+func podStatus(pod *corev1.Pod, now time.Time) *corev1.PodStatus {
+	t := metav1.NewTime(now.Truncate(time.Second))
+	st := pod.Status.DeepCopy()
+	if st.StartTime == nil {
+		st.StartTime = &t
+	}
+	start := *st.StartTime
+	terminating := pod.DeletionTimestamp != nil
+	ready := corev1.ConditionTrue
+	st.Phase = corev1.PodRunning
+	if terminating {
+		ready, st.Phase = corev1.ConditionFalse, corev1.PodSucceeded
+	}
+	cond := func(typ corev1.PodConditionType, status corev1.ConditionStatus) corev1.PodCondition {
+		c := corev1.PodCondition{Type: typ, Status: status, LastTransitionTime: t}
+		if status == corev1.ConditionFalse {
+			c.Reason = "PodCompleted"
+		}
+		for _, old := range pod.Status.Conditions {
+			if old.Type == typ && old.Status == status {
+				c.LastTransitionTime = old.LastTransitionTime
+			}
+		}
+		return c
+	}
+	st.Conditions = []corev1.PodCondition{
+		cond(corev1.PodScheduled, corev1.ConditionTrue),
+		cond(corev1.PodInitialized, corev1.ConditionTrue),
+		cond(corev1.ContainersReady, ready),
+		cond(corev1.PodReady, ready),
+	}
+	previous := map[string]corev1.ContainerState{}
+	for _, cs := range pod.Status.ContainerStatuses {
+		previous[cs.Name] = cs.State
+	}
+	started := !terminating
+	st.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		cs := corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, Ready: !terminating, Started: &started,
+			ContainerID: "sim://" + pod.Namespace + "/" + pod.Name + "/" + c.Name,
+		}
+		prev := previous[c.Name]
+		startedAt := start
+		if prev.Running != nil {
+			startedAt = prev.Running.StartedAt
+		}
+		if prev.Terminated != nil {
+			startedAt = prev.Terminated.StartedAt
+		}
+		cs.State.Running = &corev1.ContainerStateRunning{StartedAt: startedAt}
+		if terminating {
+			finished := t
+			if prev.Terminated != nil {
+				finished = prev.Terminated.FinishedAt
+			}
+			cs.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 0, Reason: "Completed", StartedAt: startedAt, FinishedAt: finished, ContainerID: cs.ContainerID,
+			}}
+		}
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+	}
+	return st
+}
+
+// nodeStatus describes this machine as a Ready node.
+func (a *agent) nodeStatus() *corev1.NodeStatus {
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:  *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI),
+		corev1.ResourcePods: *resource.NewQuantity(110, resource.DecimalSI),
+	}
+	if mem := memTotal(); mem > 0 {
+		capacity[corev1.ResourceMemory] = *resource.NewQuantity(mem, resource.BinarySI)
+	}
+	st := &corev1.NodeStatus{
+		Capacity:    capacity,
+		Allocatable: capacity.DeepCopy(),
+		Conditions: []corev1.NodeCondition{{
+			Type: corev1.NodeReady, Status: corev1.ConditionTrue,
+			Reason: "EdgeAgentReady", Message: "edgesync-agent is running",
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: a.started,
+		}},
+		NodeInfo: corev1.NodeSystemInfo{
+			OperatingSystem: runtime.GOOS, Architecture: runtime.GOARCH,
+			KubeletVersion:          "v0.0.0-edgesync-agent-" + version,
+			ContainerRuntimeVersion: "sim://" + version,
+		},
+	}
+	st.Addresses = append(st.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: a.node})
+	if ip := hostIP(); ip != "" {
+		st.Addresses = append(st.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
+	}
+	return st
+}
+
+// memTotal reads the machine's memory in bytes from /proc/meminfo (Linux),
+// or 0.
+func memTotal() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "MemTotal:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// hostIP returns the first non-loopback IPv4 address, or "".
+func hostIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	return ""
+}

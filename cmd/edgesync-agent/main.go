@@ -1,0 +1,96 @@
+// Command edgesync-agent is the reference edge agent built on edgeclient. It
+// registers its node, keeps it heartbeating, prints every change to what
+// the node holds as one line, and runs pods with a simulated runtime: each
+// pod it receives is reported Running and Ready (and terminated once the
+// cloud deletes it). `edgesync-agent list --store DIR` prints what the
+// local store holds.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+const version = "0.1.0"
+
+func main() {
+	ctx, cancel := signalContext()
+	defer cancel()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		os.Exit(1)
+	}
+}
+
+// signalContext ends at the first SIGINT or SIGTERM; a second one exits at
+// once.
+func signalContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ch
+		cancel()
+		<-ch
+		os.Exit(1)
+	}()
+	return ctx, cancel
+}
+
+func newRootCommand() *cobra.Command {
+	var (
+		o        options
+		logLevel string
+	)
+	root := &cobra.Command{
+		Use:           "edgesync-agent",
+		Short:         "Reference edgesync edge agent with a simulated container runtime",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: false,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // nothing to do about it at exit
+			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout())
+		},
+	}
+	f := root.Flags()
+	f.StringVar(&o.server, "server", "", "edgesync server address, host:port (required)")
+	f.StringVar(&o.caFile, "ca", "", "PEM file of the CA that signed the server certificate (required)")
+	f.StringVar(&o.certFile, "cert", "", "PEM file of the node's client certificate, CN system:node:NAME (required; re-read when it changes)")
+	f.StringVar(&o.keyFile, "key", "", "PEM file of the node's private key (required)")
+	f.StringVar(&o.node, "node", "", "node name, as in the certificate (required)")
+	f.StringVar(&o.storeDir, "store", "", "directory of the local object store (required)")
+	f.StringToStringVar(&o.labels, "labels", nil, "labels of the Node when it is registered, k=v,...")
+	f.DurationVar(&o.backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
+	f.DurationVar(&o.backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
+	f.DurationVar(&o.statusInterval, "node-status-interval", defaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
+		_ = root.MarkFlagRequired(name)
+	}
+	root.AddCommand(newListCommand())
+	return root
+}
+
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return cfg.Build()
+}
