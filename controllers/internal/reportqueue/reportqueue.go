@@ -34,6 +34,9 @@ type Handler func(ctx context.Context, node string, req *edgesyncv1.SyncRequest)
 // its reports are answered with the failure.
 const maxRetries = 5
 
+// errShutdown answers reports the queue can no longer write.
+var errShutdown = status.Error(codes.Unavailable, "the server is shutting down; send the report again after reconnecting")
+
 // Queue coalesces reports per key and applies the latest with a Handler.
 type Queue struct {
 	log    *zap.Logger
@@ -77,7 +80,7 @@ func (q *Queue) Add(key, node string, req *edgesyncv1.SyncRequest, answer feed.A
 	q.mu.Lock()
 	if q.shutdown {
 		q.mu.Unlock()
-		w.answer(Result(w.requestID, status.Error(codes.Unavailable, "the server is shutting down; send the report again after reconnecting")))
+		w.answer(Result(w.requestID, errShutdown))
 		return
 	}
 	e := q.pending[key]
@@ -124,7 +127,7 @@ func (q *Queue) Run(ctx context.Context, workers int) {
 	q.pending = nil
 	q.mu.Unlock()
 	for _, e := range left {
-		answerAll(e.waiters, status.Error(codes.Unavailable, "the server is shutting down; send the report again after reconnecting"))
+		answerAll(e.waiters, errShutdown)
 	}
 }
 
@@ -144,7 +147,15 @@ func (q *Queue) processNext(ctx context.Context) bool {
 		return true
 	}
 
+	if ctx.Err() != nil {
+		q.queue.Forget(key)
+		answerAll(e.waiters, errShutdown)
+		return true
+	}
 	err := q.handle(ctx, e.node, e.req)
+	if err != nil && ctx.Err() != nil {
+		err = errShutdown // the write was cut short by the shutdown
+	}
 	if err != nil && ctx.Err() == nil && retriable(err) && q.queue.NumRequeues(key) < maxRetries {
 		q.log.Debug("report write failed, retrying", zap.String("key", key), zap.Error(err))
 		q.mu.Lock()
