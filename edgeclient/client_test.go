@@ -436,3 +436,60 @@ func TestRotatedCertificateUsedOnNextConnection(t *testing.T) {
 		t.Errorf("serials used: first %s, last %s; want last = rotated %s", first, last, want)
 	}
 }
+
+func TestSilentStreamIsAbandoned(t *testing.T) {
+	f := newFakeServer(t)
+	f.mu.Lock()
+	f.noAnswer = true // not even heartbeats are answered: a half-open link
+	f.mu.Unlock()
+	certFile, keyFile := f.nodeFiles("edge-1")
+	c, err := New(Config{
+		Server: f.addr, CAFile: f.caFile, CertFile: certFile, KeyFile: keyFile, NodeName: "edge-1",
+		Store: store.NewMemory(), Logger: zaptest.NewLogger(t), LivenessTimeout: 100 * time.Millisecond,
+		Backoff: backoff.Config{Initial: time.Millisecond, Max: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testClient{Client: c}
+	tc.run(t)
+	defer tc.stop()
+	s := waitState(t, c, "a second connection", func(s State) bool { return s.Connections >= 2 })
+	if !strings.Contains(s.LastError, "nothing received") {
+		t.Errorf("last error %q does not say the stream went silent", s.LastError)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	heartbeats := 0
+	for _, r := range f.reports {
+		if r.GetHeartbeat() != nil {
+			heartbeats++
+		}
+	}
+	if heartbeats == 0 {
+		t.Error("no heartbeat was sent on connecting")
+	}
+}
+
+func TestOversizedReportFailsAlone(t *testing.T) {
+	f := newFakeServer(t)
+	f.mu.Lock()
+	f.maxBytes = 512
+	f.mu.Unlock()
+	c := startClient(t, f, "edge-1", t.TempDir(), true)
+	big := &corev1.PodStatus{Message: strings.Repeat("x", 1024)}
+	r, err := c.ReportPodStatus("ns", "big", "u", big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Wait(t.Context()); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("oversized report: %v, want ResourceExhausted", err)
+	}
+	small, _ := c.ReportPodStatus("ns", "small", "u", &corev1.PodStatus{Phase: corev1.PodRunning})
+	if _, err := small.Wait(t.Context()); err != nil {
+		t.Errorf("a normal report after the oversized one: %v", err)
+	}
+	if s := c.State(); s.Connections != 1 {
+		t.Errorf("%d connections: the oversized report broke the stream", s.Connections)
+	}
+}

@@ -48,6 +48,7 @@ type fakeServer struct {
 	changed  chan struct{}
 	refuse   codes.Code // answer reports with this code
 	noAnswer bool       // leave reports unanswered
+	maxBytes uint32     // Welcome.max_message_bytes
 }
 
 type fakeObject struct {
@@ -234,15 +235,19 @@ func (f *fakeServer) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- f.receive(stream, results) }()
 
+	f.mu.Lock()
+	welcome := &edgesyncv1.Welcome{
+		SessionId: fmt.Sprint("s", id), ServerId: "fake", HeartbeatInterval: durationpb.New(time.Hour), AckWindow: 8,
+		MaxMessageBytes: f.maxBytes,
+	}
+	f.mu.Unlock()
 	var seq uint64
 	send := func(m *edgesyncv1.SyncResponse) error {
 		seq++
 		out := &edgesyncv1.SyncResponse{Sequence: seq, Message: m.GetMessage()}
 		return stream.Send(out)
 	}
-	if err := send(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_Welcome{Welcome: &edgesyncv1.Welcome{
-		SessionId: fmt.Sprint("s", id), ServerId: "fake", HeartbeatInterval: durationpb.New(time.Hour), AckWindow: 8,
-	}}}); err != nil {
+	if err := send(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
 	for _, m := range initial {
