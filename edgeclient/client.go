@@ -74,7 +74,9 @@ type Config struct {
 
 	// LivenessTimeout ends a stream on which nothing has arrived for this
 	// long (heartbeats are answered, so a live stream is never silent for
-	// long). Zero means three heartbeat intervals, at least 30s.
+	// long). Zero means four heartbeat intervals, at least a minute.
+	// Broken links are noticed sooner, by keepalive pings (every 30s,
+	// 10s timeout; DialOptions may set others).
 	LivenessTimeout time.Duration
 	// MaxRecvMessageBytes bounds one message from the server; default 16 MiB.
 	MaxRecvMessageBytes int

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -28,8 +29,14 @@ const (
 	maxBatch = 64
 	// defaultHeartbeat applies when Welcome carries no interval.
 	defaultHeartbeat = 30 * time.Second
-	// minLiveness is the shortest LivenessTimeout the client derives.
-	minLiveness = 30 * time.Second
+	// minLiveness is the shortest LivenessTimeout the client derives. A
+	// dead link is noticed sooner by keepalive pings; this is the backstop
+	// for a server that stopped answering but keeps the connection.
+	minLiveness = time.Minute
+	// keepaliveTime and keepaliveTimeout detect half-open connections; the
+	// server allows pings every 5s or slower.
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
 )
 
 // Run connects to the server and keeps the node connected, reconnecting
@@ -48,6 +55,12 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	b := backoff.New(c.cfg.Backoff)
 	for gen := uint64(1); ; gen++ {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
 		welcomed, err := c.session(ctx, gen)
 		c.updateState(func(s *State) {
 			s.Connected, s.Synced, s.SessionID, s.ServerID = false, false, "", ""
@@ -104,6 +117,8 @@ func (s *session) wakeSender() {
 // session runs one stream until it fails or ctx ends. welcomed says
 // whether the server accepted it, which resets the backoff.
 func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
 		return false, err
@@ -112,6 +127,7 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvMessageBytes)),
 		grpc.WithSharedWriteBuffer(true),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 	}, c.cfg.DialOptions...)
 	// A connection per stream: every stream starts with a fresh TLS
 	// handshake (and so a rotated certificate), and the client's backoff
@@ -186,7 +202,7 @@ func (s *session) liveness() time.Duration {
 	s.mu.Lock()
 	hb := s.welcome.GetHeartbeatInterval().AsDuration()
 	s.mu.Unlock()
-	return max(3*hb, minLiveness)
+	return max(4*hb, minLiveness)
 }
 
 // apply takes messages in batches: it writes a batch's object changes to the
