@@ -1,0 +1,150 @@
+package controllers_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+
+	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/controllers/devicesync"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	"github.com/edgesync/edgesync/internal/testcluster"
+)
+
+// applyRBAC creates or replaces the RBAC objects in deploy/rbac.
+func applyRBAC(t *testing.T, dyn dynamic.Interface) {
+	t.Helper()
+	resources := map[string]schema.GroupVersionResource{
+		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	}
+	files, _ := filepath.Glob(filepath.Join(repoRoot(t), "deploy", "rbac", "*.yaml"))
+	if len(files) == 0 {
+		t.Fatal("no RBAC files in deploy/rbac")
+	}
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+		for {
+			obj := &unstructured.Unstructured{}
+			if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("decode %s: %v", file, err)
+			}
+			gvr, ok := resources[obj.GetKind()]
+			if !ok {
+				t.Fatalf("%s: unexpected kind %s in deploy/rbac", file, obj.GetKind())
+			}
+			ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
+			if _, err := ri.Create(t.Context(), obj, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				existing, err := ri.Get(t.Context(), obj.GetName(), metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				obj.SetResourceVersion(existing.GetResourceVersion())
+				if _, err := ri.Update(t.Context(), obj, metav1.UpdateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			} else if err != nil {
+				t.Fatalf("create %s %s: %v", obj.GetKind(), obj.GetName(), err)
+			}
+		}
+	}
+}
+
+// TestRBACIsEnough runs every flow as the server's ServiceAccount, bound
+// only by deploy/rbac: a missing permission fails a write or an informer.
+func TestRBACIsEnough(t *testing.T) {
+	admin := testcluster.RESTConfig(t)
+	client := testcluster.Client(t)
+	dyn, err := dynamic.NewForConfig(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyRBAC(t, dyn)
+	asServer := rest.CopyConfig(admin)
+	asServer.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:edgesync-system:edgesync-server",
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:edgesync-system", "system:authenticated"},
+	}
+	// Without the binding, the ServiceAccount may not even list pods.
+	probe, err := dynamic.NewForConfig(asServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Resource(corev1.SchemeGroupVersion.WithResource("serviceaccounts")).List(t.Context(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("listing serviceaccounts as the server: %v, want Forbidden (is impersonation in effect?)", err)
+	}
+
+	ns := testcluster.Namespace(t, client)
+	edge1 := edgeNode(t, client, "edge-1")
+	rec := newRecorder()
+	ctrls := start(t, controllers.Config{RESTConfig: asServer}, rec)
+	report := func(node string, req *edgesyncv1.SyncRequest) {
+		t.Helper()
+		results := make(answers, 1)
+		ctrls.HandleReport(node, req, results.answer)
+		if r := results.wait(t); r.GetCode() != 0 {
+			t.Fatalf("%T from %s answered %v", req.GetMessage(), node, r)
+		}
+	}
+
+	// Pods, ConfigMaps, Secrets; pod status; deleting a terminated pod.
+	createConfig(t, client, ns, "app")
+	pod, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("web", edge1, "app", "app"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.waitApplied(t, edge1, secretKey(ns, "app"), nil)
+	rec.waitApplied(t, edge1, podKey(ns, "web"), nil)
+	report(edge1, podStatusReport(1, pod, corev1.PodStatus{Phase: corev1.PodRunning}))
+	if err := client.CoreV1().Pods(ns).Delete(t.Context(), "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	report(edge1, podStatusReport(2, pod, corev1.PodStatus{Phase: corev1.PodSucceeded}))
+	rec.waitDeleted(t, edge1, podKey(ns, "web"))
+
+	// Node registration, status and lease.
+	fresh := testcluster.UniqueName("edge-new")
+	deleteNodeAtCleanup(t, client, fresh)
+	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeRegistration{NodeRegistration: &edgesyncv1.NodeRegistration{}}})
+	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeStatus{NodeStatus: &edgesyncv1.NodeStatus{Status: toProto(t,
+		&corev1.NodeStatus{Phase: corev1.NodeRunning}, &corev1pb.NodeStatus{})}}})
+	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+
+	// Device status.
+	if _, err := dyn.Resource(devicesync.DeviceModels).Namespace(ns).Create(t.Context(), object(t, modelYAML), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(devicesync.Devices).Namespace(ns).Create(t.Context(), object(t, strings.Replace(deviceYAML, "NODE", edge1, 1)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitApplied(t, edge1, deviceKey(ns, "thermo-1"), nil)
+	for id := uint64(3); id <= 4; id++ {
+		report(edge1, &edgesyncv1.SyncRequest{RequestId: id, Message: &edgesyncv1.SyncRequest_DeviceStatus{DeviceStatus: &edgesyncv1.DeviceStatus{
+			Namespace: ns, Name: "thermo-1", State: "online",
+			Twins: []*edgesyncv1.Twin{{PropertyName: "temperature", Reported: &edgesyncv1.TwinValue{Value: "23"}}},
+		}}})
+	}
+}
