@@ -16,8 +16,15 @@ import (
 func (b *bench) plots() error {
 	r := b.result
 	var errs []error
-	if r.Fanout.Done && len(r.Fanout.Samples) > 0 {
-		errs = append(errs, b.latencyPlot(r.Fanout.Samples))
+	if f := r.Fanout; f.Done && len(f.Samples) > 0 {
+		errs = append(errs, b.latencyPlot(f.Samples, "fanout-latency.png",
+			fmt.Sprintf("Fan-out, server only: %d nodes × %d updates (p50 %.1f, p99 %.1f ms)", f.Nodes, f.Updates, f.Latency.P50Ms, f.Latency.P99Ms),
+			"publish → edge holds the new version (ms)"))
+	}
+	if k := r.Kube; k.FanoutDone && len(k.Samples) > 0 {
+		errs = append(errs, b.latencyPlot(k.Samples, "fanout-latency-apiserver.png",
+			fmt.Sprintf("Fan-out via apiserver: %d nodes × %d updates (p50 %.1f, p99 %.1f ms)", k.FanoutNodes, k.Updates, k.Latency.P50Ms, k.Latency.P99Ms),
+			"ConfigMap PATCH sent → edge holds the new version (ms)"))
 	}
 	if r.Density.Done && len(r.Density.Ramp) > 1 {
 		errs = append(errs, b.memoryPlot())
@@ -38,7 +45,7 @@ func (b *bench) save(p *plot.Plot, name string) error {
 	return nil
 }
 
-func (b *bench) latencyPlot(samples []time.Duration) error {
+func (b *bench) latencyPlot(samples []time.Duration, file, title, xlabel string) error {
 	vals := make(plotter.Values, len(samples))
 	for i, s := range samples {
 		vals[i] = float64(s) / float64(time.Millisecond)
@@ -48,12 +55,11 @@ func (b *bench) latencyPlot(samples []time.Duration) error {
 		return err
 	}
 	p := plot.New()
-	f := b.result.Fanout
-	p.Title.Text = fmt.Sprintf("Fan-out latency: %d nodes × %d updates (p50 %.1f, p99 %.1f ms)", f.Nodes, f.Updates, f.Latency.P50Ms, f.Latency.P99Ms)
-	p.X.Label.Text = "publish → edge holds new version (ms)"
+	p.Title.Text = title
+	p.X.Label.Text = xlabel
 	p.Y.Label.Text = "deliveries"
 	p.Add(h)
-	return b.save(p, "fanout-latency.png")
+	return b.save(p, file)
 }
 
 func (b *bench) memoryPlot() error {

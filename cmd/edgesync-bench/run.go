@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,15 +43,18 @@ type scale struct {
 	ObjectsPerNode int `json:"objects_per_node"`
 	// Size is the encoded size of each object event.
 	Size int `json:"size_bytes"`
+	// KubeNodes are the edge nodes of the scenarios run through the real
+	// controllers and apiserver.
+	KubeNodes int `json:"kube_nodes"`
 }
 
 var scales = map[string]scale{
 	"smoke": {Name: "smoke", Sessions: 50, IdleWindow: 5 * time.Second, FanoutNodes: 50, FanoutUpdates: 5,
-		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 1000, ObjectsPerNode: 3, Size: 1024},
+		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 1000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 30},
 	"reduced": {Name: "reduced", Sessions: 2000, IdleWindow: 30 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 10000, ObjectsPerNode: 3, Size: 1024},
+		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 10000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 1000},
 	"full": {Name: "full", Sessions: 10000, IdleWindow: 60 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 20000, ObjectsPerNode: 3, Size: 1024},
+		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 20000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 10000},
 }
 
 const heartbeatInterval = 10 * time.Second
@@ -64,6 +68,10 @@ type bench struct {
 	nodes  []tls.Certificate
 	prog   *progress
 	result *results
+
+	devcluster string  // bin/devcluster, or "" to skip the apiserver scenarios
+	kubeQPS    float64 // the controllers' API-server QPS
+	kubePort   int     // the server's port in the apiserver scenarios
 }
 
 func runMain(ctx context.Context, args []string) error {
@@ -72,6 +80,9 @@ func runMain(ctx context.Context, args []string) error {
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
 	which := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
+	kube := fs.String("kube", "auto", "run scenarios 2, 5 and 6 also through the real controllers and a devcluster apiserver: on, off, or auto (when --devcluster exists)")
+	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
+	kubeQPS := fs.Float64("kube-qps", 200, "the controllers' API-server QPS in the apiserver scenarios (burst is twice)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -97,7 +108,21 @@ func runMain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr)}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS}
+	switch *kube {
+	case "on", "auto":
+		if _, err := os.Stat(*devcluster); err == nil {
+			b.devcluster = *devcluster
+		} else if *kube == "on" {
+			return fmt.Errorf("--kube=on needs the devcluster binary %s (make devcluster): %w", *devcluster, err)
+		}
+	case "off":
+	default:
+		return fmt.Errorf("--kube must be on, off or auto, not %q", *kube)
+	}
+	if b.kubePort, err = freePort(); err != nil {
+		return err
+	}
 	b.result = newResults(sc, limit)
 	defer b.prog.stop()
 
@@ -108,6 +133,9 @@ func runMain(ctx context.Context, args []string) error {
 	}
 	if want[2] || want[3] || want[4] {
 		need = max(need, sc.FanoutNodes, sc.ThroughputSessions)
+	}
+	if b.devcluster != "" && (want[2] || want[5] || want[6]) {
+		need = max(need, sc.KubeNodes)
 	}
 	if uint64(need)+256 > limit {
 		return fmt.Errorf("%d sessions need more open files than the limit %d allows: raise the hard limit (ulimit -Hn)", need, limit)
@@ -126,11 +154,18 @@ func runMain(ctx context.Context, args []string) error {
 		ids []int
 		run func(context.Context, map[int]bool) error
 	}
-	for _, s := range []scenario{
+	groups := []scenario{
 		{[]int{1, 5, 6}, b.densityStormHeartbeats},
 		{[]int{2, 4}, b.fanoutAndEncode},
 		{[]int{3}, b.throughput},
-	} {
+	}
+	if b.devcluster != "" {
+		groups = append(groups, scenario{[]int{2, 5, 6}, b.kubeScenarios})
+	} else {
+		b.result.KubeSkipped = fmt.Sprintf("no devcluster binary at %s (make devcluster) or --kube=off", *devcluster)
+	}
+	for gi, s := range groups {
+		isKube := gi == 3
 		run := map[int]bool{}
 		for _, id := range s.ids {
 			if want[id] {
@@ -139,7 +174,9 @@ func runMain(ctx context.Context, args []string) error {
 		}
 		if len(run) == 0 {
 			for _, id := range s.ids {
-				b.result.notRun(id, "not selected with --scenarios")
+				if !isKube {
+					b.result.notRun(id, "not selected with --scenarios")
+				}
 			}
 			continue
 		}
@@ -147,8 +184,12 @@ func runMain(ctx context.Context, args []string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			for id := range run {
-				b.result.failed(id, err)
+			if isKube {
+				b.result.KubeFailed = err.Error()
+			} else {
+				for id := range run {
+					b.result.failed(id, err)
+				}
 			}
 			fmt.Fprintf(os.Stderr, "scenarios %v failed: %v\n", s.ids, err)
 		}
@@ -164,6 +205,16 @@ func runMain(ctx context.Context, args []string) error {
 	b.result.printTable(os.Stdout)
 	fmt.Printf("\nresults, plots, profiles and server logs: %s\n", *out)
 	return nil
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // startEdgesync starts an edgesync server process.

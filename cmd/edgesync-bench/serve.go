@@ -17,9 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/netx"
@@ -48,6 +51,9 @@ func serveMain(ctx context.Context, args []string) error {
 	objects := fs.Int("objects", 0, "initial ConfigMaps every node holds (resource version 1)")
 	size := fs.Int("size", 1024, "encoded size of each object event in bytes")
 	nodeLimit := fs.Int("node-limit", 20000, "most sessions the server holds")
+	kubeconfig := fs.String("kubeconfig", "", "run the real controllers against this cluster instead of simulated ones")
+	qps := fs.Float64("kube-qps", 50, "controllers' API-server QPS (with --kubeconfig)")
+	burst := fs.Int("kube-burst", 100, "controllers' API-server burst (with --kubeconfig)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,6 +68,9 @@ func serveMain(ctx context.Context, args []string) error {
 	case "raw":
 		return serveRaw(ctx, lis, *certDir)
 	case "edgesync":
+		if *kubeconfig != "" {
+			return serveKube(ctx, lis, *certDir, *heartbeat, *nodeLimit, *kubeconfig, *qps, *burst)
+		}
 		return serveEdgesync(ctx, lis, *certDir, *heartbeat, *nodeLimit, *nodes, *objects, *size)
 	default:
 		return fmt.Errorf("unknown --kind %q: use edgesync or raw", *kind)
@@ -110,14 +119,11 @@ func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
 	return nil
 }
 
-func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit, nodes, objects, size int) error {
+// newServer builds the server under test with pprof and Go runtime metrics.
+func newServer(certDir string, heartbeat time.Duration, nodeLimit int, logger *zap.Logger) (*server.Server, net.Listener, error) {
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
-	}
-	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
@@ -134,7 +140,60 @@ func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartb
 		EnablePprof:       true,
 		Registerer:        reg,
 		Gatherer:          reg,
+		Logger:            logger,
 	})
+	if err != nil {
+		httpLis.Close()
+		return nil, nil, err
+	}
+	return srv, httpLis, nil
+}
+
+// serveKube runs the server with the real controllers against a cluster.
+// It serves only once the informer caches have synced, so that the
+// API-server requests counted after the ready line are the sessions' own.
+func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit int, kubeconfig string, qps float64, burst int) error {
+	logger, err := zap.NewProduction(zap.IncreaseLevel(zap.WarnLevel))
+	if err != nil {
+		return err
+	}
+	defer logger.Sync()
+	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, logger)
+	if err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, DisableDevices: true, Logger: logger}, srv)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctrlsDone := make(chan error, 1)
+	go func() { ctrlsDone <- ctrls.Run(ctx) }()
+	select {
+	case <-ctrls.Synced():
+	case err := <-ctrlsDone:
+		return fmt.Errorf("controllers stopped before their caches synced: %w", err)
+	}
+	if err := announce(ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String()}); err != nil {
+		return err
+	}
+	serveErr := srv.Serve(ctx, lis, ctrls)
+	cancel()
+	return errors.Join(serveErr, <-ctrlsDone)
+}
+
+func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit, nodes, objects, size int) error {
+	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, nil)
 	if err != nil {
 		return err
 	}

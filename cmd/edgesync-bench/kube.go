@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/edgesync/edgesync/internal/bench/cluster"
+	"github.com/edgesync/edgesync/internal/bench/edgesim"
+	"github.com/edgesync/edgesync/internal/bench/measure"
+	"github.com/edgesync/edgesync/server/feed"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// kubeResult holds the scenarios run through the real controllers and a
+// real kube-apiserver (devcluster).
+type kubeResult struct {
+	Done           bool    `json:"done"`
+	Nodes          int     `json:"nodes"`
+	ControllersQPS float64 `json:"controllers_qps"`
+	SetupSeconds   float64 `json:"setup_seconds"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+
+	HeartbeatsDone      bool    `json:"heartbeats_done"`
+	WindowSeconds       float64 `json:"window_seconds"`
+	CPUPercent          float64 `json:"server_cpu_percent_of_one_core"`
+	HeartbeatsSent      int64   `json:"heartbeats_sent"`
+	LeaseWrites         float64 `json:"lease_writes"`
+	LeaseCreates        float64 `json:"lease_creates"`
+	LeaseWritesPerNode  float64 `json:"lease_writes_per_node_per_10s"`
+	NodeStatusWrites    float64 `json:"node_status_writes"`
+	HeartbeatsPerNode   float64 `json:"heartbeats_per_node_per_10s"`
+	APIServerCPUPercent float64 `json:"apiserver_cpu_percent_of_one_core"`
+
+	FanoutDone  bool            `json:"fanout_done"`
+	FanoutNodes int             `json:"fanout_nodes"`
+	Updates     int             `json:"updates"`
+	Latency     measure.Summary `json:"latency"`
+	Samples     []time.Duration `json:"-"`
+
+	StormDone       bool               `json:"storm_done"`
+	ResyncSeconds   float64            `json:"resync_seconds_after_restart"`
+	FromKillSeconds float64            `json:"resync_seconds_after_kill"`
+	ObjectsResent   int64              `json:"objects_resent"`
+	Redundant       int64              `json:"redundant_objects"`
+	ListGet         map[string]float64 `json:"list_get_during_resync"`
+}
+
+const kubeNamespace = "bench"
+
+// kubeScenarios runs scenarios 6, 2 and 5 end to end: the real controllers
+// in the server process, a devcluster apiserver, and simulated edges.
+func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
+	k := &b.result.Kube
+	n := b.sc.KubeNodes
+	fanout := min(b.sc.FanoutNodes, n)
+	k.Nodes, k.FanoutNodes, k.ControllersQPS = n, fanout, b.kubeQPS
+	setup := time.Now()
+	b.prog.say("starting devcluster (etcd + kube-apiserver)")
+	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster"))
+	if err != nil {
+		return err
+	}
+	defer cl.Stop()
+	b.prog.say("creating %d edge nodes and pods", n)
+	if err := cl.Create(ctx, cluster.Workload{Namespace: kubeNamespace, Nodes: b.names[:n], FanoutNodes: fanout, Base: "base", Fanout: "fanout"}); err != nil {
+		return err
+	}
+	k.SetupSeconds = time.Since(setup).Seconds()
+	start := func(name string) (*child, error) {
+		return startChild(ctx, filepath.Join(b.out, name+".log"),
+			"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", "127.0.0.1:"+strconv.Itoa(b.kubePort),
+			"--heartbeat", heartbeatInterval.String(), "--kubeconfig", cl.Kubeconfig,
+			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)))
+	}
+	srv, err := start("server-kube")
+	if err != nil {
+		return err
+	}
+	defer func() { srv.kill() }()
+	fleet, err := b.fleet(srv.ready.GRPC, n, true, true)
+	if err != nil {
+		return err
+	}
+	defer fleet.Close()
+	fctx, cancel := context.WithCancel(ctx)
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(fctx); close(fleetDone) }()
+	defer func() { cancel(); <-fleetDone }()
+	b.prog.watch("kube", fleet, n)
+	connect := time.Now()
+	if err := waitFor(ctx, time.Duration(n/20+120)*time.Second, "edges synced through the controllers", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
+		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	}
+	k.ConnectSeconds = time.Since(connect).Seconds()
+	b.prog.say("%d edges synced through the real controllers in %.1fs", n, k.ConnectSeconds)
+	// Every node's first heartbeat (which creates its Lease) falls within
+	// one interval of connecting; measure after that.
+	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
+		return err
+	}
+
+	if run[6] {
+		m0, err := cl.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		cpu0, _ := srv.proc()
+		api0 := apiserverCPU(cl)
+		hb0 := fleet.C.Heartbeats.Load()
+		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
+		if err := hold(ctx, b.sc.IdleWindow); err != nil {
+			return err
+		}
+		m1, err := cl.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		cpu1, _ := srv.proc()
+		k.WindowSeconds = b.sc.IdleWindow.Seconds()
+		periods := k.WindowSeconds / heartbeatInterval.Seconds()
+		k.CPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / k.WindowSeconds
+		k.APIServerCPUPercent = 100 * (apiserverCPU(cl) - api0) / k.WindowSeconds
+		k.HeartbeatsSent = fleet.C.Heartbeats.Load() - hb0
+		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
+		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
+			d := cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+			k.LeaseWrites += d
+			if verb == "CREATE" {
+				k.LeaseCreates = d
+			}
+		}
+		for _, verb := range []string{"UPDATE", "PATCH", "APPLY"} {
+			k.NodeStatusWrites += cluster.Requests(m1, verb, "nodes", "status") - cluster.Requests(m0, verb, "nodes", "status")
+		}
+		k.LeaseWritesPerNode = k.LeaseWrites / float64(n) / periods
+		k.HeartbeatsDone = true
+	}
+
+	if run[2] {
+		key := feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: kubeNamespace, Name: "fanout"}
+		fleet.Latencies() // drop anything recorded so far
+		for i := range b.sc.FanoutUpdates {
+			// The time is taken before the write is sent, so the figure
+			// includes the apiserver's own write latency.
+			sentAt := time.Now()
+			rv, err := cl.UpdateConfigMap(ctx, kubeNamespace, "fanout", edgesim.SentAtKey, strconv.FormatInt(sentAt.UnixNano(), 10))
+			if err != nil {
+				return err
+			}
+			if err := waitFor(ctx, time.Minute, fmt.Sprintf("ConfigMap update %d on every node", i+1), func() bool {
+				return fleet.HeldVersion(key, rv) == fanout
+			}); err != nil {
+				return err
+			}
+		}
+		k.Updates = b.sc.FanoutUpdates
+		k.Samples = fleet.Latencies()
+		k.Latency = measure.Summarize(slices.Clone(k.Samples))
+		k.FanoutDone = true
+		b.prog.say("fan-out through the apiserver: p50 %.1f ms p99 %.1f ms max %.1f ms", k.Latency.P50Ms, k.Latency.P99Ms, k.Latency.MaxMs)
+	}
+
+	if run[5] {
+		objects0, redundant0 := fleet.C.Objects.Load(), fleet.C.Redundant.Load()
+		killed := time.Now()
+		srv.kill()
+		if err := waitFor(ctx, time.Minute, "edges notice the server is gone", func() bool { return fleet.C.Connected.Load() == 0 }); err != nil {
+			return err
+		}
+		srv, err = start("server-kube-storm")
+		if err != nil {
+			return err
+		}
+		restarted := time.Now()
+		m0, err := cl.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		b.prog.watch("kube storm", fleet, n)
+		if err := waitFor(ctx, 5*time.Minute, "every edge resynced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
+			return fmt.Errorf("%w (%d synced; last error: %v)", err, fleet.C.Synced.Load(), fleet.LastError())
+		}
+		k.ResyncSeconds = time.Since(restarted).Seconds()
+		k.FromKillSeconds = time.Since(killed).Seconds()
+		m1, err := cl.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		k.ObjectsResent = fleet.C.Objects.Load() - objects0
+		k.Redundant = fleet.C.Redundant.Load() - redundant0
+		k.ListGet = map[string]float64{}
+		for _, res := range []string{"nodes", "pods", "configmaps", "secrets", "leases"} {
+			for _, verb := range []string{"LIST", "GET"} {
+				if d := cluster.Requests(m1, verb, res, "") - cluster.Requests(m0, verb, res, ""); d > 0 {
+					k.ListGet[verb+" "+res] = d
+				}
+			}
+		}
+		k.StormDone = true
+		b.prog.say("storm through the controllers: %d edges resynced %.1fs after the restart", n, k.ResyncSeconds)
+	}
+	k.Done = true
+	return nil
+}
+
+// apiserverCPU returns the devcluster process's CPU seconds (etcd and
+// kube-apiserver run in it), or 0.
+func apiserverCPU(cl *cluster.Cluster) float64 {
+	ps, err := measure.ReadProc(cl.PID())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "devcluster stats: %v\n", err)
+		return 0
+	}
+	return ps.CPUSeconds
+}
