@@ -289,7 +289,7 @@ func (c *Controller) sync(key string) error {
 	old, had := c.sent[key]
 	if had && (dev == nil || old.node != node || old.uid != dev.GetUID()) {
 		c.publishTombstone(old.node, devKey, string(old.uid))
-		c.encoded.Forget(string(old.uid))
+		c.encoded.Forget(devKey)
 		delete(c.sent, key)
 	}
 	if node == "" {
@@ -329,7 +329,8 @@ func (c *Controller) encode(dev *unstructured.Unstructured) (*feed.Object, error
 			version += "/" + model.GetResourceVersion()
 		}
 	}
-	return c.encoded.Get(string(dev.GetUID()), version, func() (*feed.Object, error) {
+	key := feed.Key{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: dev.GetNamespace(), Name: dev.GetName()}
+	return c.encoded.Get(key, string(dev.GetUID()), version, func() (*feed.Object, error) {
 		event := &edgesyncv1.DeviceEvent{Type: edgesyncv1.EventType_EVENT_TYPE_APPLY}
 		var err error
 		if event.Device, err = toDevice(dev, version); err != nil {
@@ -340,7 +341,6 @@ func (c *Controller) encode(dev *unstructured.Unstructured) (*feed.Object, error
 				return nil, err
 			}
 		}
-		key := feed.Key{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: dev.GetNamespace(), Name: dev.GetName()}
 		return feed.Encode(key, string(dev.GetUID()), version, false,
 			&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: event}})
 	})

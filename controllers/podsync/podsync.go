@@ -306,7 +306,7 @@ func (c *Controller) syncPod(key string) error {
 	if had && (pod == nil || old.node != node || old.uid != pod.UID) {
 		// The copy on old.node is gone, moved away or replaced.
 		c.publishTombstone(old.node, podKey, string(old.uid))
-		c.encoded.Forget(string(old.uid))
+		c.encoded.Forget(podKey)
 		c.release(old.node, old.refs)
 		delete(c.sent, key)
 		had = false
@@ -383,10 +383,11 @@ func (c *Controller) release(node string, refs []feed.Key) {
 			continue
 		}
 		delete(nodes, node)
+		c.publishTombstone(node, ref, c.refUID(ref))
 		if len(nodes) == 0 {
 			delete(c.holders, ref)
+			c.encoded.Forget(ref)
 		}
-		c.publishTombstone(node, ref, c.refUID(ref))
 	}
 }
 
@@ -397,6 +398,7 @@ func (c *Controller) syncRef(ref feed.Key) error {
 	defer c.mu.Unlock()
 	nodes := c.holders[ref]
 	if len(nodes) == 0 {
+		c.encoded.Forget(ref) // encoded for a Desired call, perhaps
 		return nil
 	}
 	obj, err := c.encodeRef(ref)
@@ -407,6 +409,7 @@ func (c *Controller) syncRef(ref feed.Key) error {
 		for node := range nodes {
 			c.publishTombstone(node, ref, "")
 		}
+		c.encoded.Forget(ref)
 		return nil
 	}
 	for node := range nodes {
@@ -481,7 +484,8 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 
 // encodePod returns the shared APPLY encoding of pod's current version.
 func (c *Controller) encodePod(pod *corev1.Pod) (*feed.Object, error) {
-	return c.encoded.Get(string(pod.UID), pod.ResourceVersion, func() (*feed.Object, error) {
+	key := feed.Key{Kind: edgesyncv1.Kind_KIND_POD, Namespace: pod.Namespace, Name: pod.Name}
+	return c.encoded.Get(key, string(pod.UID), pod.ResourceVersion, func() (*feed.Object, error) {
 		stripped := pod
 		if len(pod.ManagedFields) > 0 {
 			stripped = pod.DeepCopy()
@@ -491,7 +495,6 @@ func (c *Controller) encodePod(pod *corev1.Pod) (*feed.Object, error) {
 		if err := convert(stripped, msg); err != nil {
 			return nil, fmt.Errorf("convert pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		key := feed.Key{Kind: edgesyncv1.Kind_KIND_POD, Namespace: pod.Namespace, Name: pod.Name}
 		return feed.Encode(key, string(pod.UID), pod.ResourceVersion, false, &edgesyncv1.SyncResponse{
 			Message: &edgesyncv1.SyncResponse_PodEvent{PodEvent: &edgesyncv1.PodEvent{Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Pod: msg}},
 		})
@@ -509,7 +512,7 @@ func (c *Controller) encodeRef(ref feed.Key) (*feed.Object, error) {
 		} else if err != nil {
 			return nil, err
 		}
-		return c.encoded.Get(string(cm.UID), cm.ResourceVersion, func() (*feed.Object, error) {
+		return c.encoded.Get(ref, string(cm.UID), cm.ResourceVersion, func() (*feed.Object, error) {
 			stripped := cm
 			if len(cm.ManagedFields) > 0 {
 				stripped = cm.DeepCopy()
@@ -530,7 +533,7 @@ func (c *Controller) encodeRef(ref feed.Key) (*feed.Object, error) {
 		} else if err != nil {
 			return nil, err
 		}
-		return c.encoded.Get(string(s.UID), s.ResourceVersion, func() (*feed.Object, error) {
+		return c.encoded.Get(ref, string(s.UID), s.ResourceVersion, func() (*feed.Object, error) {
 			stripped := s
 			if len(s.ManagedFields) > 0 {
 				stripped = s.DeepCopy()

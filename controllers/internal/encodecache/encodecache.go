@@ -9,24 +9,25 @@ import (
 	"github.com/edgesync/edgesync/server/feed"
 )
 
-// Cache holds the latest encoding per object uid.
+// Cache holds the latest encoding per object key.
 type Cache struct {
 	mu   sync.Mutex // guards objs
-	objs map[string]*feed.Object
+	objs map[feed.Key]*feed.Object
 }
 
 // New returns an empty cache.
 func New() *Cache {
-	return &Cache{objs: make(map[string]*feed.Object)}
+	return &Cache{objs: make(map[feed.Key]*feed.Object)}
 }
 
-// Get returns the encoding of uid at version, calling encode when the cache
-// holds none or an older one.
-func (c *Cache) Get(uid, version string, encode func() (*feed.Object, error)) (*feed.Object, error) {
+// Get returns the encoding of key at uid and version, calling encode when
+// the cache holds none or another version. Concurrent callers may both
+// encode a new version; either result is kept.
+func (c *Cache) Get(key feed.Key, uid, version string, encode func() (*feed.Object, error)) (*feed.Object, error) {
 	c.mu.Lock()
-	obj := c.objs[uid]
+	obj := c.objs[key]
 	c.mu.Unlock()
-	if obj != nil && obj.ResourceVersion == version {
+	if obj != nil && obj.UID == uid && obj.ResourceVersion == version {
 		return obj, nil
 	}
 	obj, err := encode()
@@ -34,15 +35,15 @@ func (c *Cache) Get(uid, version string, encode func() (*feed.Object, error)) (*
 		return nil, err
 	}
 	c.mu.Lock()
-	c.objs[uid] = obj
+	c.objs[key] = obj
 	c.mu.Unlock()
 	return obj, nil
 }
 
-// Forget drops the encoding of uid.
-func (c *Cache) Forget(uid string) {
+// Forget drops the encoding of key.
+func (c *Cache) Forget(key feed.Key) {
 	c.mu.Lock()
-	delete(c.objs, uid)
+	delete(c.objs, key)
 	c.mu.Unlock()
 }
 
