@@ -1,9 +1,9 @@
-// Command edgesync-agent is the reference edge agent built on edgeclient. It
-// registers its node, keeps it heartbeating, prints every change to what
-// the node holds as one line, and runs pods with a simulated runtime: each
-// pod it receives is reported Running and Ready (and terminated once the
-// cloud deletes it). `edgesync-agent list --store DIR` prints what the
-// local store holds.
+// Command edgesync-agent is the reference edge agent (package
+// edgeclient/agent) built on edgeclient. It registers its node, keeps it
+// heartbeating, prints every change to what the node holds as one line, and
+// runs pods with a simulated runtime: each pod it receives is reported
+// Running and Ready (and terminated once the cloud deletes it).
+// `edgesync-agent list --store DIR` prints what the local store holds.
 package main
 
 import (
@@ -12,10 +12,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/edgesync/edgesync/edgeclient/agent"
+	"github.com/edgesync/edgesync/edgeclient/store"
 )
 
 const version = "0.1.0"
@@ -45,7 +49,8 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func newRootCommand() *cobra.Command {
 	var (
-		o        options
+		cfg      = agent.Config{Version: version}
+		c        = &cfg.Client
 		logLevel string
 	)
 	root := &cobra.Command{
@@ -61,26 +66,49 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // nothing to do about it at exit
-			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout())
+			c.Logger, cfg.Out = log, cmd.OutOrStdout()
+			return agent.Run(cmd.Context(), cfg)
 		},
 	}
 	f := root.Flags()
-	f.StringVar(&o.server, "server", "", "edgesync server address, host:port (required)")
-	f.StringVar(&o.caFile, "ca", "", "PEM file of the CA that signed the server certificate (required)")
-	f.StringVar(&o.certFile, "cert", "", "PEM file of the node's client certificate, CN system:node:NAME (required; re-read when it changes)")
-	f.StringVar(&o.keyFile, "key", "", "PEM file of the node's private key (required)")
-	f.StringVar(&o.node, "node", "", "node name, as in the certificate (required)")
-	f.StringVar(&o.storeDir, "store", "", "directory of the local object store (required)")
-	f.StringToStringVar(&o.labels, "labels", nil, "labels of the Node when it is registered, k=v,...")
-	f.DurationVar(&o.backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
-	f.DurationVar(&o.backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
-	f.DurationVar(&o.statusInterval, "node-status-interval", defaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
+	f.StringVar(&c.Server, "server", "", "edgesync server address, host:port (required)")
+	f.StringVar(&c.CAFile, "ca", "", "PEM file of the CA that signed the server certificate (required)")
+	f.StringVar(&c.CertFile, "cert", "", "PEM file of the node's client certificate, CN system:node:NAME (required; re-read when it changes)")
+	f.StringVar(&c.KeyFile, "key", "", "PEM file of the node's private key (required)")
+	f.StringVar(&c.NodeName, "node", "", "node name, as in the certificate (required)")
+	f.StringVar(&c.StoreDir, "store", "", "directory of the local object store (required)")
+	f.StringToStringVar(&cfg.Labels, "labels", nil, "labels of the Node when it is registered, k=v,...")
+	f.DurationVar(&c.Backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
+	f.DurationVar(&c.Backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
+	f.DurationVar(&cfg.StatusInterval, "node-status-interval", agent.DefaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)
 	}
 	root.AddCommand(newListCommand())
 	return root
+}
+
+func newListCommand() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "list --store DIR",
+		Short: "Print what the local store holds, like kubectl get",
+		Long: "Print every object the local store holds. The store is opened read-only; " +
+			"a running agent holds it exclusively, so stop the agent first.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := store.Open(dir, store.Options{ReadOnly: true})
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			return agent.List(cmd.OutOrStdout(), s, time.Now())
+		},
+	}
+	cmd.Flags().StringVar(&dir, "store", "", "directory of the local object store (required)")
+	_ = cmd.MarkFlagRequired("store")
+	return cmd
 }
 
 func newLogger(level string) (*zap.Logger, error) {

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"fmt"
@@ -7,7 +7,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"github.com/edgesync/edgesync/edgeclient"
@@ -15,29 +14,8 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
-func newListCommand() *cobra.Command {
-	var dir string
-	cmd := &cobra.Command{
-		Use:   "list --store DIR",
-		Short: "Print what the local store holds, like kubectl get",
-		Long: "Print every object the local store holds. The store is opened read-only; " +
-			"while an agent runs on it, stop the agent first (bbolt allows one writer and no concurrent readers from other processes).",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := store.Open(dir, store.Options{ReadOnly: true})
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			return list(cmd.OutOrStdout(), s, time.Now())
-		},
-	}
-	cmd.Flags().StringVar(&dir, "store", "", "directory of the local object store (required)")
-	_ = cmd.MarkFlagRequired("store")
-	return cmd
-}
-
-func list(w io.Writer, s store.Store, now time.Time) error {
+// List prints what store s holds, like kubectl get.
+func List(w io.Writer, s store.Store, now time.Time) error {
 	recs, err := s.List(edgesyncv1.Kind_KIND_UNSPECIFIED)
 	if err != nil {
 		return err
@@ -55,7 +33,7 @@ func list(w io.Writer, s store.Store, now time.Time) error {
 		if !meta.CreationTimestamp.IsZero() {
 			age = duration.HumanDuration(now.Sub(meta.CreationTimestamp.Time))
 		}
-		details := describe(obj, nil)
+		details := Describe(obj, nil)
 		if obj.Pod != nil && obj.Pod.DeletionTimestamp != nil && !strings.Contains(details, "terminating") {
 			details += " terminating"
 		}

@@ -1,4 +1,11 @@
-package main
+// Package agent is the reference edge agent's behaviour, shared by the
+// edgesync-agent command and edge simulators: it runs an edgeclient.Client
+// for a node, registers the node and reports its status, prints every
+// change to what the node holds as one line, and runs pods with a
+// simulated runtime: each pod it receives is reported Running and Ready, and
+// terminated once the cloud deletes it. Real container runtimes are out of
+// scope.
+package agent
 
 import (
 	"bufio"
@@ -23,45 +30,66 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/edgesync/edgesync/edgeclient"
-	"github.com/edgesync/edgesync/edgeclient/backoff"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
-const defaultStatusInterval = time.Minute
+// DefaultStatusInterval is how often the node status is checked by default.
+const DefaultStatusInterval = time.Minute
 
-type options struct {
-	server, caFile, certFile, keyFile string
-	node, storeDir                    string
-	labels                            map[string]string
-	backoff                           backoff.Config
-	statusInterval                    time.Duration
+// Config configures an agent.
+type Config struct {
+	// Client configures the connection and the store; its OnEvent and
+	// AgentVersion are set by the agent.
+	Client edgeclient.Config
+	// Version is the agent's version, shown to operators.
+	Version string
+	// Labels are the labels of the Node when it is registered.
+	Labels map[string]string
+	// StatusInterval is how often the node status is checked; it is sent
+	// only when it changed. Default DefaultStatusInterval.
+	StatusInterval time.Duration
+	// Out receives one line per event; nil prints nothing (simulators).
+	Out io.Writer
+	// OnClient, when set, is called with the client once it exists (for
+	// example to show its State).
+	OnClient func(*edgeclient.Client)
 }
 
 // agent runs pods with a simulated runtime: every pod is Running and Ready
 // as soon as it arrives.
 type agent struct {
 	node    string
+	version string
 	client  *edgeclient.Client
 	log     *zap.Logger
 	started metav1.Time // the node's Ready transition time
 
 	outMu sync.Mutex // guards out
-	out   io.Writer
+	out   io.Writer  // nil: print nothing
 }
 
-func runAgent(ctx context.Context, o options, log *zap.Logger, out io.Writer) error {
-	a := &agent{node: o.node, log: log, out: out, started: metav1.Now()}
-	c, err := edgeclient.New(edgeclient.Config{
-		Server: o.server, CAFile: o.caFile, CertFile: o.certFile, KeyFile: o.keyFile,
-		NodeName: o.node, StoreDir: o.storeDir, Logger: log, Backoff: o.backoff,
-		AgentVersion: "edgesync-agent/" + version,
-		OnEvent:      a.onEvent,
-	})
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = DefaultStatusInterval
+	}
+	log := cfg.Client.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now()}
+	ccfg := cfg.Client
+	ccfg.AgentVersion = "edgesync-agent/" + cfg.Version
+	ccfg.OnEvent = a.onEvent
+	c, err := edgeclient.New(ccfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	a.client = c
+	if cfg.OnClient != nil {
+		cfg.OnClient(c)
+	}
 
 	// Offline autonomy: serve what the store holds before any connection.
 	held, err := c.List(edgesyncv1.Kind_KIND_UNSPECIFIED)
@@ -74,18 +102,18 @@ func runAgent(ctx context.Context, o options, log *zap.Logger, out io.Writer) er
 			a.reportPod(obj.Pod)
 		}
 	}
-	if _, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: o.labels, Status: *a.nodeStatus()}); err != nil {
+	if _, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: cfg.Labels, Status: *a.nodeStatus()}); err != nil {
 		return err
 	}
 	if _, err := c.ReportNodeStatus(a.nodeStatus()); err != nil {
 		return err
 	}
-	log.Info("agent started", zap.String("node", o.node), zap.Int("held_objects", len(held)), zap.String("server", o.server))
+	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server))
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(ctx) })
 	g.Go(func() error {
-		t := time.NewTicker(o.statusInterval)
+		t := time.NewTicker(cfg.StatusInterval)
 		defer t.Stop()
 		for {
 			select {
@@ -112,7 +140,7 @@ func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 // reportPod reports the simulated runtime's status of pod. Results are
 // not awaited: the client logs refusals and resends unanswered reports.
 func (a *agent) reportPod(pod *corev1.Pod) {
-	st := podStatus(pod, time.Now())
+	st := PodStatus(pod, time.Now())
 	if equality.Semantic.DeepEqual(st, &pod.Status) {
 		return // the cloud already has it
 	}
@@ -124,9 +152,12 @@ func (a *agent) reportPod(pod *corev1.Pod) {
 // print writes one line: time, event, kind, namespace/name, version and
 // what changed.
 func (a *agent) print(what string, obj edgeclient.Object, old *edgeclient.Object) {
+	if a.out == nil {
+		return
+	}
 	kind, meta := kindMeta(obj)
 	line := fmt.Sprintf("%s %-8s %-9s %s/%s rv=%s", time.Now().UTC().Format(time.RFC3339), what, kind, meta.Namespace, meta.Name, meta.ResourceVersion)
-	if d := describe(obj, old); d != "" {
+	if d := Describe(obj, old); d != "" {
 		line += " " + d
 	}
 	a.outMu.Lock()
@@ -149,8 +180,9 @@ func kindMeta(obj edgeclient.Object) (string, metav1.ObjectMeta) {
 	return "?", metav1.ObjectMeta{}
 }
 
-// describe says what an object is (old == nil) or what changed.
-func describe(obj edgeclient.Object, old *edgeclient.Object) string {
+// Describe says in a few words what an object is (old == nil) or what
+// changed since old. Secret values are never shown.
+func Describe(obj edgeclient.Object, old *edgeclient.Object) string {
 	var parts []string
 	switch {
 	case obj.Pod != nil:
@@ -243,12 +275,12 @@ func keyChanges[V any](before, after map[string]V, modified bool, equal func(a, 
 	return "data " + strings.Join(out, " ")
 }
 
-// podStatus is the simulated runtime's status of pod at now: every
+// PodStatus is the simulated runtime's status of pod at now: every
 // container running and ready, or, once the pod is being deleted, every
 // container terminated and the pod Succeeded, so the cloud can remove it.
 // Times already in the pod's status are kept, so reporting the same state
 // twice reports the same status (and does not make the cloud write again).
-func podStatus(pod *corev1.Pod, now time.Time) *corev1.PodStatus {
+func PodStatus(pod *corev1.Pod, now time.Time) *corev1.PodStatus {
 	t := metav1.NewTime(now.Truncate(time.Second))
 	st := pod.Status.DeepCopy()
 	if st.StartTime == nil {
@@ -332,8 +364,8 @@ func (a *agent) nodeStatus() *corev1.NodeStatus {
 		}},
 		NodeInfo: corev1.NodeSystemInfo{
 			OperatingSystem: runtime.GOOS, Architecture: runtime.GOARCH,
-			KubeletVersion:          "v0.0.0-edgesync-agent-" + version,
-			ContainerRuntimeVersion: "sim://" + version,
+			KubeletVersion:          "v0.0.0-edgesync-agent-" + a.version,
+			ContainerRuntimeVersion: "sim://" + a.version,
 		},
 	}
 	st.Addresses = append(st.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: a.node})
