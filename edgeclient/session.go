@@ -37,6 +37,9 @@ const (
 	// server allows pings every 5s or slower.
 	keepaliveTime    = 30 * time.Second
 	keepaliveTimeout = 10 * time.Second
+	// readBufferSize is the connection's read buffer: small, since an edge
+	// receives little, and a simulator runs thousands of clients.
+	readBufferSize = 8 << 10
 )
 
 // Run connects to the server and keeps the node connected, reconnecting
@@ -127,6 +130,7 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvMessageBytes)),
 		grpc.WithSharedWriteBuffer(true),
+		grpc.WithReadBufferSize(readBufferSize),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 	}, c.cfg.DialOptions...)
 	// A connection per stream: every stream starts with a fresh TLS
