@@ -50,12 +50,6 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("edgeclient: Run is already running")
 	}
 	defer c.runMu.Unlock()
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
 	b := backoff.New(c.cfg.Backoff)
 	for gen := uint64(1); ; gen++ {
 		c.mu.Lock()
