@@ -277,8 +277,16 @@ func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) 
 	return podsync.Tombstone(key, uid)
 }
 
-// HandleReport routes a report to the controller that writes it.
+// HandleReport routes a report to the controller that writes it. Reports
+// that arrive before the caches have synced are answered UNAVAILABLE: the
+// checks that guard them (which node a pod is bound to) read the caches.
 func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
+	select {
+	case <-c.synced:
+	default:
+		answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unavailable, "the server's caches are still loading; send the report again shortly")))
+		return
+	}
 	switch req.GetMessage().(type) {
 	case *edgesyncv1.SyncRequest_NodeRegistration, *edgesyncv1.SyncRequest_NodeStatus, *edgesyncv1.SyncRequest_Heartbeat:
 		c.nodes.HandleReport(node, req, answer)

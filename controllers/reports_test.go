@@ -5,10 +5,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"github.com/edgesync/edgesync/controllers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -229,5 +231,20 @@ func TestNodeRegistrationStatusAndHeartbeat(t *testing.T) {
 	second := heartbeat(6)
 	if !second.After(first.Time) {
 		t.Errorf("second heartbeat left renewTime at %v (first %v)", second, first)
+	}
+}
+
+func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
+	ctrls, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, DisableDevices: true}, newRecorder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := make(answers, 1)
+	ctrls.HandleReport("edge-1", podStatusReport(1, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u"}}, corev1.PodStatus{}), results.answer)
+	if r := results.wait(t); codes.Code(r.GetCode()) != codes.Unavailable {
+		t.Fatalf("report before sync answered %v, want Unavailable (not NotFound, which would delete the edge's pod)", r)
+	}
+	if _, err := ctrls.Desired("edge-1"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Desired before sync: %v, want Unavailable", err)
 	}
 }

@@ -99,11 +99,12 @@ type Controller struct {
 	fieldManager string
 	isEdge       func(*corev1.Node) bool
 
-	devices cache.Indexer
-	models  cache.Indexer
-	nodes   corelisters.NodeLister
-	synced  []cache.InformerSynced
+	informers Config
+	devices   cache.Indexer
+	models    cache.Indexer
+	nodes     corelisters.NodeLister
 
+	// queue is created by Run before the handlers that fill it are added.
 	queue   workqueue.TypedRateLimitingInterface[string]
 	encoded *encodecache.Cache
 	reports *reportqueue.Queue
@@ -122,6 +123,7 @@ type sentDevice struct {
 }
 
 // New returns a controller that publishes through pub once Run is called.
+// It starts nothing.
 func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	if cfg.Dynamic == nil || cfg.Devices == nil || cfg.Models == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
 		return nil, errors.New("devicesync: Dynamic, Devices, Models, Nodes, IsEdge and a publisher are required")
@@ -139,20 +141,38 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		devices:      cfg.Devices.GetIndexer(),
 		models:       cfg.Models.GetIndexer(),
 		nodes:        corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
-		synced:       []cache.InformerSynced{cfg.Devices.HasSynced, cfg.Models.HasSynced, cfg.Nodes.HasSynced},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "devicesync"}),
-		encoded: encodecache.New(),
-		sent:    make(map[string]sentDevice),
+		informers:    cfg,
+		encoded:      encodecache.New(),
+		sent:         make(map[string]sentDevice),
 	}
 	c.reports = reportqueue.New(log.Named("reports"), c.writeStatus)
+	return c, nil
+}
 
-	if _, err := cfg.Devices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+// registration is one event handler added to an informer.
+type registration struct {
+	informer cache.SharedIndexInformer
+	handle   cache.ResourceEventHandlerRegistration
+}
+
+// addHandlers makes the informers enqueue device keys and returns the
+// registrations, to wait for and to remove.
+func (c *Controller) addHandlers() ([]registration, error) {
+	var regs []registration
+	add := func(informer cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		reg, err := informer.AddEventHandler(h)
+		if err != nil {
+			return err
+		}
+		regs = append(regs, registration{informer, reg})
+		return nil
+	}
+	if err := add(c.informers.Devices, cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
 		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
 		DeleteFunc: c.enqueue,
 	}); err != nil {
-		return nil, fmt.Errorf("devicesync: device handler: %w", err)
+		return regs, fmt.Errorf("devicesync: device handler: %w", err)
 	}
 	enqueueIndexed := func(index string) func(obj any) {
 		return func(obj any) {
@@ -172,15 +192,15 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		}
 	}
 	byModel := enqueueIndexed(ModelIndex)
-	if _, err := cfg.Models.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if err := add(c.informers.Models, cache.ResourceEventHandlerFuncs{
 		AddFunc:    byModel,
 		UpdateFunc: func(_, obj any) { byModel(obj) },
 		DeleteFunc: byModel,
 	}); err != nil {
-		return nil, fmt.Errorf("devicesync: model handler: %w", err)
+		return regs, fmt.Errorf("devicesync: model handler: %w", err)
 	}
 	byNode := enqueueIndexed(NodeIndex)
-	if _, err := cfg.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if err := add(c.informers.Nodes, cache.ResourceEventHandlerFuncs{
 		AddFunc: byNode,
 		UpdateFunc: func(oldObj, newObj any) {
 			oldNode, ok1 := oldObj.(*corev1.Node)
@@ -192,9 +212,9 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		},
 		DeleteFunc: byNode,
 	}); err != nil {
-		return nil, fmt.Errorf("devicesync: node handler: %w", err)
+		return regs, fmt.Errorf("devicesync: node handler: %w", err)
 	}
-	return c, nil
+	return regs, nil
 }
 
 func (c *Controller) enqueue(obj any) {
@@ -206,15 +226,31 @@ func (c *Controller) enqueue(obj any) {
 	c.queue.Add(key)
 }
 
-// Run waits for the caches, then runs workers until ctx ends, and returns
-// once they have all stopped. The informers must be started by the caller.
+// Run adds the controller's event handlers to the informers (which the
+// caller starts), waits until they have seen the caches' contents, then runs
+// workers until ctx ends, and returns once they have all stopped.
 func (c *Controller) Run(ctx context.Context, workers int) error {
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "devicesync"})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })
 	defer c.queue.ShutDown()
 
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+	regs, err := c.addHandlers()
+	defer func() {
+		for _, r := range regs {
+			_ = r.informer.RemoveEventHandler(r.handle)
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	synced := make([]cache.InformerSynced, 0, len(regs))
+	for _, r := range regs {
+		synced = append(synced, r.handle.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("devicesync: caches did not sync: %w", context.Cause(ctx))
 	}
 	for range workers {

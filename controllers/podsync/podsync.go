@@ -75,13 +75,15 @@ type Controller struct {
 	fieldManager string
 	isEdge       func(*corev1.Node) bool
 
+	informers  Config
 	podIndexer cache.Indexer
 	pods       corelisters.PodLister
 	configMaps corelisters.ConfigMapLister
 	secrets    corelisters.SecretLister
 	nodes      corelisters.NodeLister
-	synced     []cache.InformerSynced
 
+	// podQueue and refQueue are created by Run before the handlers that
+	// fill them are added.
 	podQueue workqueue.TypedRateLimitingInterface[string]
 	refQueue workqueue.TypedRateLimitingInterface[feed.Key]
 	encoded  *encodecache.Cache
@@ -105,6 +107,7 @@ type sentPod struct {
 }
 
 // New returns a controller that publishes through pub once Run is called.
+// It starts nothing.
 func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	if cfg.Client == nil || cfg.Pods == nil || cfg.ConfigMaps == nil || cfg.Secrets == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
 		return nil, errors.New("podsync: Client, Pods, ConfigMaps, Secrets, Nodes, IsEdge and a publisher are required")
@@ -119,23 +122,33 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		pub:          pub,
 		fieldManager: cfg.FieldManager,
 		isEdge:       cfg.IsEdge,
+		informers:    cfg,
 		podIndexer:   cfg.Pods.GetIndexer(),
 		pods:         corelisters.NewPodLister(cfg.Pods.GetIndexer()),
 		configMaps:   corelisters.NewConfigMapLister(cfg.ConfigMaps.GetIndexer()),
 		secrets:      corelisters.NewSecretLister(cfg.Secrets.GetIndexer()),
 		nodes:        corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
-		synced:       []cache.InformerSynced{cfg.Pods.HasSynced, cfg.ConfigMaps.HasSynced, cfg.Secrets.HasSynced, cfg.Nodes.HasSynced},
-		podQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "podsync-pods"}),
-		refQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[feed.Key](),
-			workqueue.TypedRateLimitingQueueConfig[feed.Key]{Name: "podsync-refs"}),
-		encoded: encodecache.New(),
-		sent:    make(map[string]sentPod),
-		holders: make(map[feed.Key]map[string]int),
+		encoded:      encodecache.New(),
+		sent:         make(map[string]sentPod),
+		holders:      make(map[feed.Key]map[string]int),
 	}
 	c.reports = reportqueue.New(log.Named("reports"), c.writePodStatus)
+	return c, nil
+}
 
-	if _, err := cfg.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+// addHandlers makes the informers enqueue into the controller's queues and
+// returns the registrations, to wait for and to remove.
+func (c *Controller) addHandlers() ([]registration, error) {
+	var regs []registration
+	add := func(informer cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		reg, err := informer.AddEventHandler(h)
+		if err != nil {
+			return err
+		}
+		regs = append(regs, registration{informer, reg})
+		return nil
+	}
+	if err := add(c.informers.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueuePod,
 		UpdateFunc: func(oldObj, newObj any) {
 			oldPod, ok1 := oldObj.(*corev1.Pod)
@@ -147,11 +160,11 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		},
 		DeleteFunc: c.enqueuePod,
 	}); err != nil {
-		return nil, fmt.Errorf("podsync: pod handler: %w", err)
+		return regs, fmt.Errorf("podsync: pod handler: %w", err)
 	}
 	for kind, informer := range map[edgesyncv1.Kind]cache.SharedIndexInformer{
-		edgesyncv1.Kind_KIND_CONFIG_MAP: cfg.ConfigMaps,
-		edgesyncv1.Kind_KIND_SECRET:     cfg.Secrets,
+		edgesyncv1.Kind_KIND_CONFIG_MAP: c.informers.ConfigMaps,
+		edgesyncv1.Kind_KIND_SECRET:     c.informers.Secrets,
 	} {
 		enqueue := func(obj any) {
 			key, err := cache.DeletionHandlingObjectToName(obj)
@@ -161,12 +174,12 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 			}
 			c.refQueue.Add(feed.Key{Kind: kind, Namespace: key.Namespace, Name: key.Name})
 		}
-		if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		if err := add(informer, cache.ResourceEventHandlerFuncs{
 			AddFunc:    enqueue,
 			UpdateFunc: func(_, obj any) { enqueue(obj) },
 			DeleteFunc: enqueue,
 		}); err != nil {
-			return nil, fmt.Errorf("podsync: %s handler: %w", kind, err)
+			return regs, fmt.Errorf("podsync: %s handler: %w", kind, err)
 		}
 	}
 	// A node becoming (or ceasing to be) an edge node changes what its
@@ -186,7 +199,7 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 			c.enqueuePod(p)
 		}
 	}
-	if _, err := cfg.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if err := add(c.informers.Nodes, cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueueNodePods,
 		UpdateFunc: func(oldObj, newObj any) {
 			oldNode, ok1 := oldObj.(*corev1.Node)
@@ -198,9 +211,15 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		},
 		DeleteFunc: enqueueNodePods,
 	}); err != nil {
-		return nil, fmt.Errorf("podsync: node handler: %w", err)
+		return regs, fmt.Errorf("podsync: node handler: %w", err)
 	}
-	return c, nil
+	return regs, nil
+}
+
+// registration is one event handler added to an informer.
+type registration struct {
+	informer cache.SharedIndexInformer
+	handle   cache.ResourceEventHandlerRegistration
 }
 
 func (c *Controller) enqueuePod(obj any) {
@@ -224,16 +243,34 @@ func onlyStatusChanged(oldPod, newPod *corev1.Pod) bool {
 	return apiequality.Semantic.DeepEqual(oldMeta, newMeta)
 }
 
-// Run waits for the caches, then runs workers until ctx ends, and returns
-// once they have all stopped. The informers must be started by the caller.
+// Run adds the controller's event handlers to the informers (which the
+// caller starts), waits until they have seen the caches' contents, then runs
+// workers until ctx ends, and returns once they have all stopped.
 func (c *Controller) Run(ctx context.Context, workers int) error {
+	c.podQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "podsync-pods"})
+	c.refQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[feed.Key](),
+		workqueue.TypedRateLimitingQueueConfig[feed.Key]{Name: "podsync-refs"})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })
 	defer c.podQueue.ShutDown()
 	defer c.refQueue.ShutDown()
 
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+	regs, err := c.addHandlers()
+	defer func() {
+		for _, r := range regs {
+			_ = r.informer.RemoveEventHandler(r.handle)
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	synced := make([]cache.InformerSynced, 0, len(regs))
+	for _, r := range regs {
+		synced = append(synced, r.handle.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("podsync: caches did not sync: %w", context.Cause(ctx))
 	}
 	for range workers {

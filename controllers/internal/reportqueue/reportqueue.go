@@ -41,9 +41,11 @@ var errShutdown = status.Error(codes.Unavailable, "the server is shutting down; 
 type Queue struct {
 	log    *zap.Logger
 	handle Handler
-	queue  workqueue.TypedRateLimitingInterface[string]
 
-	mu       sync.Mutex // guards pending and shutdown
+	mu sync.Mutex // guards the fields below
+	// queue orders the keys to write; created by Run, so that a Queue that
+	// never runs starts no goroutine.
+	queue    workqueue.TypedRateLimitingInterface[string]
 	pending  map[string]*entry
 	shutdown bool
 }
@@ -60,16 +62,10 @@ type waiter struct {
 	answer    feed.Answer
 }
 
-// New returns a queue that applies reports with handle once Run is called.
+// New returns a queue that applies reports with handle once Run is called;
+// reports added before wait for Run.
 func New(log *zap.Logger, handle Handler) *Queue {
-	return &Queue{
-		log:    log,
-		handle: handle,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{}),
-		pending: make(map[string]*entry),
-	}
+	return &Queue{log: log, handle: handle, pending: make(map[string]*entry)}
 }
 
 // Add queues req from node under key. A report already waiting under key is
@@ -90,8 +86,11 @@ func (q *Queue) Add(key, node string, req *edgesyncv1.SyncRequest, answer feed.A
 	}
 	e.node, e.req = node, req
 	e.waiters = append(e.waiters, w)
+	queue := q.queue
 	q.mu.Unlock()
-	q.queue.Add(key)
+	if queue != nil {
+		queue.Add(key)
+	}
 }
 
 // Drop answers the reports waiting under key with err and forgets them; a
@@ -110,15 +109,25 @@ func (q *Queue) Drop(key string, err error) {
 // answers what is still waiting with UNAVAILABLE and returns once every
 // worker has stopped.
 func (q *Queue) Run(ctx context.Context, workers int) {
+	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{})
+	q.mu.Lock()
+	q.queue = queue
+	for key := range q.pending {
+		queue.Add(key)
+	}
+	q.mu.Unlock()
+
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			for q.processNext(ctx) {
+			for q.processNext(ctx, queue) {
 			}
 		})
 	}
 	<-ctx.Done()
-	q.queue.ShutDown()
+	queue.ShutDown()
 	wg.Wait()
 
 	q.mu.Lock()
@@ -131,24 +140,24 @@ func (q *Queue) Run(ctx context.Context, workers int) {
 	}
 }
 
-func (q *Queue) processNext(ctx context.Context) bool {
-	key, quit := q.queue.Get()
+func (q *Queue) processNext(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string]) bool {
+	key, quit := queue.Get()
 	if quit {
 		return false
 	}
-	defer q.queue.Done(key)
+	defer queue.Done(key)
 
 	q.mu.Lock()
 	e := q.pending[key]
 	delete(q.pending, key)
 	q.mu.Unlock()
 	if e == nil {
-		q.queue.Forget(key)
+		queue.Forget(key)
 		return true
 	}
 
 	if ctx.Err() != nil {
-		q.queue.Forget(key)
+		queue.Forget(key)
 		answerAll(e.waiters, errShutdown)
 		return true
 	}
@@ -156,7 +165,7 @@ func (q *Queue) processNext(ctx context.Context) bool {
 	if err != nil && ctx.Err() != nil {
 		err = errShutdown // the write was cut short by the shutdown
 	}
-	if err != nil && ctx.Err() == nil && retriable(err) && q.queue.NumRequeues(key) < maxRetries {
+	if err != nil && ctx.Err() == nil && retriable(err) && queue.NumRequeues(key) < maxRetries {
 		q.log.Debug("report write failed, retrying", zap.String("key", key), zap.Error(err))
 		q.mu.Lock()
 		if newer := q.pending[key]; newer != nil {
@@ -166,10 +175,10 @@ func (q *Queue) processNext(ctx context.Context) bool {
 			q.pending[key] = e
 		}
 		q.mu.Unlock()
-		q.queue.AddRateLimited(key)
+		queue.AddRateLimited(key)
 		return true
 	}
-	q.queue.Forget(key)
+	queue.Forget(key)
 	if err != nil {
 		q.log.Info("report write failed", zap.String("key", key), zap.String("node", e.node), zap.Error(err))
 	}
