@@ -142,6 +142,9 @@ type State struct {
 	// made after a stream ended or an attempt failed.
 	Connections uint64
 	Reconnects  uint64
+	// RetryDelay is the wait before the attempt after the last failure,
+	// drawn by the backoff.
+	RetryDelay time.Duration
 	// ObjectsHeld counts the objects in the store.
 	ObjectsHeld int
 	// ObjectsReceived counts APPLY events received over all streams, and

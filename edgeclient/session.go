@@ -59,20 +59,21 @@ func (c *Client) Run(ctx context.Context) error {
 			return ErrClosed
 		}
 		welcomed, err := c.session(ctx, gen)
+		if welcomed {
+			b.Reset()
+		}
+		delay := b.Next()
 		c.updateState(func(s *State) {
 			s.Connected, s.Synced, s.SessionID, s.ServerID = false, false, "", ""
 			if ctx.Err() == nil && err != nil {
 				s.LastError = err.Error()
 				s.Reconnects++
+				s.RetryDelay = delay
 			}
 		})
 		if ctx.Err() != nil {
 			return nil
 		}
-		if welcomed {
-			b.Reset()
-		}
-		delay := b.Next()
 		c.log.Info("not connected to the server; retrying", zap.String("server", c.cfg.Server), zap.Error(err), zap.Duration("retry_in", delay))
 		t := time.NewTimer(delay)
 		select {
