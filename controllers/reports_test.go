@@ -96,6 +96,21 @@ func TestPodStatusReports(t *testing.T) {
 		if !managed {
 			t.Errorf("status not written by field manager %q through the status subresource", controllers.DefaultFieldManager)
 		}
+
+		// The status change is not sent back down (the edge owns it); a
+		// later label change is.
+		got.Labels = map[string]string{"tier": "front"}
+		if _, err := client.CoreV1().Pods(ns).Update(t.Context(), got, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		rec.waitApplied(t, edge2, podKey(ns, "web"), func(m *edgesyncv1.SyncResponse) bool {
+			return m.GetPodEvent().GetPod().GetMetadata().GetLabels()["tier"] == "front"
+		})
+		for _, obj := range rec.sent(edge2) {
+			if obj.Key == podKey(ns, "web") && obj.ResourceVersion == got.ResourceVersion {
+				t.Errorf("the pod was sent again for its status-only change (resourceVersion %s)", got.ResourceVersion)
+			}
+		}
 	})
 
 	t.Run("a stale copy is deleted", func(t *testing.T) {
