@@ -333,7 +333,10 @@ func (c *Controller) sync(key string) error {
 	}
 	obj, err := c.encode(dev)
 	if err != nil {
-		return err
+		// A malformed spec does not get better by retrying; its next
+		// change enqueues the device again.
+		c.log.Warn("device cannot be sent to its node", zap.String("device", key), zap.String("node", node), zap.Error(err))
+		return nil
 	}
 	c.pub.Publish(node, obj)
 	c.sent[key] = sentDevice{node: node, uid: dev.GetUID()}
