@@ -397,9 +397,12 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 	}
 	objs := make([]*feed.Object, 0, len(items))
 	for _, item := range items {
-		obj, err := c.encode(item.(*unstructured.Unstructured))
+		dev := item.(*unstructured.Unstructured)
+		obj, err := c.encode(dev)
 		if err != nil {
-			return nil, err
+			// One malformed device must not keep the node from syncing.
+			c.log.Warn("device cannot be sent to its node", zap.String("device", dev.GetNamespace()+"/"+dev.GetName()), zap.String("node", node), zap.Error(err))
+			continue
 		}
 		objs = append(objs, obj)
 	}
