@@ -155,7 +155,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	}
 	created, err := c.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: c.cfg.FieldManager})
 	if apierrors.IsAlreadyExists(err) {
-		c.log.Info("node registered before without the edge label; left as it is, it receives nothing until labelled",
+		c.log.Info("node already exists and is left as it is; it receives objects only while it has the edge label",
 			zap.String("node", node), zap.String("label", c.cfg.EdgeLabel))
 		return nil
 	}
