@@ -6,9 +6,14 @@
 //
 // Wiring:
 //
-//	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, Logger: log}, server)
-//	// hand ctrls to the server as its feed.Controllers, then:
-//	err = ctrls.Run(ctx) // blocks until ctx ends
+//	srv, err := server.New(opts)
+//	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, Logger: log}, srv)
+//	go ctrls.Run(ctx)             // informers, workers; returns when ctx ends
+//	err = srv.Serve(ctx, lis, ctrls)
+//
+// When the server must be built after the controllers, pass a nil publisher
+// and call SetPublisher before Run. Until the caches have synced (Synced),
+// Desired and reports are answered UNAVAILABLE.
 package controllers
 
 import (
