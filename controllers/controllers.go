@@ -12,7 +12,7 @@
 //	err = srv.Serve(ctx, lis, ctrls)
 //
 // When the server must be built after the controllers, pass a nil publisher
-// and call SetPublisher before Run. Until the caches have synced (Synced),
+// and call SetPublisher before the server serves. Until the caches have synced (Synced),
 // Desired and reports are answered UNAVAILABLE.
 package controllers
 
@@ -96,7 +96,7 @@ var _ feed.Controllers = (*Controllers)(nil)
 
 // New builds the controllers and their informers; nothing talks to the API
 // server before Run. pub receives what each node should get; it may be nil
-// when the publisher is set later with SetPublisher (before Run).
+// when the publisher is set later with SetPublisher.
 func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if cfg.EdgeLabel == "" {
 		cfg.EdgeLabel = DefaultEdgeLabel
@@ -184,7 +184,8 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 }
 
 // SetPublisher sets where published objects go, for servers that are built
-// after the controllers. Call it before Run.
+// after the controllers. Call it before any node can connect; objects
+// published before are dropped (nodes get them from Desired).
 func (c *Controllers) SetPublisher(pub feed.Publisher) {
 	c.pub.v.Store(&pub)
 }
