@@ -11,9 +11,9 @@
 //	go ctrls.Run(ctx)             // informers, workers; returns when ctx ends
 //	err = srv.Serve(ctx, lis, ctrls)
 //
-// When the server must be built after the controllers, pass a nil publisher
-// and call SetPublisher before the server serves. Until the caches have synced (Synced),
-// Desired and reports are answered UNAVAILABLE.
+// When the server must be built after the controllers, pass a nil
+// publisher and call SetPublisher before the server serves. Until the
+// caches have synced (Synced), Desired and reports are answered UNAVAILABLE.
 package controllers
 
 import (
