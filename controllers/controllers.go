@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	coreinformers "k8s.io/client-go/informers/core/v1"
@@ -84,6 +86,7 @@ type Controllers struct {
 	log       *zap.Logger
 	informers []cache.SharedIndexInformer
 	synced    chan struct{} // closed once every cache has synced
+	started   atomic.Bool   // Run was called
 
 	pub latePublisher
 
@@ -109,6 +112,9 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if errs := validation.IsQualifiedName(cfg.EdgeLabel); len(errs) > 0 {
+		return nil, fmt.Errorf("controllers: edge label %q is not a label key: %s", cfg.EdgeLabel, strings.Join(errs, "; "))
 	}
 	if cfg.Client == nil || (cfg.Dynamic == nil && !cfg.DisableDevices) {
 		if cfg.RESTConfig == nil {
@@ -215,6 +221,9 @@ func dropManagedFields(obj any) (any, error) {
 // stopped. It returns an error only when ctx ended before the caches
 // synced.
 func (c *Controllers) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("controllers: Run called twice")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -261,5 +262,12 @@ func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
 	}
 	if _, err := ctrls.Desired("edge-1"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("Desired before sync: %v, want Unavailable", err)
+	}
+}
+
+func TestNewRejectsAnEdgeLabelThatIsNotALabelKey(t *testing.T) {
+	_, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, EdgeLabel: "not a label!"}, newRecorder())
+	if err == nil || !strings.Contains(err.Error(), "not a label!") {
+		t.Fatalf("New with a bad edge label: %v, want an error naming it", err)
 	}
 }
