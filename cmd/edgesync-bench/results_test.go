@@ -1,0 +1,46 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestTableHasARowForEveryScenario(t *testing.T) {
+	r := newResults(scales["reduced"], 1024)
+	r.Density = densityResult{Done: true, Sessions: 2000, BaseRSSBytes: 10 << 20, RSSBytes: 10<<20 + 2000*50*kib, RSSPerSessionBytes: 50 * kib, IdleCPUPercent: 1}
+	r.Heartbeats = heartbeatResult{Done: true, Nodes: 2000, WindowSeconds: 30, CPUPercent: 30, PerNodePer10s: 1}
+	r.failed(3, errors.New("raw grpc-go: boom"))
+	r.notRun(4, "not selected with --scenarios")
+	r.KubeSkipped = "no devcluster"
+
+	rows := r.table()
+	byID := map[byte][]row{}
+	for _, row := range rows {
+		byID[row.Scenario[0]] = append(byID[row.Scenario[0]], row)
+	}
+	for id := byte('1'); id <= '6'; id++ {
+		if len(byID[id]) == 0 {
+			t.Errorf("no row for scenario %c in %+v", id, rows)
+		}
+	}
+	check := func(id byte, met, measuredHas string) {
+		t.Helper()
+		for _, row := range byID[id] {
+			if strings.HasPrefix(row.Met, met) && strings.Contains(row.Measured, measuredHas) {
+				return
+			}
+		}
+		t.Errorf("scenario %c: no row with met %q and measured containing %q: %+v", id, met, measuredHas, byID[id])
+	}
+	check('1', "yes", "50.0 KiB/session")
+	check('3', "not run", "boom")
+	check('4', "not run", "not selected")
+	check('6', "no", "CPU 30.0 %") // 30 % of a core misses the 20 % goal
+	check('2', "not run", "no devcluster")
+	for i := 1; i < len(rows); i++ {
+		if rows[i].Scenario[0] < rows[i-1].Scenario[0] {
+			t.Errorf("rows out of order: %q after %q", rows[i].Scenario, rows[i-1].Scenario)
+		}
+	}
+}

@@ -1,0 +1,112 @@
+package edgesim
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgesync/edgesync/internal/bench/certs"
+	"github.com/edgesync/edgesync/internal/bench/simfeed"
+	"github.com/edgesync/edgesync/server"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// waitFor polls the fleet's counters, which other goroutines update.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 20s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling another goroutine's state with a deadline
+	}
+}
+
+func TestFleetSyncsReceivesAndAcknowledges(t *testing.T) {
+	set, err := certs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server's HTTP listener is given because Serve without one
+	// returns at once (server bug at the time of writing).
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Options{
+		HTTPListener:      httpLis,
+		ServerID:          "test",
+		TLS:               server.TLSFiles{CAFile: set.Path(certs.CACert), CertFile: set.Path(certs.ServerCert), KeyFile: set.Path(certs.ServerKey)},
+		HeartbeatInterval: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"edge-a", "edge-b", "edge-c"}
+	ctrls := simfeed.New()
+	base, err := simfeed.ConfigMap("base", 1, 300, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrls.Put(names, base)
+	ctrls.SetPublisher(srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis, ctrls) }()
+
+	cs, err := set.IssueNodes(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := New(Config{Addr: lis.Addr().String(), Roots: set.CA.Pool(), Heartbeats: true, RecordLatency: true, ConnectConcurrency: 2}, names, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(ctx); close(fleetDone) }()
+	t.Cleanup(func() {
+		cancel()
+		<-fleetDone
+		fleet.Close()
+		<-served
+	})
+
+	waitFor(t, "every edge synced", func() bool {
+		select {
+		case err := <-served:
+			t.Fatalf("server stopped: %v", err)
+		default:
+		}
+		return fleet.C.Synced.Load() == 3
+	})
+	if got := fleet.HeldVersion(base.Key, "1"); got != 3 {
+		t.Fatalf("%d edges hold the initial object, want 3", got)
+	}
+
+	update, err := simfeed.ConfigMap("base", 2, 300, map[string]string{SentAtKey: strconv.FormatInt(time.Now().UnixNano(), 10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrls.Put(names[:2], update)
+	waitFor(t, "two edges hold version 2", func() bool { return fleet.HeldVersion(base.Key, "2") == 2 })
+	if lat := fleet.Latencies(); len(lat) != 2 {
+		t.Fatalf("recorded %d latencies, want one per receiving edge (2)", len(lat))
+	}
+	waitFor(t, "heartbeats answered", func() bool { return fleet.C.StatusResults.Load() >= 3 && ctrls.Counts().Heartbeats >= 3 })
+	if fleet.C.Redundant.Load() != 0 {
+		t.Fatalf("%d redundant objects", fleet.C.Redundant.Load())
+	}
+	if n := fleet.HeldObjects(); n != 3 {
+		t.Fatalf("fleet holds %d objects, want 3", n)
+	}
+}
