@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgesync/edgesync/server/pki"
+)
+
+// identity is who a verified client certificate belongs to.
+type identity struct {
+	// node is set for node certificates (CN system:node:<node>).
+	node string
+	// admin is true for certificates of organization edgesync:admins.
+	admin bool
+	// subject is the certificate's common name, for messages and logs.
+	subject string
+}
+
+type nodeKey struct{}
+
+// peerIdentity reads the verified client certificate of the call.
+func peerIdentity(ctx context.Context) (identity, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return identity{}, false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return identity{}, false
+	}
+	return identify(info.State.VerifiedChains[0][0]), true
+}
+
+func identify(cert *x509.Certificate) identity {
+	id := identity{admin: pki.IsAdmin(cert), subject: cert.Subject.CommonName}
+	if name, ok := pki.NodeName(cert); ok {
+		id.node = name
+	}
+	return id
+}
+
+// authenticated is the default rule (health, reflection): any verified
+// client certificate.
+func authenticated(ctx context.Context) (context.Context, error) {
+	if _, ok := peerIdentity(ctx); !ok {
+		return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the server's CA is required")
+	}
+	return ctx, nil
+}
+
+// authorizeNode admits node certificates only and records the node name.
+func authorizeNode(ctx context.Context) (context.Context, error) {
+	id, ok := peerIdentity(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the server's CA is required")
+	}
+	if id.node == "" || id.admin {
+		return nil, status.Errorf(codes.PermissionDenied, "Sync needs a node certificate (common name %q followed by the node name); certificate %q is not one", pki.NodeCNPrefix, id.subject)
+	}
+	return context.WithValue(ctx, nodeKey{}, id.node), nil
+}
+
+// authorizeAdmin admits admin certificates only.
+func authorizeAdmin(ctx context.Context) (context.Context, error) {
+	id, ok := peerIdentity(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the server's CA is required")
+	}
+	if !id.admin {
+		return nil, status.Errorf(codes.PermissionDenied, "AdminService needs an admin certificate (organization %q); certificate %q is not one", pki.AdminOrganization, id.subject)
+	}
+	return ctx, nil
+}
+
+func nodeFromContext(ctx context.Context) string {
+	name, _ := ctx.Value(nodeKey{}).(string)
+	return name
+}
+
+// logFields names the caller in log lines: the node or the admin.
+func logFields(ctx context.Context) logging.Fields {
+	id, ok := peerIdentity(ctx)
+	switch {
+	case !ok:
+		return nil
+	case id.node != "" && !id.admin:
+		return []any{"node", id.node}
+	default:
+		return []any{"client", id.subject}
+	}
+}

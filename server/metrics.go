@@ -1,0 +1,97 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// metrics are the server's own Prometheus metrics; the gRPC ones come from
+// the go-grpc-middleware prometheus provider.
+type metrics struct {
+	sent     *prometheus.CounterVec // by kind
+	acked    *prometheus.CounterVec // by kind
+	nacked   *prometheus.CounterVec // by kind
+	latency  prometheus.Histogram
+	upstream *prometheus.CounterVec // by kind, outcome
+	ended    *prometheus.CounterVec // by code
+}
+
+func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
+	m := &metrics{
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgesync_messages_sent_total",
+			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, welcome, sync_complete, status_result).",
+		}, []string{"kind"}),
+		acked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgesync_messages_acked_total",
+			Help: "Object events acknowledged by edges, by kind.",
+		}, []string{"kind"}),
+		nacked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgesync_messages_nacked_total",
+			Help: "Objects edges reported they could not apply, by kind.",
+		}, []string{"kind"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "edgesync_delivery_latency_seconds",
+			Help:    "Time from queueing an object version for a node to the edge's acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgesync_upstream_results_total",
+			Help: "Answers to edge reports, by report kind and outcome (gRPC code name).",
+		}, []string{"kind", "outcome"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgesync_sessions_ended_total",
+			Help: "Sessions ended, by the gRPC code the stream ended with.",
+		}, []string{"code"}),
+	}
+	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgesync_sessions_connected",
+		Help: "Edge sessions connected to this replica.",
+	}, func() float64 { return float64(srv.sessionCount()) })
+	depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgesync_queue_depth",
+		Help: "Objects queued for edges of this replica and not yet sent.",
+	}, func() float64 { return float64(srv.queuedObjects()) })
+	for _, c := range []prometheus.Collector{m.sent, m.acked, m.nacked, m.latency, m.upstream, m.ended, connected, depth} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// kindLabel names an object kind in metrics.
+func kindLabel(k edgesyncv1.Kind) string {
+	switch k {
+	case edgesyncv1.Kind_KIND_POD:
+		return "pod"
+	case edgesyncv1.Kind_KIND_CONFIG_MAP:
+		return "config_map"
+	case edgesyncv1.Kind_KIND_SECRET:
+		return "secret"
+	case edgesyncv1.Kind_KIND_DEVICE:
+		return "device"
+	default:
+		return "unknown"
+	}
+}
+
+// reportKind names the report a SyncRequest carries, or "" when it carries
+// none.
+func reportKind(req *edgesyncv1.SyncRequest) string {
+	switch req.GetMessage().(type) {
+	case *edgesyncv1.SyncRequest_NodeRegistration:
+		return "node_registration"
+	case *edgesyncv1.SyncRequest_NodeStatus:
+		return "node_status"
+	case *edgesyncv1.SyncRequest_Heartbeat:
+		return "heartbeat"
+	case *edgesyncv1.SyncRequest_PodStatus:
+		return "pod_status"
+	case *edgesyncv1.SyncRequest_DeviceStatus:
+		return "device_status"
+	default:
+		return ""
+	}
+}

@@ -1,0 +1,190 @@
+package server
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Options configure a Server. Zero fields take the defaults listed.
+type Options struct {
+	// ServerID names this replica in Welcome and AdminService. Default: the
+	// host name.
+	ServerID string
+
+	// TLS names the PEM files to serve with, used when TLSConfig is nil.
+	TLS TLSFiles
+	// TLSConfig, when set, is used instead of TLS (tests build one in
+	// memory). It must require and verify client certificates.
+	TLSConfig *tls.Config
+
+	// HeartbeatInterval is sent in Welcome. Default 15s.
+	HeartbeatInterval time.Duration
+	// AckWindow is the most object events a session keeps unacknowledged.
+	// Default 128.
+	AckWindow int
+	// MaxMessageBytes is the largest SyncRequest accepted. Default 4 MiB.
+	MaxMessageBytes int
+	// ReportsPerSecond and ReportBurst limit each node's reports; beyond
+	// them the stream ends with RESOURCE_EXHAUSTED. Defaults 20 and 200.
+	ReportsPerSecond int
+	ReportBurst      int
+	// NodeLimit is the most sessions this replica holds. Default 10000.
+	NodeLimit int
+	// HelloTimeout is how long a new stream may take to send Hello.
+	// Default 30s.
+	HelloTimeout time.Duration
+	// DrainTimeout bounds the graceful stop when Serve's context ends.
+	// Default 10s.
+	DrainTimeout time.Duration
+	// Keepalive configures HTTP/2 pings. Zero fields take defaults derived
+	// from HeartbeatInterval.
+	Keepalive Keepalive
+
+	// Logger receives the server's logs. Default: no logging.
+	Logger *zap.Logger
+	// Registerer receives the server's metrics; Gatherer serves /metrics.
+	// Default: a new registry for both.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+
+	// HTTPListener, when set, serves /metrics, /healthz, /readyz (and
+	// /debug/pprof/ with EnablePprof) while Serve runs. Serve closes it.
+	HTTPListener net.Listener
+	EnablePprof  bool
+}
+
+// TLSFiles names the PEM files of the server's identity and the CA that
+// client certificates must chain to.
+type TLSFiles struct {
+	CAFile   string
+	CertFile string
+	KeyFile  string
+}
+
+// Keepalive configures server pings and what the server tolerates from
+// clients.
+type Keepalive struct {
+	// Time is how long a connection may be idle before the server pings.
+	// Default HeartbeatInterval.
+	Time time.Duration
+	// Timeout is how long the server waits for the ping's answer before it
+	// closes the connection. Default 10s.
+	Timeout time.Duration
+	// MinTime is the shortest ping interval a client may use; faster pings
+	// get the connection closed. Default 5s.
+	MinTime time.Duration
+}
+
+func (o *Options) setDefaults() error {
+	if o.ServerID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("ServerID not set and host name unknown: %w", err)
+		}
+		o.ServerID = host
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	def(&o.HeartbeatInterval, 15*time.Second)
+	def(&o.HelloTimeout, 30*time.Second)
+	def(&o.DrainTimeout, 10*time.Second)
+	def(&o.Keepalive.Time, o.HeartbeatInterval)
+	def(&o.Keepalive.Timeout, 10*time.Second)
+	def(&o.Keepalive.MinTime, 5*time.Second)
+	defInt(&o.AckWindow, 128)
+	defInt(&o.MaxMessageBytes, 4<<20)
+	defInt(&o.ReportsPerSecond, 20)
+	defInt(&o.ReportBurst, 200)
+	defInt(&o.NodeLimit, 10000)
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		o.Registerer = reg
+		if o.Gatherer == nil {
+			o.Gatherer = reg
+		}
+	}
+	if o.Gatherer == nil {
+		if g, ok := o.Registerer.(prometheus.Gatherer); ok {
+			o.Gatherer = g
+		} else {
+			o.Gatherer = prometheus.DefaultGatherer
+		}
+	}
+	return o.validate()
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	positive := func(name string, v int64) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", name, v))
+		}
+	}
+	positive("HeartbeatInterval", int64(o.HeartbeatInterval))
+	positive("HelloTimeout", int64(o.HelloTimeout))
+	positive("DrainTimeout", int64(o.DrainTimeout))
+	positive("Keepalive.Time", int64(o.Keepalive.Time))
+	positive("Keepalive.Timeout", int64(o.Keepalive.Timeout))
+	positive("Keepalive.MinTime", int64(o.Keepalive.MinTime))
+	positive("AckWindow", int64(o.AckWindow))
+	positive("MaxMessageBytes", int64(o.MaxMessageBytes))
+	positive("ReportsPerSecond", int64(o.ReportsPerSecond))
+	positive("ReportBurst", int64(o.ReportBurst))
+	positive("NodeLimit", int64(o.NodeLimit))
+	if o.TLSConfig == nil && (o.TLS.CAFile == "" || o.TLS.CertFile == "" || o.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("TLS.CAFile, TLS.CertFile and TLS.KeyFile must all be set (the server speaks mTLS only)"))
+	}
+	return errors.Join(errs...)
+}
+
+// serverTLS returns the TLS configuration: TLS 1.2 or newer, client
+// certificate required and verified.
+func (o *Options) serverTLS() (*tls.Config, error) {
+	if o.TLSConfig != nil {
+		cfg := o.TLSConfig.Clone()
+		if cfg.ClientAuth != tls.RequireAndVerifyClientCert {
+			return nil, errors.New("TLSConfig.ClientAuth must be tls.RequireAndVerifyClientCert")
+		}
+		if cfg.MinVersion < tls.VersionTLS12 {
+			cfg.MinVersion = tls.VersionTLS12
+		}
+		return cfg, nil
+	}
+	cert, err := tls.LoadX509KeyPair(o.TLS.CertFile, o.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load server certificate %s: %w", o.TLS.CertFile, err)
+	}
+	caPEM, err := os.ReadFile(o.TLS.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA %s: %w", o.TLS.CAFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("CA %s holds no PEM certificate", o.TLS.CAFile)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}

@@ -1,0 +1,101 @@
+package queue
+
+import (
+	"strconv"
+	"testing"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
+)
+
+func obj(name, rv string, deleted bool) *feed.Object {
+	return &feed.Object{Key: feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: "ns", Name: name}, ResourceVersion: rv, Deleted: deleted}
+}
+
+func popAll(q *Queue) []string {
+	var got []string
+	for {
+		e, ok := q.Pop()
+		if !ok {
+			return got
+		}
+		s := e.Object.Key.Name + "@" + e.Object.ResourceVersion
+		if e.Object.Deleted {
+			s += "(deleted)"
+		}
+		got = append(got, s)
+	}
+}
+
+func TestLatestWinsKeepsPosition(t *testing.T) {
+	q := New()
+	q.Push(obj("a", "1", false))
+	q.Push(obj("b", "1", false))
+	for i := 2; i <= 21; i++ {
+		q.Push(obj("a", strconv.Itoa(i), false))
+	}
+	if q.Len() != 2 {
+		t.Fatalf("Len = %d after 22 pushes of 2 objects, want 2", q.Len())
+	}
+	got := popAll(q)
+	want := []string{"a@21", "b@1"}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("popped %v, want %v", got, want)
+	}
+}
+
+func TestDeleteReplacesQueued(t *testing.T) {
+	q := New()
+	q.Push(obj("a", "1", false))
+	q.Push(obj("a", "2", true))
+	if got := popAll(q); len(got) != 1 || got[0] != "a@2(deleted)" {
+		t.Fatalf("popped %v, want [a@2(deleted)]", got)
+	}
+}
+
+func TestOfferDoesNotReplace(t *testing.T) {
+	q := New()
+	q.Push(obj("a", "5", false))
+	if q.Offer(obj("a", "4", false)) {
+		t.Fatal("Offer replaced a queued entry")
+	}
+	if !q.Offer(obj("b", "1", false)) {
+		t.Fatal("Offer refused a new key")
+	}
+	if got := popAll(q); len(got) != 2 || got[0] != "a@5" || got[1] != "b@1" {
+		t.Fatalf("popped %v, want [a@5 b@1]", got)
+	}
+}
+
+func TestPendingMark(t *testing.T) {
+	q := New()
+	q.Push(obj("a", "1", false))
+	q.Push(obj("b", "1", false))
+	mark := q.Mark()
+	q.Push(obj("c", "1", false))
+	q.Push(obj("a", "2", false)) // replaced in place: still before the mark
+	for _, want := range []bool{true, true, false} {
+		if got := q.Pending(mark); got != want {
+			t.Fatalf("Pending = %v, want %v", got, want)
+		}
+		q.Pop()
+	}
+	if q.Pending(mark) {
+		t.Fatal("Pending on empty queue")
+	}
+}
+
+func TestReadyAfterPush(t *testing.T) {
+	q := New()
+	select {
+	case <-q.Ready():
+		t.Fatal("Ready before any push")
+	default:
+	}
+	q.Push(obj("a", "1", false))
+	select {
+	case <-q.Ready():
+	default:
+		t.Fatal("not Ready after push")
+	}
+}

@@ -1,0 +1,392 @@
+// Package server is the edgesync sync server: it holds one Sync stream per
+// edge node over mutual TLS, keeps a latest-wins queue and an
+// acknowledgement window per session, answers AdminService, gRPC health and
+// reflection, and serves metrics and health over a separate HTTP listener.
+//
+// The server knows nothing about Kubernetes. Controllers reach it through
+// package feed: they Publish encoded objects for a node (Server implements
+// feed.Publisher), and the server asks them what a node should hold and
+// hands them the node's reports (feed.Controllers, given to Serve).
+//
+//	srv, err := server.New(opts)
+//	ctrls := controllers.New(..., srv)
+//	err = srv.Serve(ctx, lis, ctrls) // until ctx ends, then drains
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
+	"github.com/edgesync/edgesync/server/frame"
+)
+
+// Server serves edge sessions. Create it with New, hand it to the
+// controllers as their feed.Publisher, then call Serve once.
+type Server struct {
+	opts    Options
+	log     *zap.Logger
+	grpc    *grpc.Server
+	health  *health.Server
+	metrics *metrics
+
+	serving atomic.Bool // Serve was called
+	ready   atomic.Bool // serving and not draining
+	ctrls   feed.Controllers
+	wg      sync.WaitGroup // session goroutines
+
+	mu       sync.RWMutex // guards sessions and draining
+	sessions map[string]*session
+	draining bool
+}
+
+var _ feed.Publisher = (*Server)(nil)
+
+// New builds a server from opts. It does not listen: call Serve.
+func New(opts Options) (*Server, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("server options: %w", err)
+	}
+	tlsCfg, err := opts.serverTLS()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: opts.Logger, sessions: make(map[string]*session)}
+	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	if err := opts.Registerer.Register(grpcMetrics); err != nil {
+		return nil, fmt.Errorf("register gRPC metrics: %w", err)
+	}
+
+	// Health checks and reflection are frequent and uninteresting: only
+	// Sync and AdminService calls are logged.
+	logged := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service == edgesyncv1.SyncService_ServiceDesc.ServiceName || c.Service == edgesyncv1.AdminService_ServiceDesc.ServiceName
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContext(logFields),
+		logging.WithLevels(codeToLevel),
+	}
+	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(s.recovered)}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ForceServerCodecV2(frame.NewCodec()),
+		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: opts.Keepalive.Time, Timeout: opts.Keepalive.Timeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: opts.Keepalive.MinTime, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(
+			grpcMetrics.UnaryServerInterceptor(),
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(zapLogger(s.log), logOpts...), logged),
+			auth.UnaryServerInterceptor(authenticated),
+			recovery.UnaryServerInterceptor(recoverOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			grpcMetrics.StreamServerInterceptor(),
+			selector.StreamServerInterceptor(logging.StreamServerInterceptor(zapLogger(s.log), logOpts...), logged),
+			auth.StreamServerInterceptor(authenticated),
+			recovery.StreamServerInterceptor(recoverOpts...),
+		),
+	)
+	edgesyncv1.RegisterSyncServiceServer(s.grpc, &syncService{srv: s})
+	edgesyncv1.RegisterAdminServiceServer(s.grpc, &adminService{srv: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	grpcMetrics.InitializeMetrics(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	return s, nil
+}
+
+// Serve accepts edges on lis until ctx ends, then stops gracefully: it
+// stops accepting, sends GOAWAY, ends every session with UNAVAILABLE so
+// that edges dial again (possibly another replica), and waits up to
+// Options.DrainTimeout before closing what remains. It returns nil after a
+// shutdown caused by ctx, and an error if serving failed. Serve may be
+// called once.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Controllers) error {
+	if ctrls == nil {
+		return errors.New("serve: no controllers")
+	}
+	if s.serving.Swap(true) {
+		return errors.New("serve: called twice")
+	}
+	s.ctrls = ctrls
+
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- s.grpc.Serve(lis) }()
+	var httpSrv *http.Server
+	httpDone := make(chan error, 1)
+	if s.opts.HTTPListener != nil {
+		httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { httpDone <- httpSrv.Serve(s.opts.HTTPListener) }()
+	} else {
+		httpDone <- http.ErrServerClosed
+	}
+	s.setServing(true)
+	s.log.Info("serving", zap.String("server_id", s.opts.ServerID), zap.Stringer("address", lis.Addr()))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-grpcDone:
+		serveErr = fmt.Errorf("serve gRPC: %w", serveErr)
+		grpcDone <- nil
+	case serveErr = <-httpDone:
+		serveErr = fmt.Errorf("serve HTTP: %w", serveErr)
+		httpDone <- http.ErrServerClosed
+	}
+	s.shutdown()
+	if httpSrv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.DrainTimeout)
+		if err := httpSrv.Shutdown(shutdownCtx); err != nil {
+			httpSrv.Close()
+		}
+		cancel()
+	}
+	<-grpcDone
+	<-httpDone
+	s.wg.Wait()
+	s.log.Info("stopped", zap.String("server_id", s.opts.ServerID))
+	return serveErr
+}
+
+func (s *Server) setServing(ok bool) {
+	s.ready.Store(ok)
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range []string{"", edgesyncv1.SyncService_ServiceDesc.ServiceName, edgesyncv1.AdminService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// shutdown drains: GOAWAY, end sessions, wait, then force.
+func (s *Server) shutdown() {
+	s.setServing(false)
+	s.mu.Lock()
+	s.draining = true
+	all := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.Unlock()
+
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	bye := status.Error(codes.Unavailable, "server is shutting down; dial again")
+	for _, sess := range all {
+		sess.end(bye)
+	}
+	s.log.Info("draining", zap.Int("sessions", len(all)), zap.Duration("deadline", s.opts.DrainTimeout))
+	timer := time.NewTimer(s.opts.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		s.log.Warn("drain deadline passed; closing remaining connections")
+		s.grpc.Stop()
+		<-stopped
+	}
+	s.health.Shutdown()
+}
+
+// Publish queues obj for node if node has a session here (feed.Publisher).
+func (s *Server) Publish(node string, obj *feed.Object) {
+	if obj == nil {
+		return
+	}
+	s.mu.RLock()
+	sess := s.sessions[node]
+	s.mu.RUnlock()
+	if sess != nil {
+		sess.queue.Push(obj)
+	}
+}
+
+// register makes sess the node's session, subscribing it to Publish. A
+// previous session of the node ends with ABORTED.
+func (s *Server) register(sess *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return status.Error(codes.Unavailable, "server is shutting down; dial again")
+	}
+	old := s.sessions[sess.node]
+	if old == nil && len(s.sessions) >= s.opts.NodeLimit {
+		return status.Errorf(codes.ResourceExhausted, "server %s holds its limit of %d sessions; dial another replica", s.opts.ServerID, s.opts.NodeLimit)
+	}
+	if old != nil {
+		old.end(status.Error(codes.Aborted, "replaced by a newer stream"))
+	}
+	s.sessions[sess.node] = sess
+	return nil
+}
+
+// unregister removes sess unless a newer session replaced it, and then
+// tells the controllers that the node has gone.
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	current := s.sessions[sess.node] == sess
+	if current {
+		delete(s.sessions, sess.node)
+	}
+	s.mu.Unlock()
+	if current {
+		s.ctrls.SessionEnded(sess.node)
+	}
+}
+
+func (s *Server) session(node string) *session {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sessions[node]
+}
+
+// snapshot returns the sessions ordered by node name.
+func (s *Server) snapshot() []*session {
+	s.mu.RLock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(all, func(a, b *session) int {
+		switch {
+		case a.node < b.node:
+			return -1
+		case a.node > b.node:
+			return 1
+		}
+		return 0
+	})
+	return all
+}
+
+func (s *Server) sessionCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.sessions)
+}
+
+func (s *Server) queuedObjects() int {
+	n := 0
+	for _, sess := range s.snapshot() {
+		n += sess.queue.Len()
+	}
+	return n
+}
+
+// recovered turns a panic in a handler into INTERNAL, logged with the caller.
+func (s *Server) recovered(ctx context.Context, p any) error {
+	s.log.Error("panic in handler", append(zapFields(logFields(ctx)), zap.Any("panic", p), zap.Stack("stack"))...)
+	return status.Error(codes.Internal, "internal server error; the server logged the details")
+}
+
+func (s *Server) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not serving", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	if s.opts.EnablePprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// codeToLevel keeps expected session ends (edge left, replaced, server
+// shutting down, operator disconnect) at info.
+func codeToLevel(code codes.Code) logging.Level {
+	switch code {
+	case codes.Canceled, codes.Aborted, codes.Unavailable:
+		return logging.LevelInfo
+	}
+	return logging.DefaultServerCodeToLevel(code)
+}
+
+// zapLogger adapts zap to the go-grpc-middleware logging interface.
+func zapLogger(l *zap.Logger) logging.Logger {
+	l = l.WithOptions(zap.AddCallerSkip(1))
+	return logging.LoggerFunc(func(_ context.Context, lvl logging.Level, msg string, fields ...any) {
+		f := zapFields(fields)
+		switch lvl {
+		case logging.LevelDebug:
+			l.Debug(msg, f...)
+		case logging.LevelInfo:
+			l.Info(msg, f...)
+		case logging.LevelWarn:
+			l.Warn(msg, f...)
+		default:
+			l.Error(msg, f...)
+		}
+	})
+}
+
+func zapFields(kv []any) []zap.Field {
+	f := make([]zap.Field, 0, len(kv)/2)
+	for i := logging.Fields(kv).Iterator(); i.Next(); {
+		k, v := i.At()
+		f = append(f, zap.Any(k, v))
+	}
+	return f
+}
+
+// toStatus maps an error that ends a stream to a gRPC status, in one place.
+func toStatus(err error) error {
+	switch {
+	case err == nil, errors.Is(err, errEdgeClosed):
+		return nil
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "stream canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}

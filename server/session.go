@@ -1,0 +1,522 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
+	"github.com/edgesync/edgesync/server/frame"
+	"github.com/edgesync/edgesync/server/queue"
+)
+
+// maxControl bounds the control messages (report answers) waiting for an
+// edge that does not read its stream.
+const maxControl = 4096
+
+type syncService struct {
+	edgesyncv1.UnimplementedSyncServiceServer
+	srv *Server
+}
+
+// AuthFuncOverride admits node certificates only (auth interceptor hook).
+func (*syncService) AuthFuncOverride(ctx context.Context, _ string) (context.Context, error) {
+	return authorizeNode(ctx)
+}
+
+// Sync runs one edge session. Three goroutines serve it: this handler,
+// which performs the handshake and initial sync and then waits for the
+// session to end; recvLoop, the only caller of Recv; and sendLoop, the only
+// caller of Send. The session ends through s.end (first cause wins), which
+// cancels s.ctx; the handler then returns the cause as the stream's status,
+// which ends the stream and unblocks the other two.
+func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]) error {
+	srv := svc.srv
+	s := newSession(srv, stream)
+	defer s.cancel(nil)
+
+	srv.wg.Add(1)
+	go s.recvLoop()
+
+	timer := time.NewTimer(srv.opts.HelloTimeout)
+	var hello *edgesyncv1.Hello
+	select {
+	case hello = <-s.hello:
+		timer.Stop()
+	case <-s.ctx.Done():
+		timer.Stop()
+		return toStatus(context.Cause(s.ctx))
+	case <-timer.C:
+		return status.Errorf(codes.DeadlineExceeded, "no Hello within %s of opening the stream", srv.opts.HelloTimeout)
+	}
+
+	if err := srv.register(s); err != nil {
+		return err
+	}
+	defer srv.unregister(s)
+	close(s.registered)
+	srv.log.Info("session started",
+		zap.String("node", s.node), zap.String("peer", s.peer), zap.String("session_id", s.id),
+		zap.String("agent_version", hello.GetAgentVersion()), zap.Int("held_objects", len(hello.GetHeldObjects())))
+
+	s.pushControl(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_Welcome{Welcome: &edgesyncv1.Welcome{
+		SessionId:           s.id,
+		ServerId:            srv.opts.ServerID,
+		HeartbeatInterval:   durationpb.New(srv.opts.HeartbeatInterval),
+		AckWindow:           uint32(srv.opts.AckWindow),
+		MaxMessageBytes:     uint32(srv.opts.MaxMessageBytes),
+		MaxReportsPerSecond: uint32(srv.opts.ReportsPerSecond),
+	}}})
+	srv.wg.Add(1)
+	go s.sendLoop()
+
+	// Registered above, so every Publish from now on reaches the queue;
+	// Desired cannot miss a change.
+	if _, err := s.queueDifference(); err != nil {
+		s.end(status.Errorf(codes.Unavailable, "cannot tell what node %q should hold: %v; dial again later", s.node, err))
+	} else {
+		s.mu.Lock()
+		s.initialMark = s.queue.Mark()
+		s.initialQueued = true
+		s.mu.Unlock()
+		s.signal()
+	}
+
+	<-s.ctx.Done()
+	err := toStatus(context.Cause(s.ctx))
+	srv.metrics.ended.WithLabelValues(status.Code(err).String()).Inc()
+	return err
+}
+
+// session is one edge's stream.
+type session struct {
+	srv        *Server
+	stream     grpc.ServerStream
+	id         string
+	node       string
+	peer       string
+	connected  time.Time
+	ctx        context.Context
+	cancel     context.CancelCauseFunc
+	queue      *queue.Queue
+	limiter    *rate.Limiter
+	hello      chan *edgesyncv1.Hello // capacity 1; recvLoop sends the Hello
+	registered chan struct{}          // closed by the handler once registered
+	wake       chan struct{}          // capacity 1: a control message or an ack arrived
+
+	mu             sync.Mutex // guards the fields below
+	agentVersion   string
+	held           map[feed.Key]heldRef // what the edge holds, as acknowledged
+	control        []*edgesyncv1.SyncResponse
+	inflight       []sentObject // object events sent and not acknowledged, by sequence
+	lastSent       uint64
+	lastAcked      uint64
+	lastAckTime    time.Time
+	lastHeartbeat  time.Time
+	initialMark    uint64
+	initialQueued  bool
+	syncComplete   bool
+	initialApplied uint32
+	initialDeleted uint32
+	messagesSent   uint64
+	nacks          uint64
+	lastNack       *edgesyncv1.NackRecord
+}
+
+type heldRef struct{ uid, resourceVersion string }
+
+type sentObject struct {
+	sequence uint64
+	object   *feed.Object
+	queued   time.Time
+}
+
+func newSession(srv *Server, stream grpc.ServerStream) *session {
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	var idBytes [8]byte
+	_, _ = rand.Read(idBytes[:])
+	s := &session{
+		srv:        srv,
+		stream:     stream,
+		id:         hex.EncodeToString(idBytes[:]),
+		node:       nodeFromContext(stream.Context()),
+		connected:  time.Now(),
+		ctx:        ctx,
+		cancel:     cancel,
+		queue:      queue.New(),
+		limiter:    rate.NewLimiter(rate.Limit(srv.opts.ReportsPerSecond), srv.opts.ReportBurst),
+		hello:      make(chan *edgesyncv1.Hello, 1),
+		registered: make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		held:       make(map[feed.Key]heldRef),
+	}
+	if p, ok := peer.FromContext(stream.Context()); ok {
+		s.peer = p.Addr.String()
+	}
+	return s
+}
+
+// end ends the session with err as its status; the first cause wins.
+func (s *session) end(err error) { s.cancel(err) }
+
+func (s *session) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// errEdgeClosed ends a session whose edge closed its side of the stream.
+var errEdgeClosed = errors.New("edge closed the stream")
+
+func (s *session) recvLoop() {
+	defer s.srv.wg.Done()
+	first := new(edgesyncv1.SyncRequest)
+	err := s.stream.RecvMsg(first)
+	if err != nil {
+		s.end(recvError(err))
+		return
+	}
+	hello, err := checkHello(first, s.node)
+	if err != nil {
+		s.end(err)
+		return
+	}
+	s.mu.Lock()
+	s.agentVersion = hello.GetAgentVersion()
+	for _, ref := range hello.GetHeldObjects() {
+		s.held[feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}] = heldRef{uid: ref.GetUid(), resourceVersion: ref.GetResourceVersion()}
+	}
+	s.mu.Unlock()
+	s.hello <- hello
+	select {
+	case <-s.registered:
+	case <-s.ctx.Done():
+		return
+	}
+	for {
+		req := new(edgesyncv1.SyncRequest)
+		if err := s.stream.RecvMsg(req); err != nil {
+			s.end(recvError(err))
+			return
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+		if err := s.receive(req); err != nil {
+			s.end(err)
+			return
+		}
+	}
+}
+
+func recvError(err error) error {
+	if errors.Is(err, io.EOF) {
+		return errEdgeClosed
+	}
+	return err
+}
+
+func checkHello(req *edgesyncv1.SyncRequest, certNode string) (*edgesyncv1.Hello, error) {
+	if req.GetMessage() == nil {
+		return nil, status.Error(codes.InvalidArgument, "SyncRequest has no message set; set exactly one, starting with hello")
+	}
+	hello := req.GetHello()
+	if hello == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "the first message of a Sync stream must be hello, got %s", messageName(req))
+	}
+	if hello.GetNodeName() != certNode {
+		return nil, status.Errorf(codes.PermissionDenied, "hello is for node %q but the client certificate is for node %q", hello.GetNodeName(), certNode)
+	}
+	for i, ref := range hello.GetHeldObjects() {
+		if ref.GetKind() == edgesyncv1.Kind_KIND_UNSPECIFIED || ref.GetName() == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "hello.held_objects[%d]: kind and name are required", i)
+		}
+	}
+	return hello, nil
+}
+
+func messageName(req *edgesyncv1.SyncRequest) string {
+	m := req.ProtoReflect()
+	if fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("message")); fd != nil {
+		return string(fd.Name())
+	}
+	return "nothing"
+}
+
+// receive handles one message after Hello.
+func (s *session) receive(req *edgesyncv1.SyncRequest) error {
+	switch m := req.GetMessage().(type) {
+	case nil:
+		return status.Error(codes.InvalidArgument, "SyncRequest has no message set; set exactly one")
+	case *edgesyncv1.SyncRequest_Hello:
+		return status.Error(codes.InvalidArgument, "hello may be sent only once, as the first message")
+	case *edgesyncv1.SyncRequest_Ack:
+		return s.ack(m.Ack.GetSequence())
+	case *edgesyncv1.SyncRequest_Nack:
+		s.nack(m.Nack)
+		return nil
+	}
+	kind := reportKind(req)
+	if req.GetRequestId() == 0 {
+		return status.Errorf(codes.InvalidArgument, "%s report has request_id 0; give every report a non-zero request_id", kind)
+	}
+	if !s.limiter.Allow() {
+		return status.Errorf(codes.ResourceExhausted, "too many reports: more than %d per second (burst %d); send status only when it changes", s.srv.opts.ReportsPerSecond, s.srv.opts.ReportBurst)
+	}
+	if kind == "heartbeat" {
+		s.mu.Lock()
+		s.lastHeartbeat = time.Now()
+		s.mu.Unlock()
+	}
+	return s.report(kind, req)
+}
+
+// report hands a report to the controllers; a panic there ends only this
+// session, with INTERNAL.
+func (s *session) report(kind string, req *edgesyncv1.SyncRequest) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.srv.log.Error("panic handling report", zap.String("node", s.node), zap.String("kind", kind), zap.Any("panic", p), zap.Stack("stack"))
+			err = status.Errorf(codes.Internal, "internal error handling %s report %d; the server logged the details", kind, req.GetRequestId())
+		}
+	}()
+	s.srv.ctrls.HandleReport(s.node, req, func(res *edgesyncv1.StatusResult) {
+		if res == nil {
+			return
+		}
+		s.srv.metrics.upstream.WithLabelValues(kind, codes.Code(res.GetCode()).String()).Inc()
+		s.pushControl(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_StatusResult{StatusResult: res}})
+	})
+	return nil
+}
+
+func (s *session) ack(seq uint64) error {
+	now := time.Now()
+	s.mu.Lock()
+	if seq > s.lastSent {
+		last := s.lastSent
+		s.mu.Unlock()
+		return status.Errorf(codes.InvalidArgument, "ack for sequence %d, but the newest message sent has sequence %d", seq, last)
+	}
+	if seq <= s.lastAcked {
+		s.mu.Unlock()
+		return nil
+	}
+	s.lastAcked, s.lastAckTime = seq, now
+	n := 0
+	for n < len(s.inflight) && s.inflight[n].sequence <= seq {
+		sent := s.inflight[n]
+		obj := sent.object
+		if obj.Deleted {
+			delete(s.held, obj.Key)
+		} else {
+			s.held[obj.Key] = heldRef{uid: obj.UID, resourceVersion: obj.ResourceVersion}
+		}
+		s.srv.metrics.acked.WithLabelValues(kindLabel(obj.Key.Kind)).Inc()
+		s.srv.metrics.latency.Observe(now.Sub(sent.queued).Seconds())
+		s.inflight[n] = sentObject{}
+		n++
+	}
+	s.inflight = s.inflight[n:]
+	s.mu.Unlock()
+	if n > 0 {
+		s.signal()
+	}
+	return nil
+}
+
+func (s *session) nack(n *edgesyncv1.Nack) {
+	rec := &edgesyncv1.NackRecord{Sequence: n.GetSequence(), Object: n.GetObject(), Reason: n.GetReason(), Time: timestamppb.Now()}
+	s.mu.Lock()
+	s.nacks++
+	s.lastNack = rec
+	s.mu.Unlock()
+	s.srv.metrics.nacked.WithLabelValues(kindLabel(n.GetObject().GetKind())).Inc()
+	s.srv.log.Warn("edge could not apply object",
+		zap.String("node", s.node), zap.Uint64("sequence", n.GetSequence()),
+		zap.Stringer("kind", n.GetObject().GetKind()), zap.String("namespace", n.GetObject().GetNamespace()),
+		zap.String("name", n.GetObject().GetName()), zap.String("resource_version", n.GetObject().GetResourceVersion()),
+		zap.String("reason", n.GetReason()))
+}
+
+// pushControl queues a control message; the window does not hold it back.
+func (s *session) pushControl(msg *edgesyncv1.SyncResponse) {
+	if s.ctx.Err() != nil {
+		return // the edge sends unanswered reports again
+	}
+	s.mu.Lock()
+	full := len(s.control) >= maxControl
+	if !full {
+		s.control = append(s.control, msg)
+	}
+	s.mu.Unlock()
+	if full {
+		s.end(status.Errorf(codes.ResourceExhausted, "%d report answers wait unread; read the stream", maxControl))
+		return
+	}
+	s.signal()
+}
+
+// queueDifference queues what the node should hold and the edge does not
+// hold at that version, and deletes for what the edge holds and should not.
+// Whatever is already queued was published later and stays.
+func (s *session) queueDifference() (int, error) {
+	desired, err := s.srv.ctrls.Desired(s.node)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	held := maps.Clone(s.held)
+	s.mu.Unlock()
+	queued := 0
+	want := make(map[feed.Key]bool, len(desired))
+	for _, obj := range desired {
+		if obj == nil || obj.Deleted {
+			continue
+		}
+		want[obj.Key] = true
+		if h, ok := held[obj.Key]; ok && h.resourceVersion == obj.ResourceVersion {
+			continue
+		}
+		if s.queue.Offer(obj) {
+			queued++
+		}
+	}
+	for key, h := range held {
+		if want[key] {
+			continue
+		}
+		tomb, err := s.srv.ctrls.Tombstone(key, h.uid)
+		if err != nil {
+			s.srv.log.Warn("no tombstone for object the edge holds", zap.String("node", s.node), zap.Stringer("key", key), zap.Error(err))
+			continue
+		}
+		if s.queue.Offer(tomb) {
+			queued++
+		}
+	}
+	return queued, nil
+}
+
+func (s *session) sendLoop() {
+	defer s.srv.wg.Done()
+	for {
+		msg, kind := s.next()
+		if msg == nil {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-s.queue.Ready():
+			case <-s.wake:
+			}
+			continue
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+		if err := s.stream.SendMsg(msg); err != nil {
+			s.end(fmt.Errorf("send to node %q: %w", s.node, err))
+			return
+		}
+		s.srv.metrics.sent.WithLabelValues(kind).Inc()
+	}
+}
+
+// next picks the next message to send, numbering it: control messages
+// first, then SyncComplete once the initial objects are out, then objects
+// while the window has room. It returns nil when there is nothing to send.
+func (s *session) next() (any, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.control) > 0 {
+		msg := s.control[0]
+		s.control[0] = nil
+		s.control = s.control[1:]
+		kind := "status_result"
+		if msg.GetWelcome() != nil {
+			kind = "welcome"
+		}
+		return s.number(msg), kind
+	}
+	if s.initialQueued && !s.syncComplete && !s.queue.Pending(s.initialMark) {
+		s.syncComplete = true
+		return s.number(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_SyncComplete{SyncComplete: &edgesyncv1.SyncComplete{
+			ObjectsSent: s.initialApplied, ObjectsDeleted: s.initialDeleted,
+		}}}), "sync_complete"
+	}
+	for len(s.inflight) < s.srv.opts.AckWindow {
+		e, ok := s.queue.Pop()
+		if !ok {
+			return nil, ""
+		}
+		obj := e.Object
+		if h, ok := s.held[obj.Key]; ok && !obj.Deleted && h.resourceVersion == obj.ResourceVersion {
+			continue // the edge already holds this version
+		}
+		s.lastSent++
+		s.messagesSent++
+		s.inflight = append(s.inflight, sentObject{sequence: s.lastSent, object: obj, queued: e.Queued})
+		if !s.syncComplete {
+			if obj.Deleted {
+				s.initialDeleted++
+			} else {
+				s.initialApplied++
+			}
+		}
+		return &frame.Frame{Sequence: s.lastSent, Payload: obj.Payload}, kindLabel(obj.Key.Kind)
+	}
+	return nil, ""
+}
+
+func (s *session) number(msg *edgesyncv1.SyncResponse) *edgesyncv1.SyncResponse {
+	s.lastSent++
+	s.messagesSent++
+	msg.Sequence = s.lastSent
+	return msg
+}
+
+// view describes the session for AdminService.
+func (s *session) view() *edgesyncv1.Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := &edgesyncv1.Session{
+		NodeName:            s.node,
+		SessionId:           s.id,
+		ServerId:            s.srv.opts.ServerID,
+		PeerAddress:         s.peer,
+		AgentVersion:        s.agentVersion,
+		ConnectedTime:       timestamppb.New(s.connected),
+		QueueDepth:          uint32(s.queue.Len()),
+		Unacknowledged:      uint32(len(s.inflight)),
+		LastSentSequence:    s.lastSent,
+		LastAckedSequence:   s.lastAcked,
+		InitialSyncComplete: s.syncComplete,
+		MessagesSent:        s.messagesSent,
+		Nacks:               s.nacks,
+		LastNack:            s.lastNack,
+	}
+	if !s.lastAckTime.IsZero() {
+		v.LastAckTime = timestamppb.New(s.lastAckTime)
+	}
+	if !s.lastHeartbeat.IsZero() {
+		v.LastHeartbeatTime = timestamppb.New(s.lastHeartbeat)
+	}
+	return v
+}
