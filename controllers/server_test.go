@@ -38,19 +38,20 @@ type edge struct {
 	sendMu sync.Mutex // one sender at a time
 	nextID atomic.Uint64
 	done   chan struct{} // closed when the receive loop ends
+	close  func()        // ends the stream and waits for the receive loop
 
 	mu       sync.Mutex // guards the fields below
 	held     map[feed.Key]*edgesyncv1.SyncResponse
 	deleted  map[feed.Key]bool
 	results  map[uint64]*edgesyncv1.StatusResult
-	complete bool
+	complete *edgesyncv1.SyncComplete
 	err      error
 	changed  chan struct{}
 }
 
-// connect opens node's stream to env, says Hello and keeps receiving until
-// the test ends.
-func connect(t *testing.T, env *servertest.Env, node string) *edge {
+// connect opens node's stream to env, says Hello (holding held) and keeps
+// receiving until the test ends or close is called.
+func connect(t *testing.T, env *servertest.Env, node string, held ...*edgesyncv1.ObjectRef) *edge {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stream, err := edgesyncv1.NewSyncServiceClient(env.DialNode(t, node)).Sync(ctx)
@@ -63,8 +64,11 @@ func connect(t *testing.T, env *servertest.Env, node string) *edge {
 		held: make(map[feed.Key]*edgesyncv1.SyncResponse), deleted: make(map[feed.Key]bool),
 		results: make(map[uint64]*edgesyncv1.StatusResult), changed: make(chan struct{}),
 	}
-	t.Cleanup(func() { cancel(); <-e.done })
-	e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: node, AgentVersion: "controllers-test"}}})
+	e.close = func() { cancel(); <-e.done }
+	t.Cleanup(e.close)
+	e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{
+		NodeName: node, AgentVersion: "controllers-test", HeldObjects: held,
+	}}})
 	go e.receive()
 	return e
 }
@@ -104,7 +108,7 @@ func (e *edge) apply(msg *edgesyncv1.SyncResponse) {
 	var meta *metav1pb.ObjectMeta
 	switch m := msg.GetMessage().(type) {
 	case *edgesyncv1.SyncResponse_SyncComplete:
-		e.complete = true
+		e.complete = m.SyncComplete
 		return
 	case *edgesyncv1.SyncResponse_StatusResult:
 		e.results[m.StatusResult.GetRequestId()] = m.StatusResult
@@ -153,7 +157,25 @@ func (e *edge) waitFor(what string, cond func() bool) {
 
 func (e *edge) waitSynced() {
 	e.t.Helper()
-	e.waitFor("initial sync", func() bool { return e.complete })
+	e.waitFor("initial sync", func() bool { return e.complete != nil })
+}
+
+// ref returns what the edge holds of key, as Hello lists it.
+func (e *edge) ref(key feed.Key) *edgesyncv1.ObjectRef {
+	e.t.Helper()
+	msg := e.waitHeld(key)
+	var meta *metav1pb.ObjectMeta
+	switch m := msg.GetMessage().(type) {
+	case *edgesyncv1.SyncResponse_PodEvent:
+		meta = m.PodEvent.GetPod().GetMetadata()
+	case *edgesyncv1.SyncResponse_ConfigMapEvent:
+		meta = m.ConfigMapEvent.GetConfigMap().GetMetadata()
+	case *edgesyncv1.SyncResponse_SecretEvent:
+		meta = m.SecretEvent.GetSecret().GetMetadata()
+	case *edgesyncv1.SyncResponse_DeviceEvent:
+		meta = m.DeviceEvent.GetDevice().GetMetadata()
+	}
+	return &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()}
 }
 
 func (e *edge) waitHeld(key feed.Key) *edgesyncv1.SyncResponse {
@@ -323,6 +345,56 @@ func TestThroughServerKubeEdgeDevice(t *testing.T) {
 	if v, _, _ := unstructured.NestedString(twins[0].(map[string]any), "reported", "value"); v != "22" {
 		t.Fatalf("reported twin value %q, want 22", v)
 	}
+}
+
+// Resuming costs only the difference: what the edge holds at the current
+// version is not sent again, what it should not hold is deleted.
+func TestThroughServerResumeSendsOnlyTheDifference(t *testing.T) {
+	client := testcluster.Client(t)
+	dyn, err := dynamic.NewForConfig(testcluster.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testcluster.Namespace(t, client)
+	node1 := edgeNode(t, client, "edge-1")
+	_, env := startWithServer(t, controllers.Config{})
+	createConfig(t, client, ns, "app")
+	if _, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("web", node1, "app", "app"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(devicesync.DeviceModels).Namespace(ns).Create(t.Context(), object(t, modelYAML), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(devicesync.Devices).Namespace(ns).Create(t.Context(), object(t, strings.Replace(deviceYAML, "NODE", node1, 1)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	first := connect(t, env, node1)
+	first.waitSynced()
+	first.waitFor("the device with its model", func() bool {
+		d := first.held[deviceKey(ns, "thermo-1")]
+		return d != nil && d.GetDeviceEvent().GetModel() != nil
+	})
+	held := []*edgesyncv1.ObjectRef{
+		first.ref(podKey(ns, "web")),
+		first.ref(configMapKey(ns, "app")),
+		first.ref(deviceKey(ns, "thermo-1")),
+		{Kind: edgesyncv1.Kind_KIND_SECRET, Namespace: ns, Name: "gone", Uid: "0b5e5c1e-0000-4000-8000-000000000001", ResourceVersion: "1"},
+	}
+	first.waitHeld(secretKey(ns, "app"))
+	first.close()
+
+	again := connect(t, env, node1, held...)
+	again.waitSynced()
+	again.mu.Lock()
+	done := again.complete
+	again.mu.Unlock()
+	if done.GetObjectsSent() != 1 || done.GetObjectsDeleted() != 1 {
+		t.Errorf("resume sent %d objects and deleted %d, want 1 (the secret it did not list) and 1 (the secret it should not hold)",
+			done.GetObjectsSent(), done.GetObjectsDeleted())
+	}
+	again.waitHeld(secretKey(ns, "app"))
+	again.waitGone(secretKey(ns, "gone"))
 }
 
 // countingTransport counts the reads (GET without watch) sent to the API
