@@ -464,3 +464,23 @@ func TestBackoffAcrossClients(t *testing.T) {
 		t.Errorf("two clients drew the same delays: %v", seqs[0])
 	}
 }
+
+// TestServerLargeInitialSync syncs many more objects than the server's ack
+// window: the client must acknowledge as it goes for the sync to finish.
+func TestServerLargeInitialSync(t *testing.T) {
+	const node, n = "edge-large", 2000
+	ctrls := feedtest.New()
+	env := servertest.Start(t, ctrls, func(o *server.Options) { o.AckWindow = 16 })
+	objs := make([]*feed.Object, 0, n)
+	for i := range n {
+		objs = append(objs, feedtest.ConfigMap("ns", fmt.Sprint("cm-", i), "1", map[string]string{"i": fmt.Sprint(i)}))
+	}
+	ctrls.Set(node, objs...)
+	certFile, keyFile := env.NodeCert(t, node)
+	c := newClient(t, env.Addr, env.CAFile, certFile, keyFile, node, t.TempDir())
+	c.start()
+	s := wait(t, c.Client, "initial sync", func(s edgeclient.State) bool { return s.Synced })
+	if s.ObjectsHeld != n || s.LastSyncSent != n {
+		t.Errorf("after the initial sync: %d held, server sent %d; want %d", s.ObjectsHeld, s.LastSyncSent, n)
+	}
+}
