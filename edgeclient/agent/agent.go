@@ -24,6 +24,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -66,6 +67,10 @@ type agent struct {
 
 	outMu sync.Mutex // guards out
 	out   io.Writer  // nil: print nothing
+
+	// applied holds, per device, the desired values last reported as
+	// applied; only OnEvent (one goroutine) and startup touch it.
+	applied map[edgeclient.Key]string
 }
 
 // Run runs the agent until ctx ends.
@@ -77,7 +82,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now()}
+	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now(), applied: map[edgeclient.Key]string{}}
 	ccfg := cfg.Client
 	ccfg.AgentVersion = "edgesync-agent/" + cfg.Version
 	ccfg.OnEvent = a.onEvent
@@ -100,6 +105,9 @@ func Run(ctx context.Context, cfg Config) error {
 		a.print("HELD", obj, nil)
 		if obj.Pod != nil {
 			a.reportPod(obj.Pod)
+		}
+		if obj.Device != nil {
+			a.reportDevice(obj.Device)
 		}
 	}
 	if _, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: cfg.Labels, Status: *a.nodeStatus()}); err != nil {
@@ -131,10 +139,56 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
-	if p := ev.Object.Pod; p != nil && ev.Type != edgeclient.Deleted {
-		a.reportPod(p)
+	switch {
+	case ev.Type == edgeclient.Deleted:
+		delete(a.applied, ev.Key)
+	case ev.Object.Pod != nil:
+		a.reportPod(ev.Object.Pod)
+	case ev.Object.Device != nil:
+		a.reportDevice(ev.Object.Device)
 	}
 	return nil
+}
+
+// reportDevice simulates a device that takes every desired value: it
+// reports the device online with each property's reported value equal to
+// its desired one. It reports only when the desired values changed, since
+// the cloud writing the status sends the device again.
+func (a *agent) reportDevice(d *edgeclient.Device) {
+	meta := d.Device.GetMetadata()
+	key := edgeclient.Key{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: meta.GetNamespace(), Name: meta.GetName()}
+	st := DeviceStatus(d, time.Now())
+	var fp strings.Builder
+	for _, tw := range st.GetTwins() {
+		fmt.Fprintf(&fp, "%q=%q;", tw.GetPropertyName(), tw.GetObservedDesired().GetValue())
+	}
+	if a.applied[key] == fp.String() {
+		return
+	}
+	if _, err := a.client.ReportDeviceStatus(st); err != nil {
+		a.log.Warn("cannot report device status", zap.Stringer("device", key), zap.Error(err))
+		return
+	}
+	a.applied[key] = fp.String()
+}
+
+// DeviceStatus is the simulated status of device d at now: online, every
+// property reporting its desired value.
+func DeviceStatus(d *edgeclient.Device, now time.Time) *edgesyncv1.DeviceStatus {
+	meta := d.Device.GetMetadata()
+	st := &edgesyncv1.DeviceStatus{
+		Namespace: meta.GetNamespace(), Name: meta.GetName(), State: "online",
+		LastOnlineTime: timestamppb.New(now.Truncate(time.Second)),
+	}
+	for _, p := range d.Device.GetProperties() {
+		desired := p.GetDesired().GetValue()
+		st.Twins = append(st.Twins, &edgesyncv1.Twin{
+			PropertyName:    p.GetName(),
+			Reported:        &edgesyncv1.TwinValue{Value: desired, Metadata: map[string]string{"timestamp": strconv.FormatInt(now.UnixMilli(), 10)}},
+			ObservedDesired: &edgesyncv1.TwinValue{Value: desired},
+		})
+	}
+	return st
 }
 
 // reportPod reports the simulated runtime's status of pod. Results are

@@ -219,10 +219,35 @@ func TestAgentAgainstServer(t *testing.T) {
 	})
 	ctrls.Put(node, feedtest.Pod("ns", "db", node, "3"))
 	waitReport(t, wctx, ctrls, "Running and Ready status of ns/db", podPhase("db"))
+	ctrls.Put(node, device(t, "ns", "thermo", "4", "21"))
+	waitReport(t, wctx, ctrls, "status of device ns/thermo", func(r feedtest.Report) bool {
+		ds := r.Request.GetDeviceStatus()
+		return ds.GetName() == "thermo" && ds.GetState() == "online" && len(ds.GetTwins()) == 1 &&
+			ds.GetTwins()[0].GetReported().GetValue() == "21"
+	})
+	// A new version with the same desired value (as after the cloud wrote
+	// the status) is not reported again; a new desired value is.
+	ctrls.Put(node, device(t, "ns", "thermo", "5", "21"))
+	ctrls.Put(node, feedtest.Pod("ns", "cache", node, "6"))
+	waitReport(t, wctx, ctrls, "Running and Ready status of ns/cache", podPhase("cache"))
+	ctrls.Put(node, device(t, "ns", "thermo", "7", "22"))
+	waitReport(t, wctx, ctrls, "status of device ns/thermo at 22", func(r feedtest.Report) bool {
+		twins := r.Request.GetDeviceStatus().GetTwins()
+		return len(twins) == 1 && twins[0].GetReported().GetValue() == "22"
+	})
+	deviceReports := 0
+	for _, r := range ctrls.Reports() {
+		if r.Request.GetDeviceStatus() != nil {
+			deviceReports++
+		}
+	}
+	if deviceReports != 2 {
+		t.Errorf("%d device status reports, want 2: one per desired value", deviceReports)
+	}
 	stop()
 
 	lines := out.String()
-	for _, want := range []string{"ADDED    Pod       ns/web rv=1 images=", "ADDED    ConfigMap ns/cfg rv=7 keys=k", "MODIFIED Pod       ns/web rv=2 terminating", "ADDED    Pod       ns/db rv=3"} {
+	for _, want := range []string{"ADDED    Pod       ns/web rv=1 images=", "ADDED    ConfigMap ns/cfg rv=7 keys=k", "MODIFIED Pod       ns/web rv=2 terminating", "ADDED    Pod       ns/db rv=3", "ADDED    Device    ns/thermo rv=4 model=thermometer properties=1"} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("output lacks %q:\n%s", want, lines)
 		}
@@ -242,6 +267,22 @@ func TestAgentAgainstServer(t *testing.T) {
 			t.Errorf("list output lacks %q:\n%s", want, listed.String())
 		}
 	}
+}
+
+// device is a device with one property whose desired value is desired.
+func device(t *testing.T, ns, name, rv, desired string) *feed.Object {
+	meta := &metav1pb.ObjectMeta{Namespace: proto.String(ns), Name: proto.String(name), Uid: proto.String("uid-" + name), ResourceVersion: proto.String(rv)}
+	obj, err := feed.Encode(feed.Key{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: ns, Name: name}, meta.GetUid(), rv, false,
+		&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY,
+			Device: &edgesyncv1.Device{Metadata: meta, ModelName: "thermometer", Properties: []*edgesyncv1.DeviceProperty{
+				{Name: "temperature", Desired: &edgesyncv1.TwinValue{Value: desired}},
+			}},
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return obj
 }
 
 func hasCondition(st *corev1pb.PodStatus, typ, status string) bool {
