@@ -3,7 +3,8 @@
 // for a node, registers the node and reports its status, prints every
 // change to what the node holds as one line, and runs pods with a
 // simulated runtime: each pod it receives is reported Running and Ready, and
-// terminated once the cloud deletes it. Real container runtimes are out of
+// terminated once the cloud deletes it; each device reports online with its
+// desired values. Real container runtimes and device protocols are out of
 // scope.
 package agent
 
