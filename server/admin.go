@@ -44,7 +44,7 @@ func (a *adminService) ResyncNode(_ context.Context, req *edgesyncv1.ResyncNodeR
 	}
 	n, err := sess.queueDifference()
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "cannot tell what node %q should hold: %v", sess.node, err)
+		return nil, desiredError(sess.node, err)
 	}
 	return &edgesyncv1.ResyncNodeResponse{ObjectsQueued: uint32(n)}, nil
 }

@@ -59,6 +59,9 @@ type Options struct {
 	// /debug/pprof/ with EnablePprof) while Serve runs. Serve closes it.
 	HTTPListener net.Listener
 	EnablePprof  bool
+	// Ready, when set, must also return nil for /readyz to answer 200 (for
+	// example: the controllers' caches have synced).
+	Ready func() error
 }
 
 // TLSFiles names the PEM files of the server's identity and the CA that

@@ -143,13 +143,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 
 	grpcDone := make(chan error, 1)
 	go func() { grpcDone <- s.grpc.Serve(lis) }()
-	var httpSrv *http.Server
-	httpDone := make(chan error, 1)
+	var (
+		httpSrv  *http.Server
+		httpDone chan error // nil without an HTTP listener: never ready
+	)
 	if s.opts.HTTPListener != nil {
 		httpSrv = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpDone = make(chan error, 1)
 		go func() { httpDone <- httpSrv.Serve(s.opts.HTTPListener) }()
-	} else {
-		httpDone <- http.ErrServerClosed
 	}
 	s.setServing(true)
 	s.log.Info("serving", zap.String("server_id", s.opts.ServerID), zap.Stringer("address", lis.Addr()))
@@ -157,12 +158,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 	var serveErr error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-grpcDone:
-		serveErr = fmt.Errorf("serve gRPC: %w", serveErr)
-		grpcDone <- nil
-	case serveErr = <-httpDone:
-		serveErr = fmt.Errorf("serve HTTP: %w", serveErr)
-		httpDone <- http.ErrServerClosed
+	case err := <-grpcDone:
+		serveErr = fmt.Errorf("serve gRPC: %w", err)
+		grpcDone <- nil // for the wait below
+	case err := <-httpDone:
+		serveErr = fmt.Errorf("serve HTTP: %w", err)
+		httpDone <- nil // for the wait below
 	}
 	s.shutdown()
 	if httpSrv != nil {
@@ -171,9 +172,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 			httpSrv.Close()
 		}
 		cancel()
+		<-httpDone
 	}
 	<-grpcDone
-	<-httpDone
 	s.wg.Wait()
 	s.log.Info("stopped", zap.String("server_id", s.opts.ServerID))
 	return serveErr
@@ -325,6 +326,12 @@ func (s *Server) httpHandler() http.Handler {
 		if !s.ready.Load() {
 			http.Error(w, "not serving", http.StatusServiceUnavailable)
 			return
+		}
+		if s.opts.Ready != nil {
+			if err := s.opts.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})

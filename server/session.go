@@ -89,7 +89,7 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	// Registered above, so every Publish from now on reaches the queue;
 	// Desired cannot miss a change.
 	if _, err := s.queueDifference(); err != nil {
-		s.end(status.Errorf(codes.Unavailable, "cannot tell what node %q should hold: %v; dial again later", s.node, err))
+		s.end(desiredError(s.node, err))
 	} else {
 		s.mu.Lock()
 		s.initialMark = s.queue.Mark()
@@ -102,6 +102,16 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	err := toStatus(context.Cause(s.ctx))
 	srv.metrics.ended.WithLabelValues(status.Code(err).String()).Inc()
 	return err
+}
+
+// desiredError explains why the objects of node could not be listed,
+// keeping the controllers' status code (UNAVAILABLE for other errors).
+func desiredError(node string, err error) error {
+	code, msg := codes.Unavailable, err.Error()
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		code, msg = st.Code(), st.Message()
+	}
+	return status.Errorf(code, "cannot tell what node %q should hold: %s", node, msg)
 }
 
 // session is one edge's stream.

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the YAML configuration file of edgesync-server. Every field has
+// a default (see defaultConfig and --print-default-config).
+type Config struct {
+	// ServerID names this replica; the host name when empty.
+	ServerID string `json:"serverID"`
+	// ListenAddress is where edges and admins connect (gRPC, mTLS).
+	ListenAddress string `json:"listenAddress"`
+	// HTTPAddress serves /metrics, /healthz, /readyz (and pprof); empty
+	// disables it.
+	HTTPAddress string `json:"httpAddress"`
+	EnablePprof bool   `json:"enablePprof"`
+
+	TLS TLSConfig `json:"tls"`
+
+	HeartbeatInterval metav1.Duration `json:"heartbeatInterval"`
+	AckWindow         int             `json:"ackWindow"`
+	MaxMessageBytes   int             `json:"maxMessageBytes"`
+	ReportsPerSecond  int             `json:"reportsPerSecond"`
+	ReportBurst       int             `json:"reportBurst"`
+	NodeLimit         int             `json:"nodeLimit"`
+	HelloTimeout      metav1.Duration `json:"helloTimeout"`
+	DrainTimeout      metav1.Duration `json:"drainTimeout"`
+	Keepalive         KeepaliveConfig `json:"keepalive"`
+
+	Kubernetes  KubernetesConfig  `json:"kubernetes"`
+	Controllers ControllersConfig `json:"controllers"`
+	Log         LogConfig         `json:"log"`
+}
+
+// TLSConfig names the server's certificate, key and the CA of clients.
+type TLSConfig struct {
+	CAFile   string `json:"caFile"`
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+}
+
+// KeepaliveConfig configures HTTP/2 pings.
+type KeepaliveConfig struct {
+	Time    metav1.Duration `json:"time"`
+	Timeout metav1.Duration `json:"timeout"`
+	MinTime metav1.Duration `json:"minTime"`
+}
+
+// KubernetesConfig says how to reach the API server.
+type KubernetesConfig struct {
+	// Kubeconfig is a kubeconfig file; empty means in-cluster config.
+	Kubeconfig string  `json:"kubeconfig"`
+	QPS        float32 `json:"qps"`
+	Burst      int     `json:"burst"`
+}
+
+// ControllersConfig tunes the Kubernetes controllers.
+type ControllersConfig struct {
+	EdgeLabel      string          `json:"edgeLabel"`
+	Workers        int             `json:"workers"`
+	LeaseDuration  metav1.Duration `json:"leaseDuration"`
+	ResyncPeriod   metav1.Duration `json:"resyncPeriod"`
+	DisableDevices bool            `json:"disableDevices"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level string `json:"level"`
+	// Format is json or console.
+	Format string `json:"format"`
+}
+
+func defaultConfig() Config {
+	d := func(v time.Duration) metav1.Duration { return metav1.Duration{Duration: v} }
+	return Config{
+		ListenAddress: ":7443",
+		HTTPAddress:   ":8080",
+		TLS: TLSConfig{
+			CAFile:   "/etc/edgesync/pki/ca.crt",
+			CertFile: "/etc/edgesync/pki/server.crt",
+			KeyFile:  "/etc/edgesync/pki/server.key",
+		},
+		HeartbeatInterval: d(15 * time.Second),
+		AckWindow:         128,
+		MaxMessageBytes:   4 << 20,
+		ReportsPerSecond:  20,
+		ReportBurst:       200,
+		NodeLimit:         10000,
+		HelloTimeout:      d(30 * time.Second),
+		DrainTimeout:      d(10 * time.Second),
+		Keepalive:         KeepaliveConfig{Time: d(15 * time.Second), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
+		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100},
+		Controllers: ControllersConfig{
+			EdgeLabel:     "node-role.kubernetes.io/edge",
+			Workers:       4,
+			LeaseDuration: d(40 * time.Second),
+		},
+		Log: LogConfig{Level: "info", Format: "json"},
+	}
+}
+
+// loadConfig reads path over the defaults; fields the file omits keep
+// their defaults. Unknown fields are an error.
+func loadConfig(path string) (Config, error) {
+	cfg := defaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		return cfg, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// validate names every bad field by its YAML path.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	addr := func(field, v string, optional bool) {
+		if v == "" && optional {
+			return
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			bad(field, "want host:port, got %q", v)
+		}
+	}
+	addr("listenAddress", c.ListenAddress, false)
+	addr("httpAddress", c.HTTPAddress, true)
+	for field, v := range map[string]string{"tls.caFile": c.TLS.CAFile, "tls.certFile": c.TLS.CertFile, "tls.keyFile": c.TLS.KeyFile} {
+		if v == "" {
+			bad(field, "required: the server speaks mTLS only (create files with `edgesync-server certs`)")
+		}
+	}
+	for field, v := range map[string]time.Duration{
+		"heartbeatInterval": c.HeartbeatInterval.Duration, "helloTimeout": c.HelloTimeout.Duration,
+		"drainTimeout": c.DrainTimeout.Duration, "keepalive.time": c.Keepalive.Time.Duration,
+		"keepalive.timeout": c.Keepalive.Timeout.Duration, "keepalive.minTime": c.Keepalive.MinTime.Duration,
+		"controllers.leaseDuration": c.Controllers.LeaseDuration.Duration,
+	} {
+		if v <= 0 {
+			bad(field, "must be a positive duration such as 15s, got %s", v)
+		}
+	}
+	if c.Controllers.ResyncPeriod.Duration < 0 {
+		bad("controllers.resyncPeriod", "must not be negative, got %s", c.Controllers.ResyncPeriod.Duration)
+	}
+	for field, v := range map[string]int{
+		"ackWindow": c.AckWindow, "maxMessageBytes": c.MaxMessageBytes, "reportsPerSecond": c.ReportsPerSecond,
+		"reportBurst": c.ReportBurst, "nodeLimit": c.NodeLimit, "kubernetes.burst": c.Kubernetes.Burst,
+		"controllers.workers": c.Controllers.Workers,
+	} {
+		if v <= 0 {
+			bad(field, "must be at least 1, got %d", v)
+		}
+	}
+	if c.MaxMessageBytes > 0 && c.MaxMessageBytes < 1024 {
+		bad("maxMessageBytes", "must be at least 1024, got %d", c.MaxMessageBytes)
+	}
+	if c.Kubernetes.QPS <= 0 {
+		bad("kubernetes.qps", "must be positive, got %g", c.Kubernetes.QPS)
+	}
+	if c.Controllers.EdgeLabel == "" {
+		bad("controllers.edgeLabel", "required")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "want debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad("log.format", "want json or console, got %q", c.Log.Format)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	sortErrors(errs)
+	return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
+}
+
+func sortErrors(errs []error) {
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/server/pki"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// client-go's cached HTTP transports and klog keep these.
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
+		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*clientConnReadLoop).run"),
+	)
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// execute runs the command tree with args and returns its output and error.
+func execute(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+func TestPrintDefaultConfigRoundTrips(t *testing.T) {
+	out, err := execute(t, "--print-default-config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(writeFile(t, "default.yaml", out))
+	if err != nil {
+		t.Fatalf("printed default config does not load: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(cfg, defaultConfig()) {
+		t.Fatalf("printed config loads as %+v, want the defaults", cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatalf("default config is invalid: %v", err)
+	}
+	for _, field := range []string{"listenAddress:", "ackWindow:", "heartbeatInterval: 15s", "qps:", "burst:", "kubeconfig:"} {
+		if !strings.Contains(out, field) {
+			t.Errorf("default config lacks %q:\n%s", field, out)
+		}
+	}
+}
+
+func TestPartialFileKeepsDefaults(t *testing.T) {
+	cfg, err := loadConfig(writeFile(t, "c.yaml", "nodeLimit: 5\nkeepalive:\n  time: 1m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaultConfig()
+	want.NodeLimit = 5
+	want.Keepalive.Time.Duration = time.Minute
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("loaded %+v, want defaults with nodeLimit 5 and keepalive.time 1m", cfg)
+	}
+}
+
+func TestBadConfigNamesTheField(t *testing.T) {
+	tests := []struct {
+		name, file string
+		args       []string
+		want       []string
+	}{
+		{name: "bad values", file: "ackWindow: 0\nlog:\n  level: loud\nkeepalive:\n  timeout: -1s\n", want: []string{"ackWindow", "log.level", "keepalive.timeout"}},
+		{name: "unknown field", file: "ackWindo: 3\n", want: []string{"ackWindo"}},
+		{name: "bad flag value", file: "", args: []string{"--listen", "nowhere"}, want: []string{"listenAddress"}},
+		{name: "missing file", args: []string{"--config", "/nonexistent/edgesync.yaml"}, want: []string{"/nonexistent/edgesync.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append(args, "--config", writeFile(t, "c.yaml", tt.file))
+			}
+			_, err := execute(t, args...)
+			if err == nil {
+				t.Fatal("bad configuration accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	f := &serveFlags{}
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	f.register(fs)
+	path := writeFile(t, "c.yaml", "nodeLimit: 5\nackWindow: 9\nlog:\n  level: warn\n")
+	if err := fs.Parse([]string{"--config", path, "--node-limit", "7", "--kubeconfig", "/k"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.resolveConfig(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeLimit != 7 || cfg.AckWindow != 9 || cfg.Log.Level != "warn" || cfg.Kubernetes.Kubeconfig != "/k" {
+		t.Fatalf("got nodeLimit %d, ackWindow %d, log.level %q, kubeconfig %q; want 7 (flag), 9 and warn (file), /k (flag)",
+			cfg.NodeLimit, cfg.AckWindow, cfg.Log.Level, cfg.Kubernetes.Kubeconfig)
+	}
+}
+
+// TestServeAgainstCluster runs the whole server with the real controllers
+// against the devcluster: a node connects and gets Welcome, and when the
+// context ends (SIGTERM) the edge is told to dial again and serve returns
+// nil.
+func TestServeAgainstCluster(t *testing.T) {
+	testcluster.RESTConfig(t) // skips without a devcluster
+	kubeconfig := os.Getenv(testcluster.KubeconfigEnv)
+
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvPair, err := ca.IssueServer([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.ServerID = "cmd-test"
+	cfg.TLS = TLSConfig{CAFile: filepath.Join(dir, "ca.crt"), CertFile: filepath.Join(dir, "server.crt"), KeyFile: filepath.Join(dir, "server.key")}
+	if err := ca.KeyPair().WriteFiles(cfg.TLS.CAFile, filepath.Join(dir, "ca.key"), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := srvPair.WriteFiles(cfg.TLS.CertFile, cfg.TLS.KeyFile, false); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Kubernetes.Kubeconfig = kubeconfig
+	cfg.Controllers.DisableDevices = true
+	cfg.HTTPAddress = ""
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, zaptest.NewLogger(t), lis, nil) }()
+
+	node, err := ca.IssueNode("cmd-test-node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := node.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsClient(cert, ca))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Until the informer caches have synced, sessions end UNAVAILABLE and
+	// the edge dials again: poll for Welcome with a deadline.
+	var stream grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]
+	deadline := time.Now().Add(time.Minute)
+	for {
+		stream, err = edgesyncv1.NewSyncServiceClient(conn).Sync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: "cmd-test-node"}}}); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := stream.Recv()
+		if err == nil && msg.GetWelcome().GetServerId() == "cmd-test" {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("first message %v, %v; want Welcome from cmd-test", msg, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling external state: the caches syncing
+	}
+	cancel()
+	for {
+		if _, err = stream.Recv(); err != nil {
+			break
+		}
+	}
+	if status.Code(err) != codes.Unavailable && status.Code(err) != codes.Canceled {
+		t.Errorf("stream ended with %v, want Unavailable", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("serve returned %v after shutdown, want nil", err)
+	}
+}
+
+func tlsClient(cert tls.Certificate, ca *pki.CA) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
+}

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/server"
+)
+
+// subcommands are added to the root command besides serve. Other files
+// register theirs from init, for example certs.go:
+//
+//	func init() { subcommands = append(subcommands, newCertsCommand) }
+var subcommands []func() *cobra.Command
+
+// newRootCommand builds the command tree: the root runs the server, like
+// `serve`.
+func newRootCommand() *cobra.Command {
+	var opts serveFlags
+	root := &cobra.Command{
+		Use:           "edgesync-server",
+		Short:         "Sync Kubernetes objects to edge nodes over one mTLS gRPC stream per node",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return runServe(cmd, &opts) },
+	}
+	opts.register(root.PersistentFlags())
+	root.AddCommand(&cobra.Command{
+		Use:   "serve",
+		Short: "Run the server (the default)",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runServe(cmd, &opts) },
+	})
+	for _, sub := range subcommands {
+		root.AddCommand(sub())
+	}
+	return root
+}
+
+// serveFlags are the command-line flags; set ones override the file.
+type serveFlags struct {
+	configFile         string
+	printDefaultConfig bool
+	override           Config
+}
+
+func (f *serveFlags) register(fs *pflag.FlagSet) {
+	d := defaultConfig()
+	o := &f.override
+	fs.StringVar(&f.configFile, "config", "", "YAML configuration file (fields it omits take their defaults)")
+	fs.BoolVar(&f.printDefaultConfig, "print-default-config", false, "print the default configuration as YAML and exit")
+	fs.StringVar(&o.ServerID, "server-id", d.ServerID, "name of this replica (serverID; default: host name)")
+	fs.StringVar(&o.ListenAddress, "listen", d.ListenAddress, "gRPC address for edges and admins (listenAddress)")
+	fs.StringVar(&o.HTTPAddress, "http-listen", d.HTTPAddress, "address for /metrics, /healthz, /readyz; empty disables (httpAddress)")
+	fs.BoolVar(&o.EnablePprof, "enable-pprof", d.EnablePprof, "serve /debug/pprof/ on the HTTP address (enablePprof)")
+	fs.StringVar(&o.TLS.CAFile, "tls-ca", d.TLS.CAFile, "CA certificate that client certificates must chain to (tls.caFile)")
+	fs.StringVar(&o.TLS.CertFile, "tls-cert", d.TLS.CertFile, "server certificate (tls.certFile)")
+	fs.StringVar(&o.TLS.KeyFile, "tls-key", d.TLS.KeyFile, "server private key (tls.keyFile)")
+	fs.IntVar(&o.NodeLimit, "node-limit", d.NodeLimit, "most edge sessions this replica holds (nodeLimit)")
+	fs.IntVar(&o.AckWindow, "ack-window", d.AckWindow, "most unacknowledged object events per session (ackWindow)")
+	fs.StringVar(&o.Kubernetes.Kubeconfig, "kubeconfig", d.Kubernetes.Kubeconfig, "kubeconfig file; empty for in-cluster config (kubernetes.kubeconfig)")
+	fs.StringVar(&o.Log.Level, "log-level", d.Log.Level, "debug, info, warn or error (log.level)")
+	fs.StringVar(&o.Log.Format, "log-format", d.Log.Format, "json or console (log.format)")
+}
+
+// apply copies the flags the user set onto cfg.
+func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *Config) {
+	o := &f.override
+	set := map[string]func(){
+		"server-id":    func() { cfg.ServerID = o.ServerID },
+		"listen":       func() { cfg.ListenAddress = o.ListenAddress },
+		"http-listen":  func() { cfg.HTTPAddress = o.HTTPAddress },
+		"enable-pprof": func() { cfg.EnablePprof = o.EnablePprof },
+		"tls-ca":       func() { cfg.TLS.CAFile = o.TLS.CAFile },
+		"tls-cert":     func() { cfg.TLS.CertFile = o.TLS.CertFile },
+		"tls-key":      func() { cfg.TLS.KeyFile = o.TLS.KeyFile },
+		"node-limit":   func() { cfg.NodeLimit = o.NodeLimit },
+		"ack-window":   func() { cfg.AckWindow = o.AckWindow },
+		"kubeconfig":   func() { cfg.Kubernetes.Kubeconfig = o.Kubernetes.Kubeconfig },
+		"log-level":    func() { cfg.Log.Level = o.Log.Level },
+		"log-format":   func() { cfg.Log.Format = o.Log.Format },
+	}
+	for name, fn := range set {
+		if fs.Changed(name) {
+			fn()
+		}
+	}
+}
+
+// resolveConfig loads the file, applies flags and validates.
+func (f *serveFlags) resolveConfig(fs *pflag.FlagSet) (Config, error) {
+	cfg, err := loadConfig(f.configFile)
+	if err != nil {
+		return cfg, err
+	}
+	f.apply(fs, &cfg)
+	return cfg, cfg.validate()
+}
+
+func runServe(cmd *cobra.Command, f *serveFlags) error {
+	if f.printDefaultConfig {
+		out, err := yaml.Marshal(defaultConfig())
+		if err != nil {
+			return err
+		}
+		_, err = cmd.OutOrStdout().Write(out)
+		return err
+	}
+	cfg, err := f.resolveConfig(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	lis, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listenAddress: %w", err)
+	}
+	var httpLis net.Listener
+	if cfg.HTTPAddress != "" {
+		if httpLis, err = net.Listen("tcp", cfg.HTTPAddress); err != nil {
+			lis.Close()
+			return fmt.Errorf("httpAddress: %w", err)
+		}
+	}
+	return serve(cmd.Context(), cfg, log, lis, httpLis)
+}
+
+func newLogger(c LogConfig) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+	}
+	zc.Level = zap.NewAtomicLevelAt(level)
+	return zc.Build()
+}
+
+func restConfig(c KubernetesConfig) (*rest.Config, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	if c.Kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes.kubeconfig is empty and in-cluster config is unavailable: %w", err)
+		}
+	} else if cfg, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
+		return nil, fmt.Errorf("kubernetes.kubeconfig %s: %w", c.Kubeconfig, err)
+	}
+	cfg.QPS, cfg.Burst = c.QPS, c.Burst
+	cfg.UserAgent = "edgesync-server"
+	return cfg, nil
+}
+
+// serve runs the controllers and the server on lis (and httpLis, if not
+// nil) until ctx ends. It closes both listeners.
+func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Listener) error {
+	defer lis.Close()
+	if httpLis != nil {
+		defer httpLis.Close()
+	}
+	kube, err := restConfig(cfg.Kubernetes)
+	if err != nil {
+		return err
+	}
+	opts := server.Options{
+		ServerID:          cfg.ServerID,
+		TLS:               server.TLSFiles{CAFile: cfg.TLS.CAFile, CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile},
+		HeartbeatInterval: cfg.HeartbeatInterval.Duration,
+		AckWindow:         cfg.AckWindow,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		ReportsPerSecond:  cfg.ReportsPerSecond,
+		ReportBurst:       cfg.ReportBurst,
+		NodeLimit:         cfg.NodeLimit,
+		HelloTimeout:      cfg.HelloTimeout.Duration,
+		DrainTimeout:      cfg.DrainTimeout.Duration,
+		Keepalive: server.Keepalive{
+			Time: cfg.Keepalive.Time.Duration, Timeout: cfg.Keepalive.Timeout.Duration, MinTime: cfg.Keepalive.MinTime.Duration,
+		},
+		Logger:       log.Named("server"),
+		HTTPListener: httpLis,
+		EnablePprof:  cfg.EnablePprof,
+	}
+	var synced <-chan struct{} // set below, before Serve
+	opts.Ready = func() error {
+		select {
+		case <-synced:
+			return nil
+		default:
+			return errors.New("informer caches have not synced yet")
+		}
+	}
+	srv, err := server.New(opts)
+	if err != nil {
+		return err
+	}
+
+	// --- Controllers: the feed.Controllers the server serves. ---
+	ctrls, err := controllers.New(controllers.Config{
+		RESTConfig:     kube,
+		EdgeLabel:      cfg.Controllers.EdgeLabel,
+		LeaseDuration:  cfg.Controllers.LeaseDuration.Duration,
+		Workers:        cfg.Controllers.Workers,
+		ResyncPeriod:   cfg.Controllers.ResyncPeriod.Duration,
+		DisableDevices: cfg.Controllers.DisableDevices,
+		Logger:         log.Named("controllers"),
+	}, srv)
+	if err != nil {
+		return fmt.Errorf("controllers: %w", err)
+	}
+	synced = ctrls.Synced()
+	// --- end of controllers ---
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := ctrls.Run(gctx); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("controllers: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return srv.Serve(gctx, lis, ctrls) })
+	start := time.Now()
+	err = g.Wait()
+	log.Info("exiting", zap.Duration("uptime", time.Since(start)), zap.Error(err))
+	return err
+}
