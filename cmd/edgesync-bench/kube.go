@@ -29,7 +29,7 @@ type kubeResult struct {
 	HeartbeatsDone      bool    `json:"heartbeats_done"`
 	WindowSeconds       float64 `json:"window_seconds"`
 	CPUPercent          float64 `json:"server_cpu_percent_of_one_core"`
-	HeartbeatsSent      int64   `json:"heartbeats_sent"`
+	HeartbeatsSent      int64   `json:"heartbeats_answered"`
 	LeaseWrites         float64 `json:"lease_writes"`
 	LeaseCreates        float64 `json:"lease_creates"`
 	LeaseWritesPerNode  float64 `json:"lease_writes_per_node_per_10s"`
@@ -112,7 +112,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		}
 		cpu0, _ := srv.proc()
 		api0 := apiserverCPU(cl)
-		hb0 := fleet.C.Heartbeats.Load()
+		hb0 := heartbeatsAnswered(ctx, srv)
 		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
 		if err := hold(ctx, b.sc.IdleWindow); err != nil {
 			return err
@@ -126,7 +126,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		periods := k.WindowSeconds / heartbeatInterval.Seconds()
 		k.CPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / k.WindowSeconds
 		k.APIServerCPUPercent = 100 * (apiserverCPU(cl) - api0) / k.WindowSeconds
-		k.HeartbeatsSent = fleet.C.Heartbeats.Load() - hb0
+		k.HeartbeatsSent = int64(heartbeatsAnswered(ctx, srv) - hb0)
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
 			d := cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
@@ -167,7 +167,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	}
 
 	if run[5] {
-		objects0, redundant0 := fleet.C.Objects.Load(), fleet.C.Redundant.Load()
+		objects0, redundant0 := fleet.C.Objects.Load(), fleet.RedundantObjects()
 		killed := time.Now()
 		srv.kill()
 		if err := waitFor(ctx, time.Minute, "edges notice the server is gone", func() bool { return fleet.C.Connected.Load() == 0 }); err != nil {
@@ -193,7 +193,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			return err
 		}
 		k.ObjectsResent = fleet.C.Objects.Load() - objects0
-		k.Redundant = fleet.C.Redundant.Load() - redundant0
+		k.Redundant = fleet.RedundantObjects() - redundant0
 		k.ListGet = map[string]float64{}
 		for _, res := range []string{"nodes", "pods", "configmaps", "secrets", "leases"} {
 			for _, verb := range []string{"LIST", "GET"} {
@@ -207,6 +207,16 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	}
 	k.Done = true
 	return nil
+}
+
+// heartbeatsAnswered returns how many heartbeats the server has answered.
+func heartbeatsAnswered(ctx context.Context, srv *child) float64 {
+	m, err := srv.metrics(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "server metrics: %v\n", err)
+		return 0
+	}
+	return m.Sum("edgesync_upstream_results_total", map[string]string{"kind": "heartbeat"})
 }
 
 // apiserverCPU returns the devcluster process's CPU seconds (etcd and

@@ -20,6 +20,8 @@ type results struct {
 	Finished time.Time `json:"finished"`
 	Machine  machine   `json:"machine"`
 	Scale    scale     `json:"scale"`
+	// Edges names the simulated edge client: lean or edgeclient.
+	Edges string `json:"edges"`
 
 	Density    densityResult    `json:"density"`
 	Fanout     fanoutResult     `json:"fanout"`
@@ -340,7 +342,7 @@ func (r *results) kubeRow(id int) []row {
 }
 
 func (r *results) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\nedgesync-bench, scale %s, %d CPUs, %s, %s\n\n", r.Scale.Name, r.Machine.CPUs, r.Machine.GoVersion, r.Started.Format(time.RFC3339))
+	fmt.Fprintf(w, "\nedgesync-bench, scale %s, %s edges, %d CPUs, %s, %s\n\n", r.Scale.Name, r.Edges, r.Machine.CPUs, r.Machine.GoVersion, r.Started.Format(time.RFC3339))
 	fmt.Fprintln(w, "| scenario | goal | measured | met? |")
 	fmt.Fprintln(w, "|---|---|---|---|")
 	for _, row := range r.table() {

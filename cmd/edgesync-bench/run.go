@@ -50,11 +50,11 @@ type scale struct {
 
 var scales = map[string]scale{
 	"smoke": {Name: "smoke", Sessions: 50, IdleWindow: 5 * time.Second, FanoutNodes: 50, FanoutUpdates: 5,
-		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 1000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 30},
+		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 2000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 30},
 	"reduced": {Name: "reduced", Sessions: 2000, IdleWindow: 30 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 10000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 1000},
+		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 50000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 1000},
 	"full": {Name: "full", Sessions: 10000, IdleWindow: 60 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 20000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 10000},
+		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 100000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 10000},
 }
 
 const heartbeatInterval = 10 * time.Second
@@ -72,6 +72,7 @@ type bench struct {
 	devcluster string  // bin/devcluster, or "" to skip the apiserver scenarios
 	kubeQPS    float64 // the controllers' API-server QPS
 	kubePort   int     // the server's port in the apiserver scenarios
+	edgeclient bool    // edges run the edgeclient library
 }
 
 func runMain(ctx context.Context, args []string) error {
@@ -80,8 +81,12 @@ func runMain(ctx context.Context, args []string) error {
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
 	which := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
+	fanoutNodes := fs.Int("fanout-nodes", 0, "override the fan-out and encode-once node count")
+	tpSessions := fs.Int("throughput-sessions", 0, "override the throughput session count")
+	kubeNodes := fs.Int("kube-nodes", 0, "override the node count of the apiserver scenarios")
 	kube := fs.String("kube", "auto", "run scenarios 2, 5 and 6 also through the real controllers and a devcluster apiserver: on, off, or auto (when --devcluster exists)")
 	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
+	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest) or edgeclient (the edgeclient library with an in-memory store)")
 	kubeQPS := fs.Float64("kube-qps", 200, "the controllers' API-server QPS in the apiserver scenarios (burst is twice)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -90,8 +95,13 @@ func runMain(ctx context.Context, args []string) error {
 	if !ok {
 		return fmt.Errorf("unknown --scale %q: use reduced or full", *scaleName)
 	}
-	if *sessions > 0 {
-		sc.Sessions = *sessions
+	for _, o := range []struct {
+		flag int
+		to   *int
+	}{{*sessions, &sc.Sessions}, {*fanoutNodes, &sc.FanoutNodes}, {*tpSessions, &sc.ThroughputSessions}, {*kubeNodes, &sc.KubeNodes}} {
+		if o.flag > 0 {
+			*o.to = o.flag
+		}
 	}
 	want := map[int]bool{}
 	for _, s := range strings.Split(*which, ",") {
@@ -108,7 +118,10 @@ func runMain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS}
+	if *edges != "lean" && *edges != "edgeclient" {
+		return fmt.Errorf("--edges must be lean or edgeclient, not %q", *edges)
+	}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, edgeclient: *edges == "edgeclient"}
 	switch *kube {
 	case "on", "auto":
 		if _, err := os.Stat(*devcluster); err == nil {
@@ -124,6 +137,7 @@ func runMain(ctx context.Context, args []string) error {
 		return err
 	}
 	b.result = newResults(sc, limit)
+	b.result.Edges = *edges
 	defer b.prog.stop()
 
 	// Every scenario's edges come from one set of node certificates.
@@ -227,10 +241,14 @@ func (b *bench) startEdgesync(ctx context.Context, name, addr string, nodes, obj
 
 // fleet builds n simulated edges for the server at addr.
 func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
-	return edgesim.New(edgesim.Config{
+	cfg := edgesim.Config{
 		Addr: addr, Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
 		ConnectConcurrency: 4 * runtime.GOMAXPROCS(0),
-	}, b.names[:n], b.nodes[:n])
+	}
+	if b.edgeclient {
+		cfg.Edgeclient = &edgesim.EdgeclientConfig{CAFile: b.certs.Path(certs.CACert), CertDir: filepath.Join(b.out, "certs", "nodes")}
+	}
+	return edgesim.New(cfg, b.names[:n], b.nodes[:n])
 }
 
 // waitFor polls cond until it holds or timeout passes: the benchmark
@@ -377,7 +395,7 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	// with the same desired state, and watch every edge come back.
 	s := &b.result.Storm
 	s.Edges = n
-	objects0, redundant0 := fleet.C.Objects.Load(), fleet.C.Redundant.Load()
+	objects0, redundant0 := fleet.C.Objects.Load(), fleet.RedundantObjects()
 	held := fleet.HeldObjects()
 	killed := time.Now()
 	srv.kill()
@@ -398,7 +416,7 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	s.ResyncSeconds = time.Since(restarted).Seconds()
 	s.FromKillSeconds = time.Since(killed).Seconds()
 	s.ObjectsResent = fleet.C.Objects.Load() - objects0
-	s.Redundant = fleet.C.Redundant.Load() - redundant0
+	s.Redundant = fleet.RedundantObjects() - redundant0
 	s.HeldObjects = held
 	s.Done = true
 	b.prog.say("storm: %d edges resynced %.1fs after the restart", n, s.ResyncSeconds)

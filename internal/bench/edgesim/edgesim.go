@@ -49,6 +49,9 @@ type Config struct {
 	// RecordLatency makes edges keep a latency sample per ConfigMap carrying
 	// SentAtKey.
 	RecordLatency bool
+	// Edgeclient, when set, runs every edge through the edgeclient
+	// library instead of the lean built-in client.
+	Edgeclient *EdgeclientConfig
 }
 
 // Counters are the fleet's running totals.
@@ -68,6 +71,19 @@ type Counters struct {
 	Heartbeats atomic.Int64
 	// StreamsEnded counts streams that ended with an error.
 	StreamsEnded atomic.Int64
+
+	// With edgeclient: APPLY events received, and those that changed
+	// what the edge held; the difference is Redundant.
+	clientApplies, clientChanges atomic.Int64
+}
+
+// RedundantObjects returns the APPLY events for objects already held at
+// that version.
+func (f *Fleet) RedundantObjects() int64 {
+	if f.cfg.Edgeclient != nil {
+		return f.C.clientApplies.Load() - f.C.clientChanges.Load()
+	}
+	return f.C.Redundant.Load()
 }
 
 // Fleet is a set of simulated edges.
@@ -85,7 +101,9 @@ type Fleet struct {
 type edge struct {
 	fleet *Fleet
 	name  string
-	conn  *grpc.ClientConn
+	conn  *grpc.ClientConn // nil with edgeclient
+
+	certFile, keyFile string // with edgeclient
 
 	mu   sync.Mutex // guards held
 	held map[feed.Key]*edgesyncv1.ObjectRef
@@ -99,6 +117,14 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 	}
 	f := &Fleet{cfg: cfg}
 	for i, name := range names {
+		if cfg.Edgeclient != nil {
+			certFile, keyFile, err := writeCert(cfg.Edgeclient.CertDir, name, certificates[i])
+			if err != nil {
+				return nil, err
+			}
+			f.edges = append(f.edges, &edge{fleet: f, name: name, certFile: certFile, keyFile: keyFile, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
+			continue
+		}
 		conn, err := grpc.NewClient(cfg.Addr,
 			grpc.WithTransportCredentials(credentials.NewTLS(certs.ClientTLS(cfg.Roots, certificates[i]))),
 			grpc.WithContextDialer(f.dialer.DialContext),
@@ -125,7 +151,9 @@ func (f *Fleet) Size() int { return len(f.edges) }
 // Close closes every edge's connection. Call it after Run returned.
 func (f *Fleet) Close() {
 	for _, e := range f.edges {
-		e.conn.Close()
+		if e.conn != nil {
+			e.conn.Close()
+		}
 	}
 }
 
@@ -148,6 +176,13 @@ func (f *Fleet) Run(ctx context.Context) {
 					released = true
 					<-ramp
 				}
+			}
+			if f.cfg.Edgeclient != nil {
+				if err := e.runClient(ctx, release); err != nil {
+					f.setErr(fmt.Errorf("edge %s: %w", e.name, err))
+				}
+				release()
+				return nil
 			}
 			for ctx.Err() == nil {
 				err := e.stream(ctx, release)

@@ -29,6 +29,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFleetSyncsReceivesAndAcknowledges(t *testing.T) {
+	for _, mode := range []string{"lean", "edgeclient"} {
+		t.Run(mode, func(t *testing.T) { testFleet(t, mode == "edgeclient") })
+	}
+}
+
+func testFleet(t *testing.T, useEdgeclient bool) {
 	set, err := certs.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +74,11 @@ func TestFleetSyncsReceivesAndAcknowledges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet, err := New(Config{Addr: lis.Addr().String(), Roots: set.CA.Pool(), Heartbeats: true, RecordLatency: true, ConnectConcurrency: 2}, names, cs)
+	cfg := Config{Addr: lis.Addr().String(), Roots: set.CA.Pool(), Heartbeats: true, RecordLatency: true, ConnectConcurrency: 2}
+	if useEdgeclient {
+		cfg.Edgeclient = &EdgeclientConfig{CAFile: set.Path(certs.CACert), CertDir: t.TempDir()}
+	}
+	fleet, err := New(cfg, names, cs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +112,12 @@ func TestFleetSyncsReceivesAndAcknowledges(t *testing.T) {
 	if lat := fleet.Latencies(); len(lat) != 2 {
 		t.Fatalf("recorded %d latencies, want one per receiving edge (2)", len(lat))
 	}
-	waitFor(t, "heartbeats answered", func() bool { return fleet.C.StatusResults.Load() >= 3 && ctrls.Counts().Heartbeats >= 3 })
-	if fleet.C.Redundant.Load() != 0 {
-		t.Fatalf("%d redundant objects", fleet.C.Redundant.Load())
+	waitFor(t, "heartbeats answered", func() bool { return ctrls.Counts().Heartbeats >= 3 })
+	if fleet.RedundantObjects() != 0 {
+		t.Fatalf("%d redundant objects", fleet.RedundantObjects())
+	}
+	if got := fleet.C.Objects.Load(); got != 5 {
+		t.Fatalf("fleet counted %d object events, want 5 (3 initial, 2 updates)", got)
 	}
 	if n := fleet.HeldObjects(); n != 3 {
 		t.Fatalf("fleet holds %d objects, want 3", n)

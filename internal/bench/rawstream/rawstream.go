@@ -25,12 +25,19 @@ import (
 // codecName is the content subtype of the raw stream.
 const codecName = "rawbytes"
 
-// message is one opaque frame on the raw stream.
+// message is one opaque frame on the raw stream: b followed by the shared,
+// read-only body. Received messages keep only their first maxPrefix bytes
+// in b (the sequence number or request) and their full length in n, so
+// that the baseline copies no more than it must.
 type message struct {
-	b []byte
+	b    []byte
+	body []byte
+	n    int
 }
 
-// codec passes *message bytes through untouched.
+const maxPrefix = 24
+
+// codec passes message bytes through untouched.
 type codec struct{}
 
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
@@ -38,7 +45,10 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("rawstream codec: cannot marshal %T", v)
 	}
-	return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+	if m.body == nil {
+		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+	}
+	return mem.BufferSlice{mem.SliceBuffer(m.b), mem.SliceBuffer(m.body)}, nil
 }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
@@ -46,8 +56,12 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return fmt.Errorf("rawstream codec: cannot unmarshal into %T", v)
 	}
-	m.b = data.Materialize()
-	return nil
+	m.n = data.Len()
+	m.b = make([]byte, min(m.n, maxPrefix))
+	r := data.Reader()
+	defer r.Close()
+	_, err := io.ReadFull(r, m.b)
+	return err
 }
 
 func (codec) Name() string { return codecName }
@@ -110,6 +124,9 @@ func streamHandler(_ any, stream grpc.ServerStream) error {
 	if err := stream.RecvMsg(&first); err != nil {
 		return err
 	}
+	if first.n != len(first.b) {
+		return status.Errorf(codes.InvalidArgument, "first message must be a 24-byte request, got %d bytes", first.n)
+	}
 	req, err := decodeRequest(first.b)
 	if err != nil {
 		return err
@@ -125,7 +142,7 @@ func streamHandler(_ any, stream grpc.ServerStream) error {
 				recvErr <- err
 				return
 			}
-			if len(m.b) != 8 {
+			if m.n != 8 {
 				recvErr <- status.Error(codes.InvalidArgument, "acknowledgements are 8 bytes")
 				return
 			}
@@ -139,7 +156,7 @@ func streamHandler(_ any, stream grpc.ServerStream) error {
 	}()
 	// Every message shares one payload; only its 8-byte header differs, as
 	// edgesync's frames share the encoded object.
-	payload := make([]byte, req.Size-8)
+	body := make([]byte, req.Size-8)
 	var lastAck uint64
 	for seq := uint64(1); seq <= req.Count; seq++ {
 		for seq-lastAck > req.Window {
@@ -151,7 +168,7 @@ func streamHandler(_ any, stream grpc.ServerStream) error {
 		}
 		hdr := make([]byte, 8)
 		binary.BigEndian.PutUint64(hdr, seq)
-		if err := stream.SendMsg(&message{b: append(hdr, payload...)}); err != nil {
+		if err := stream.SendMsg(&message{b: hdr, body: body}); err != nil {
 			return err
 		}
 	}
