@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -216,6 +217,7 @@ func runMain(ctx context.Context, args []string) error {
 	if err := b.plots(); err != nil {
 		fmt.Fprintf(os.Stderr, "plots: %v\n", err)
 	}
+	summarizeProfiles(ctx, *out)
 	b.result.printTable(os.Stdout)
 	fmt.Printf("\nresults, plots, profiles and server logs: %s\n", *out)
 	return nil
@@ -617,4 +619,25 @@ func selfRSS() int64 {
 		return 0
 	}
 	return ps.RSSBytes
+}
+
+// summarizeProfiles writes "go tool pprof -top" of every profile next to it
+// when the Go toolchain is on PATH.
+func summarizeProfiles(ctx context.Context, dir string) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return
+	}
+	profiles, _ := filepath.Glob(filepath.Join(dir, "*.pprof"))
+	for _, p := range profiles {
+		args := []string{"tool", "pprof", "-top", "-nodecount=40"}
+		if strings.Contains(p, "heap") {
+			args = append(args, "-sample_index=inuse_space")
+		}
+		out, err := exec.CommandContext(ctx, goBin, append(args, p)...).Output()
+		if err != nil {
+			continue
+		}
+		_ = os.WriteFile(strings.TrimSuffix(p, ".pprof")+".top.txt", out, 0o644)
+	}
 }
