@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgesync/edgesync/server/pki"
+)
+
+func init() { subcommands = append(subcommands, newCertsCommand) }
+
+// newCertsCommand builds `edgesync-server certs`, which makes the PKI an
+// installation needs without openssl: a CA with the server's certificate,
+// then one certificate per edge node and per operator.
+func newCertsCommand() *cobra.Command {
+	var dir string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "certs",
+		Short: "Create the CA, server, node and admin certificates edgesync uses",
+		Long: `Create the certificates edgesync runs on, in one directory (--dir):
+
+  ca.crt, ca.key              the certificate authority (keep ca.key secret)
+  server.crt, server.key      the server's serving certificate
+  node-NAME.crt, .key         an edge node's client certificate (CN system:node:NAME)
+  admin-NAME.crt, .key        an operator's client certificate (O edgesync:admins)
+
+Keys are written with mode 0600. Existing files are never replaced unless --force is given.`,
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", "pki", "directory holding ca.crt and ca.key, where new files are written")
+	cmd.PersistentFlags().BoolVar(&force, "force", false, "replace existing files")
+
+	var hosts []string
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a CA and a server certificate for --hosts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ca, err := pki.NewCA("edgesync-ca")
+			if err != nil {
+				return err
+			}
+			server, err := ca.IssueServer(hosts)
+			if err != nil {
+				return err
+			}
+			if err := writePair(cmd.OutOrStdout(), ca.KeyPair(), dir, "ca", force); err != nil {
+				return err
+			}
+			return writePair(cmd.OutOrStdout(), server, dir, "server", force)
+		},
+	}
+	initCmd.Flags().StringSliceVar(&hosts, "hosts", []string{"localhost", "127.0.0.1"}, "DNS names and IP addresses edges use to reach the server")
+
+	nodeCmd := &cobra.Command{
+		Use:   "node NAME",
+		Short: "Create the client certificate of edge node NAME",
+		Args:  exactlyOneName("node"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return issueWith(cmd.OutOrStdout(), dir, "node-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
+				return ca.IssueNode(args[0])
+			})
+		},
+	}
+	adminCmd := &cobra.Command{
+		Use:   "admin NAME",
+		Short: "Create an operator's client certificate for AdminService",
+		Args:  exactlyOneName("admin"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return issueWith(cmd.OutOrStdout(), dir, "admin-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
+				return ca.IssueAdmin(args[0])
+			})
+		},
+	}
+	cmd.AddCommand(initCmd, nodeCmd, adminCmd)
+	return cmd
+}
+
+func exactlyOneName(what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != 1 || strings.TrimSpace(args[0]) == "" {
+			return fmt.Errorf("give exactly one %s name, for example: edgesync-server certs %s edge-1", what, what)
+		}
+		return nil
+	}
+}
+
+func issueWith(out io.Writer, dir, base string, force bool, issue func(*pki.CA) (*pki.KeyPair, error)) error {
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return fmt.Errorf("%w (create a CA first with `edgesync-server certs init --dir %s`)", err, dir)
+	}
+	pair, err := issue(ca)
+	if err != nil {
+		return err
+	}
+	return writePair(out, pair, dir, base, force)
+}
+
+func writePair(out io.Writer, pair *pki.KeyPair, dir, base string, force bool) error {
+	certFile, keyFile := filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
+	if err := pair.WriteFiles(certFile, keyFile, force); err != nil {
+		if errors.Is(err, pki.ErrExists) {
+			return fmt.Errorf("refusing to overwrite: %w", err)
+		}
+		return err
+	}
+	fmt.Fprintf(out, "wrote %s and %s\n", certFile, keyFile)
+	return nil
+}
