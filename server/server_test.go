@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
@@ -248,6 +249,7 @@ func TestBadInput(t *testing.T) {
 		want     codes.Code
 		contains string
 	}{
+		{name: "no hello", opts: func(o *server.Options) { o.HelloTimeout = 50 * time.Millisecond }, want: codes.DeadlineExceeded, contains: "no Hello"},
 		{name: "first message not hello", send: []*edgesyncv1.SyncRequest{heartbeat(1)}, want: codes.FailedPrecondition, contains: "must be hello"},
 		{name: "hello for another node", send: []*edgesyncv1.SyncRequest{hello("node-b")}, want: codes.PermissionDenied, contains: `"node-b"`},
 		{name: "empty first message", send: []*edgesyncv1.SyncRequest{{}}, want: codes.InvalidArgument, contains: "no message"},
@@ -512,7 +514,17 @@ func TestShutdownTellsEdgesToGoAway(t *testing.T) {
 func TestHTTPEndpoints(t *testing.T) {
 	ctrls := feedtest.New()
 	env := servertest.Start(t, ctrls)
-	connect(t, env, "node-a").recvInitial()
+	ctrls.Put("node-a", cm("a", "1"))
+	e := connect(t, env, "node-a")
+	objs, _, seq := e.recvInitial()
+	e.ack(seq)
+	e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Nack{Nack: &edgesyncv1.Nack{Sequence: objs[0].seq, Object: objs[0].ref(), Reason: "bad"}}})
+	// The answer to a report comes after the Ack and Nack were handled.
+	e.report(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+	if e.recv().GetStatusResult() == nil {
+		t.Fatal("want StatusResult")
+	}
+
 	get := func(path string) (int, string) {
 		t.Helper()
 		resp, err := http.Get("http://" + env.HTTPAddr + path)
@@ -535,9 +547,54 @@ func TestHTTPEndpoints(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("GET /metrics: %d", code)
 	}
-	for _, want := range []string{"edgesync_sessions_connected 1", `edgesync_messages_sent_total{kind="welcome"} 1`, "grpc_server_started_total"} {
+	for _, want := range []string{
+		"edgesync_sessions_connected 1",
+		`edgesync_messages_sent_total{kind="welcome"} 1`,
+		`edgesync_messages_sent_total{kind="config_map"} 1`,
+		`edgesync_messages_sent_total{kind="sync_complete"} 1`,
+		`edgesync_messages_acked_total{kind="config_map"} 1`,
+		`edgesync_messages_nacked_total{kind="config_map"} 1`,
+		`edgesync_upstream_results_total{kind="heartbeat",outcome="OK"} 1`,
+		"edgesync_delivery_latency_seconds_count 1",
+		"edgesync_queue_depth 0",
+		`grpc_server_started_total{grpc_method="Sync",grpc_service="edgesync.v1.SyncService",grpc_type="bidi_stream"} 1`,
+	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+
+	env.Stop()
+	if _, err := http.Get("http://" + env.HTTPAddr + "/readyz"); err == nil {
+		t.Error("HTTP listener still serving after Stop")
+	}
+}
+
+func TestReadyzFollowsReadyHook(t *testing.T) {
+	ready := make(chan struct{})
+	env := servertest.Start(t, feedtest.New(), func(o *server.Options) {
+		o.Ready = func() error {
+			select {
+			case <-ready:
+				return nil
+			default:
+				return fmt.Errorf("caches not synced")
+			}
+		}
+	})
+	readyz := func() int {
+		resp, err := http.Get("http://" + env.HTTPAddr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := readyz(); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before ready: %d, want 503", got)
+	}
+	close(ready)
+	if got := readyz(); got != http.StatusOK {
+		t.Errorf("/readyz when ready: %d, want 200", got)
 	}
 }
