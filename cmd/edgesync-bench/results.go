@@ -62,6 +62,7 @@ type densityResult struct {
 	RSSBytes           int64       `json:"rss_bytes"`
 	RSSPerSessionBytes float64     `json:"rss_per_session_bytes"`
 	HeapBytes          float64     `json:"heap_inuse_bytes"`
+	StackBytes         float64     `json:"stack_inuse_bytes"`
 	Goroutines         float64     `json:"goroutines"`
 	ServerSessions     float64     `json:"server_sessions_gauge"`
 	IdleCPUPercent     float64     `json:"idle_cpu_percent_of_one_core"`
@@ -216,8 +217,8 @@ func (r *results) table() []row {
 		perKiB := d.RSSPerSessionBytes / kib
 		projected := float64(d.BaseRSSBytes) + 10000*d.RSSPerSessionBytes
 		ok := perKiB <= 100 && d.IdleCPUPercent <= 5 && (d.Sessions >= 10000 && d.RSSBytes <= 1<<30 || d.Sessions < 10000 && projected <= 1<<30)
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session, %.0f goroutines, idle CPU %.1f %%",
-			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.Goroutines, d.IdleCPUPercent), yesNo(ok)})
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%",
+			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent), yesNo(ok)})
 	}
 
 	name, goal = "2 fan-out latency, server only", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"

@@ -351,6 +351,7 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	if m, err := srv.metrics(ctx); err == nil {
 		d.Goroutines = m.Sum("go_goroutines", nil)
 		d.HeapBytes = m.Sum("go_memstats_heap_inuse_bytes", nil)
+		d.StackBytes = m.Sum("go_memstats_stack_inuse_bytes", nil)
 		d.ServerSessions = m.Sum("edgesync_sessions_connected", nil)
 	}
 	if err := srv.profile(ctx, "heap", 0, filepath.Join(b.out, "density-heap.pprof")); err != nil {
