@@ -257,6 +257,7 @@ func TestBadInput(t *testing.T) {
 		{name: "second hello", send: []*edgesyncv1.SyncRequest{hello("node-a"), hello("node-a")}, want: codes.InvalidArgument, contains: "only once"},
 		{name: "report without request id", send: []*edgesyncv1.SyncRequest{hello("node-a"), heartbeat(0)}, want: codes.InvalidArgument, contains: "request_id"},
 		{name: "ack for a sequence never sent", send: []*edgesyncv1.SyncRequest{hello("node-a"), {Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: 99}}}}, want: codes.InvalidArgument, contains: "sequence 99"},
+		{name: "nack for a sequence never sent", send: []*edgesyncv1.SyncRequest{hello("node-a"), {Message: &edgesyncv1.SyncRequest_Nack{Nack: &edgesyncv1.Nack{Sequence: 42}}}}, want: codes.InvalidArgument, contains: "sequence 42"},
 		{name: "held object without kind", send: []*edgesyncv1.SyncRequest{{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: "node-a", HeldObjects: []*edgesyncv1.ObjectRef{{Name: "x"}}}}}}, want: codes.InvalidArgument, contains: "held_objects[0]"},
 		{
 			name: "oversized message",
@@ -438,7 +439,9 @@ func TestAdminService(t *testing.T) {
 	a := connect(t, env, "node-a")
 	a.recvInitial()
 
-	b.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Nack{Nack: &edgesyncv1.Nack{Sequence: objs[0].seq, Object: objs[0].ref(), Reason: "disk full"}}})
+	nack := &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Nack{Nack: &edgesyncv1.Nack{Sequence: objs[0].seq, Object: objs[0].ref(), Reason: "disk full"}}}
+	b.send(nack)
+	b.send(nack) // a repeated Nack is recorded once
 	// The Nack is recorded and the session continues.
 	ctrls.Put("node-b", cm("b", "1"))
 	next := b.recvObjects(1)

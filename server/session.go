@@ -280,8 +280,7 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 	case *edgesyncv1.SyncRequest_Ack:
 		return s.ack(m.Ack.GetSequence())
 	case *edgesyncv1.SyncRequest_Nack:
-		s.nack(m.Nack)
-		return nil
+		return s.nack(m.Nack)
 	}
 	kind := reportKind(req)
 	if req.GetRequestId() == 0 {
@@ -352,18 +351,30 @@ func (s *session) ack(seq uint64) error {
 	return nil
 }
 
-func (s *session) nack(n *edgesyncv1.Nack) {
-	rec := &edgesyncv1.NackRecord{Sequence: n.GetSequence(), Object: n.GetObject(), Reason: n.GetReason(), Time: timestamppb.Now()}
+// nack records that the edge could not apply an object. Each message is
+// recorded once, so nacks are bounded by the messages sent.
+func (s *session) nack(n *edgesyncv1.Nack) error {
+	seq := n.GetSequence()
 	s.mu.Lock()
+	if seq == 0 || seq > s.lastSent {
+		last := s.lastSent
+		s.mu.Unlock()
+		return status.Errorf(codes.InvalidArgument, "nack for sequence %d, but the messages sent have sequences 1 to %d", seq, last)
+	}
+	if s.lastNack != nil && seq <= s.lastNack.GetSequence() {
+		s.mu.Unlock()
+		return nil // already recorded
+	}
 	s.nacks++
-	s.lastNack = rec
+	s.lastNack = &edgesyncv1.NackRecord{Sequence: seq, Object: n.GetObject(), Reason: n.GetReason(), Time: timestamppb.Now()}
 	s.mu.Unlock()
 	s.srv.metrics.nacked.WithLabelValues(kindLabel(n.GetObject().GetKind())).Inc()
 	s.srv.log.Warn("edge could not apply object",
-		zap.String("node", s.node), zap.Uint64("sequence", n.GetSequence()),
+		zap.String("node", s.node), zap.Uint64("sequence", seq),
 		zap.Stringer("kind", n.GetObject().GetKind()), zap.String("namespace", n.GetObject().GetNamespace()),
 		zap.String("name", n.GetObject().GetName()), zap.String("resource_version", n.GetObject().GetResourceVersion()),
 		zap.String("reason", n.GetReason()))
+	return nil
 }
 
 // pushControl queues a control message; the window does not hold it back.
