@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"slices"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,7 +23,8 @@ func (*adminService) AuthFuncOverride(ctx context.Context, _ string) (context.Co
 }
 
 func (a *adminService) ListSessions(context.Context, *edgesyncv1.ListSessionsRequest) (*edgesyncv1.ListSessionsResponse, error) {
-	all := a.srv.snapshot()
+	all := a.srv.all()
+	slices.SortFunc(all, func(x, y *session) int { return strings.Compare(x.node, y.node) })
 	resp := &edgesyncv1.ListSessionsResponse{Sessions: make([]*edgesyncv1.Session, 0, len(all))}
 	for _, sess := range all {
 		resp.Sessions = append(resp.Sessions, sess.view())

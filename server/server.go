@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,11 +195,8 @@ func (s *Server) shutdown() {
 	s.setServing(false)
 	s.mu.Lock()
 	s.draining = true
-	all := make([]*session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		all = append(all, sess)
-	}
 	s.mu.Unlock()
+	all := s.all() // no session registers from now on
 
 	stopped := make(chan struct{})
 	go func() {
@@ -276,23 +272,14 @@ func (s *Server) session(node string) *session {
 	return s.sessions[node]
 }
 
-// snapshot returns the sessions ordered by node name.
-func (s *Server) snapshot() []*session {
+// all returns the sessions, unordered.
+func (s *Server) all() []*session {
 	s.mu.RLock()
+	defer s.mu.RUnlock()
 	all := make([]*session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
 		all = append(all, sess)
 	}
-	s.mu.RUnlock()
-	slices.SortFunc(all, func(a, b *session) int {
-		switch {
-		case a.node < b.node:
-			return -1
-		case a.node > b.node:
-			return 1
-		}
-		return 0
-	})
 	return all
 }
 
@@ -304,7 +291,7 @@ func (s *Server) sessionCount() int {
 
 func (s *Server) queuedObjects() int {
 	n := 0
-	for _, sess := range s.snapshot() {
+	for _, sess := range s.all() {
 		n += sess.queue.Len()
 	}
 	return n
