@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -60,10 +61,18 @@ func TestInitialSyncThenLiveEvents(t *testing.T) {
 	}
 	e.ack(scSeq)
 
-	ctrls.Put("node-a", cm("a", "2"))
-	live := e.recvObjects(1)
-	if names(live)[0] != "a@2" || live[0].seq != 5 {
-		t.Fatalf("live event %v seq %d, want a@2 seq 5", names(live), live[0].seq)
+	// A live event arrives as the very message the controllers encoded,
+	// with the session's sequence number.
+	a2 := cm("a", "2")
+	ctrls.Put("node-a", a2)
+	msg := e.recv()
+	want := &edgesyncv1.SyncResponse{}
+	if err := proto.Unmarshal(a2.Payload, want); err != nil {
+		t.Fatal(err)
+	}
+	want.Sequence = 5
+	if !proto.Equal(msg, want) {
+		t.Fatalf("live event %v, want %v", msg, want)
 	}
 	ctrls.Delete("node-a", got[1].key)
 	if del := e.recvObjects(1); names(del)[0] != "p(deleted)" {
@@ -330,6 +339,24 @@ func TestCertificatesAreChecked(t *testing.T) {
 		_, err := admin.ListSessions(t.Context(), &edgesyncv1.ListSessionsRequest{})
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("ListSessions with a node certificate: %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("no client certificate is refused", func(t *testing.T) {
+		conn := env.Dial(t, &tls.Config{RootCAs: env.CA.Pool(), MinVersion: tls.VersionTLS12})
+		_, err := grpc_health_v1.NewHealthClient(conn).Check(t.Context(), &grpc_health_v1.HealthCheckRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("health check without a certificate: %v, want Unavailable (handshake refused)", err)
+		}
+	})
+	t.Run("TLS 1.1 is refused", func(t *testing.T) {
+		cfg := env.NodeTLS(t, "node-a")
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+		_, err := grpc_health_v1.NewHealthClient(env.Dial(t, cfg)).Check(t.Context(), &grpc_health_v1.HealthCheckRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("health check over TLS 1.1: %v, want Unavailable (handshake refused)", err)
+		}
+		if !strings.Contains(err.Error(), "protocol version") {
+			t.Fatalf("health check over TLS 1.1: %v, want the server to refuse the protocol version", err)
 		}
 	})
 	t.Run("certificate from another CA is refused", func(t *testing.T) {

@@ -101,6 +101,7 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		{name: "bad values", file: "ackWindow: 0\nlog:\n  level: loud\nkeepalive:\n  timeout: -1s\n", want: []string{"ackWindow", "log.level", "keepalive.timeout"}},
 		{name: "unknown field", file: "ackWindo: 3\n", want: []string{"ackWindo"}},
 		{name: "bad flag value", file: "", args: []string{"--listen", "nowhere"}, want: []string{"listenAddress"}},
+		{name: "serve subcommand takes the same flags", args: []string{"serve", "--ack-window", "0"}, want: []string{"ackWindow"}},
 		{name: "missing file", args: []string{"--config", "/nonexistent/edgesync.yaml"}, want: []string{"/nonexistent/edgesync.yaml"}},
 	}
 	for _, tt := range tests {
