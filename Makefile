@@ -113,10 +113,16 @@ build: ## Build the edgesync binaries into ./bin.
 
 # The devcluster is its own Go module so the main module never depends on
 # k8s.io/kubernetes. The first build takes ~10 minutes on 2 cores.
+# count_packages NAME: show `go build -v` as a running count of compiled
+# packages (progress for long cold builds); other output (errors) passes.
+count_packages = awk -v name=$(1) '/^[^ ]+$$/ && !/^\#/ {n++; if (n % 25 == 0) {printf "  %s: %d packages compiled\n", name, n; fflush()} next} {print} END {if (n) printf "  %s: %d packages compiled, done\n", name, n}'
+
 .PHONY: devcluster
 devcluster: ## Build the real kube-apiserver + etcd control plane, and kubectl.
-	@echo "building tools/devcluster (kube-apiserver + etcd; ~10 min on a cold cache)..."
-	cd tools/devcluster && go build -o $(BIN)/devcluster . && go build -o $(BIN)/kubectl ./cmd/kubectl
+	@echo "building tools/devcluster: kube-apiserver, etcd and kubectl (~10 min on a cold build cache)"
+	@set -o pipefail; cd tools/devcluster && \
+	  go build -v -o $(BIN)/devcluster . 2>&1 | $(call count_packages,devcluster) && \
+	  go build -v -o $(BIN)/kubectl ./cmd/kubectl 2>&1 | $(call count_packages,kubectl)
 
 # --- run and test ------------------------------------------------------------
 
@@ -126,8 +132,8 @@ test: tools lint check-generate build devcluster apt-deps generate-python ## Run
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: dev
-dev: build devcluster ## Run the devcluster and print how to reach it.
-	$(BIN)/devcluster run --dir $(ROOT)/.dev/cluster
+dev: tools build devcluster ## Run the whole product end to end until Ctrl-C.
+	@hack/dev.sh
 
 # --- benchmarks --------------------------------------------------------------
 

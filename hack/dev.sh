@@ -27,7 +27,7 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM
 
 # wait_for DESCRIPTION SECONDS COMMAND...: poll until COMMAND succeeds.
 wait_for() {
@@ -75,10 +75,11 @@ edgesync-server certs admin dev-admin --dir "$PKI"
 
 step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT)"
 edgesync-server \
-  --listen-address "127.0.0.1:$GRPC_PORT" \
-  --http-address "127.0.0.1:$HTTP_PORT" \
-  --ca-file "$PKI/ca.crt" --cert-file "$PKI/server.crt" --key-file "$PKI/server.key" \
+  --listen "127.0.0.1:$GRPC_PORT" \
+  --http-listen "127.0.0.1:$HTTP_PORT" \
+  --tls-ca "$PKI/ca.crt" --tls-cert "$PKI/server.crt" --tls-key "$PKI/server.key" \
   --kubeconfig "$SERVER_KUBECONFIG" \
+  --log-format console \
   --server-id dev >"$DEV/server.log" 2>&1 &
 pids+=($!)
 wait_for "edgesync-server to pass its gRPC health check" 60 \
@@ -89,7 +90,7 @@ step "starting edgesync-agent for node edge-1 (its events follow)"
 edgesync-agent \
   --server "127.0.0.1:$GRPC_PORT" --node edge-1 \
   --ca "$PKI/ca.crt" --cert "$PKI/node-edge-1.crt" --key "$PKI/node-edge-1.key" \
-  --store "$DEV/edge-1" 2>"$DEV/agent-edge-1.log" | tee "$DEV/agent-edge-1.events" &
+  --store "$DEV/edge-1" 2>"$DEV/agent-edge-1.log" > >(tee "$DEV/agent-edge-1.events") &
 pids+=($!)
 wait_for "node edge-1 to register" 60 kubectl get node edge-1
 
