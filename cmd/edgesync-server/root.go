@@ -38,13 +38,17 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return runServe(cmd, &opts) },
 	}
-	opts.register(root.PersistentFlags())
-	root.AddCommand(&cobra.Command{
+	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the server (the default)",
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runServe(cmd, &opts) },
-	})
+	}
+	// The root and serve take the same flags; other subcommands do not
+	// inherit them.
+	opts.register(root.Flags())
+	opts.register(serve.Flags())
+	root.AddCommand(serve)
 	for _, sub := range subcommands {
 		root.AddCommand(sub())
 	}
