@@ -46,10 +46,11 @@ func (*syncService) AuthFuncOverride(ctx context.Context, _ string) (context.Con
 // caller of Send. The session ends through s.end (first cause wins), which
 // cancels s.ctx; the handler then returns the cause as the stream's status,
 // which ends the stream and unblocks the other two.
-func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]) error {
+func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]) (err error) {
 	srv := svc.srv
 	s := newSession(srv, stream)
 	defer s.cancel(nil)
+	defer func() { srv.metrics.ended.WithLabelValues(status.Code(err).String()).Inc() }()
 
 	srv.wg.Add(1)
 	go s.recvLoop()
@@ -99,9 +100,7 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	}
 
 	<-s.ctx.Done()
-	err := toStatus(context.Cause(s.ctx))
-	srv.metrics.ended.WithLabelValues(status.Code(err).String()).Inc()
-	return err
+	return toStatus(context.Cause(s.ctx))
 }
 
 // desiredError explains why the objects of node could not be listed,
