@@ -7,6 +7,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -189,7 +191,11 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := server.Options{
+		Registerer:        reg,
+		Gatherer:          reg,
 		ServerID:          cfg.ServerID,
 		TLS:               server.TLSFiles{CAFile: cfg.TLS.CAFile, CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile},
 		HeartbeatInterval: cfg.HeartbeatInterval.Duration,
