@@ -1,0 +1,91 @@
+"""A minimal edgesync edge agent in Python, built only from the generated
+client (`make generate-python`): it dials over mTLS as its own node, says
+Hello, registers the node, waits for a typed PodEvent for the pod it is told
+about, then reports a NodeStatus and waits for the server's answer.
+
+Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION
+Exit code 0 when every step succeeded; the steps are printed on stdout.
+"""
+import queue
+import sys
+
+import grpc
+
+from edgesync.v1 import sync_pb2, sync_pb2_grpc
+
+TIMEOUT_SECONDS = 120
+
+
+def main():
+    addr, ca, cert, key, node, namespace, pod_name, kubelet_version = sys.argv[1:9]
+    with open(ca, "rb") as f:
+        ca_pem = f.read()
+    with open(cert, "rb") as f:
+        cert_pem = f.read()
+    with open(key, "rb") as f:
+        key_pem = f.read()
+    credentials = grpc.ssl_channel_credentials(ca_pem, key_pem, cert_pem)
+    channel = grpc.secure_channel(addr, credentials)
+    stub = sync_pb2_grpc.SyncServiceStub(channel)
+
+    outbox = queue.Queue()
+    done = object()
+
+    def requests():
+        while True:
+            item = outbox.get()
+            if item is done:
+                return
+            yield item
+
+    outbox.put(sync_pb2.SyncRequest(hello=sync_pb2.Hello(node_name=node, agent_version="python-edge/0.1")))
+    registration = sync_pb2.SyncRequest(request_id=1)
+    registration.node_registration.labels["example.com/client"] = "python"
+    outbox.put(registration)
+
+    answered = {}
+    sent_status = False
+    try:
+        for response in stub.Sync(requests(), timeout=TIMEOUT_SECONDS):
+            kind = response.WhichOneof("message")
+            if kind == "welcome":
+                print(f"welcome session={response.welcome.session_id} server={response.welcome.server_id} "
+                      f"heartbeat={response.welcome.heartbeat_interval.seconds}s", flush=True)
+            elif kind == "pod_event":
+                pod = response.pod_event.pod
+                print(f"pod_event {sync_pb2.EventType.Name(response.pod_event.type)} "
+                      f"{pod.metadata.namespace}/{pod.metadata.name} image={pod.spec.containers[0].image}", flush=True)
+                if pod.metadata.namespace == namespace and pod.metadata.name == pod_name and not sent_status:
+                    status = sync_pb2.SyncRequest(request_id=2)
+                    status.node_status.status.nodeInfo.kubeletVersion = kubelet_version
+                    condition = status.node_status.status.conditions.add()
+                    condition.type = "Ready"
+                    condition.status = "True"
+                    condition.reason = "PythonEdgeReady"
+                    outbox.put(status)
+                    sent_status = True
+            elif kind == "status_result":
+                result = response.status_result
+                answered[result.request_id] = result
+                print(f"status_result id={result.request_id} code={result.code} {result.message}", flush=True)
+                if result.code != 0:
+                    print(f"report {result.request_id} failed", file=sys.stderr)
+                    return 1
+                if 1 in answered and 2 in answered:
+                    print("node status accepted", flush=True)
+                    return 0
+            elif kind == "sync_complete":
+                print(f"sync_complete sent={response.sync_complete.objects_sent}", flush=True)
+            outbox.put(sync_pb2.SyncRequest(ack=sync_pb2.Ack(sequence=response.sequence)))
+    except grpc.RpcError as err:
+        print(f"stream ended: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    finally:
+        outbox.put(done)
+        channel.close()
+    print("stream ended before the node status was answered", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
