@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -169,7 +171,6 @@ func TestServeAgainstCluster(t *testing.T) {
 	}
 	cfg.Kubernetes.Kubeconfig = kubeconfig
 	cfg.Controllers.DisableDevices = true
-	cfg.HTTPAddress = ""
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,11 @@ func TestServeAgainstCluster(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, zaptest.NewLogger(t), lis, nil) }()
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- serve(ctx, cfg, zaptest.NewLogger(t), lis, httpLis) }()
 
 	node, err := ca.IssueNode("cmd-test-node")
 	if err != nil {
@@ -215,6 +220,18 @@ func TestServeAgainstCluster(t *testing.T) {
 			t.Fatalf("first message %v, %v; want Welcome from cmd-test", msg, err)
 		}
 		time.Sleep(50 * time.Millisecond) // polling external state: the caches syncing
+	}
+	// Welcome means the caches have synced: the replica is ready.
+	for path, want := range map[string]string{"/readyz": "ok", "/metrics": "go_goroutines"} {
+		resp, err := http.Get("http://" + httpLis.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, want 200 with %q", path, resp.StatusCode, want)
+		}
 	}
 	cancel()
 	for {
