@@ -120,7 +120,14 @@ func (c *child) metrics(ctx context.Context) (measure.Metrics, error) {
 // put publishes count new ConfigMap versions (see control.handler) and
 // returns the last resource version.
 func (c *child) put(ctx context.Context, name string, from, to, count, size int) (string, error) {
+	return c.putOrdered(ctx, name, from, to, count, size, "object")
+}
+
+// putOrdered is put with the publishing order: "object" (each object to
+// every node) or "node" (every object to one node, then the next node).
+func (c *child) putOrdered(ctx context.Context, name string, from, to, count, size int, order string) (string, error) {
 	q := url.Values{}
+	q.Set("order", order)
 	q.Set("name", name)
 	q.Set("from", strconv.Itoa(from))
 	q.Set("to", strconv.Itoa(to))

@@ -104,14 +104,14 @@ func (b *bench) encodePlot() error {
 
 func (b *bench) throughputPlot() error {
 	t := b.result.Throughput
-	bars, err := plotter.NewBarChart(plotter.Values{t.EdgesyncPerSecond, t.RawPerSecond}, vg.Points(60))
+	bars, err := plotter.NewBarChart(plotter.Values{t.EdgesyncPerSecond, t.NodeMajorPerSecond, t.RawPerSecond}, vg.Points(60))
 	if err != nil {
 		return err
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Delivered + acknowledged messages/s, %d sessions (ratio %.2f)", t.Sessions, t.Ratio)
+	p.Title.Text = fmt.Sprintf("Delivered + acknowledged messages/s, %d sessions", t.Sessions)
 	p.Y.Label.Text = "messages per second"
 	p.Add(bars)
-	p.NominalX("edgesync", "raw grpc-go")
+	p.NominalX("edgesync object-major", "edgesync node-major", "raw grpc-go")
 	return b.save(p, "throughput.png")
 }

@@ -532,6 +532,7 @@ func (b *bench) throughput(ctx context.Context, _ map[int]bool) error {
 	}
 	if t.RawPerSecond > 0 {
 		t.Ratio = t.EdgesyncPerSecond / t.RawPerSecond
+		t.NodeMajorRatio = t.NodeMajorPerSecond / t.RawPerSecond
 	}
 	t.Done = true
 	return nil
@@ -557,53 +558,78 @@ func (b *bench) throughputEdgesync(ctx context.Context, n, m int) error {
 	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
 		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
 	}
-	total := int64(n * m)
-	m0, err := srv.metrics(ctx)
-	if err != nil {
-		return err
-	}
-	cpu0, _ := srv.proc()
-	self0 := selfCPU()
+	// Object-major first, with a CPU profile of the server, then node-major.
 	profDone := make(chan error, 1)
 	go func() {
 		profDone <- srv.profile(ctx, "profile", 10, filepath.Join(b.out, "throughput-cpu.pprof"))
 	}()
+	obj, err := b.measureDelivery(ctx, srv, fleet, n, m, "object")
+	if err != nil {
+		return err
+	}
+	if err := <-profDone; err != nil {
+		fmt.Fprintf(os.Stderr, "throughput CPU profile: %v\n", err)
+	}
+	node, err := b.measureDelivery(ctx, srv, fleet, n, m, "node")
+	if err != nil {
+		return err
+	}
+	t.EdgesyncSeconds, t.EdgesyncDeliveredSeconds, t.PublishSeconds = obj.seconds, obj.deliveredSeconds, obj.publishSeconds
+	t.EdgesyncPerSecond, t.EdgesyncAcked = obj.perSecond, obj.acked
+	t.EdgesyncServerCPUSeconds, t.EdgesyncBenchCPUSeconds = obj.serverCPU, obj.benchCPU
+	t.NodeMajorPerSecond, t.NodeMajorSeconds, t.NodeMajorPublishSeconds = node.perSecond, node.seconds, node.publishSeconds
+	t.NodeMajorServerCPUSeconds, t.NodeMajorBenchCPUSeconds = node.serverCPU, node.benchCPU
+	return nil
+}
+
+// delivery is one measured burst of n×m messages.
+type delivery struct {
+	seconds, deliveredSeconds, publishSeconds float64
+	perSecond, acked                          float64
+	serverCPU, benchCPU                       float64
+}
+
+// measureDelivery publishes m new objects to each of n connected edges in
+// the given order and measures until the server has every acknowledgement.
+func (b *bench) measureDelivery(ctx context.Context, srv *child, fleet *edgesim.Fleet, n, m int, order string) (delivery, error) {
+	var d delivery
+	total := int64(n * m)
+	m0, err := srv.metrics(ctx)
+	if err != nil {
+		return d, err
+	}
+	cpu0, _ := srv.proc()
+	self0 := selfCPU()
 	start := time.Now()
 	objects0 := fleet.C.Objects.Load()
-	if _, err := srv.put(ctx, "throughput", 0, n, m, b.sc.Size); err != nil {
-		return err
+	if _, err := srv.putOrdered(ctx, "throughput-"+order, 0, n, m, b.sc.Size, order); err != nil {
+		return d, err
 	}
-	t.PublishSeconds = time.Since(start).Seconds()
+	d.publishSeconds = time.Since(start).Seconds()
 	if err := waitFor(ctx, 10*time.Minute, "every message delivered", func() bool { return fleet.C.Objects.Load()-objects0 >= total }); err != nil {
-		return err
+		return d, err
 	}
-	elapsed := time.Since(start)
+	d.deliveredSeconds = time.Since(start).Seconds()
 	// Delivered is not done until the server has every acknowledgement.
-	var acked float64
 	err = waitFor(ctx, time.Minute, "every message acknowledged", func() bool {
 		m1, err := srv.metrics(ctx)
 		if err != nil {
 			return false
 		}
-		acked = m1.Sum("edgesync_messages_acked_total", nil) - m0.Sum("edgesync_messages_acked_total", nil)
-		return acked >= float64(total)
+		d.acked = m1.Sum("edgesync_messages_acked_total", nil) - m0.Sum("edgesync_messages_acked_total", nil)
+		return d.acked >= float64(total)
 	})
 	if err != nil {
-		return fmt.Errorf("%w (%v of %d)", err, acked, total)
+		return d, fmt.Errorf("%w (%v of %d)", err, d.acked, total)
 	}
-	ackedElapsed := time.Since(start)
+	elapsed := time.Since(start)
 	cpu1, _ := srv.proc()
-	t.EdgesyncSeconds = ackedElapsed.Seconds()
-	t.EdgesyncDeliveredSeconds = elapsed.Seconds()
-	t.EdgesyncPerSecond = float64(total) / ackedElapsed.Seconds()
-	t.EdgesyncServerCPUSeconds = cpu1.CPUSeconds - cpu0.CPUSeconds
-	t.EdgesyncBenchCPUSeconds = selfCPU() - self0
-	t.EdgesyncAcked = acked
-	if err := <-profDone; err != nil {
-		fmt.Fprintf(os.Stderr, "throughput CPU profile: %v\n", err)
-	}
-	b.prog.say("edgesync: %d messages in %.2fs: %.0f/s", total, ackedElapsed.Seconds(), t.EdgesyncPerSecond)
-	return nil
+	d.seconds = elapsed.Seconds()
+	d.perSecond = float64(total) / elapsed.Seconds()
+	d.serverCPU = cpu1.CPUSeconds - cpu0.CPUSeconds
+	d.benchCPU = selfCPU() - self0
+	b.prog.say("edgesync, %s-major: %d messages in %.2fs: %.0f/s", order, total, elapsed.Seconds(), d.perSecond)
+	return d, nil
 }
 
 func selfCPU() float64 {

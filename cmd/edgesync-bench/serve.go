@@ -29,6 +29,7 @@ import (
 	"github.com/edgesync/edgesync/internal/bench/rawstream"
 	"github.com/edgesync/edgesync/internal/bench/simfeed"
 	"github.com/edgesync/edgesync/server"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // ready is the one line a server process prints on stdout once it serves.
@@ -258,6 +259,12 @@ func (c *control) handler() http.Handler {
 		}
 		count = max(count, 1)
 		nodes := nodeNames(from, to)
+		// Every version is encoded once, then published: object by object
+		// to every node (as the controllers publish a shared object), or,
+		// with order=node, node by node, every object to one node before
+		// the next (each node's queue fills at once, as the raw baseline's
+		// streams have all their messages ready).
+		objs := make([]*feed.Object, count)
 		var rv uint64
 		for i := range count {
 			n := name
@@ -272,7 +279,17 @@ func (c *control) handler() http.Handler {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
 			}
-			c.ctrls.Put(nodes, obj)
+			if q.Get("order") != "node" {
+				c.ctrls.Put(nodes, obj)
+			}
+			objs[i] = obj
+		}
+		if q.Get("order") == "node" {
+			for _, node := range nodes {
+				for _, obj := range objs {
+					c.ctrls.Put([]string{node}, obj)
+				}
+			}
 		}
 		json.NewEncoder(w).Encode(map[string]string{"resource_version": strconv.FormatUint(rv, 10)})
 	})
