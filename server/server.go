@@ -11,6 +11,16 @@
 //	srv, err := server.New(opts)
 //	ctrls := controllers.New(..., srv)
 //	err = srv.Serve(ctx, lis, ctrls) // until ctx ends, then drains
+//
+// # Metrics
+//
+// Besides the grpc_server_* metrics of the go-grpc-middleware prometheus
+// provider: edgesync_sessions_connected, edgesync_queue_depth (objects
+// queued on this replica), edgesync_messages_sent_total{kind},
+// edgesync_messages_acked_total{kind}, edgesync_messages_nacked_total{kind},
+// edgesync_delivery_latency_seconds (queued until acknowledged),
+// edgesync_upstream_results_total{kind,outcome} (answers to reports) and
+// edgesync_sessions_ended_total{code}.
 package server
 
 import (
