@@ -145,6 +145,10 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	if run[2] {
 		key := feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: kubeNamespace, Name: "fanout"}
 		fleet.Latencies() // drop anything recorded so far
+		profDone := make(chan error, 1)
+		go func() {
+			profDone <- srv.profile(ctx, "profile", 10, filepath.Join(b.out, "fanout-apiserver-cpu.pprof"))
+		}()
 		for i := range b.sc.FanoutUpdates {
 			// The time is taken before the write is sent, so the figure
 			// includes the apiserver's own write latency.
@@ -160,6 +164,9 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			}
 		}
 		k.Updates = b.sc.FanoutUpdates
+		if err := <-profDone; err != nil {
+			fmt.Fprintf(os.Stderr, "fan-out CPU profile: %v\n", err)
+		}
 		k.Samples = fleet.Latencies()
 		k.Latency = measure.Summarize(slices.Clone(k.Samples))
 		k.FanoutDone = true
