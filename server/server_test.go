@@ -628,3 +628,17 @@ func TestReadyzFollowsReadyHook(t *testing.T) {
 		t.Errorf("/readyz when ready: %d, want 200", got)
 	}
 }
+
+func TestWelcomeComesBeforeAnswersToEarlyReports(t *testing.T) {
+	ctrls := feedtest.New()
+	env := servertest.Start(t, ctrls)
+	for range 20 {
+		e := openStream(t, env.DialNode(t, "node-a"), "node-a")
+		e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: "node-a"}}})
+		e.report(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+		if first := e.recv(); first.GetWelcome() == nil || first.GetSequence() != 1 {
+			t.Fatalf("first message %v, want Welcome with sequence 1", first)
+		}
+		e.cancel()
+	}
+}

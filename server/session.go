@@ -71,11 +71,11 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		return err
 	}
 	defer srv.unregister(s)
-	close(s.registered)
 	srv.log.Info("session started",
 		zap.String("node", s.node), zap.String("peer", s.peer), zap.String("session_id", s.id),
 		zap.String("agent_version", hello.GetAgentVersion()), zap.Int("held_objects", len(hello.GetHeldObjects())))
 
+	// Welcome is queued before reports are handled, so it goes first.
 	s.pushControl(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_Welcome{Welcome: &edgesyncv1.Welcome{
 		SessionId:           s.id,
 		ServerId:            srv.opts.ServerID,
@@ -84,6 +84,7 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		MaxMessageBytes:     uint32(srv.opts.MaxMessageBytes),
 		MaxReportsPerSecond: uint32(srv.opts.ReportsPerSecond),
 	}}})
+	close(s.registered)
 	srv.wg.Add(1)
 	go s.sendLoop()
 
