@@ -412,6 +412,15 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	}
 	restarted := time.Now()
 	b.prog.watch("storm", fleet, n)
+	profDone = make(chan error, 1)
+	go func() {
+		profDone <- srv.profile(ctx, "profile", 10, filepath.Join(b.out, "storm-cpu.pprof"))
+	}()
+	defer func() {
+		if err := <-profDone; err != nil {
+			fmt.Fprintf(os.Stderr, "storm CPU profile: %v\n", err)
+		}
+	}()
 	err = waitFor(ctx, 5*time.Minute, "every edge resynced", func() bool { return int(fleet.C.Synced.Load()) == n })
 	if err != nil {
 		return fmt.Errorf("%w (%d synced; last error: %v)", err, fleet.C.Synced.Load(), fleet.LastError())
