@@ -23,30 +23,12 @@ import (
 	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/controllers/devicesync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// repoRoot walks up from the test's directory to the directory of go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
 
 // installCRDs creates or replaces the CRDs in the YAML files of dir and
 // waits until they are established.
@@ -177,7 +159,7 @@ func TestDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := repoRoot(t)
+	root := repo.Root(t)
 	ours := filepath.Join(root, "deploy", "crds")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

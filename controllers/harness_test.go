@@ -18,20 +18,13 @@ import (
 
 	"github.com/edgesync/edgesync/controllers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// Idle keep-alive connections of the shared HTTP transports that
-		// client-go caches per configuration.
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*clientConnReadLoop).run"),
-	)
+	goleak.VerifyTestMain(m, repo.ClientGoLeakOptions()...)
 }
 
 // recorder is a feed.Publisher that records what each node was sent.

@@ -22,6 +22,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/devicesync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -34,7 +35,7 @@ func applyRBAC(t *testing.T, dyn dynamic.Interface) {
 		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
 		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
 	}
-	files, _ := filepath.Glob(filepath.Join(repoRoot(t), "deploy", "rbac", "*.yaml"))
+	files, _ := filepath.Glob(filepath.Join(repo.Root(t), "deploy", "rbac", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no RBAC files in deploy/rbac")
 	}

@@ -24,6 +24,7 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/servertest"
 	"github.com/edgesync/edgesync/internal/testcluster"
 	"github.com/edgesync/edgesync/server/feed"
@@ -302,7 +303,7 @@ func TestThroughServerKubeEdgeDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := repoRoot(t)
+	root := repo.Root(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

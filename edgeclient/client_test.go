@@ -21,19 +21,14 @@ import (
 	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// client-go, in the end-to-end test: idle keep-alive connections of
-		// its cached transports, and klog's flush daemon.
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*clientConnReadLoop).run"),
-		goleak.IgnoreAnyFunction("k8s.io/client-go/util/workqueue.(*Typed[...]).updateUnfinishedWorkLoop"),
-	)
+	goleak.VerifyTestMain(m, append(repo.ClientGoLeakOptions(),
+		// The controllers' work queues, in the end-to-end tests, end their
+		// metrics loop shortly after shutdown.
+		goleak.IgnoreAnyFunction("k8s.io/client-go/util/workqueue.(*Typed[...]).updateUnfinishedWorkLoop"))...)
 }
 
 func podKey(ns, name string) store.Key {

@@ -1,48 +1,19 @@
 package server_test
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/edgesync/edgesync/internal/feedtest"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/servertest"
 )
-
-// grpcurlPath finds bin/grpcurl (installed by `make tools`) at the root of
-// the module, found by walking up from the test's directory.
-func grpcurlPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(data), "module github.com/edgesync/edgesync\n") {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("cannot find the root of module github.com/edgesync/edgesync above the test directory")
-		}
-		dir = parent
-	}
-	path := filepath.Join(dir, "bin", "grpcurl")
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("EDGESYNC_REQUIRE_DEVCLUSTER") == "1" {
-			t.Fatalf("%s missing: run `make tools`", path)
-		}
-		t.Skipf("%s missing: run `make tools` to run this test", path)
-	}
-	return path
-}
 
 // TestGrpcurl checks that an operator with only certificates and grpcurl
 // can list, describe, health-check and administer the server.
 func TestGrpcurl(t *testing.T) {
-	grpcurl := grpcurlPath(t)
+	grpcurl := repo.Binary(t, "grpcurl")
 	ctrls := feedtest.New()
 	env := servertest.Start(t, ctrls)
 	connect(t, env, "node-a").recvInitial()

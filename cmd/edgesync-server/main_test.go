@@ -23,19 +23,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 	"github.com/edgesync/edgesync/server/pki"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// client-go's cached HTTP transports and klog keep these.
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*clientConnReadLoop).run"),
-	)
+	goleak.VerifyTestMain(m, repo.ClientGoLeakOptions()...)
 }
 
 func writeFile(t *testing.T, name, content string) string {

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
@@ -149,30 +150,16 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	return c, nil
 }
 
-// registration is one event handler added to an informer.
-type registration struct {
-	informer cache.SharedIndexInformer
-	handle   cache.ResourceEventHandlerRegistration
-}
-
-// addHandlers makes the informers enqueue device keys and returns the
-// registrations, to wait for and to remove.
-func (c *Controller) addHandlers() ([]registration, error) {
-	var regs []registration
-	add := func(informer cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
-		reg, err := informer.AddEventHandler(h)
-		if err != nil {
-			return err
-		}
-		regs = append(regs, registration{informer, reg})
-		return nil
-	}
+// addHandlers makes the informers enqueue device keys; it adds the
+// handlers to set.
+func (c *Controller) addHandlers(set *handlers.Set) error {
+	add := set.Add
 	if err := add(c.informers.Devices, cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
 		UpdateFunc: func(_, obj any) { c.enqueue(obj) },
 		DeleteFunc: c.enqueue,
 	}); err != nil {
-		return regs, fmt.Errorf("devicesync: device handler: %w", err)
+		return fmt.Errorf("devicesync: device handler: %w", err)
 	}
 	enqueueIndexed := func(index string) func(obj any) {
 		return func(obj any) {
@@ -197,7 +184,7 @@ func (c *Controller) addHandlers() ([]registration, error) {
 		UpdateFunc: func(_, obj any) { byModel(obj) },
 		DeleteFunc: byModel,
 	}); err != nil {
-		return regs, fmt.Errorf("devicesync: model handler: %w", err)
+		return fmt.Errorf("devicesync: model handler: %w", err)
 	}
 	byNode := enqueueIndexed(NodeIndex)
 	if err := add(c.informers.Nodes, cache.ResourceEventHandlerFuncs{
@@ -212,9 +199,9 @@ func (c *Controller) addHandlers() ([]registration, error) {
 		},
 		DeleteFunc: byNode,
 	}); err != nil {
-		return regs, fmt.Errorf("devicesync: node handler: %w", err)
+		return fmt.Errorf("devicesync: node handler: %w", err)
 	}
-	return regs, nil
+	return nil
 }
 
 func (c *Controller) enqueue(obj any) {
@@ -237,45 +224,22 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	wg.Go(func() { c.reports.Run(ctx, workers) })
 	defer c.queue.ShutDown()
 
-	regs, err := c.addHandlers()
-	defer func() {
-		for _, r := range regs {
-			_ = r.informer.RemoveEventHandler(r.handle)
-		}
-	}()
-	if err != nil {
+	var set handlers.Set
+	defer set.RemoveAll()
+	if err := c.addHandlers(&set); err != nil {
 		return err
 	}
-	synced := make([]cache.InformerSynced, 0, len(regs))
-	for _, r := range regs {
-		synced = append(synced, r.handle.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	if !set.WaitSynced(ctx) {
 		return fmt.Errorf("devicesync: caches did not sync: %w", context.Cause(ctx))
 	}
 	for range workers {
 		wg.Go(func() {
-			for c.processNext() {
+			for handlers.ProcessNext(c.queue, c.sync, c.log) {
 			}
 		})
 	}
 	<-ctx.Done()
 	return nil
-}
-
-func (c *Controller) processNext() bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if err := c.sync(key); err != nil {
-		c.log.Warn("device sync failed, retrying", zap.String("device", key), zap.Error(err))
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	return true
 }
 
 // edgeNode returns name when it is an edge node, "" otherwise.

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
@@ -137,17 +138,9 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 }
 
 // addHandlers makes the informers enqueue into the controller's queues and
-// returns the registrations, to wait for and to remove.
-func (c *Controller) addHandlers() ([]registration, error) {
-	var regs []registration
-	add := func(informer cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
-		reg, err := informer.AddEventHandler(h)
-		if err != nil {
-			return err
-		}
-		regs = append(regs, registration{informer, reg})
-		return nil
-	}
+// adds the handlers to set.
+func (c *Controller) addHandlers(set *handlers.Set) error {
+	add := set.Add
 	if err := add(c.informers.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueuePod,
 		UpdateFunc: func(oldObj, newObj any) {
@@ -160,7 +153,7 @@ func (c *Controller) addHandlers() ([]registration, error) {
 		},
 		DeleteFunc: c.enqueuePod,
 	}); err != nil {
-		return regs, fmt.Errorf("podsync: pod handler: %w", err)
+		return fmt.Errorf("podsync: pod handler: %w", err)
 	}
 	for kind, informer := range map[edgesyncv1.Kind]cache.SharedIndexInformer{
 		edgesyncv1.Kind_KIND_CONFIG_MAP: c.informers.ConfigMaps,
@@ -179,7 +172,7 @@ func (c *Controller) addHandlers() ([]registration, error) {
 			UpdateFunc: func(_, obj any) { enqueue(obj) },
 			DeleteFunc: enqueue,
 		}); err != nil {
-			return regs, fmt.Errorf("podsync: %s handler: %w", kind, err)
+			return fmt.Errorf("podsync: %s handler: %w", kind, err)
 		}
 	}
 	// A node becoming (or ceasing to be) an edge node changes what its
@@ -211,15 +204,9 @@ func (c *Controller) addHandlers() ([]registration, error) {
 		},
 		DeleteFunc: enqueueNodePods,
 	}); err != nil {
-		return regs, fmt.Errorf("podsync: node handler: %w", err)
+		return fmt.Errorf("podsync: node handler: %w", err)
 	}
-	return regs, nil
-}
-
-// registration is one event handler added to an informer.
-type registration struct {
-	informer cache.SharedIndexInformer
-	handle   cache.ResourceEventHandlerRegistration
+	return nil
 }
 
 func (c *Controller) enqueuePod(obj any) {
@@ -257,51 +244,26 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	defer c.podQueue.ShutDown()
 	defer c.refQueue.ShutDown()
 
-	regs, err := c.addHandlers()
-	defer func() {
-		for _, r := range regs {
-			_ = r.informer.RemoveEventHandler(r.handle)
-		}
-	}()
-	if err != nil {
+	var set handlers.Set
+	defer set.RemoveAll()
+	if err := c.addHandlers(&set); err != nil {
 		return err
 	}
-	synced := make([]cache.InformerSynced, 0, len(regs))
-	for _, r := range regs {
-		synced = append(synced, r.handle.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	if !set.WaitSynced(ctx) {
 		return fmt.Errorf("podsync: caches did not sync: %w", context.Cause(ctx))
 	}
 	for range workers {
 		wg.Go(func() {
-			for processNext(c.podQueue, c.syncPod, c.log) {
+			for handlers.ProcessNext(c.podQueue, c.syncPod, c.log) {
 			}
 		})
 		wg.Go(func() {
-			for processNext(c.refQueue, c.syncRef, c.log) {
+			for handlers.ProcessNext(c.refQueue, c.syncRef, c.log) {
 			}
 		})
 	}
 	<-ctx.Done()
 	return nil
-}
-
-// processNext syncs one key from queue: Forget on success, AddRateLimited
-// on error.
-func processNext[T comparable](queue workqueue.TypedRateLimitingInterface[T], sync func(T) error, log *zap.Logger) bool {
-	key, quit := queue.Get()
-	if quit {
-		return false
-	}
-	defer queue.Done(key)
-	if err := sync(key); err != nil {
-		log.Warn("sync failed, retrying", zap.Any("key", key), zap.Error(err))
-		queue.AddRateLimited(key)
-		return true
-	}
-	queue.Forget(key)
-	return true
 }
 
 // edgeNode returns name when it is an edge node, "" otherwise.

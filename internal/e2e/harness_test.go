@@ -15,39 +15,6 @@ import (
 	"time"
 )
 
-// repoRoot finds the repository root (the directory holding go.mod).
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
-// binary returns the path of a binary `make build` (or `make tools`) put in
-// bin/, failing under `make test` and skipping otherwise when it is missing.
-func binary(t testing.TB, name string) string {
-	t.Helper()
-	path := filepath.Join(repoRoot(t), "bin", name)
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("EDGESYNC_REQUIRE_DEVCLUSTER") == "1" {
-			t.Fatalf("%s is missing: `make test` builds it", path)
-		}
-		t.Skipf("%s is missing: run `make build tools devcluster` or `make test`", path)
-	}
-	return path
-}
-
 func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -45,13 +46,13 @@ func (in *installation) grpcurl(t testing.TB, args ...string) string {
 		}
 	}
 	full := append(append(append([]string{}, flags...), base...), call...)
-	return run(t, nil, binary(t, "grpcurl"), full...)
+	return run(t, nil, repo.Binary(t, "grpcurl"), full...)
 }
 
 // nodeCert makes a client certificate for node and returns its files.
 func (in *installation) nodeCert(t testing.TB, node string) (certFile, keyFile string) {
 	t.Helper()
-	run(t, nil, binary(t, "edgesync-server"), "certs", "node", node, "--dir", in.pki)
+	run(t, nil, repo.Binary(t, "edgesync-server"), "certs", "node", node, "--dir", in.pki)
 	return filepath.Join(in.pki, "node-"+node+".crt"), filepath.Join(in.pki, "node-"+node+".key")
 }
 
@@ -59,13 +60,13 @@ func install(t *testing.T) *installation {
 	t.Helper()
 	testcluster.RESTConfig(t) // skips or fails when there is no devcluster
 	in := &installation{
-		root:       repoRoot(t),
-		kubectl:    binary(t, "kubectl"),
+		root:       repo.Root(t),
+		kubectl:    repo.Binary(t, "kubectl"),
 		kubeconfig: os.Getenv(testcluster.KubeconfigEnv),
 		pki:        filepath.Join(t.TempDir(), "pki"),
 	}
-	serverBin := binary(t, "edgesync-server")
-	binary(t, "grpcurl")
+	serverBin := repo.Binary(t, "edgesync-server")
+	repo.Binary(t, "grpcurl")
 
 	run(t, in.adminEnv(), in.kubectl, "apply",
 		"-f", filepath.Join(in.root, "deploy", "namespace.yaml"),
@@ -88,7 +89,7 @@ func install(t *testing.T) *installation {
 		"--server-id", "e2e",
 		"--log-format", "console")
 	eventually(t, time.Minute, "the server's gRPC health check", func() error {
-		return tryRun(binary(t, "grpcurl"),
+		return tryRun(repo.Binary(t, "grpcurl"),
 			"-cacert", filepath.Join(in.pki, "ca.crt"),
 			"-cert", filepath.Join(in.pki, "admin-e2e.crt"),
 			"-key", filepath.Join(in.pki, "admin-e2e.key"),

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -45,7 +46,7 @@ func TestFullLoop(t *testing.T) {
 	node := testcluster.UniqueName("edge")
 	certFile, keyFile := in.nodeCert(t, node)
 	store := filepath.Join(t.TempDir(), "store")
-	agentBin := binary(t, "edgesync-agent")
+	agentBin := repo.Binary(t, "edgesync-agent")
 	agent := start(t, "edgesync-agent", nil, agentBin,
 		"--server", in.addr, "--node", node,
 		"--ca", filepath.Join(in.pki, "ca.crt"), "--cert", certFile, "--key", keyFile,

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/edgesync/edgesync/internal/repo"
 )
 
 // Python is Debian's own interpreter, which has Debian's python3-grpcio and
@@ -20,39 +22,18 @@ const Python = "/usr/bin/python3"
 // (EDGESYNC_REQUIRE_DEVCLUSTER=1), which generates and installs them.
 func Command(t testing.TB, script string, args ...string) *exec.Cmd {
 	t.Helper()
-	root := repoRoot(t)
+	root := repo.Root(t)
 	generated := filepath.Join(root, "gen-python")
 	missing := ""
 	if _, err := os.Stat(filepath.Join(generated, "edgesync", "v1", "sync_pb2.py")); err != nil {
-		missing = "the generated Python client (run `make generate-python`)"
+		missing = "the generated Python client"
 	} else if err := exec.Command(Python, "-c", "import grpc, google.protobuf").Run(); err != nil {
-		missing = "Debian's python3-grpcio and python3-protobuf (run `make apt-deps`)"
+		missing = "Debian's python3-grpcio and python3-protobuf"
 	}
 	if missing != "" {
-		if os.Getenv("EDGESYNC_REQUIRE_DEVCLUSTER") == "1" {
-			t.Fatalf("missing %s", missing)
-		}
-		t.Skipf("missing %s", missing)
+		repo.Missing(t, missing, "run `make generate-python apt-deps`, or `make test`")
 	}
 	cmd := exec.Command(Python, append([]string{filepath.Join(root, "internal", "pyclient", script)}, args...)...)
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+generated, "PYTHONDONTWRITEBYTECODE=1")
 	return cmd
-}
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "buf.gen.python.yaml")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("cannot find the repository root (buf.gen.python.yaml) above the working directory")
-		}
-		dir = parent
-	}
 }
