@@ -47,6 +47,18 @@ type machine struct {
 	GoVersion     string `json:"go_version"`
 	OS            string `json:"os"`
 	FileLimit     uint64 `json:"open_file_limit"`
+	// LoadAvgStart and LoadAvgEnd are /proc/loadavg when the run started
+	// and ended: other work on the machine shows there.
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 type rampPoint struct {
@@ -157,7 +169,7 @@ func newResults(sc scale, fileLimit uint64) *results {
 	r := &results{
 		Started: time.Now().UTC(),
 		Scale:   sc,
-		Machine: machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, FileLimit: fileLimit},
+		Machine: machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, FileLimit: fileLimit, LoadAvgStart: loadAvg()},
 		Skipped: map[int]string{},
 		Failed:  map[int]string{},
 	}
@@ -351,7 +363,8 @@ func (r *results) kubeRow(id int) []row {
 }
 
 func (r *results) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\nedgesync-bench, scale %s, %s edges, %d CPUs, %s, %s\n\n", r.Scale.Name, r.Edges, r.Machine.CPUs, r.Machine.GoVersion, r.Started.Format(time.RFC3339))
+	fmt.Fprintf(w, "\nedgesync-bench, scale %s, %s edges, %d CPUs, %s, %s (load average at start %s, at end %s)\n\n",
+		r.Scale.Name, r.Edges, r.Machine.CPUs, r.Machine.GoVersion, r.Started.Format(time.RFC3339), r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd)
 	fmt.Fprintln(w, "| scenario | goal | measured | met? |")
 	fmt.Fprintln(w, "|---|---|---|---|")
 	for _, row := range r.table() {

@@ -211,6 +211,7 @@ func runMain(ctx context.Context, args []string) error {
 	}
 	b.prog.stop()
 	b.result.Finished = time.Now().UTC()
+	b.result.Machine.LoadAvgEnd = loadAvg()
 	if err := b.result.write(filepath.Join(*out, "results.json")); err != nil {
 		return err
 	}
