@@ -76,6 +76,21 @@ func (c *Controllers) Put(nodes []string, obj *feed.Object) {
 	}
 }
 
+// Publish publishes obj to every node in nodes without recording it as
+// desired: for measurements where nodes never reconnect, so that the
+// benchmark's bookkeeping does not cost the server process CPU.
+func (c *Controllers) Publish(nodes []string, obj *feed.Object) {
+	c.mu.RLock()
+	pub := c.publisher
+	c.mu.RUnlock()
+	if pub == nil {
+		return
+	}
+	for _, n := range nodes {
+		pub.Publish(n, obj)
+	}
+}
+
 // Desired returns what node should hold (feed.Source).
 func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 	c.mu.RLock()

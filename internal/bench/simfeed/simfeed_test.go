@@ -57,3 +57,17 @@ func TestPutPublishesAndIsDesired(t *testing.T) {
 		t.Fatalf("answer %v, counts %+v", answered, c.Counts())
 	}
 }
+
+func TestPublishIsNotDesired(t *testing.T) {
+	c := New()
+	rec := &recorder{got: map[string]int{}}
+	c.SetPublisher(rec)
+	obj, err := ConfigMap("cm", 1, 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Publish([]string{"a"}, obj)
+	if d, _ := c.Desired("a"); rec.got["a"] != 1 || len(d) != 0 {
+		t.Fatalf("published %v, desired %d objects; want 1 published, none desired", rec.got, len(d))
+	}
+}
