@@ -111,10 +111,8 @@ func Run(ctx context.Context, cfg Config) error {
 			a.reportDevice(obj.Device)
 		}
 	}
-	if _, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: cfg.Labels, Status: *a.nodeStatus()}); err != nil {
-		return err
-	}
-	if _, err := c.ReportNodeStatus(a.nodeStatus()); err != nil {
+	registration, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: cfg.Labels, Status: *a.nodeStatus()})
+	if err != nil {
 		return err
 	}
 	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server))
@@ -122,6 +120,17 @@ func Run(ctx context.Context, cfg Config) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(ctx) })
 	g.Go(func() error {
+		// A node status is refused until the Node exists: report it once
+		// the registration is answered (possibly after a reconnect).
+		if _, err := registration.Wait(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn("node registration failed; reporting node status anyway", zap.Error(err))
+		}
+		if _, err := c.ReportNodeStatus(a.nodeStatus()); err != nil {
+			return err
+		}
 		t := time.NewTicker(cfg.StatusInterval)
 		defer t.Stop()
 		for {

@@ -166,7 +166,16 @@ func TestFullLoop(t *testing.T) {
 	if strings.Contains(listing, ns) {
 		t.Fatalf("the agent's store still holds objects of %s after the pod was deleted:\n%s", ns, listing)
 	}
-	if data, _ := os.ReadFile(agent.log); strings.Contains(string(data), "s3cret-e2e") {
+	data, err := os.ReadFile(agent.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "s3cret-e2e") {
 		t.Fatal("the agent's output contains the secret's value")
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "refused report") && strings.Contains(line, "node/") {
+			t.Errorf("the server refused a node report of a freshly started agent: %s", line)
+		}
 	}
 }
