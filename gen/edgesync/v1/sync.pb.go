@@ -583,8 +583,10 @@ type ObjectRef struct {
 	Name      string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// uid is the object's metadata.uid.
 	Uid string `protobuf:"bytes,4,opt,name=uid,proto3" json:"uid,omitempty"`
-	// resource_version is the object's metadata.resourceVersion. Compared
-	// only for equality.
+	// resource_version is the metadata.resourceVersion of the object as the
+	// edge received it, echoed back unchanged. Compared only for equality.
+	// For KIND_DEVICE it is "<device version>/<model version>", so that a
+	// change to the model alone also reaches the edge.
 	ResourceVersion string `protobuf:"bytes,5,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1507,7 +1509,9 @@ func (x *SecretEvent) GetSecret() *v1.Secret {
 	return nil
 }
 
-// DeviceEvent carries a device bound to the node, with its model.
+// DeviceEvent carries a device bound to the node, with its model. The
+// device's metadata.resourceVersion is "<device version>/<model version>":
+// the pair is what the edge holds.
 type DeviceEvent struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Type   EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
