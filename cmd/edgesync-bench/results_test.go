@@ -10,6 +10,7 @@ func TestTableHasARowForEveryScenario(t *testing.T) {
 	r := newResults(scales["reduced"], 1024)
 	r.Density = densityResult{Done: true, Sessions: 2000, BaseRSSBytes: 10 << 20, RSSBytes: 10<<20 + 2000*50*kib, RSSPerSessionBytes: 50 * kib, IdleCPUPercent: 1}
 	r.Heartbeats = heartbeatResult{Done: true, Nodes: 2000, WindowSeconds: 30, CPUPercent: 30, PerNodePer10s: 1}
+	r.Storm = stormResult{Done: true, Edges: 2000, ResyncSeconds: 4, FromKillSeconds: 5}
 	r.failed(3, errors.New("raw grpc-go: boom"))
 	r.notRun(4, "not selected with --scenarios")
 	r.KubeSkipped = "no devcluster"
@@ -38,9 +39,40 @@ func TestTableHasARowForEveryScenario(t *testing.T) {
 	check('4', "not run", "not selected")
 	check('6', "no", "CPU 30.0 %") // 30 % of a core misses the 20 % goal
 	check('2', "not run", "no devcluster")
+	check('5', "yes", "resynced 4.0 s after restart")
 	for i := 1; i < len(rows); i++ {
 		if rows[i].Scenario[0] < rows[i-1].Scenario[0] {
 			t.Errorf("rows out of order: %q after %q", rows[i].Scenario, rows[i-1].Scenario)
 		}
+	}
+}
+
+func TestEncodeOnceVerdicts(t *testing.T) {
+	tests := []struct {
+		name  string
+		costs []float64
+		met   string
+	}{
+		{"falling", []float64{20, 10, 6, 5}, "yes"},
+		{"rises after falling", []float64{20, 10, 6, 15}, "partly"},
+		{"grows with recipients", []float64{5, 6, 10, 30}, "no"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newResults(scales["reduced"], 1024)
+			r.Encode.Done = true
+			for i, c := range tt.costs {
+				r.Encode.Points = append(r.Encode.Points, encodePoint{Recipients: []int{1, 10, 100, 1000}[i], MicrosPerMsg: c})
+			}
+			for _, row := range r.table() {
+				if strings.HasPrefix(row.Scenario, "4 ") {
+					if !strings.HasPrefix(row.Met, tt.met) {
+						t.Fatalf("met = %q, want %q", row.Met, tt.met)
+					}
+					return
+				}
+			}
+			t.Fatal("no row for scenario 4")
+		})
 	}
 }
