@@ -82,9 +82,11 @@ edgesync-server \
   --log-format console \
   --server-id dev >"$DEV/server.log" 2>&1 &
 pids+=($!)
-wait_for "edgesync-server to pass its gRPC health check" 60 \
+serving() {
   grpcurl -cacert "$PKI/ca.crt" -cert "$PKI/admin-dev-admin.crt" -key "$PKI/admin-dev-admin.key" \
-  "127.0.0.1:$GRPC_PORT" grpc.health.v1.Health/Check
+    "127.0.0.1:$GRPC_PORT" grpc.health.v1.Health/Check | grep -q '"SERVING"'
+}
+wait_for "edgesync-server to report SERVING (its caches loaded)" 60 serving
 
 step "starting edgesync-agent for node edge-1 (its events follow)"
 edgesync-agent \

@@ -131,7 +131,7 @@ func New(opts Options) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	grpcMetrics.InitializeMetrics(s.grpc)
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.setServing(false) // until Serve runs and the controllers are ready
 	return s, nil
 }
 
@@ -161,18 +161,34 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 		httpDone = make(chan error, 1)
 		go func() { httpDone <- httpSrv.Serve(s.opts.HTTPListener) }()
 	}
-	s.setServing(true)
+	// Controllers that load caches first are served only once loaded: until
+	// then health checks answer NOT_SERVING and /readyz 503.
+	var synced <-chan struct{} // nil: never fires
+	if syncer, ok := ctrls.(feed.Syncer); ok {
+		synced = syncer.Synced()
+	} else {
+		s.setServing(true)
+	}
 	s.log.Info("serving", zap.String("server_id", s.opts.ServerID), zap.Stringer("address", lis.Addr()))
 
 	var serveErr error
-	select {
-	case <-ctx.Done():
-	case err := <-grpcDone:
-		serveErr = fmt.Errorf("serve gRPC: %w", err)
-		grpcDone <- nil // for the wait below
-	case err := <-httpDone:
-		serveErr = fmt.Errorf("serve HTTP: %w", err)
-		httpDone <- nil // for the wait below
+wait:
+	for {
+		select {
+		case <-synced:
+			s.setServing(true)
+			synced = nil
+		case <-ctx.Done():
+			break wait
+		case err := <-grpcDone:
+			serveErr = fmt.Errorf("serve gRPC: %w", err)
+			grpcDone <- nil // for the wait below
+			break wait
+		case err := <-httpDone:
+			serveErr = fmt.Errorf("serve HTTP: %w", err)
+			httpDone <- nil // for the wait below
+			break wait
+		}
 	}
 	s.shutdown()
 	if httpSrv != nil {

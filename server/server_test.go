@@ -642,3 +642,45 @@ func TestWelcomeComesBeforeAnswersToEarlyReports(t *testing.T) {
 		e.cancel()
 	}
 }
+
+// loadingControllers are controllers whose caches load until synced closes.
+type loadingControllers struct {
+	*feedtest.Controllers
+	synced chan struct{}
+}
+
+func (c loadingControllers) Synced() <-chan struct{} { return c.synced }
+
+func TestHealthWaitsForControllerCaches(t *testing.T) {
+	ctrls := loadingControllers{Controllers: feedtest.New(), synced: make(chan struct{})}
+	env := servertest.Start(t, ctrls)
+	watch, err := grpc_health_v1.NewHealthClient(env.DialAdmin(t)).Watch(t.Context(),
+		&grpc_health_v1.HealthCheckRequest{Service: edgesyncv1.SyncService_ServiceDesc.ServiceName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetStatus() != grpc_health_v1.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health while the caches load: %v, want NOT_SERVING", first.GetStatus())
+	}
+	resp, err := http.Get("http://" + env.HTTPAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while the caches load: %d, want 503", resp.StatusCode)
+	}
+
+	close(ctrls.synced)
+	next, err := watch.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING {
+		t.Fatalf("health once the caches loaded: %v, want SERVING", next.GetStatus())
+	}
+}

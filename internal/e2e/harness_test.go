@@ -40,16 +40,16 @@ func run(t testing.TB, env []string, name string, args ...string) string {
 	return stdout.String()
 }
 
-// tryRun runs a short command and returns an error with its output when it
-// fails, for polling.
-func tryRun(name string, args ...string) error {
+// tryRun runs a short command and returns its output, or an error with the
+// output when it fails, for polling.
+func tryRun(name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s: %v: %s", filepath.Base(name), err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("%s: %v: %s", filepath.Base(name), err, bytes.TrimSpace(out))
 	}
-	return nil
+	return string(out), nil
 }
 
 // process is a long-running binary under test. Its output goes to a log

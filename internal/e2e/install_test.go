@@ -88,12 +88,16 @@ func install(t *testing.T) *installation {
 		"--kubeconfig", serverKubeconfig,
 		"--server-id", "e2e",
 		"--log-format", "console")
-	eventually(t, time.Minute, "the server's gRPC health check", func() error {
-		return tryRun(repo.Binary(t, "grpcurl"),
+	eventually(t, time.Minute, "the server to report SERVING", func() error {
+		out, err := tryRun(repo.Binary(t, "grpcurl"),
 			"-cacert", filepath.Join(in.pki, "ca.crt"),
 			"-cert", filepath.Join(in.pki, "admin-e2e.crt"),
 			"-key", filepath.Join(in.pki, "admin-e2e.key"),
 			in.addr, "grpc.health.v1.Health/Check")
+		if err == nil && !strings.Contains(out, `"SERVING"`) {
+			err = fmt.Errorf("health: %s", out)
+		}
+		return err
 	}, in.server)
 	return in
 }

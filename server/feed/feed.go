@@ -88,6 +88,14 @@ type Reporter interface {
 	SessionEnded(node string)
 }
 
+// Syncer may be implemented by Controllers whose answers are valid only
+// once their caches have loaded. The server then reports NOT_SERVING (gRPC
+// health, /readyz) until Synced is closed, so that load balancers and
+// edges wait instead of connecting to a replica that cannot serve them yet.
+type Syncer interface {
+	Synced() <-chan struct{}
+}
+
 // Controllers is everything the server needs from the controllers.
 type Controllers interface {
 	Source
