@@ -39,6 +39,8 @@ func main() {
 		err = runMain(ctx, os.Args[2:])
 	case "serve":
 		err = serveMain(ctx, os.Args[2:])
+	case "table":
+		err = tableMain(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -55,6 +57,7 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   edgesync-bench run [--scale reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6]
+  edgesync-bench table RESULTS.json   (print the goal table of an earlier run)
   edgesync-bench serve ...   (the server process the benchmark starts)
 
 Run "edgesync-bench run -h" for every flag.`)
