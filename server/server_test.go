@@ -684,3 +684,14 @@ func TestHealthWaitsForControllerCaches(t *testing.T) {
 		t.Fatalf("health once the caches loaded: %v, want SERVING", next.GetStatus())
 	}
 }
+
+func TestServesWithoutHTTPListener(t *testing.T) {
+	env := servertest.Start(t, feedtest.New(), func(o *server.Options) {
+		o.HTTPListener.Close()
+		o.HTTPListener = nil
+	})
+	// A session completes its initial sync; Stop fails the test if Serve
+	// returned an error (it must run until its context ends).
+	connect(t, env, "node-a").recvInitial()
+	env.Stop()
+}
