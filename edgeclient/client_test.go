@@ -497,3 +497,39 @@ func TestOversizedReportFailsAlone(t *testing.T) {
 		t.Errorf("%d connections: the oversized report broke the stream", s.Connections)
 	}
 }
+
+// Control messages are not held by the server's window, so the client does
+// not acknowledge them on their own: answers to reports (every heartbeat
+// has one) cost no extra message, and the next object event's cumulative
+// Ack covers them.
+func TestStatusResultsRideOnTheNextObjectAck(t *testing.T) {
+	f := newFakeServer(t)
+	f.set(podKey("ns", "a"), podObject("ns", "a", "ua", "1", "img"))
+	c := startClient(t, f, "edge-1", t.TempDir(), false)
+	c.run(t)
+	waitState(t, c.Client, "sync", func(s State) bool { return s.Synced })
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	f.waitFor(ctx, "the initial pod acknowledged", func() bool { return f.acked >= 2 })
+	f.mu.Lock()
+	before := f.ackMsgs
+	f.mu.Unlock()
+
+	for _, name := range []string{"a", "b", "c"} {
+		r, err := c.ReportPodStatus("ns", name, "u"+name, &corev1.PodStatus{Phase: corev1.PodRunning})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.set(podKey("ns", "b"), podObject("ns", "b", "ub", "2", "img"))
+	f.waitFor(ctx, "everything acknowledged", func() bool { return f.acked == f.sent && f.applies == 2 })
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := f.ackMsgs - before; got != 1 {
+		t.Errorf("client sent %d Acks for three answered reports and one pod, want 1 (the pod's, covering the answers)", got)
+	}
+}

@@ -45,6 +45,8 @@ type fakeServer struct {
 	nacks    []*edgesyncv1.Nack
 	applies  int // APPLY events sent
 	acked    uint64
+	ackMsgs  int    // Ack messages received
+	sent     uint64 // sequence of the last message sent on the newest stream
 	changed  chan struct{}
 	refuse   codes.Code // answer reports with this code
 	noAnswer bool       // leave reports unanswered
@@ -245,6 +247,9 @@ func (f *fakeServer) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest
 	send := func(m *edgesyncv1.SyncResponse) error {
 		seq++
 		out := &edgesyncv1.SyncResponse{Sequence: seq, Message: m.GetMessage()}
+		f.mu.Lock()
+		f.sent = seq
+		f.mu.Unlock()
 		return stream.Send(out)
 	}
 	if err := send(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_Welcome{Welcome: welcome}}); err != nil {
@@ -296,6 +301,7 @@ func (f *fakeServer) receive(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		switch req.GetMessage().(type) {
 		case *edgesyncv1.SyncRequest_Ack:
 			f.acked = req.GetAck().GetSequence()
+			f.ackMsgs++
 		case *edgesyncv1.SyncRequest_Nack:
 			f.nacks = append(f.nacks, req.GetNack())
 		case *edgesyncv1.SyncRequest_Hello:

@@ -102,7 +102,9 @@ type session struct {
 	applied uint64 // highest sequence applied
 	acked   uint64 // highest sequence acknowledged
 	ackNow  bool   // send an Ack without waiting for more
-	nacks   []*edgesyncv1.Nack
+	// objectsUnacked: an object event was applied since the last Ack.
+	objectsUnacked bool
+	nacks          []*edgesyncv1.Nack
 }
 
 func (s *session) wakeSender() {
@@ -240,7 +242,7 @@ func (s *session) apply(ctx context.Context, msgs <-chan *edgesyncv1.SyncRespons
 		if err := s.applyBatch(ctx, batch); err != nil {
 			return err
 		}
-		s.noteApplied(batch[len(batch)-1].GetSequence(), len(msgs) == 0)
+		s.noteApplied(batch[len(batch)-1].GetSequence(), len(msgs) == 0, carriesObject(batch))
 		liveness = s.liveness()
 		timer.Reset(liveness)
 	}
@@ -248,16 +250,32 @@ func (s *session) apply(ctx context.Context, msgs <-chan *edgesyncv1.SyncRespons
 
 // noteApplied records that every message up to seq is applied and asks
 // send to acknowledge when half the window is unacknowledged or nothing
-// more is waiting.
-func (s *session) noteApplied(seq uint64, idle bool) {
+// more is waiting. Control messages (Welcome, SyncComplete, StatusResult)
+// are not held by the server's window, so they are not acknowledged on
+// their own: the next object event's Ack covers them (acks are
+// cumulative). That saves a message per heartbeat and per report.
+func (s *session) noteApplied(seq uint64, idle, objects bool) {
 	s.mu.Lock()
 	s.applied = seq
+	s.objectsUnacked = s.objectsUnacked || objects
 	half := uint64(s.welcome.GetAckWindow() / 2)
-	if idle || seq-s.acked >= max(half, 1) {
+	if s.objectsUnacked && (idle || seq-s.acked >= max(half, 1)) {
 		s.ackNow = true
 	}
 	s.mu.Unlock()
 	s.wakeSender()
+}
+
+// carriesObject reports whether batch holds an object event.
+func carriesObject(batch []*edgesyncv1.SyncResponse) bool {
+	for _, m := range batch {
+		switch m.GetMessage().(type) {
+		case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
+			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent:
+			return true
+		}
+	}
+	return false
 }
 
 func (s *session) nack(seq uint64, key store.Key, rec *store.Record, reason string) {
@@ -473,6 +491,7 @@ func (s *session) send(ctx context.Context) error {
 			}
 			s.mu.Lock()
 			s.acked = applied
+			s.objectsUnacked = s.applied > applied
 			s.mu.Unlock()
 		}
 

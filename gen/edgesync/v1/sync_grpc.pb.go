@@ -48,7 +48,9 @@
 // server keeps at most Welcome.ack_window object events unacknowledged in
 // flight; it waits for acknowledgements before sending more. Control messages
 // (Welcome, SyncComplete, StatusResult) are never held back by the window but
-// are covered by cumulative acknowledgements like any other message.
+// are covered by cumulative acknowledgements like any other message; an edge
+// need not acknowledge them on their own (the Go edgeclient lets them ride on
+// the next object event's Ack, which saves a message per report).
 //
 // An edge that cannot apply an object sends Nack with the object and a
 // reason. The server records it (metrics, AdminService, logs) and continues;

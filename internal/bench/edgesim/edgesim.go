@@ -277,9 +277,11 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 	}()
 
 	// The sending goroutine acknowledges the newest sequence it is handed
-	// and sends heartbeats; this goroutine receives.
+	// and sends heartbeats; this goroutine receives. Like edgeclient, it
+	// hands over only object events: control messages (Welcome,
+	// SyncComplete, StatusResult) are not held by the server's window and
+	// ride on the next object event's cumulative Ack.
 	latest := make(chan uint64, 1)
-	latest <- first.GetSequence()
 	sendDone := make(chan error, 1)
 	go func() { sendDone <- e.send(ctx, st, latest, w) }()
 	defer func() {
@@ -298,8 +300,12 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 				synced = true
 				c.Synced.Add(1)
 			}
+			continue
 		case *edgesyncv1.SyncResponse_StatusResult:
 			c.StatusResults.Add(1)
+			continue
+		case *edgesyncv1.SyncResponse_Welcome:
+			continue
 		default:
 			e.apply(m)
 		}
