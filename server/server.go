@@ -66,9 +66,11 @@ type Server struct {
 	metrics *metrics
 
 	serving atomic.Bool // Serve was called
-	ready   atomic.Bool // serving and not draining
-	ctrls   feed.Controllers
-	wg      sync.WaitGroup // session goroutines
+	// cachesLoaded is the controllers' feed.Syncer channel, set by Serve
+	// before it starts serving; nil when they do not have one.
+	cachesLoaded <-chan struct{}
+	ctrls        feed.Controllers
+	wg           sync.WaitGroup // session goroutines
 
 	mu       sync.RWMutex // guards sessions and draining
 	sessions map[string]*session
@@ -149,6 +151,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 		return errors.New("serve: called twice")
 	}
 	s.ctrls = ctrls
+	// Controllers that load caches first are served only once loaded: until
+	// then health checks answer NOT_SERVING and /readyz 503.
+	var synced <-chan struct{} // nil: never fires
+	if syncer, ok := ctrls.(feed.Syncer); ok {
+		synced = syncer.Synced()
+		s.cachesLoaded = synced
+	}
 
 	grpcDone := make(chan error, 1)
 	go func() { grpcDone <- s.grpc.Serve(lis) }()
@@ -161,12 +170,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 		httpDone = make(chan error, 1)
 		go func() { httpDone <- httpSrv.Serve(s.opts.HTTPListener) }()
 	}
-	// Controllers that load caches first are served only once loaded: until
-	// then health checks answer NOT_SERVING and /readyz 503.
-	var synced <-chan struct{} // nil: never fires
-	if syncer, ok := ctrls.(feed.Syncer); ok {
-		synced = syncer.Synced()
-	} else {
+	if synced == nil {
 		s.setServing(true)
 	}
 	s.log.Info("serving", zap.String("server_id", s.opts.ServerID), zap.Stringer("address", lis.Addr()))
@@ -205,8 +209,31 @@ wait:
 	return serveErr
 }
 
+// loaded reports whether the controllers' caches have loaded (always, for
+// controllers that do not say).
+func (s *Server) loaded() bool {
+	if s.cachesLoaded == nil {
+		return true
+	}
+	select {
+	case <-s.cachesLoaded:
+		return true
+	default:
+		return false
+	}
+}
+
+// acceptingEdges reports whether Serve runs, is not draining, and the
+// controllers can answer: what /readyz tells load balancers.
+func (s *Server) acceptingEdges() bool {
+	s.mu.RLock()
+	draining := s.draining
+	s.mu.RUnlock()
+	return s.serving.Load() && !draining && s.loaded()
+}
+
+// setServing sets the gRPC health status of every service.
 func (s *Server) setServing(ok bool) {
-	s.ready.Store(ok)
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING
@@ -336,7 +363,7 @@ func (s *Server) httpHandler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() {
+		if !s.acceptingEdges() {
 			http.Error(w, "not serving", http.StatusServiceUnavailable)
 			return
 		}
