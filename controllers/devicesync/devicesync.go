@@ -187,31 +187,13 @@ func (c *Controller) addHandlers(set *handlers.Set) error {
 		return fmt.Errorf("devicesync: model handler: %w", err)
 	}
 	byNode := enqueueIndexed(NodeIndex)
-	if err := add(c.informers.Nodes, cache.ResourceEventHandlerFuncs{
-		AddFunc: byNode,
-		UpdateFunc: func(oldObj, newObj any) {
-			oldNode, ok1 := oldObj.(*corev1.Node)
-			newNode, ok2 := newObj.(*corev1.Node)
-			if ok1 && ok2 && c.isEdge(oldNode) == c.isEdge(newNode) {
-				return
-			}
-			byNode(newObj)
-		},
-		DeleteFunc: byNode,
-	}); err != nil {
+	if err := add(c.informers.Nodes, handlers.EdgeRoleChanges(c.isEdge, byNode)); err != nil {
 		return fmt.Errorf("devicesync: node handler: %w", err)
 	}
 	return nil
 }
 
-func (c *Controller) enqueue(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
-	}
-	c.queue.Add(key)
-}
+func (c *Controller) enqueue(obj any) { handlers.EnqueueKey(c.queue, obj) }
 
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs

@@ -192,31 +192,13 @@ func (c *Controller) addHandlers(set *handlers.Set) error {
 			c.enqueuePod(p)
 		}
 	}
-	if err := add(c.informers.Nodes, cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueueNodePods,
-		UpdateFunc: func(oldObj, newObj any) {
-			oldNode, ok1 := oldObj.(*corev1.Node)
-			newNode, ok2 := newObj.(*corev1.Node)
-			if ok1 && ok2 && c.isEdge(oldNode) == c.isEdge(newNode) {
-				return
-			}
-			enqueueNodePods(newObj)
-		},
-		DeleteFunc: enqueueNodePods,
-	}); err != nil {
+	if err := add(c.informers.Nodes, handlers.EdgeRoleChanges(c.isEdge, enqueueNodePods)); err != nil {
 		return fmt.Errorf("podsync: node handler: %w", err)
 	}
 	return nil
 }
 
-func (c *Controller) enqueuePod(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
-	}
-	c.podQueue.Add(key)
-}
+func (c *Controller) enqueuePod(obj any) { handlers.EnqueueKey(c.podQueue, obj) }
 
 // onlyStatusChanged tells whether newPod differs from oldPod only in status
 // (and the metadata every write changes).

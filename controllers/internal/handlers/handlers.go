@@ -8,6 +8,8 @@ import (
 	"context"
 
 	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -67,4 +69,33 @@ func ProcessNext[T comparable](queue workqueue.TypedRateLimitingInterface[T], sy
 	}
 	queue.Forget(key)
 	return true
+}
+
+// EdgeRoleChanges returns node event handlers that call enqueue when a node
+// is added or deleted, or when it gains or loses the edge role; other node
+// updates (status, heartbeats) are ignored.
+func EdgeRoleChanges(isEdge func(*corev1.Node) bool, enqueue func(obj any)) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue,
+		UpdateFunc: func(oldObj, newObj any) {
+			oldNode, ok1 := oldObj.(*corev1.Node)
+			newNode, ok2 := newObj.(*corev1.Node)
+			if ok1 && ok2 && isEdge(oldNode) == isEdge(newNode) {
+				return
+			}
+			enqueue(newObj)
+		},
+		DeleteFunc: enqueue,
+	}
+}
+
+// EnqueueKey adds the namespace/name key of obj (or of the object a
+// deletion tombstone stands for) to queue.
+func EnqueueKey(queue workqueue.TypedInterface[string], obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	queue.Add(key)
 }
