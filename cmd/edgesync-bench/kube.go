@@ -83,16 +83,11 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		return err
 	}
 	defer func() { srv.kill() }()
-	fleet, err := b.fleet(srv.ready.GRPC, n, true, true)
+	fleet, stopFleet, err := b.startFleet(ctx, "kube", srv.ready.GRPC, n, true, true)
 	if err != nil {
 		return err
 	}
-	defer fleet.Close()
-	fctx, cancel := context.WithCancel(ctx)
-	fleetDone := make(chan struct{})
-	go func() { fleet.Run(fctx); close(fleetDone) }()
-	defer func() { cancel(); <-fleetDone }()
-	b.prog.watch("kube", fleet, n)
+	defer stopFleet()
 	connect := time.Now()
 	if err := waitFor(ctx, time.Duration(n/20+120)*time.Second, "edges synced through the controllers", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
 		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())

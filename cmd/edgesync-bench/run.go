@@ -254,6 +254,29 @@ func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fl
 	return edgesim.New(cfg, b.names[:n], b.nodes[:n])
 }
 
+// startFleet builds n simulated edges for the server at addr, runs them in
+// the background with progress shown under label, and returns a stop
+// function that ends them and waits.
+func (b *bench) startFleet(ctx context.Context, label, addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, func(), error) {
+	fleet, err := b.fleet(addr, n, heartbeats, latency)
+	if err != nil {
+		return nil, nil, err
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(fctx); close(fleetDone) }()
+	b.prog.watch(label, fleet, n)
+	return fleet, func() { cancel(); <-fleetDone; fleet.Close() }, nil
+}
+
+// waitSynced waits until all n edges of fleet finished their initial sync.
+func waitSynced(ctx context.Context, fleet *edgesim.Fleet, n int) error {
+	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
+		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	}
+	return nil
+}
+
 // waitFor polls cond until it holds or timeout passes: the benchmark
 // observes another process and a fleet of connections, so it watches their
 // state rather than waiting on one event.
@@ -301,16 +324,11 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	if err != nil {
 		return err
 	}
-	fleet, err := b.fleet(addr, n, true, false)
+	fleet, stopFleet, err := b.startFleet(ctx, "density", addr, n, true, false)
 	if err != nil {
 		return err
 	}
-	defer fleet.Close()
-	fctx, cancel := context.WithCancel(ctx)
-	fleetDone := make(chan struct{})
-	go func() { fleet.Run(fctx); close(fleetDone) }()
-	defer func() { cancel(); <-fleetDone }()
-	b.prog.watch("density", fleet, n)
+	defer stopFleet()
 
 	// Ramp: sample the server's RSS against the sessions connected.
 	d := &b.result.Density
@@ -444,18 +462,13 @@ func (b *bench) fanoutAndEncode(ctx context.Context, run map[int]bool) error {
 		return err
 	}
 	defer func() { srv.stop() }()
-	fleet, err := b.fleet(srv.ready.GRPC, n, false, true)
+	fleet, stopFleet, err := b.startFleet(ctx, "fan-out", srv.ready.GRPC, n, false, true)
 	if err != nil {
 		return err
 	}
-	defer fleet.Close()
-	fctx, cancel := context.WithCancel(ctx)
-	fleetDone := make(chan struct{})
-	go func() { fleet.Run(fctx); close(fleetDone) }()
-	defer func() { cancel(); <-fleetDone }()
-	b.prog.watch("fan-out", fleet, n)
-	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
-		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	defer stopFleet()
+	if err := waitSynced(ctx, fleet, n); err != nil {
+		return err
 	}
 
 	if run[2] {
@@ -555,18 +568,13 @@ func (b *bench) throughputEdgesync(ctx context.Context, n, m int) error {
 		return err
 	}
 	defer func() { srv.stop() }()
-	fleet, err := b.fleet(srv.ready.GRPC, n, false, false)
+	fleet, stopFleet, err := b.startFleet(ctx, "throughput edgesync", srv.ready.GRPC, n, false, false)
 	if err != nil {
 		return err
 	}
-	defer fleet.Close()
-	fctx, cancel := context.WithCancel(ctx)
-	fleetDone := make(chan struct{})
-	go func() { fleet.Run(fctx); close(fleetDone) }()
-	defer func() { cancel(); <-fleetDone }()
-	b.prog.watch("throughput edgesync", fleet, n)
-	if err := waitFor(ctx, time.Duration(n/50+60)*time.Second, "edges synced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
-		return fmt.Errorf("%w (%d of %d; last error: %v)", err, fleet.C.Synced.Load(), n, fleet.LastError())
+	defer stopFleet()
+	if err := waitSynced(ctx, fleet, n); err != nil {
+		return err
 	}
 	// Object-major first, with a CPU profile of the server, then node-major.
 	profDone := make(chan error, 1)
