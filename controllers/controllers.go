@@ -286,10 +286,7 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 
 // Tombstone returns the DELETE event for an object a node should not hold.
 func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	if key.Kind == edgesyncv1.Kind_KIND_DEVICE {
-		return devicesync.Tombstone(key, uid)
-	}
-	return podsync.Tombstone(key, uid)
+	return feed.Tombstone(key, uid)
 }
 
 // HandleReport routes a report to the controller that writes it. Reports

@@ -16,7 +16,6 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -32,7 +31,6 @@ import (
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
-	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
@@ -225,16 +223,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 }
 
 // edgeNode returns name when it is an edge node, "" otherwise.
-func (c *Controller) edgeNode(name string) string {
-	if name == "" {
-		return ""
-	}
-	node, err := c.nodes.Get(name)
-	if err != nil || !c.isEdge(node) {
-		return ""
-	}
-	return name
-}
+func (c *Controller) edgeNode(name string) string { return handlers.EdgeNode(c.nodes, c.isEdge, name) }
 
 // device returns the cached device namespace/name, nil when there is none.
 func (c *Controller) device(key string) (*unstructured.Unstructured, error) {
@@ -290,7 +279,7 @@ func (c *Controller) sync(key string) error {
 }
 
 func (c *Controller) publishTombstone(node string, key feed.Key, uid string) {
-	obj, err := Tombstone(key, uid)
+	obj, err := feed.Tombstone(key, uid)
 	if err != nil {
 		c.log.Error("encode tombstone", zap.Stringer("object", key), zap.Error(err))
 		return
@@ -353,20 +342,6 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 		objs = append(objs, obj)
 	}
 	return objs, nil
-}
-
-// Tombstone returns the DELETE event for a device.
-func Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	if key.Kind != edgesyncv1.Kind_KIND_DEVICE {
-		return nil, fmt.Errorf("devicesync has no tombstone for %s", key)
-	}
-	meta := &metav1pb.ObjectMeta{Name: proto.String(key.Name), Namespace: proto.String(key.Namespace)}
-	if uid != "" {
-		meta.Uid = proto.String(uid)
-	}
-	return feed.Encode(key, uid, "", true, &edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_DeviceEvent{
-		DeviceEvent: &edgesyncv1.DeviceEvent{Type: edgesyncv1.EventType_EVENT_TYPE_DELETE, Device: &edgesyncv1.Device{Metadata: meta}},
-	}})
 }
 
 // isNotFound tells whether err says an object does not exist.

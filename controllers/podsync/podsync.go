@@ -32,7 +32,6 @@ import (
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
-	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
@@ -249,16 +248,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 }
 
 // edgeNode returns name when it is an edge node, "" otherwise.
-func (c *Controller) edgeNode(name string) string {
-	if name == "" {
-		return ""
-	}
-	node, err := c.nodes.Get(name)
-	if err != nil || !c.isEdge(node) {
-		return ""
-	}
-	return name
-}
+func (c *Controller) edgeNode(name string) string { return handlers.EdgeNode(c.nodes, c.isEdge, name) }
 
 // syncPod publishes what the pod's node should now hold of the pod and its
 // references, and deletes what it should no longer hold.
@@ -400,7 +390,7 @@ func (c *Controller) syncRef(ref feed.Key) error {
 }
 
 func (c *Controller) publishTombstone(node string, key feed.Key, uid string) {
-	obj, err := Tombstone(key, uid)
+	obj, err := feed.Tombstone(key, uid)
 	if err != nil {
 		c.log.Error("encode tombstone", zap.Stringer("object", key), zap.Error(err))
 		return
@@ -543,25 +533,4 @@ func convert(obj marshaler, msg proto.Message) error {
 		return err
 	}
 	return proto.Unmarshal(b, msg)
-}
-
-// Tombstone returns the DELETE event for a pod, ConfigMap or Secret.
-func Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	meta := &metav1pb.ObjectMeta{Name: proto.String(key.Name), Namespace: proto.String(key.Namespace)}
-	if uid != "" {
-		meta.Uid = proto.String(uid)
-	}
-	del := edgesyncv1.EventType_EVENT_TYPE_DELETE
-	msg := &edgesyncv1.SyncResponse{}
-	switch key.Kind {
-	case edgesyncv1.Kind_KIND_POD:
-		msg.Message = &edgesyncv1.SyncResponse_PodEvent{PodEvent: &edgesyncv1.PodEvent{Type: del, Pod: &corev1pb.Pod{Metadata: meta}}}
-	case edgesyncv1.Kind_KIND_CONFIG_MAP:
-		msg.Message = &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{Type: del, ConfigMap: &corev1pb.ConfigMap{Metadata: meta}}}
-	case edgesyncv1.Kind_KIND_SECRET:
-		msg.Message = &edgesyncv1.SyncResponse_SecretEvent{SecretEvent: &edgesyncv1.SecretEvent{Type: del, Secret: &corev1pb.Secret{Metadata: meta}}}
-	default:
-		return nil, fmt.Errorf("podsync has no tombstone for %s", key)
-	}
-	return feed.Encode(key, uid, "", true, msg)
 }

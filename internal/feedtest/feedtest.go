@@ -287,23 +287,14 @@ func Pod(namespace, name, node, rv string) *feed.Object {
 	}}})
 }
 
-// Tombstone returns the DELETE event of key (pods and ConfigMaps carry
-// their metadata; other kinds only the key).
+// Tombstone returns the DELETE event of key (feed.Tombstone, which cannot
+// fail for the kinds tests use).
 func Tombstone(key feed.Key, uid string) *feed.Object {
-	meta := &metav1pb.ObjectMeta{Namespace: proto.String(key.Namespace), Name: proto.String(key.Name), Uid: proto.String(uid)}
-	del := edgesyncv1.EventType_EVENT_TYPE_DELETE
-	msg := &edgesyncv1.SyncResponse{}
-	switch key.Kind {
-	case edgesyncv1.Kind_KIND_POD:
-		msg.Message = &edgesyncv1.SyncResponse_PodEvent{PodEvent: &edgesyncv1.PodEvent{Type: del, Pod: &corev1pb.Pod{Metadata: meta}}}
-	case edgesyncv1.Kind_KIND_CONFIG_MAP:
-		msg.Message = &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{Type: del, ConfigMap: &corev1pb.ConfigMap{Metadata: meta}}}
-	case edgesyncv1.Kind_KIND_SECRET:
-		msg.Message = &edgesyncv1.SyncResponse_SecretEvent{SecretEvent: &edgesyncv1.SecretEvent{Type: del, Secret: &corev1pb.Secret{Metadata: meta}}}
-	case edgesyncv1.Kind_KIND_DEVICE:
-		msg.Message = &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{Type: del, Device: &edgesyncv1.Device{Metadata: meta}}}
+	obj, err := feed.Tombstone(key, uid)
+	if err != nil {
+		panic(err)
 	}
-	return mustEncode(key, uid, "", true, msg)
+	return obj
 }
 
 func objectMeta(namespace, name, rv string) *metav1pb.ObjectMeta {

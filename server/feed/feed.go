@@ -14,6 +14,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
 )
 
 // Key names one object on a node: latest-wins queues are keyed by it.
@@ -51,6 +53,31 @@ func Encode(key Key, uid, resourceVersion string, deleted bool, msg *edgesyncv1.
 		return nil, fmt.Errorf("encode %s: %w", key, err)
 	}
 	return &Object{Key: key, UID: uid, ResourceVersion: resourceVersion, Deleted: deleted, Payload: payload}, nil
+}
+
+// Tombstone encodes the DELETE event for the object key names: an event of
+// its kind that carries only the object's namespace, name and (when known)
+// uid, as the protocol documents.
+func Tombstone(key Key, uid string) (*Object, error) {
+	meta := &metav1pb.ObjectMeta{Namespace: proto.String(key.Namespace), Name: proto.String(key.Name)}
+	if uid != "" {
+		meta.Uid = proto.String(uid)
+	}
+	del := edgesyncv1.EventType_EVENT_TYPE_DELETE
+	msg := &edgesyncv1.SyncResponse{}
+	switch key.Kind {
+	case edgesyncv1.Kind_KIND_POD:
+		msg.Message = &edgesyncv1.SyncResponse_PodEvent{PodEvent: &edgesyncv1.PodEvent{Type: del, Pod: &corev1pb.Pod{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_CONFIG_MAP:
+		msg.Message = &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{Type: del, ConfigMap: &corev1pb.ConfigMap{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_SECRET:
+		msg.Message = &edgesyncv1.SyncResponse_SecretEvent{SecretEvent: &edgesyncv1.SecretEvent{Type: del, Secret: &corev1pb.Secret{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_DEVICE:
+		msg.Message = &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{Type: del, Device: &edgesyncv1.Device{Metadata: meta}}}
+	default:
+		return nil, fmt.Errorf("no DELETE event for %s: unknown kind", key)
+	}
+	return Encode(key, uid, "", true, msg)
 }
 
 // Publisher delivers objects to the nodes connected to this replica. The

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -98,4 +99,17 @@ func EnqueueKey(queue workqueue.TypedInterface[string], obj any) {
 		return
 	}
 	queue.Add(key)
+}
+
+// EdgeNode returns name when the node cache holds it as an edge node, ""
+// otherwise (no name, unknown node, or not an edge node).
+func EdgeNode(nodes corelisters.NodeLister, isEdge func(*corev1.Node) bool, name string) string {
+	if name == "" {
+		return ""
+	}
+	node, err := nodes.Get(name)
+	if err != nil || !isEdge(node) {
+		return ""
+	}
+	return name
 }

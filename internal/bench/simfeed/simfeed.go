@@ -8,7 +8,6 @@
 package simfeed
 
 import (
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -105,13 +104,7 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 
 // Tombstone returns the DELETE event of a ConfigMap (feed.Source).
 func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	if key.Kind != edgesyncv1.Kind_KIND_CONFIG_MAP {
-		return nil, fmt.Errorf("simfeed holds only ConfigMaps, not %s", key)
-	}
-	return feed.Encode(key, uid, "", true, &edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{
-		Type:      edgesyncv1.EventType_EVENT_TYPE_DELETE,
-		ConfigMap: &corev1pb.ConfigMap{Metadata: &metav1pb.ObjectMeta{Namespace: proto.String(key.Namespace), Name: proto.String(key.Name), Uid: proto.String(uid)}},
-	}}})
+	return feed.Tombstone(key, uid)
 }
 
 // HandleReport answers every report OK at once (feed.Reporter).
