@@ -40,6 +40,11 @@ const (
 	// readBufferSize is the connection's read buffer: small, since an edge
 	// receives little, and a simulator runs thousands of clients.
 	readBufferSize = 8 << 10
+	// receiveWindow is the stream's and connection's receive window:
+	// room for a few large objects in flight. It is static so that gRPC
+	// does not answer every message received with a window update and a
+	// bandwidth-probing ping, which would double the frames of a heartbeat.
+	receiveWindow = 1 << 20
 )
 
 // Run connects to the server and keeps the node connected, reconnecting
@@ -128,6 +133,8 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvMessageBytes)),
 		grpc.WithSharedWriteBuffer(true),
 		grpc.WithReadBufferSize(readBufferSize),
+		grpc.WithStaticStreamWindowSize(receiveWindow),
+		grpc.WithStaticConnWindowSize(receiveWindow),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 	}, c.cfg.DialOptions...)
 	// A connection per stream: every stream starts with a fresh TLS

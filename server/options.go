@@ -76,7 +76,8 @@ type TLSFiles struct {
 // clients.
 type Keepalive struct {
 	// Time is how long a connection may be idle before the server pings.
-	// Default HeartbeatInterval.
+	// Default twice HeartbeatInterval: an edge that heartbeats is never
+	// pinged; one that falls silent for two intervals is.
 	Time time.Duration
 	// Timeout is how long the server waits for the ping's answer before it
 	// closes the connection. Default 10s.
@@ -107,7 +108,7 @@ func (o *Options) setDefaults() error {
 	def(&o.HeartbeatInterval, 15*time.Second)
 	def(&o.HelloTimeout, 30*time.Second)
 	def(&o.DrainTimeout, 10*time.Second)
-	def(&o.Keepalive.Time, o.HeartbeatInterval)
+	def(&o.Keepalive.Time, 2*o.HeartbeatInterval)
 	def(&o.Keepalive.Timeout, 10*time.Second)
 	def(&o.Keepalive.MinTime, 5*time.Second)
 	defInt(&o.AckWindow, 128)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/netx"
 	"github.com/edgesync/edgesync/internal/bench/rawstream"
 	"github.com/edgesync/edgesync/internal/bench/simfeed"
@@ -49,9 +50,9 @@ func (b *bench) throughputRaw(ctx context.Context, n, m int) error {
 	var g errgroup.Group
 	g.SetLimit(64)
 	for i := range n {
-		c, err := grpc.NewClient(srv.ready.GRPC,
+		c, err := grpc.NewClient(srv.ready.GRPC, append(edgesim.TransportOptions(),
 			grpc.WithTransportCredentials(credentials.NewTLS(b.certs.ClientTLS(b.nodes[i]))),
-			grpc.WithContextDialer(dialer.DialContext))
+			grpc.WithContextDialer(dialer.DialContext))...)
 		if err != nil {
 			return err
 		}

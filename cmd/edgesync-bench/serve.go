@@ -93,7 +93,9 @@ func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), rawstream.ServerOption())
+	// The same transport settings as server.New gives edge connections.
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), rawstream.ServerOption(),
+		grpc.StaticStreamWindowSize(64<<10), grpc.StaticConnWindowSize(64<<10), grpc.ReadBufferSize(8<<10))
 	rawstream.Register(srv)
 	// The raw server's /metrics has only the Go runtime's figures.
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -99,7 +99,7 @@ func defaultConfig() Config {
 		NodeLimit:         10000,
 		HelloTimeout:      d(30 * time.Second),
 		DrainTimeout:      d(10 * time.Second),
-		Keepalive:         KeepaliveConfig{Time: d(15 * time.Second), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
+		Keepalive:         KeepaliveConfig{Time: d(30 * time.Second), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
 		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100},
 		Controllers: ControllersConfig{
 			EdgeLabel:     "node-role.kubernetes.io/edge",

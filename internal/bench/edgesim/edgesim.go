@@ -125,7 +125,7 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 			f.edges = append(f.edges, &edge{fleet: f, name: name, certFile: certFile, keyFile: keyFile, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
 			continue
 		}
-		conn, err := grpc.NewClient(cfg.Addr,
+		conn, err := grpc.NewClient(cfg.Addr, append(TransportOptions(),
 			grpc.WithTransportCredentials(credentials.NewTLS(certs.ClientTLS(cfg.Roots, certificates[i]))),
 			grpc.WithContextDialer(f.dialer.DialContext),
 			grpc.WithConnectParams(grpc.ConnectParams{
@@ -134,7 +134,7 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 				// at one instant nor minutes of waiting.
 				Backoff:           backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.5, MaxDelay: 5 * time.Second},
 				MinConnectTimeout: 20 * time.Second,
-			}),
+			}))...,
 		)
 		if err != nil {
 			f.Close()
@@ -143,6 +143,18 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 		f.edges = append(f.edges, &edge{fleet: f, name: name, conn: conn, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
 	}
 	return f, nil
+}
+
+// TransportOptions are the gRPC transport settings of a simulated edge, the
+// same as edgeclient's: a small read buffer and a static 1 MiB receive
+// window (no bandwidth-probing pings). The raw baseline uses them too.
+func TransportOptions() []grpc.DialOption {
+	const window = 1 << 20
+	return []grpc.DialOption{
+		grpc.WithReadBufferSize(8 << 10),
+		grpc.WithStaticStreamWindowSize(window),
+		grpc.WithStaticConnWindowSize(window),
+	}
 }
 
 // Size is the number of edges.
