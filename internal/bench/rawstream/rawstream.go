@@ -4,9 +4,13 @@
 // unacknowledged messages, cumulative acknowledgements) and nothing else: no
 // protobuf, no queues, no sessions.
 //
-// The client's first message asks for Count messages of Size bytes; the
-// server sends them, each prefixed by its sequence number, keeping at most
-// Window unacknowledged, and the client acknowledges cumulatively.
+// Two methods share the codec and the server. Stream (Run): the client's
+// first message asks for Count messages of Size bytes; the server sends
+// them, each prefixed by its sequence number, keeping at most Window
+// unacknowledged, and the client acknowledges cumulatively. Heartbeat
+// (Heartbeat): the client sends a small message on an interval and the
+// server answers each with one small message, as an idle edgesync session
+// heartbeats.
 package rawstream
 
 import (
@@ -74,10 +78,18 @@ var serviceDesc = grpc.ServiceDesc{
 		Handler:       streamHandler,
 		ServerStreams: true,
 		ClientStreams: true,
+	}, {
+		StreamName:    "Heartbeat",
+		Handler:       heartbeatHandler,
+		ServerStreams: true,
+		ClientStreams: true,
 	}},
 }
 
-const fullMethod = "/edgesyncbench.Raw/Stream"
+const (
+	fullMethod          = "/edgesyncbench.Raw/Stream"
+	heartbeatFullMethod = "/edgesyncbench.Raw/Heartbeat"
+)
 
 // Register adds the raw service to s, which must use ServerOption.
 func Register(s *grpc.Server) {
