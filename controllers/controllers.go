@@ -2,7 +2,9 @@
 // pod, device and node controllers into the one feed.Controllers the sync
 // server uses. One set of shared informer caches serves every edge node, so
 // connecting a node costs no API-server call; writes from edge reports go
-// through the configured client and respect its QPS and burst.
+// through the configured client and respect its QPS and burst, except node
+// Lease renewals, which have a client of their own (LeaseQPS, LeaseBurst)
+// so that neither kind of write can starve the other.
 //
 // Wiring:
 //
@@ -25,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -54,15 +57,32 @@ const DefaultEdgeLabel = "node-role.kubernetes.io/edge"
 // DefaultFieldManager names edgesync's writes to the API server.
 const DefaultFieldManager = "edgesync"
 
+// DefaultLeaseQPS and DefaultLeaseBurst bound Lease renewals: enough for
+// 5,000 nodes renewed every 10s with a margin of two.
+const (
+	DefaultLeaseQPS   = 500
+	DefaultLeaseBurst = 1000
+)
+
 // Config configures the controllers. Zero values take the defaults given.
 type Config struct {
-	// RESTConfig builds Client and Dynamic when they are nil. Its QPS and
-	// Burst bound the writes reports cause.
+	// RESTConfig builds Client, Dynamic and LeaseClient when they are nil.
+	// Its QPS and Burst bound the writes reports cause, except Lease
+	// renewals.
 	RESTConfig *rest.Config
 	// Client and Dynamic talk to the API server; built from RESTConfig
 	// when nil.
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
+	// LeaseClient renews node Leases; when nil it is built from RESTConfig
+	// with LeaseQPS and LeaseBurst instead of RESTConfig's QPS and Burst
+	// (Client when RESTConfig is nil too).
+	LeaseClient kubernetes.Interface
+	// LeaseQPS and LeaseBurst bound the Lease writes: a replica holding N
+	// nodes writes about N / LeaseRenewInterval per second, which must stay
+	// below LeaseQPS. DefaultLeaseQPS and DefaultLeaseBurst when zero.
+	LeaseQPS   float32
+	LeaseBurst int
 	// EdgeLabel is the label key that marks edge nodes (any value);
 	// DefaultEdgeLabel when empty.
 	EdgeLabel string
@@ -70,6 +90,16 @@ type Config struct {
 	FieldManager string
 	// LeaseDuration is written into node Leases; 40s when zero.
 	LeaseDuration time.Duration
+	// LeaseRenewInterval is how often a node's Lease is renewed while it
+	// sends heartbeats; LeaseDuration/4 when zero. It must be less than
+	// LeaseDuration/2.
+	LeaseRenewInterval time.Duration
+	// LeaseWorkers is the number of goroutines renewing Leases; 16 when
+	// zero.
+	LeaseWorkers int
+	// Registerer registers the controllers' metrics (edgesync_lease_*);
+	// none when nil.
+	Registerer prometheus.Registerer
 	// Workers is the number of workers per controller queue; 4 when zero.
 	Workers int
 	// ResyncPeriod of the informers; none when zero.
@@ -127,6 +157,19 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 			return nil, fmt.Errorf("controllers: kubernetes client: %w", err)
 		}
 	}
+	if cfg.LeaseClient == nil && cfg.RESTConfig != nil {
+		if cfg.LeaseQPS <= 0 {
+			cfg.LeaseQPS = DefaultLeaseQPS
+		}
+		if cfg.LeaseBurst <= 0 {
+			cfg.LeaseBurst = DefaultLeaseBurst
+		}
+		leaseConfig := rest.CopyConfig(cfg.RESTConfig)
+		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = cfg.LeaseQPS, cfg.LeaseBurst, nil
+		if cfg.LeaseClient, err = kubernetes.NewForConfig(leaseConfig); err != nil {
+			return nil, fmt.Errorf("controllers: kubernetes lease client: %w", err)
+		}
+	}
 	if cfg.Dynamic == nil && !cfg.DisableDevices {
 		if cfg.Dynamic, err = dynamic.NewForConfig(cfg.RESTConfig); err != nil {
 			return nil, fmt.Errorf("controllers: dynamic client: %w", err)
@@ -160,10 +203,20 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		return nil, err
 	}
 	if c.nodes, err = nodestatus.New(nodestatus.Config{
-		Client: cfg.Client, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
-		LeaseDuration: cfg.LeaseDuration, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
+		Client: cfg.Client, LeaseClient: cfg.LeaseClient, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
+		LeaseDuration: cfg.LeaseDuration, LeaseRenewInterval: cfg.LeaseRenewInterval, LeaseWorkers: cfg.LeaseWorkers,
+		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
 	}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("controllers: %w", err)
+	}
+	// A deleted Node (or one that lost the edge label) leaves the filtered
+	// cache: forget when its Lease was renewed.
+	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if name, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			c.nodes.NodeDeleted(name)
+		}
+	}}); err != nil {
+		return nil, fmt.Errorf("controllers: %w", err)
 	}
 	if !cfg.DisableDevices {
 		devices := dynamicinformer.NewFilteredDynamicInformer(cfg.Dynamic, devicesync.Devices, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{}, nil).Informer()

@@ -59,18 +59,27 @@ type KeepaliveConfig struct {
 // KubernetesConfig says how to reach the API server.
 type KubernetesConfig struct {
 	// Kubeconfig is a kubeconfig file; empty means in-cluster config.
-	Kubeconfig string  `json:"kubeconfig"`
-	QPS        float32 `json:"qps"`
-	Burst      int     `json:"burst"`
+	Kubeconfig string `json:"kubeconfig"`
+	// QPS and Burst bound every request but node Lease renewals.
+	QPS   float32 `json:"qps"`
+	Burst int     `json:"burst"`
+	// LeaseQPS and LeaseBurst bound node Lease renewals, which have a
+	// client of their own: nodes / controllers.leaseRenewInterval must stay
+	// below LeaseQPS.
+	LeaseQPS   float32 `json:"leaseQPS"`
+	LeaseBurst int     `json:"leaseBurst"`
 }
 
 // ControllersConfig tunes the Kubernetes controllers.
 type ControllersConfig struct {
-	EdgeLabel      string          `json:"edgeLabel"`
-	Workers        int             `json:"workers"`
-	LeaseDuration  metav1.Duration `json:"leaseDuration"`
-	ResyncPeriod   metav1.Duration `json:"resyncPeriod"`
-	DisableDevices bool            `json:"disableDevices"`
+	EdgeLabel     string          `json:"edgeLabel"`
+	Workers       int             `json:"workers"`
+	LeaseDuration metav1.Duration `json:"leaseDuration"`
+	// LeaseRenewInterval is how often a node's Lease is renewed while the
+	// node sends heartbeats; less than leaseDuration/2.
+	LeaseRenewInterval metav1.Duration `json:"leaseRenewInterval"`
+	ResyncPeriod       metav1.Duration `json:"resyncPeriod"`
+	DisableDevices     bool            `json:"disableDevices"`
 }
 
 // LogConfig configures logging.
@@ -100,11 +109,12 @@ func defaultConfig() Config {
 		HelloTimeout:      d(30 * time.Second),
 		DrainTimeout:      d(10 * time.Second),
 		Keepalive:         KeepaliveConfig{Time: d(30 * time.Second), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
-		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100},
+		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100, LeaseQPS: 500, LeaseBurst: 1000},
 		Controllers: ControllersConfig{
-			EdgeLabel:     "node-role.kubernetes.io/edge",
-			Workers:       4,
-			LeaseDuration: d(40 * time.Second),
+			EdgeLabel:          "node-role.kubernetes.io/edge",
+			Workers:            4,
+			LeaseDuration:      d(40 * time.Second),
+			LeaseRenewInterval: d(10 * time.Second),
 		},
 		Log: LogConfig{Level: "info", Format: "json"},
 	}
@@ -152,11 +162,15 @@ func (c *Config) validate() error {
 		"heartbeatInterval": c.HeartbeatInterval.Duration, "helloTimeout": c.HelloTimeout.Duration,
 		"drainTimeout": c.DrainTimeout.Duration, "keepalive.time": c.Keepalive.Time.Duration,
 		"keepalive.timeout": c.Keepalive.Timeout.Duration, "keepalive.minTime": c.Keepalive.MinTime.Duration,
-		"controllers.leaseDuration": c.Controllers.LeaseDuration.Duration,
+		"controllers.leaseDuration": c.Controllers.LeaseDuration.Duration, "controllers.leaseRenewInterval": c.Controllers.LeaseRenewInterval.Duration,
 	} {
 		if v <= 0 {
 			bad(field, "must be a positive duration such as 15s, got %s", v)
 		}
+	}
+	if renew, lease := c.Controllers.LeaseRenewInterval.Duration, c.Controllers.LeaseDuration.Duration; renew > 0 && lease > 0 && renew >= lease/2 {
+		bad("controllers.leaseRenewInterval", "must be less than half of controllers.leaseDuration (%s), so that one late renewal does not expire a Lease; got %s (kubelets use a quarter: %s)",
+			lease, renew, lease/4)
 	}
 	if c.Controllers.ResyncPeriod.Duration < 0 {
 		bad("controllers.resyncPeriod", "must not be negative, got %s", c.Controllers.ResyncPeriod.Duration)
@@ -164,7 +178,8 @@ func (c *Config) validate() error {
 	for field, v := range map[string]int{
 		"ackWindow": c.AckWindow, "maxMessageBytes": c.MaxMessageBytes, "reportsPerSecond": c.ReportsPerSecond,
 		"reportBurst": c.ReportBurst, "nodeLimit": c.NodeLimit, "kubernetes.burst": c.Kubernetes.Burst,
-		"controllers.workers": c.Controllers.Workers,
+		"kubernetes.leaseBurst": c.Kubernetes.LeaseBurst,
+		"controllers.workers":   c.Controllers.Workers,
 	} {
 		if v <= 0 {
 			bad(field, "must be at least 1, got %d", v)
@@ -175,6 +190,9 @@ func (c *Config) validate() error {
 	}
 	if c.Kubernetes.QPS <= 0 {
 		bad("kubernetes.qps", "must be positive, got %g", c.Kubernetes.QPS)
+	}
+	if c.Kubernetes.LeaseQPS <= 0 {
+		bad("kubernetes.leaseQPS", "must be positive (node Lease writes per second; nodes / controllers.leaseRenewInterval must stay below it), got %g", c.Kubernetes.LeaseQPS)
 	}
 	if c.Controllers.EdgeLabel == "" {
 		bad("controllers.edgeLabel", "required")

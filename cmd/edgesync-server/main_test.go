@@ -119,6 +119,67 @@ func TestBadConfigNamesTheField(t *testing.T) {
 	}
 }
 
+func TestLeaseSettings(t *testing.T) {
+	t.Run("defaults renew a 40s Lease every 10s within 500 writes per second", func(t *testing.T) {
+		d := defaultConfig()
+		if d.Kubernetes.LeaseQPS != 500 || d.Kubernetes.LeaseBurst != 1000 ||
+			d.Controllers.LeaseRenewInterval.Duration != 10*time.Second || d.Controllers.LeaseDuration.Duration != 40*time.Second {
+			t.Fatalf("defaults: kubernetes %+v, controllers %+v; want leaseQPS 500, leaseBurst 1000, leaseRenewInterval 10s, leaseDuration 40s",
+				d.Kubernetes, d.Controllers)
+		}
+		out, err := execute(t, "--print-default-config")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, field := range []string{"leaseQPS: 500", "leaseBurst: 1000", "leaseRenewInterval: 10s"} {
+			if !strings.Contains(out, field) {
+				t.Errorf("default config lacks %q:\n%s", field, out)
+			}
+		}
+	})
+
+	t.Run("a file overrides them", func(t *testing.T) {
+		cfg, err := loadConfig(writeFile(t, "c.yaml", "kubernetes:\n  leaseQPS: 1200\n  leaseBurst: 2400\ncontrollers:\n  leaseRenewInterval: 5s\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := defaultConfig()
+		want.Kubernetes.LeaseQPS, want.Kubernetes.LeaseBurst = 1200, 2400
+		want.Controllers.LeaseRenewInterval.Duration = 5 * time.Second
+		if !reflect.DeepEqual(cfg, want) {
+			t.Fatalf("loaded %+v, want defaults with leaseQPS 1200, leaseBurst 2400, leaseRenewInterval 5s", cfg)
+		}
+		if err := cfg.validate(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	tests := []struct {
+		name, file string
+		want       []string
+	}{
+		{name: "renew interval of half the duration", file: "controllers:\n  leaseDuration: 20s\n  leaseRenewInterval: 10s\n",
+			want: []string{"controllers.leaseRenewInterval: must be less than half of controllers.leaseDuration (20s)", "got 10s", "a quarter: 5s"}},
+		{name: "zero renew interval", file: "controllers:\n  leaseRenewInterval: 0s\n",
+			want: []string{"controllers.leaseRenewInterval: must be a positive duration"}},
+		{name: "zero lease budget", file: "kubernetes:\n  leaseQPS: 0\n  leaseBurst: 0\n",
+			want: []string{"kubernetes.leaseQPS: must be positive", "nodes / controllers.leaseRenewInterval", "kubernetes.leaseBurst: must be at least 1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := execute(t, "--config", writeFile(t, "c.yaml", tt.file))
+			if err == nil {
+				t.Fatal("bad configuration accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
 func TestFlagsOverrideFile(t *testing.T) {
 	f := &serveFlags{}
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)

@@ -229,13 +229,17 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 
 	// --- Controllers: the feed.Controllers the server serves. ---
 	ctrls, err := controllers.New(controllers.Config{
-		RESTConfig:     kube,
-		EdgeLabel:      cfg.Controllers.EdgeLabel,
-		LeaseDuration:  cfg.Controllers.LeaseDuration.Duration,
-		Workers:        cfg.Controllers.Workers,
-		ResyncPeriod:   cfg.Controllers.ResyncPeriod.Duration,
-		DisableDevices: cfg.Controllers.DisableDevices,
-		Logger:         log.Named("controllers"),
+		RESTConfig:         kube,
+		LeaseQPS:           cfg.Kubernetes.LeaseQPS,
+		LeaseBurst:         cfg.Kubernetes.LeaseBurst,
+		EdgeLabel:          cfg.Controllers.EdgeLabel,
+		LeaseDuration:      cfg.Controllers.LeaseDuration.Duration,
+		LeaseRenewInterval: cfg.Controllers.LeaseRenewInterval.Duration,
+		Workers:            cfg.Controllers.Workers,
+		ResyncPeriod:       cfg.Controllers.ResyncPeriod.Duration,
+		DisableDevices:     cfg.Controllers.DisableDevices,
+		Registerer:         reg,
+		Logger:             log.Named("controllers"),
 	}, srv)
 	if err != nil {
 		return fmt.Errorf("controllers: %w", err)

@@ -1,10 +1,23 @@
 // Package nodestatus writes what edges report about themselves: it
-// registers a node's Node object, patches the Node status, and renews the
-// node's Lease in kube-node-lease on every heartbeat, so that Kubernetes'
-// node lifecycle controller sees edge nodes as a kubelet would show them.
+// registers a node's Node object, patches the Node status, and keeps the
+// node's Lease in kube-node-lease renewed while the node sends heartbeats,
+// so that Kubernetes' node lifecycle controller sees edge nodes as a kubelet
+// would show them.
 //
-// Writes go through a coalescing report queue per node and kind of report,
-// so a slow API server sees the latest status of a node, never a backlog.
+// Node and status writes go through a coalescing report queue per node and
+// kind of report, so a slow API server sees the latest status of a node,
+// never a backlog.
+//
+// Leases are renewed apart from heartbeats, as kubelets do: a heartbeat
+// that arrives less than LeaseRenewInterval after the node's last
+// successful renewal is answered OK at once, without a write; otherwise it
+// queues one renewal for the node (a JSON merge patch of the Lease spec, or
+// a create when the Lease is missing). Renewals have their own queue,
+// workers and client (its own QPS and burst), so status writes never starve
+// them and they never starve status writes. A replica holding N nodes
+// therefore writes about N / LeaseRenewInterval Leases per second; the
+// edgesync_lease_* metrics show whether it keeps up, and a warning is
+// logged when a Lease went unrenewed for more than half its duration.
 package nodestatus
 
 import (
@@ -13,8 +26,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,8 +38,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	coordinationv1ac "k8s.io/client-go/applyconfigurations/coordination/v1"
-	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
@@ -38,16 +51,30 @@ const LeaseNamespace = "kube-node-lease"
 
 // Config is what the controller needs.
 type Config struct {
-	// Client writes Nodes and Leases.
+	// Client writes Nodes (and Leases when LeaseClient is nil).
 	Client kubernetes.Interface
+	// LeaseClient writes Leases. Give it its own QPS and burst so that
+	// renewals and status writes cannot starve each other; Client when nil.
+	LeaseClient kubernetes.Interface
 	// Nodes lists the edge nodes from a cache; used for the owner
 	// reference of a node's Lease.
 	Nodes corelisters.NodeLister
 	// EdgeLabel is added to every Node this controller registers.
 	EdgeLabel string
 	// LeaseDuration is written into each Lease; the node lifecycle
-	// controller treats a node whose Lease is older as unhealthy.
+	// controller treats a node whose Lease is older as unhealthy. 40s when
+	// zero.
 	LeaseDuration time.Duration
+	// LeaseRenewInterval is how often a node's Lease is renewed while the
+	// node sends heartbeats at least that often; LeaseDuration/4 when zero.
+	// It must be less than LeaseDuration/2.
+	LeaseRenewInterval time.Duration
+	// LeaseWorkers is the number of goroutines writing Leases; 16 when
+	// zero. Enough to keep LeaseClient's QPS busy at the API server's
+	// latency.
+	LeaseWorkers int
+	// Registerer registers the edgesync_lease_* metrics; none when nil.
+	Registerer prometheus.Registerer
 	// FieldManager names edgesync's writes.
 	FieldManager string
 	Logger       *zap.Logger
@@ -59,7 +86,8 @@ type Config struct {
 type Controller struct {
 	cfg     Config
 	log     *zap.Logger
-	reports *reportqueue.Queue
+	reports *reportqueue.Queue // registrations and node status
+	leases  *leases
 }
 
 // New returns a controller; call Run to apply reports.
@@ -67,8 +95,21 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Client == nil || cfg.Nodes == nil || cfg.EdgeLabel == "" {
 		return nil, errors.New("nodestatus: Client, Nodes and EdgeLabel are required")
 	}
+	if cfg.LeaseClient == nil {
+		cfg.LeaseClient = cfg.Client
+	}
 	if cfg.LeaseDuration <= 0 {
 		cfg.LeaseDuration = 40 * time.Second
+	}
+	if cfg.LeaseRenewInterval == 0 {
+		cfg.LeaseRenewInterval = cfg.LeaseDuration / 4
+	}
+	if cfg.LeaseRenewInterval < 0 || cfg.LeaseRenewInterval >= cfg.LeaseDuration/2 {
+		return nil, fmt.Errorf("nodestatus: lease renew interval %s must be positive and less than half the lease duration %s, so that one late renewal does not expire the Lease",
+			cfg.LeaseRenewInterval, cfg.LeaseDuration)
+	}
+	if cfg.LeaseWorkers <= 0 {
+		cfg.LeaseWorkers = 16
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -77,16 +118,26 @@ func New(cfg Config) (*Controller, error) {
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
+	var err error
+	if c.leases, err = newLeases(&c.cfg, c.log.Named("leases")); err != nil {
+		return nil, err
+	}
 	c.reports = reportqueue.New(c.log.Named("reports"), c.write)
 	return c, nil
 }
 
-// Run applies reports with workers goroutines until ctx ends.
+// Run applies reports with workers goroutines, and renews Leases with
+// Config.LeaseWorkers more, until ctx ends.
 func (c *Controller) Run(ctx context.Context, workers int) {
+	var wg sync.WaitGroup
+	wg.Go(func() { c.leases.queue.Run(ctx, c.cfg.LeaseWorkers) })
 	c.reports.Run(ctx, workers)
+	wg.Wait()
 }
 
-// HandleReport queues a NodeRegistration, NodeStatus or Heartbeat from node.
+// HandleReport queues a NodeRegistration or NodeStatus from node. A
+// Heartbeat is answered at once when node's Lease was renewed recently,
+// and queues a renewal otherwise.
 func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
 	var kind string
 	switch req.GetMessage().(type) {
@@ -99,7 +150,8 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		}
 		kind = "status"
 	case *edgesyncv1.SyncRequest_Heartbeat:
-		kind = "lease"
+		c.leases.heartbeat(node, req, answer)
+		return
 	default:
 		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())))
 		return
@@ -108,9 +160,17 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 }
 
 // SessionEnded stops renewing node's Lease: a heartbeat still waiting is
-// answered ABORTED instead of written.
+// answered ABORTED instead of written, and the time of the node's last
+// renewal is forgotten (its next session renews at its first heartbeat).
 func (c *Controller) SessionEnded(node string) {
-	c.reports.Drop("lease/"+node, status.Errorf(codes.Aborted, "the session of node %q ended before its lease was renewed", node))
+	c.leases.forget(node)
+	c.leases.queue.Drop(node, status.Errorf(codes.Aborted, "the session of node %q ended before its lease was renewed", node))
+}
+
+// NodeDeleted forgets the time of node's last Lease renewal; call it when
+// the Node is deleted or stops being an edge node.
+func (c *Controller) NodeDeleted(node string) {
+	c.leases.forget(node)
 }
 
 func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.SyncRequest) error {
@@ -119,8 +179,6 @@ func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.Syn
 		return c.register(ctx, node, m.NodeRegistration)
 	case *edgesyncv1.SyncRequest_NodeStatus:
 		return c.patchStatus(ctx, node, m.NodeStatus.GetStatus())
-	case *edgesyncv1.SyncRequest_Heartbeat:
-		return c.renewLease(ctx, node)
 	}
 	return status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())
 }
@@ -194,27 +252,6 @@ func (c *Controller) patchStatusFrom(ctx context.Context, node string, st *corev
 	}
 	if err != nil {
 		return fmt.Errorf("patch status of node %q: %w", node, err)
-	}
-	return nil
-}
-
-// renewLease applies node's Lease with the current time as renewTime,
-// creating it when missing. One write, no read.
-func (c *Controller) renewLease(ctx context.Context, node string) error {
-	lease := coordinationv1ac.Lease(node, LeaseNamespace).
-		WithSpec(coordinationv1ac.LeaseSpec().
-			WithHolderIdentity(node).
-			WithLeaseDurationSeconds(int32(c.cfg.LeaseDuration / time.Second)).
-			WithRenewTime(metav1.NewMicroTime(c.cfg.Now())))
-	if n, err := c.cfg.Nodes.Get(node); err == nil {
-		// As for kubelets: the Lease goes when its Node goes.
-		lease.WithOwnerReferences(metav1ac.OwnerReference().
-			WithAPIVersion("v1").WithKind("Node").WithName(n.Name).WithUID(n.UID))
-	}
-	_, err := c.cfg.Client.CoordinationV1().Leases(LeaseNamespace).Apply(ctx, lease,
-		metav1.ApplyOptions{FieldManager: c.cfg.FieldManager, Force: true})
-	if err != nil {
-		return fmt.Errorf("renew lease of node %q: %w", node, err)
 	}
 	return nil
 }

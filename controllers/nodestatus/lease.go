@@ -1,0 +1,196 @@
+package nodestatus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
+)
+
+// lagWarningEvery bounds how often a lagging renewal is logged.
+const lagWarningEvery = time.Minute
+
+// leases renews node Leases apart from heartbeats: at most once per
+// LeaseRenewInterval per node, through its own queue and client.
+type leases struct {
+	cfg   *Config
+	log   *zap.Logger
+	queue *reportqueue.Queue // keyed by node name
+
+	mu      sync.Mutex           // guards renewed
+	renewed map[string]time.Time // last successful renewal per node
+
+	lastWarning atomic.Int64 // unix nanoseconds of the last lag warning
+
+	renewalsOK    prometheus.Counter
+	renewalsError prometheus.Counter
+	skipped       prometheus.Counter
+	interval      prometheus.Histogram
+}
+
+func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
+	renewals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgesync_lease_renewals_total",
+		Help: "Node Lease writes (renewals and creates) by result.",
+	}, []string{"result"})
+	l := &leases{
+		cfg:           cfg,
+		log:           log,
+		renewed:       make(map[string]time.Time),
+		renewalsOK:    renewals.WithLabelValues("ok"),
+		renewalsError: renewals.WithLabelValues("error"),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgesync_lease_renewals_skipped_total",
+			Help: "Heartbeats answered without a Lease write because the node's Lease was renewed less than the renew interval ago.",
+		}),
+		interval: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "edgesync_lease_renewal_interval_seconds",
+			Help: "Time between successive successful renewals of the same node's Lease. " +
+				"Above half the lease duration, the node lifecycle controller is close to marking the node NotReady.",
+			Buckets: []float64{1, 2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 60, 120},
+		}),
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{renewals, l.skipped, l.interval} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("nodestatus: register lease metrics: %w", err)
+			}
+		}
+	}
+	l.queue = reportqueue.New(log, l.write)
+	return l, nil
+}
+
+// heartbeat answers a heartbeat from node: at once when node's Lease was
+// renewed less than LeaseRenewInterval ago, after a renewal otherwise. It
+// runs for every heartbeat of every node: one map lookup under a mutex.
+func (l *leases) heartbeat(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
+	if l.fresh(node, l.cfg.Now()) {
+		l.skipped.Inc()
+		answer(reportqueue.Result(req.GetRequestId(), nil))
+		return
+	}
+	l.queue.Add(node, node, req, answer)
+}
+
+// fresh tells whether node's Lease was renewed less than LeaseRenewInterval
+// before now.
+func (l *leases) fresh(node string, now time.Time) bool {
+	l.mu.Lock()
+	last, ok := l.renewed[node]
+	l.mu.Unlock()
+	return ok && now.Sub(last) < l.cfg.LeaseRenewInterval
+}
+
+// forget drops node's last renewal time, so that memory is bounded by the
+// nodes with a session or a Node. A renewal under way when its session
+// ends may record it again; the Node's deletion or the node's next session
+// end drops it.
+func (l *leases) forget(node string) {
+	l.mu.Lock()
+	delete(l.renewed, node)
+	l.mu.Unlock()
+}
+
+// write renews node's Lease unless a renewal that finished while this
+// heartbeat waited in the queue already did.
+func (l *leases) write(ctx context.Context, node string, _ *edgesyncv1.SyncRequest) error {
+	now := l.cfg.Now()
+	if l.fresh(node, now) {
+		l.skipped.Inc()
+		return nil
+	}
+	if err := l.renew(ctx, node, now); err != nil {
+		l.renewalsError.Inc()
+		return err
+	}
+	l.renewalsOK.Inc()
+	l.mu.Lock()
+	last, ok := l.renewed[node]
+	l.renewed[node] = now
+	l.mu.Unlock()
+	if ok {
+		l.observe(node, now.Sub(last), now)
+	}
+	return nil
+}
+
+// observe records the time since node's previous renewal and warns, at
+// most once per lagWarningEvery, when it exceeds half the lease duration.
+func (l *leases) observe(node string, since time.Duration, now time.Time) {
+	l.interval.Observe(since.Seconds())
+	if since <= l.cfg.LeaseDuration/2 {
+		return
+	}
+	prev := l.lastWarning.Load()
+	if prev != 0 && now.Sub(time.Unix(0, prev)) < lagWarningEvery {
+		return
+	}
+	if !l.lastWarning.CompareAndSwap(prev, now.UnixNano()) {
+		return // another renewal warns
+	}
+	l.log.Warn("node Lease renewals lag: a Lease went unrenewed for more than half its duration, "+
+		"so the node lifecycle controller may mark nodes NotReady; raise kubernetes.leaseQPS "+
+		"(Lease writes per second must stay above nodes / controllers.leaseRenewInterval) "+
+		"or raise controllers.leaseRenewInterval (below leaseDuration/2), or add replicas; "+
+		"edges must also send heartbeats more often than leaseDuration/2",
+		zap.String("node", node), zap.Duration("sinceLastRenewal", since),
+		zap.Duration("leaseDuration", l.cfg.LeaseDuration), zap.Duration("leaseRenewInterval", l.cfg.LeaseRenewInterval))
+}
+
+// leasePatch is the JSON merge patch that renews a Lease.
+type leasePatch struct {
+	Metadata *leasePatchMeta          `json:"metadata,omitempty"`
+	Spec     coordinationv1.LeaseSpec `json:"spec"`
+}
+
+type leasePatchMeta struct {
+	OwnerReferences []metav1.OwnerReference `json:"ownerReferences"`
+}
+
+// renew writes renewTime now into node's Lease with a JSON merge patch,
+// creating the Lease when it is missing. No read.
+func (l *leases) renew(ctx context.Context, node string, now time.Time) error {
+	seconds := int32(l.cfg.LeaseDuration / time.Second)
+	renewTime := metav1.NewMicroTime(now)
+	p := leasePatch{Spec: coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}}
+	var owners []metav1.OwnerReference
+	if n, err := l.cfg.Nodes.Get(node); err == nil {
+		// As for kubelets: the Lease goes when its Node goes.
+		owners = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
+		p.Metadata = &leasePatchMeta{OwnerReferences: owners}
+	}
+	patch, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode lease patch: %w", err)
+	}
+	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
+	_, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
+	if apierrors.IsNotFound(err) {
+		lease := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: LeaseNamespace, OwnerReferences: owners},
+			Spec:       p.Spec,
+		}
+		_, err = api.Create(ctx, lease, metav1.CreateOptions{FieldManager: l.cfg.FieldManager})
+		if apierrors.IsAlreadyExists(err) { // created since the patch: renew it
+			_, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("renew lease of node %q: %w", node, err)
+	}
+	return nil
+}
