@@ -26,6 +26,7 @@ type progress struct {
 	label   string
 	fleet   *edgesim.Fleet
 	counter *atomic.Int64
+	line    func(every time.Duration) string
 	target  int64
 	last    int64
 	dirty   bool
@@ -65,6 +66,8 @@ func (p *progress) show(every time.Duration) {
 		line = fmt.Sprintf("%s: connected %d/%d synced %d events/s %.0f heartbeats %d stream errors %d",
 			p.label, c.Connected.Load(), p.target, c.Synced.Load(), float64(objs-p.last)/every.Seconds(), c.Heartbeats.Load(), c.StreamsEnded.Load())
 		p.last = objs
+	case p.line != nil:
+		line = p.label + ": " + p.line(every)
 	case p.counter != nil:
 		n := p.counter.Load()
 		line = fmt.Sprintf("%s: %d/%d messages, %.0f/s", p.label, n, p.target, float64(n-p.last)/every.Seconds())
@@ -84,14 +87,22 @@ func (p *progress) show(every time.Duration) {
 func (p *progress) watch(label string, fleet *edgesim.Fleet, target int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.label, p.fleet, p.counter, p.target, p.last = label, fleet, nil, int64(target), fleet.C.Objects.Load()
+	p.label, p.fleet, p.counter, p.line, p.target, p.last = label, fleet, nil, nil, int64(target), fleet.C.Objects.Load()
 }
 
 // watchCounter shows a message counter under label.
 func (p *progress) watchCounter(label string, n *atomic.Int64, target int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.label, p.fleet, p.counter, p.target, p.last = label, nil, n, target, n.Load()
+	p.label, p.fleet, p.counter, p.line, p.target, p.last = label, nil, n, nil, target, n.Load()
+}
+
+// watchLine shows under label what line returns, every being the time
+// since the previous line.
+func (p *progress) watchLine(label string, line func(every time.Duration) string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.label, p.fleet, p.counter, p.line = label, nil, nil, line
 }
 
 // say prints one line of news.

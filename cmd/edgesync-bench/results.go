@@ -80,6 +80,32 @@ type densityResult struct {
 	IdleCPUPercent     float64     `json:"idle_cpu_percent_of_one_core"`
 	BenchRSSBytes      int64       `json:"simulator_rss_bytes"`
 	Ramp               []rampPoint `json:"ramp"`
+
+	// The raw grpc-go baseline of the idle window (rawstream's heartbeat
+	// mode): as many connections, heartbeating on the same interval with
+	// messages of the sizes of edgesync's Heartbeat and StatusResult,
+	// measured over a window as long.
+	RawIdleDone                bool    `json:"raw_idle_done"`
+	RawIdleCPUPercent          float64 `json:"raw_idle_cpu_percent_of_one_core"`
+	IdleCPURatioToRaw          float64 `json:"idle_cpu_ratio_to_raw"`
+	RawHeartbeatsPerNodePer10s float64 `json:"raw_heartbeats_per_node_per_10s"`
+	RawHeartbeatBytes          int     `json:"raw_heartbeat_bytes"`
+	RawAnswerBytes             int     `json:"raw_answer_bytes"`
+	RawConnectSeconds          float64 `json:"raw_connect_seconds"`
+	RawIdleError               string  `json:"raw_idle_error,omitempty"`
+}
+
+// rawIdleNote is what the raw grpc-go baseline adds to the idle CPU figure.
+func (d densityResult) rawIdleNote() string {
+	switch {
+	case d.RawIdleDone && d.RawIdleCPUPercent > 0:
+		return fmt.Sprintf(" (raw grpc-go, same heartbeats: %.1f %%, %.2f×)", d.RawIdleCPUPercent, d.IdleCPURatioToRaw)
+	case d.RawIdleDone:
+		return fmt.Sprintf(" (raw grpc-go, same heartbeats: %.1f %%)", d.RawIdleCPUPercent)
+	case d.RawIdleError != "":
+		return " (raw grpc-go baseline failed: " + d.RawIdleError + ")"
+	}
+	return ""
 }
 
 type fanoutResult struct {
@@ -241,8 +267,8 @@ func (r *results) table() []row {
 		if !ok {
 			met = fmt.Sprintf("no (memory: %s, idle CPU: %s)", yesNo(memOK), yesNo(d.IdleCPUPercent <= 5))
 		}
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%",
-			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent), met})
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s",
+			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote()), met})
 	}
 
 	name, goal = "2 fan-out latency, server only", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"
@@ -294,8 +320,8 @@ func (r *results) table() []row {
 
 	name, goal = "6 heartbeats, server only", "10,000 nodes every 10 s: ≤ 1 Lease write/node/10 s; no NodeStatus writes unless changed; CPU ≤ 20 % of a core"
 	if h := r.Heartbeats; !missing(6, name, goal) && h.Done {
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: server CPU %.1f %%; %.2f heartbeats/node/10 s and %d other reports reached the controllers; Lease/NodeStatus writes not measured (in-memory controllers)",
-			h.Nodes, scaleNote(h.Nodes, 10000), h.WindowSeconds, h.CPUPercent, h.PerNodePer10s, h.OtherReports),
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: server CPU %.1f %%%s; %.2f heartbeats/node/10 s and %d other reports reached the controllers; Lease/NodeStatus writes not measured (in-memory controllers)",
+			h.Nodes, scaleNote(h.Nodes, 10000), h.WindowSeconds, h.CPUPercent, r.Density.rawIdleNote(), h.PerNodePer10s, h.OtherReports),
 			yesNo(h.CPUPercent <= 20 && h.PerNodePer10s <= 1.05 && h.OtherReports == 0) + " (server side only)"})
 	}
 	rows = append(rows, r.kubeRow(6)...)

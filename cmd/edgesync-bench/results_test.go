@@ -47,6 +47,79 @@ func TestTableHasARowForEveryScenario(t *testing.T) {
 	}
 }
 
+func TestIdleRowsShowTheRawBaselineAndKeepTheGoalVerdicts(t *testing.T) {
+	tests := []struct {
+		name                  string
+		raw                   densityResult
+		density, heartbeats   string
+		densityMet, heartsMet string
+	}{
+		{
+			name:       "measured",
+			raw:        densityResult{RawIdleDone: true, RawIdleCPUPercent: 14, IdleCPURatioToRaw: 18.9 / 14},
+			density:    "idle CPU 18.9 % (raw grpc-go, same heartbeats: 14.0 %, 1.35×)",
+			heartbeats: "server CPU 18.9 % (raw grpc-go, same heartbeats: 14.0 %, 1.35×);",
+			// The goals are absolute: a server as cheap as grpc-go itself
+			// still misses 5 %.
+			densityMet: "no (memory: yes, idle CPU: no)",
+			heartsMet:  "yes",
+		},
+		{
+			name:       "failed",
+			raw:        densityResult{RawIdleError: "connect: boom"},
+			density:    "idle CPU 18.9 % (raw grpc-go baseline failed: connect: boom)",
+			heartbeats: "server CPU 18.9 % (raw grpc-go baseline failed: connect: boom);",
+			densityMet: "no (memory: yes, idle CPU: no)",
+			heartsMet:  "yes",
+		},
+		{
+			name:       "not run",
+			density:    "idle CPU 18.9 %",
+			heartbeats: "server CPU 18.9 %;",
+			densityMet: "no (memory: yes, idle CPU: no)",
+			heartsMet:  "yes",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newResults(scales["reduced"], 1024)
+			r.Density = tt.raw
+			r.Density.Done, r.Density.Sessions, r.Density.RSSPerSessionBytes, r.Density.IdleCPUPercent = true, 2000, 50*kib, 18.9
+			r.Heartbeats = heartbeatResult{Done: true, Nodes: 2000, WindowSeconds: 30, CPUPercent: 18.9, PerNodePer10s: 1}
+			got := map[string]row{}
+			for _, row := range r.table() {
+				got[row.Scenario] = row
+			}
+			d, h := got["1 density"], got["6 heartbeats, server only"]
+			if !strings.HasSuffix(d.Measured, tt.density) || d.Met != tt.densityMet {
+				t.Errorf("density row: measured %q, met %q; want measured ending %q, met %q", d.Measured, d.Met, tt.density, tt.densityMet)
+			}
+			if !strings.Contains(h.Measured, tt.heartbeats) || !strings.HasPrefix(h.Met, tt.heartsMet) {
+				t.Errorf("heartbeats row: measured %q, met %q; want measured containing %q, met %q", h.Measured, h.Met, tt.heartbeats, tt.heartsMet)
+			}
+		})
+	}
+}
+
+func TestHeartbeatSizesAreEdgesyncsWireSizes(t *testing.T) {
+	// Heartbeat: request_id (tag, 1-byte varint), heartbeat (tag 15, empty).
+	// StatusResult: sequence (tag, varint), status_result (2-byte tag 16,
+	// length, request_id).
+	tests := []struct {
+		objects, beats int
+		request, reply int
+	}{
+		{3, 4, 4, 7},
+		{3, 200, 5, 9}, // request_id and sequence need two varint bytes
+	}
+	for _, tt := range tests {
+		request, reply := heartbeatSizes(tt.objects, tt.beats)
+		if request != tt.request || reply != tt.reply {
+			t.Errorf("heartbeatSizes(%d, %d) = %d, %d; want %d, %d", tt.objects, tt.beats, request, reply, tt.request, tt.reply)
+		}
+	}
+}
+
 func TestEncodeOnceVerdicts(t *testing.T) {
 	tests := []struct {
 		name  string

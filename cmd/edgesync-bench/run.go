@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -59,6 +60,14 @@ var scales = map[string]scale{
 }
 
 const heartbeatInterval = 10 * time.Second
+
+// idleSettle is how long sessions stay connected before an idle window is
+// measured: the connect burst's garbage is collected, and the heartbeats'
+// random phases spread them over the interval.
+const idleSettle = 5 * time.Second
+
+// connectConcurrency bounds how many simulated edges dial at once.
+func connectConcurrency() int { return 4 * runtime.GOMAXPROCS(0) }
 
 // bench is one run of the benchmark.
 type bench struct {
@@ -246,7 +255,7 @@ func (b *bench) startEdgesync(ctx context.Context, name, addr string, nodes, obj
 func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
 	cfg := edgesim.Config{
 		Addr: addr, Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
-		ConnectConcurrency: 4 * runtime.GOMAXPROCS(0),
+		ConnectConcurrency: connectConcurrency(),
 	}
 	if b.edgeclient {
 		cfg.Edgeclient = &edgesim.EdgeclientConfig{CAFile: b.certs.Path(certs.CACert), CertDir: filepath.Join(b.out, "certs", "nodes")}
@@ -309,10 +318,29 @@ func hold(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// densityStormHeartbeats runs scenarios 1, 6 and 5 on one fleet: connect,
-// measure memory, measure an idle window with heartbeats, then kill and
-// restart the server and measure the resync.
+// densityStormHeartbeats runs scenarios 1, 6 and 5 on one edgesync fleet,
+// then, once that fleet and its server are gone, the raw grpc-go baseline
+// of the idle window: the same sessions heartbeating the same way.
 func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) error {
+	err := b.edgesyncDensityStormHeartbeats(ctx, run)
+	if !b.result.Density.Done || !run[1] && !run[6] || ctx.Err() != nil {
+		return err
+	}
+	if rerr := b.idleRaw(ctx, b.sc.Sessions); rerr != nil {
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		b.result.Density.RawIdleError = rerr.Error()
+		fmt.Fprintf(os.Stderr, "raw grpc-go heartbeat baseline: %v\n", rerr)
+	}
+	return err
+}
+
+// edgesyncDensityStormHeartbeats runs scenarios 1, 6 and 5 on one fleet:
+// connect, measure memory, measure an idle window with heartbeats, then
+// kill and restart the server and measure the resync. It returns once the
+// fleet is closed and the server killed.
+func (b *bench) edgesyncDensityStormHeartbeats(ctx context.Context, run map[int]bool) error {
 	n := b.sc.Sessions
 	srv, err := b.startEdgesync(ctx, "server-density", "127.0.0.1:0", n, b.sc.ObjectsPerNode)
 	if err != nil {
@@ -357,7 +385,7 @@ func (b *bench) densityStormHeartbeats(ctx context.Context, run map[int]bool) er
 	b.prog.say("%d sessions synced in %.1fs", n, d.ConnectSeconds)
 
 	// Let the connect burst's garbage be collected before measuring.
-	if err := hold(ctx, 5*time.Second); err != nil {
+	if err := hold(ctx, idleSettle); err != nil {
 		return err
 	}
 	full, err := srv.proc()
