@@ -277,7 +277,10 @@ func TestServeAgainstCluster(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // polling external state: the caches syncing
 	}
 	// Welcome means the caches have synced: the replica is ready.
-	for path, want := range map[string]string{"/readyz": "ok", "/metrics": "go_goroutines"} {
+	for _, check := range []struct{ path, want string }{
+		{"/readyz", "ok"}, {"/metrics", "go_goroutines"}, {"/metrics", `edgesync_lease_renewals_total{result="error"} 0`},
+	} {
+		path, want := check.path, check.want
 		resp, err := http.Get("http://" + httpLis.Addr().String() + path)
 		if err != nil {
 			t.Fatal(err)
