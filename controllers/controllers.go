@@ -94,8 +94,8 @@ type Config struct {
 	// sends heartbeats; LeaseDuration/4 when zero. It must be less than
 	// LeaseDuration/2.
 	LeaseRenewInterval time.Duration
-	// LeaseWorkers is the number of goroutines renewing Leases; 16 when
-	// zero.
+	// LeaseWorkers is the number of goroutines renewing Leases; when zero,
+	// LeaseQPS/20 (enough while a write takes up to 50ms), at least 16.
 	LeaseWorkers int
 	// Registerer registers the controllers' metrics (edgesync_lease_*);
 	// none when nil.
@@ -157,13 +157,17 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 			return nil, fmt.Errorf("controllers: kubernetes client: %w", err)
 		}
 	}
+	if cfg.LeaseQPS <= 0 {
+		cfg.LeaseQPS = DefaultLeaseQPS
+	}
+	if cfg.LeaseBurst <= 0 {
+		cfg.LeaseBurst = DefaultLeaseBurst
+	}
+	if cfg.LeaseWorkers <= 0 {
+		// Enough writers to use LeaseQPS while a write takes up to 50ms.
+		cfg.LeaseWorkers = max(16, int(cfg.LeaseQPS/20))
+	}
 	if cfg.LeaseClient == nil && cfg.RESTConfig != nil {
-		if cfg.LeaseQPS <= 0 {
-			cfg.LeaseQPS = DefaultLeaseQPS
-		}
-		if cfg.LeaseBurst <= 0 {
-			cfg.LeaseBurst = DefaultLeaseBurst
-		}
 		leaseConfig := rest.CopyConfig(cfg.RESTConfig)
 		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = cfg.LeaseQPS, cfg.LeaseBurst, nil
 		if cfg.LeaseClient, err = kubernetes.NewForConfig(leaseConfig); err != nil {
