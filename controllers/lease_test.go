@@ -193,3 +193,36 @@ func family(t *testing.T, reg *prometheus.Registry, name string) []*dto.Metric {
 	}
 	return nil
 }
+
+// Once a node's Node is deleted, its next heartbeat writes the Lease again
+// even within the renew interval: the controller forgot the node.
+func TestDeletedNodeIsForgotten(t *testing.T) {
+	client := testcluster.Client(t)
+	node := edgeNode(t, client, "edge")
+	deleteLeaseAtCleanup(t, client, node)
+	reg := prometheus.NewRegistry()
+	// A renew interval far longer than the test: no renewal falls due.
+	ctrls := start(t, controllers.Config{DisableDevices: true, Registerer: reg, LeaseDuration: time.Hour, LeaseRenewInterval: 20 * time.Minute}, newRecorder())
+	results := make(answers, 1)
+	beat := func(id uint64) {
+		t.Helper()
+		ctrls.HandleReport(node, heartbeatReport(id), results.answer)
+		if r := results.wait(t); r.GetCode() != 0 {
+			t.Fatalf("heartbeat answered %v, want OK", r)
+		}
+	}
+	beat(1)
+	beat(2)
+	if ok, skipped := metric(t, reg, "edgesync_lease_renewals_total", "ok"), metric(t, reg, "edgesync_lease_renewals_skipped_total", ""); ok != 1 || skipped != 1 {
+		t.Fatalf("two heartbeats within the renew interval: %v writes, %v skipped; want 1 and 1", ok, skipped)
+	}
+	if err := client.CoreV1().Nodes().Delete(t.Context(), node, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id := uint64(2)
+	eventually(t, "a heartbeat after the Node's deletion renews the Lease", func() (bool, error) {
+		id++
+		beat(id)
+		return metric(t, reg, "edgesync_lease_renewals_total", "ok") == 2, nil
+	})
+}
