@@ -79,8 +79,9 @@ type Config struct {
 	// (Client when RESTConfig is nil too).
 	LeaseClient kubernetes.Interface
 	// LeaseQPS and LeaseBurst bound the Lease writes: a replica holding N
-	// nodes writes about N / LeaseRenewInterval per second, which must stay
-	// below LeaseQPS. DefaultLeaseQPS and DefaultLeaseBurst when zero.
+	// nodes writes about N / LeaseRenewInterval per second (N / the
+	// heartbeat interval when heartbeats are rarer), which must stay below
+	// LeaseQPS. DefaultLeaseQPS and DefaultLeaseBurst when zero.
 	LeaseQPS   float32
 	LeaseBurst int
 	// EdgeLabel is the label key that marks edge nodes (any value);
