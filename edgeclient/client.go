@@ -78,6 +78,13 @@ type Config struct {
 	// Broken links are noticed sooner, by keepalive pings (every 30s,
 	// 10s timeout; DialOptions may set others).
 	LivenessTimeout time.Duration
+	// AckDelay is how long the client may hold back an acknowledgement
+	// after applying an object event, so that a trickle of events is
+	// covered by one cumulative Ack rather than one each (fewer messages
+	// for both sides). Half a window of unacknowledged events is
+	// acknowledged at once, so the delay never stalls the server. Zero
+	// means DefaultAckDelay.
+	AckDelay time.Duration
 	// MaxRecvMessageBytes bounds one message from the server; default 16 MiB.
 	MaxRecvMessageBytes int
 	// DialOptions are added to the client's own (for example keepalive).
@@ -210,6 +217,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.MaxRecvMessageBytes <= 0 {
 		cfg.MaxRecvMessageBytes = 16 << 20
+	}
+	if cfg.AckDelay <= 0 {
+		cfg.AckDelay = DefaultAckDelay
 	}
 	c := &Client{
 		cfg:     cfg,

@@ -86,16 +86,20 @@ type testClient struct {
 
 // startClient creates a client of the fake server for node and runs it
 // until the test ends (or stop is called).
-func startClient(t *testing.T, f *fakeServer, node, storeDir string, run bool) *testClient {
+func startClient(t *testing.T, f *fakeServer, node, storeDir string, run bool, options ...func(*Config)) *testClient {
 	t.Helper()
 	certFile, keyFile := f.nodeFiles(node)
 	rec := &recorder{}
-	c, err := New(Config{
+	cfg := Config{
 		Server: f.addr, CAFile: f.caFile, CertFile: certFile, KeyFile: keyFile, NodeName: node,
 		StoreDir: storeDir, Logger: zaptest.NewLogger(t), AgentVersion: "test",
 		Backoff: backoff.Config{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond},
 		OnEvent: rec.on,
-	})
+	}
+	for _, o := range options {
+		o(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,5 +535,48 @@ func TestStatusResultsRideOnTheNextObjectAck(t *testing.T) {
 	defer f.mu.Unlock()
 	if got := f.ackMsgs - before; got != 1 {
 		t.Errorf("client sent %d Acks for three answered reports and one pod, want 1 (the pod's, covering the answers)", got)
+	}
+}
+
+// Object events arriving one at a time are covered by cumulative Acks sent
+// when half the window is unacknowledged (or after AckDelay), not by one
+// Ack each.
+func TestTrickleOfEventsSharesAcks(t *testing.T) {
+	f := newFakeServer(t)
+	c := startClient(t, f, "edge-1", t.TempDir(), false, func(cfg *Config) { cfg.AckDelay = time.Hour })
+	c.run(t)
+	waitState(t, c.Client, "sync", func(s State) bool { return s.Synced })
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	// The heartbeat sent on Welcome is answered first, so that nothing
+	// but pods is numbered from here on.
+	f.waitFor(ctx, "the first heartbeat", func() bool { return len(f.reports) > 0 })
+	for c.State().PendingReports > 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the first heartbeat was never answered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.mu.Lock()
+	acksBefore, acked, sent := f.ackMsgs, f.acked, f.sent
+	f.mu.Unlock()
+
+	// The fake server's window is 8, so with the delay out of reach the
+	// client acknowledges every 4 sequences after its last Ack. Send
+	// enough pods (5 to 8) for the last one to land on such a point.
+	const half = 4
+	pods := half - int(sent-acked)%half + half
+	for i := range pods {
+		name := fmt.Sprint("p", i)
+		f.set(podKey("ns", name), podObject("ns", name, "u"+name, "1", "img"))
+		waitState(t, c.Client, "pod "+name+" applied", func(s State) bool { return s.ObjectsReceived == uint64(i+1) })
+	}
+	f.waitFor(ctx, "every pod acknowledged", func() bool { return f.acked == f.sent })
+
+	want := (int(sent-acked)+pods)/half - int(sent-acked)/half
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := f.ackMsgs - acksBefore; got != want {
+		t.Errorf("client sent %d Acks for %d pods arriving one at a time, want %d (one per half window)", got, pods, want)
 	}
 }

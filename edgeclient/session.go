@@ -47,6 +47,9 @@ const (
 	receiveWindow = 1 << 20
 )
 
+// DefaultAckDelay is Config.AckDelay when it is zero.
+const DefaultAckDelay = 20 * time.Millisecond
+
 // Run connects to the server and keeps the node connected, reconnecting
 // with jittered exponential backoff whenever the stream ends, until ctx
 // ends; then it returns nil. It runs once at a time per Client.
@@ -107,6 +110,8 @@ type session struct {
 	applied uint64 // highest sequence applied
 	acked   uint64 // highest sequence acknowledged
 	ackNow  bool   // send an Ack without waiting for more
+	// ackSoon: send an Ack within Config.AckDelay unless ackNow comes first.
+	ackSoon bool
 	// objectsUnacked: an object event was applied since the last Ack.
 	objectsUnacked bool
 	nacks          []*edgesyncv1.Nack
@@ -256,8 +261,8 @@ func (s *session) apply(ctx context.Context, msgs <-chan *edgesyncv1.SyncRespons
 }
 
 // noteApplied records that every message up to seq is applied and asks
-// send to acknowledge when half the window is unacknowledged or nothing
-// more is waiting. Control messages (Welcome, SyncComplete, StatusResult)
+// send to acknowledge at once when half the window is unacknowledged, or
+// within Config.AckDelay when nothing more is waiting. Control messages (Welcome, SyncComplete, StatusResult)
 // are not held by the server's window, so they are not acknowledged on
 // their own: the next object event's Ack covers them (acks are
 // cumulative). That saves a message per heartbeat and per report.
@@ -266,8 +271,12 @@ func (s *session) noteApplied(seq uint64, idle, objects bool) {
 	s.applied = seq
 	s.objectsUnacked = s.objectsUnacked || objects
 	half := uint64(s.welcome.GetAckWindow() / 2)
-	if s.objectsUnacked && (idle || seq-s.acked >= max(half, 1)) {
+	switch {
+	case !s.objectsUnacked:
+	case seq-s.acked >= max(half, 1):
 		s.ackNow = true
+	case idle:
+		s.ackSoon = true
 	}
 	s.mu.Unlock()
 	s.wakeSender()
@@ -449,7 +458,11 @@ func (s *session) send(ctx context.Context) error {
 		limiter    *rate.Limiter
 		maxBytes   int
 		ticker     *time.Ticker
+		ackTimer   = time.NewTimer(c.cfg.AckDelay)
+		ackDue     <-chan time.Time // ackTimer.C while an Ack waits
 	)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
 	defer func() {
 		if ticker != nil {
 			ticker.Stop()
@@ -480,11 +493,16 @@ func (s *session) send(ctx context.Context) error {
 			c.heartbeat()
 		case <-retry:
 			retry = nil
+		case <-ackDue:
+			ackDue = nil
+			s.mu.Lock()
+			s.ackNow = true
+			s.mu.Unlock()
 		}
 
 		s.mu.Lock()
-		nacks, applied, ackNow := s.nacks, s.applied, s.ackNow
-		s.nacks, s.ackNow = nil, false
+		nacks, applied, ackNow, ackSoon := s.nacks, s.applied, s.ackNow, s.ackSoon
+		s.nacks, s.ackNow, s.ackSoon = nil, false, false
 		acked := s.acked
 		s.mu.Unlock()
 		for _, n := range nacks {
@@ -500,6 +518,9 @@ func (s *session) send(ctx context.Context) error {
 			s.acked = applied
 			s.objectsUnacked = s.applied > applied
 			s.mu.Unlock()
+		} else if ackSoon && ackDue == nil {
+			ackTimer.Reset(c.cfg.AckDelay)
+			ackDue = ackTimer.C
 		}
 
 		if welcomeCh != nil || retry != nil {

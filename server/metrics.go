@@ -15,6 +15,33 @@ type metrics struct {
 	latency  prometheus.Histogram
 	upstream *prometheus.CounterVec // by kind, outcome
 	ended    *prometheus.CounterVec // by code
+
+	// The per-message counters, looked up once: a label lookup per
+	// message costs more than the increment.
+	sentObjects      kindCounters
+	ackedObjects     kindCounters
+	sentWelcome      prometheus.Counter
+	sentSyncComplete prometheus.Counter
+	sentStatusResult prometheus.Counter
+}
+
+// kindCounters holds one counter of a vector per object kind.
+type kindCounters [edgesyncv1.Kind_KIND_DEVICE + 1]prometheus.Counter
+
+func newKindCounters(vec *prometheus.CounterVec) kindCounters {
+	var c kindCounters
+	for k := range c {
+		c[k] = vec.WithLabelValues(kindLabel(edgesyncv1.Kind(k)))
+	}
+	return c
+}
+
+// of returns the counter of kind k; unknown kinds share the "unknown" one.
+func (c *kindCounters) of(k edgesyncv1.Kind) prometheus.Counter {
+	if k < 0 || int(k) >= len(c) {
+		return c[edgesyncv1.Kind_KIND_UNSPECIFIED]
+	}
+	return c[k]
 }
 
 func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
@@ -45,6 +72,11 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 			Help: "Sessions ended, by the gRPC code the stream ended with.",
 		}, []string{"code"}),
 	}
+	m.sentObjects = newKindCounters(m.sent)
+	m.ackedObjects = newKindCounters(m.acked)
+	m.sentWelcome = m.sent.WithLabelValues("welcome")
+	m.sentSyncComplete = m.sent.WithLabelValues("sync_complete")
+	m.sentStatusResult = m.sent.WithLabelValues("status_result")
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgesync_sessions_connected",
 		Help: "Edge sessions connected to this replica.",

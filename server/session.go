@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -338,7 +339,7 @@ func (s *session) ack(seq uint64) error {
 		} else {
 			s.held[obj.Key] = heldRef{uid: obj.UID, resourceVersion: obj.ResourceVersion}
 		}
-		s.srv.metrics.acked.WithLabelValues(kindLabel(obj.Key.Kind)).Inc()
+		s.srv.metrics.ackedObjects.of(obj.Key.Kind).Inc()
 		s.srv.metrics.latency.Observe(now.Sub(sent.queued).Seconds())
 		s.inflight[n] = sentObject{}
 		n++
@@ -439,7 +440,7 @@ func (s *session) queueDifference() (int, error) {
 func (s *session) sendLoop() {
 	defer s.srv.wg.Done()
 	for {
-		msg, kind := s.next()
+		msg, sent := s.next()
 		if msg == nil {
 			select {
 			case <-s.ctx.Done():
@@ -456,36 +457,37 @@ func (s *session) sendLoop() {
 			s.end(fmt.Errorf("send to node %q: %w", s.node, err))
 			return
 		}
-		s.srv.metrics.sent.WithLabelValues(kind).Inc()
+		sent.Inc()
 	}
 }
 
 // next picks the next message to send, numbering it: control messages
 // first, then SyncComplete once the initial objects are out, then objects
-// while the window has room. It returns nil when there is nothing to send.
-func (s *session) next() (any, string) {
+// while the window has room. It returns nil when there is nothing to send,
+// and otherwise the counter of messages sent of its kind.
+func (s *session) next() (any, prometheus.Counter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.control) > 0 {
 		msg := s.control[0]
 		s.control[0] = nil
 		s.control = s.control[1:]
-		kind := "status_result"
+		counter := s.srv.metrics.sentStatusResult
 		if msg.GetWelcome() != nil {
-			kind = "welcome"
+			counter = s.srv.metrics.sentWelcome
 		}
-		return s.number(msg), kind
+		return s.number(msg), counter
 	}
 	if s.initialQueued && !s.syncComplete && !s.queue.Pending(s.initialMark) {
 		s.syncComplete = true
 		return s.number(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_SyncComplete{SyncComplete: &edgesyncv1.SyncComplete{
 			ObjectsSent: s.initialApplied, ObjectsDeleted: s.initialDeleted,
-		}}}), "sync_complete"
+		}}}), s.srv.metrics.sentSyncComplete
 	}
 	for len(s.inflight) < s.srv.opts.AckWindow {
 		e, ok := s.queue.Pop()
 		if !ok {
-			return nil, ""
+			return nil, nil
 		}
 		obj := e.Object
 		if h, ok := s.held[obj.Key]; ok && !obj.Deleted && h.resourceVersion == obj.ResourceVersion {
@@ -501,9 +503,9 @@ func (s *session) next() (any, string) {
 				s.initialApplied++
 			}
 		}
-		return &frame.Frame{Sequence: s.lastSent, Payload: obj.Payload}, kindLabel(obj.Key.Kind)
+		return &frame.Frame{Sequence: s.lastSent, Payload: obj.Payload}, s.srv.metrics.sentObjects.of(obj.Key.Kind)
 	}
-	return nil, ""
+	return nil, nil
 }
 
 func (s *session) number(msg *edgesyncv1.SyncResponse) *edgesyncv1.SyncResponse {

@@ -2,9 +2,11 @@
 // edge holds a real mutual-TLS connection with its own node certificate and
 // speaks the edgesync protocol (Hello with what it holds, Welcome, initial
 // sync, live events, cumulative acknowledgements, heartbeats) directly over
-// the generated gRPC client, keeping what it holds in memory. It is lean on
-// purpose: one receiving and one sending goroutine per stream, so that the
-// simulator, not the server, is what stays small on a shared machine.
+// a gRPC stream, keeping what it holds in memory. It is lean on purpose, so
+// that the simulator, not the server, is what stays small on a shared
+// machine: one receiving and one sending goroutine per stream, and object
+// events read only as far as their identity and version (decode.go), as
+// the raw baseline's client reads only its sequence.
 package edgesim
 
 import (
@@ -24,6 +26,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/netx"
 	"github.com/edgesync/edgesync/server/feed"
@@ -258,25 +261,26 @@ func (f *Fleet) HeldObjects() int {
 }
 
 // stream holds one Sync stream until it fails or ctx ends. welcomed is
-// called once Welcome arrived.
+// called once Welcome arrived. Responses are read with shallowCodec.
 func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 	c := &e.fleet.C
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := edgesyncv1.NewSyncServiceClient(e.conn).Sync(ctx, grpc.WaitForReady(true))
+	st, err := e.conn.NewStream(ctx, &edgesyncv1.SyncService_ServiceDesc.Streams[0], edgesyncv1.SyncService_Sync_FullMethodName,
+		grpc.WaitForReady(true), grpc.ForceCodecV2(shallowCodec{}))
 	if err != nil {
 		return fmt.Errorf("open stream: %w", err)
 	}
-	if err := st.Send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: e.hello()}}); err != nil {
+	if err := st.SendMsg(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: e.hello()}}); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
-	first, err := st.Recv()
-	if err != nil {
+	var resp response
+	if err := st.RecvMsg(&resp); err != nil {
 		return fmt.Errorf("receive welcome: %w", err)
 	}
-	w := first.GetWelcome()
+	w := resp.welcome
 	if w == nil {
-		return fmt.Errorf("first message is %T, not Welcome", first.GetMessage())
+		return errors.New("first message is not Welcome")
 	}
 	c.Connected.Add(1)
 	defer c.Connected.Add(-1)
@@ -302,34 +306,32 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 	}()
 
 	for {
-		resp, err := st.Recv()
-		if err != nil {
+		if err := st.RecvMsg(&resp); err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
-		switch m := resp.GetMessage().(type) {
-		case *edgesyncv1.SyncResponse_SyncComplete:
+		switch {
+		case resp.syncComplete:
 			if !synced {
 				synced = true
 				c.Synced.Add(1)
 			}
 			continue
-		case *edgesyncv1.SyncResponse_StatusResult:
+		case resp.statusResult:
 			c.StatusResults.Add(1)
 			continue
-		case *edgesyncv1.SyncResponse_Welcome:
-			continue
-		default:
-			e.apply(m)
+		case resp.ref == nil:
+			continue // Welcome, or a message this simulator does not know
 		}
+		e.apply(&resp)
 		select {
 		case <-latest:
 		default:
 		}
-		latest <- resp.GetSequence()
+		latest <- resp.sequence
 	}
 }
 
-func (e *edge) send(ctx context.Context, st grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse], latest <-chan uint64, w *edgesyncv1.Welcome) error {
+func (e *edge) send(ctx context.Context, st grpc.ClientStream, latest <-chan uint64, w *edgesyncv1.Welcome) error {
 	var beat <-chan time.Time
 	interval := w.GetHeartbeatInterval().AsDuration()
 	if e.fleet.cfg.Heartbeats && interval > 0 {
@@ -345,14 +347,36 @@ func (e *edge) send(ctx context.Context, st grpc.BidiStreamingClient[edgesyncv1.
 			ticker.Stop()
 		}
 	}()
+	// Acknowledgements follow edgeclient's policy: at once when half the
+	// window is unacknowledged, otherwise edgeclient.DefaultAckDelay after the
+	// first unacknowledged object, covering everything received by then.
+	half := max(uint64(w.GetAckWindow()/2), 1)
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	var received, acked uint64
+	var ackArmed bool
 	var requestID uint64
 	for {
 		var req *edgesyncv1.SyncRequest
 		select {
 		case <-ctx.Done():
 			return nil
-		case seq := <-latest:
-			req = &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: seq}}}
+		case received = <-latest:
+			if received-acked < half {
+				if !ackArmed {
+					ackArmed = true
+					ackTimer.Reset(edgeclient.DefaultAckDelay)
+				}
+				continue
+			}
+			req, acked = ackRequest(received), received
+		case <-ackTimer.C:
+			ackArmed = false
+			if received == acked {
+				continue
+			}
+			req, acked = ackRequest(received), received
 		case <-beat:
 			if ticker == nil {
 				ticker = time.NewTicker(interval)
@@ -362,10 +386,14 @@ func (e *edge) send(ctx context.Context, st grpc.BidiStreamingClient[edgesyncv1.
 			req = &edgesyncv1.SyncRequest{RequestId: requestID, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}}
 			e.fleet.C.Heartbeats.Add(1)
 		}
-		if err := st.Send(req); err != nil {
+		if err := st.SendMsg(req); err != nil {
 			return err
 		}
 	}
+}
+
+func ackRequest(seq uint64) *edgesyncv1.SyncRequest {
+	return &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: seq}}}
 }
 
 func (e *edge) hello() *edgesyncv1.Hello {
@@ -379,16 +407,13 @@ func (e *edge) hello() *edgesyncv1.Hello {
 }
 
 // apply records an object event as the edge's store would.
-func (e *edge) apply(m any) {
-	ref, deleted, data := objectOf(m)
-	if ref == nil {
-		return
-	}
+func (e *edge) apply(resp *response) {
+	ref := resp.ref
 	f := e.fleet
 	f.C.Objects.Add(1)
 	key := feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}
 	e.mu.Lock()
-	if deleted {
+	if resp.deleted {
 		delete(e.held, key)
 	} else {
 		if old, ok := e.held[key]; ok && old.GetResourceVersion() == ref.GetResourceVersion() && old.GetUid() == ref.GetUid() {
@@ -397,43 +422,12 @@ func (e *edge) apply(m any) {
 		e.held[key] = ref
 	}
 	e.mu.Unlock()
-	if f.cfg.RecordLatency && data != nil {
-		if ns, err := strconv.ParseInt(data[SentAtKey], 10, 64); err == nil {
+	if f.cfg.RecordLatency && resp.sentAt != "" {
+		if ns, err := strconv.ParseInt(resp.sentAt, 10, 64); err == nil {
 			d := time.Since(time.Unix(0, ns))
 			f.mu.Lock()
 			f.latencies = append(f.latencies, d)
 			f.mu.Unlock()
 		}
 	}
-}
-
-// objectOf returns the object an event carries, whether it is a delete, and
-// a ConfigMap's data.
-func objectOf(m any) (ref *edgesyncv1.ObjectRef, deleted bool, data map[string]string) {
-	type meta interface {
-		GetName() string
-		GetNamespace() string
-		GetUid() string
-		GetResourceVersion() string
-	}
-	var kind edgesyncv1.Kind
-	var md meta
-	var typ edgesyncv1.EventType
-	switch ev := m.(type) {
-	case *edgesyncv1.SyncResponse_PodEvent:
-		kind, md, typ = edgesyncv1.Kind_KIND_POD, ev.PodEvent.GetPod().GetMetadata(), ev.PodEvent.GetType()
-	case *edgesyncv1.SyncResponse_ConfigMapEvent:
-		kind, md, typ = edgesyncv1.Kind_KIND_CONFIG_MAP, ev.ConfigMapEvent.GetConfigMap().GetMetadata(), ev.ConfigMapEvent.GetType()
-		data = ev.ConfigMapEvent.GetConfigMap().GetData()
-	case *edgesyncv1.SyncResponse_SecretEvent:
-		kind, md, typ = edgesyncv1.Kind_KIND_SECRET, ev.SecretEvent.GetSecret().GetMetadata(), ev.SecretEvent.GetType()
-	case *edgesyncv1.SyncResponse_DeviceEvent:
-		kind, md, typ = edgesyncv1.Kind_KIND_DEVICE, ev.DeviceEvent.GetDevice().GetMetadata(), ev.DeviceEvent.GetType()
-	default:
-		return nil, false, nil
-	}
-	return &edgesyncv1.ObjectRef{
-		Kind: kind, Namespace: md.GetNamespace(), Name: md.GetName(),
-		Uid: md.GetUid(), ResourceVersion: md.GetResourceVersion(),
-	}, typ == edgesyncv1.EventType_EVENT_TYPE_DELETE, data
 }

@@ -19,11 +19,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+
+	"github.com/edgesync/edgesync/edgeclient"
 )
 
 // codecName is the content subtype of the raw stream.
@@ -209,21 +212,14 @@ func Run(ctx context.Context, conn *grpc.ClientConn, req Request, onMessage func
 		return fmt.Errorf("send raw request: %w", err)
 	}
 	// The receiving goroutine (this one) hands the newest sequence to the
-	// sending goroutine, which acknowledges whatever is newest when it gets
-	// to it: under load acknowledgements coalesce, as an edge's do.
+	// sending goroutine, which acknowledges as edgeclient does: at once
+	// when half the window is unacknowledged, otherwise within
+	// edgeclient.DefaultAckDelay, covering whatever is newest by then.
 	latest := make(chan uint64, 1)
 	sendErr := make(chan error, 1)
 	go func() {
 		defer close(sendErr)
-		for seq := range latest {
-			ack := make([]byte, 8)
-			binary.BigEndian.PutUint64(ack, seq)
-			if err := stream.SendMsg(&message{b: ack}); err != nil {
-				sendErr <- err
-				return
-			}
-		}
-		sendErr <- stream.CloseSend()
+		sendErr <- acknowledge(stream, latest, max(req.Window/2, 1))
 	}()
 	var got uint64
 	var rerr error
@@ -254,4 +250,49 @@ func Run(ctx context.Context, conn *grpc.ClientConn, req Request, onMessage func
 		return fmt.Errorf("end of raw stream: %v", err)
 	}
 	return nil
+}
+
+// acknowledge sends cumulative acknowledgements for the sequences received
+// on latest until it is closed, then closes the sending side.
+func acknowledge(stream grpc.ClientStream, latest <-chan uint64, half uint64) error {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var received, acked uint64
+	armed := false
+	send := func() error {
+		ack := make([]byte, 8)
+		binary.BigEndian.PutUint64(ack, received)
+		acked = received
+		return stream.SendMsg(&message{b: ack})
+	}
+	for {
+		select {
+		case seq, ok := <-latest:
+			if !ok {
+				if received > acked {
+					if err := send(); err != nil {
+						return err
+					}
+				}
+				return stream.CloseSend()
+			}
+			received = seq
+			if received-acked >= half {
+				if err := send(); err != nil {
+					return err
+				}
+			} else if !armed {
+				armed = true
+				timer.Reset(edgeclient.DefaultAckDelay)
+			}
+		case <-timer.C:
+			armed = false
+			if received > acked {
+				if err := send(); err != nil {
+					return err
+				}
+			}
+		}
+	}
 }

@@ -1,0 +1,91 @@
+package edgesim
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
+)
+
+func meta(ns, name, uid, rv string) *metav1pb.ObjectMeta {
+	return &metav1pb.ObjectMeta{Namespace: proto.String(ns), Name: proto.String(name), Uid: proto.String(uid), ResourceVersion: proto.String(rv),
+		Labels: map[string]string{"app": "x"}}
+}
+
+// The shallow decoder must read from real encoded responses what the full
+// decoder would.
+func TestShallowCodecReadsWhatTheFullDecoderWould(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  *edgesyncv1.SyncResponse
+		want response
+	}{{
+		name: "welcome",
+		msg:  &edgesyncv1.SyncResponse{Sequence: 1, Message: &edgesyncv1.SyncResponse_Welcome{Welcome: &edgesyncv1.Welcome{SessionId: "s1", HeartbeatInterval: durationpb.New(10 * time.Second)}}},
+		want: response{sequence: 1, welcome: &edgesyncv1.Welcome{SessionId: "s1", HeartbeatInterval: durationpb.New(10 * time.Second)}},
+	}, {
+		name: "config map with sent-at",
+		msg: &edgesyncv1.SyncResponse{Sequence: 300, Message: &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{
+			Type:      edgesyncv1.EventType_EVENT_TYPE_APPLY,
+			ConfigMap: &corev1pb.ConfigMap{Metadata: meta("ns", "cm", "u1", "42"), Data: map[string]string{"a": "b", SentAtKey: "123456789"}},
+		}}},
+		want: response{sequence: 300, sentAt: "123456789", ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: "ns", Name: "cm", Uid: "u1", ResourceVersion: "42"}},
+	}, {
+		name: "pod delete",
+		msg: &edgesyncv1.SyncResponse{Sequence: 7, Message: &edgesyncv1.SyncResponse_PodEvent{PodEvent: &edgesyncv1.PodEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_DELETE,
+			Pod:  &corev1pb.Pod{Metadata: meta("ns", "p", "u2", "9"), Spec: &corev1pb.PodSpec{NodeName: proto.String("edge-1")}},
+		}}},
+		want: response{sequence: 7, deleted: true, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_POD, Namespace: "ns", Name: "p", Uid: "u2", ResourceVersion: "9"}},
+	}, {
+		name: "device",
+		msg: &edgesyncv1.SyncResponse{Sequence: 8, Message: &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Device: &edgesyncv1.Device{Metadata: meta("ns", "d", "u3", "5/6"), ModelName: "m"},
+		}}},
+		want: response{sequence: 8, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: "ns", Name: "d", Uid: "u3", ResourceVersion: "5/6"}},
+	}, {
+		name: "status result",
+		msg:  &edgesyncv1.SyncResponse{Sequence: 9, Message: &edgesyncv1.SyncResponse_StatusResult{StatusResult: &edgesyncv1.StatusResult{RequestId: 3}}},
+		want: response{sequence: 9, statusResult: true},
+	}, {
+		name: "sync complete",
+		msg:  &edgesyncv1.SyncResponse{Sequence: 10, Message: &edgesyncv1.SyncResponse_SyncComplete{SyncComplete: &edgesyncv1.SyncComplete{ObjectsSent: 4}}},
+		want: response{sequence: 10, syncComplete: true},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := proto.Marshal(tt.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got response
+			if err := (shallowCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.sequence != tt.want.sequence || got.deleted != tt.want.deleted || got.sentAt != tt.want.sentAt ||
+				got.syncComplete != tt.want.syncComplete || got.statusResult != tt.want.statusResult ||
+				!proto.Equal(got.ref, tt.want.ref) || !proto.Equal(got.welcome, tt.want.welcome) {
+				t.Errorf("decoded %+v (ref %v, welcome %v), want %+v (ref %v, welcome %v)", got, got.ref, got.welcome, tt.want, tt.want.ref, tt.want.welcome)
+			}
+		})
+	}
+}
+
+func TestShallowCodecRefusesTruncatedInput(t *testing.T) {
+	b, err := proto.Marshal(&edgesyncv1.SyncResponse{Sequence: 1, Message: &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{
+		ConfigMap: &corev1pb.ConfigMap{Metadata: meta("ns", "cm", "u", "1")},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got response
+	if err := (shallowCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:len(b)-3])}, &got); err == nil {
+		t.Fatalf("truncated message decoded without error: %+v", got)
+	}
+}
