@@ -42,7 +42,7 @@ func watchLease(t *testing.T, client kubernetes.Interface, node string) watch.In
 
 // Heartbeats ten times as frequent as the renew interval are all answered
 // OK, and the Lease is written about once per interval, never twice within
-// one.
+// nine tenths of one (the tolerance for heartbeats arriving early).
 func TestHeartbeatsFasterThanTheRenewIntervalWriteTheLeaseOncePerInterval(t *testing.T) {
 	const renewInterval = 2 * time.Second
 	client := testcluster.Client(t)
@@ -88,7 +88,8 @@ func TestHeartbeatsFasterThanTheRenewIntervalWriteTheLeaseOncePerInterval(t *tes
 			t.Fatalf("the watch saw %v Lease writes, the metric counts %v", seen, ok)
 		}
 	}
-	maxWrites := float64(elapsed/renewInterval) + 1
+	minGap := renewInterval - renewInterval/10
+	maxWrites := float64(elapsed/minGap) + 1
 	if ok < 2 || ok > maxWrites {
 		t.Errorf("%d heartbeats over %s with a %s renew interval wrote the Lease %v times, want 2 to %v",
 			heartbeats, elapsed.Round(time.Millisecond), renewInterval, ok, maxWrites)
@@ -100,8 +101,8 @@ func TestHeartbeatsFasterThanTheRenewIntervalWriteTheLeaseOncePerInterval(t *tes
 	if count != uint64(ok)-1 {
 		t.Errorf("%d renewal intervals observed for %v renewals, want %v", count, ok, ok-1)
 	}
-	if count > 0 && sum/float64(count) < renewInterval.Seconds() {
-		t.Errorf("mean interval between renewals %.2fs, shorter than the renew interval %s", sum/float64(count), renewInterval)
+	if count > 0 && sum/float64(count) < minGap.Seconds() {
+		t.Errorf("mean interval between renewals %.2fs, shorter than nine tenths of the renew interval %s", sum/float64(count), renewInterval)
 	}
 }
 

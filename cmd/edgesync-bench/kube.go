@@ -23,19 +23,29 @@ type kubeResult struct {
 	Done           bool    `json:"done"`
 	Nodes          int     `json:"nodes"`
 	ControllersQPS float64 `json:"controllers_qps"`
+	LeaseQPS       float64 `json:"lease_qps"`
+	LeaseRenew     float64 `json:"lease_renew_interval_seconds"`
 	SetupSeconds   float64 `json:"setup_seconds"`
 	ConnectSeconds float64 `json:"connect_seconds"`
 
-	HeartbeatsDone      bool    `json:"heartbeats_done"`
-	WindowSeconds       float64 `json:"window_seconds"`
-	CPUPercent          float64 `json:"server_cpu_percent_of_one_core"`
-	HeartbeatsSent      int64   `json:"heartbeats_answered"`
-	LeaseWrites         float64 `json:"lease_writes"`
-	LeaseCreates        float64 `json:"lease_creates"`
-	LeaseWritesPerNode  float64 `json:"lease_writes_per_node_per_10s"`
-	NodeStatusWrites    float64 `json:"node_status_writes"`
-	HeartbeatsPerNode   float64 `json:"heartbeats_per_node_per_10s"`
-	APIServerCPUPercent float64 `json:"apiserver_cpu_percent_of_one_core"`
+	HeartbeatsDone     bool    `json:"heartbeats_done"`
+	WindowSeconds      float64 `json:"window_seconds"`
+	CPUPercent         float64 `json:"server_cpu_percent_of_one_core"`
+	HeartbeatsSent     int64   `json:"heartbeats_answered"`
+	LeaseWrites        float64 `json:"lease_writes"`
+	LeaseCreates       float64 `json:"lease_creates"`
+	LeaseWritesPerNode float64 `json:"lease_writes_per_node_per_10s"`
+	NodeStatusWrites   float64 `json:"node_status_writes"`
+	// From the server's edgesync_lease_renewal_interval_seconds: the
+	// renewals in the window, their mean interval, and how many came
+	// more than three quarters of the Lease duration (30 s) after the
+	// previous one.
+	LeaseRenewals         float64 `json:"lease_renewals"`
+	LeaseIntervalMean     float64 `json:"lease_renewal_interval_mean_seconds"`
+	LeaseIntervalsOver30s float64 `json:"lease_renewal_intervals_over_30s"`
+	HeartbeatsNoWrite     float64 `json:"heartbeats_answered_without_lease_write"`
+	HeartbeatsPerNode     float64 `json:"heartbeats_per_node_per_10s"`
+	APIServerCPUPercent   float64 `json:"apiserver_cpu_percent_of_one_core"`
 
 	FanoutDone  bool            `json:"fanout_done"`
 	FanoutNodes int             `json:"fanout_nodes"`
@@ -59,7 +69,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	k := &b.result.Kube
 	n := b.sc.KubeNodes
 	fanout := min(b.sc.FanoutNodes, n)
-	k.Nodes, k.FanoutNodes, k.ControllersQPS = n, fanout, b.kubeQPS
+	k.Nodes, k.FanoutNodes, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew = n, fanout, b.kubeQPS, b.leaseQPS, b.leaseRenew.Seconds()
 	setup := time.Now()
 	b.prog.say("starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster"))
@@ -76,7 +86,8 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		return startChild(ctx, filepath.Join(b.out, name+".log"),
 			"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", "127.0.0.1:"+strconv.Itoa(b.kubePort),
 			"--heartbeat", heartbeatInterval.String(), "--kubeconfig", cl.Kubeconfig,
-			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)))
+			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)),
+			"--kube-lease-qps", strconv.FormatFloat(b.leaseQPS, 'f', -1, 64), "--kube-lease-renew", b.leaseRenew.String())
 	}
 	srv, err := start("server-kube")
 	if err != nil {
@@ -108,6 +119,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		cpu0, _ := srv.proc()
 		api0 := apiserverCPU(cl)
 		hb0 := heartbeatsAnswered(ctx, srv)
+		lease0 := leaseRenewals(ctx, srv)
 		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
 		if err := hold(ctx, b.sc.IdleWindow); err != nil {
 			return err
@@ -122,6 +134,13 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		k.CPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / k.WindowSeconds
 		k.APIServerCPUPercent = 100 * (apiserverCPU(cl) - api0) / k.WindowSeconds
 		k.HeartbeatsSent = int64(heartbeatsAnswered(ctx, srv) - hb0)
+		lease1 := leaseRenewals(ctx, srv)
+		k.LeaseRenewals = lease1.intervals.Count - lease0.intervals.Count
+		if k.LeaseRenewals > 0 {
+			k.LeaseIntervalMean = (lease1.intervals.Sum - lease0.intervals.Sum) / k.LeaseRenewals
+		}
+		k.LeaseIntervalsOver30s = lease1.intervals.Above(30) - lease0.intervals.Above(30)
+		k.HeartbeatsNoWrite = lease1.skipped - lease0.skipped
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
 			d := cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
@@ -219,6 +238,24 @@ func heartbeatsAnswered(ctx context.Context, srv *child) float64 {
 		return 0
 	}
 	return m.Sum("edgesync_upstream_results_total", map[string]string{"kind": "heartbeat"})
+}
+
+// leaseStats are the server's Lease renewal metrics at one moment.
+type leaseStats struct {
+	intervals measure.Histogram
+	skipped   float64
+}
+
+func leaseRenewals(ctx context.Context, srv *child) leaseStats {
+	m, err := srv.metrics(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "server metrics: %v\n", err)
+		return leaseStats{}
+	}
+	return leaseStats{
+		intervals: m.Histogram("edgesync_lease_renewal_interval_seconds"),
+		skipped:   m.Sum("edgesync_lease_renewals_skipped_total", nil),
+	}
 }
 
 // apiserverCPU returns the devcluster process's CPU seconds (etcd and

@@ -79,10 +79,12 @@ type bench struct {
 	prog   *progress
 	result *results
 
-	devcluster string  // bin/devcluster, or "" to skip the apiserver scenarios
-	kubeQPS    float64 // the controllers' API-server QPS
-	kubePort   int     // the server's port in the apiserver scenarios
-	edgeclient bool    // edges run the edgeclient library
+	devcluster string        // bin/devcluster, or "" to skip the apiserver scenarios
+	kubeQPS    float64       // the controllers' API-server QPS
+	leaseQPS   float64       // the controllers' Lease-renewal QPS
+	leaseRenew time.Duration // the controllers' Lease renew interval
+	kubePort   int           // the server's port in the apiserver scenarios
+	edgeclient bool          // edges run the edgeclient library
 }
 
 func runMain(ctx context.Context, args []string) error {
@@ -98,6 +100,10 @@ func runMain(ctx context.Context, args []string) error {
 	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
 	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest) or edgeclient (the edgeclient library with an in-memory store)")
 	kubeQPS := fs.Float64("kube-qps", 200, "the controllers' API-server QPS in the apiserver scenarios (burst is twice)")
+	// Sized by the README's rule for 10,000 nodes heartbeating every
+	// 10 s: renewals every 20 s are 500 writes/s, half the Lease budget.
+	leaseQPS := fs.Float64("kube-lease-qps", 1000, "the controllers' own QPS for Lease renewals in the apiserver scenarios (burst is twice)")
+	leaseRenew := fs.Duration("kube-lease-renew", 19*time.Second, "the controllers' Lease renew interval in the apiserver scenarios")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -131,7 +137,7 @@ func runMain(ctx context.Context, args []string) error {
 	if *edges != "lean" && *edges != "edgeclient" {
 		return fmt.Errorf("--edges must be lean or edgeclient, not %q", *edges)
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, edgeclient: *edges == "edgeclient"}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, edgeclient: *edges == "edgeclient"}
 	switch *kube {
 	case "on", "auto":
 		if _, err := os.Stat(*devcluster); err == nil {

@@ -55,6 +55,8 @@ func serveMain(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "run the real controllers against this cluster instead of simulated ones")
 	qps := fs.Float64("kube-qps", 50, "controllers' API-server QPS (with --kubeconfig)")
 	burst := fs.Int("kube-burst", 100, "controllers' API-server burst (with --kubeconfig)")
+	leaseQPS := fs.Float64("kube-lease-qps", controllers.DefaultLeaseQPS, "controllers' Lease-renewal QPS (with --kubeconfig; burst is twice)")
+	leaseRenew := fs.Duration("kube-lease-renew", 0, "controllers' Lease renew interval (with --kubeconfig; 0: their default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -70,7 +72,7 @@ func serveMain(ctx context.Context, args []string) error {
 		return serveRaw(ctx, lis, *certDir)
 	case "edgesync":
 		if *kubeconfig != "" {
-			return serveKube(ctx, lis, *certDir, *heartbeat, *nodeLimit, *kubeconfig, *qps, *burst)
+			return serveKube(ctx, lis, *certDir, *heartbeat, *nodeLimit, *kubeconfig, kubeBudget{qps: *qps, burst: *burst, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew})
 		}
 		return serveEdgesync(ctx, lis, *certDir, *heartbeat, *nodeLimit, *nodes, *objects, *size)
 	default:
@@ -123,12 +125,11 @@ func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
 }
 
 // newServer builds the server under test with pprof and Go runtime metrics.
-func newServer(certDir string, heartbeat time.Duration, nodeLimit int, logger *zap.Logger) (*server.Server, net.Listener, error) {
+func newServer(certDir string, heartbeat time.Duration, nodeLimit int, logger *zap.Logger, reg *prometheus.Registry) (*server.Server, net.Listener, error) {
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
 	srv, err := server.New(server.Options{
 		ServerID: "edgesync-bench",
@@ -155,13 +156,23 @@ func newServer(certDir string, heartbeat time.Duration, nodeLimit int, logger *z
 // serveKube runs the server with the real controllers against a cluster.
 // It serves only once the informer caches have synced, so that the
 // API-server requests counted after the ready line are the sessions' own.
-func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit int, kubeconfig string, qps float64, burst int) error {
+// kubeBudget is the controllers' API-server budget: QPS and burst for
+// everything but Lease renewals, and the Lease renewals' own QPS.
+type kubeBudget struct {
+	qps        float64
+	burst      int
+	leaseQPS   float64
+	leaseRenew time.Duration
+}
+
+func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit int, kubeconfig string, budget kubeBudget) error {
 	logger, err := zap.NewProduction(zap.IncreaseLevel(zap.WarnLevel))
 	if err != nil {
 		return err
 	}
 	defer logger.Sync()
-	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, logger)
+	reg := prometheus.NewRegistry()
+	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -169,8 +180,11 @@ func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat 
 	if err != nil {
 		return fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
-	cfg.QPS, cfg.Burst = float32(qps), burst
-	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, DisableDevices: true, Logger: logger}, srv)
+	cfg.QPS, cfg.Burst = float32(budget.qps), budget.burst
+	ctrls, err := controllers.New(controllers.Config{
+		RESTConfig: cfg, DisableDevices: true, Logger: logger, Registerer: reg,
+		LeaseQPS: float32(budget.leaseQPS), LeaseBurst: int(2 * budget.leaseQPS), LeaseRenewInterval: budget.leaseRenew,
+	}, srv)
 	if err != nil {
 		return err
 	}
@@ -196,7 +210,7 @@ func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartb
 	if err != nil {
 		return err
 	}
-	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, nil)
+	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, nil, prometheus.NewRegistry())
 	if err != nil {
 		return err
 	}

@@ -59,7 +59,7 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 		interval: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "edgesync_lease_renewal_interval_seconds",
 			Help: "Time between successive successful renewals of the same node's Lease. " +
-				"Above half the lease duration, the node lifecycle controller is close to marking the node NotReady.",
+				"Above three quarters of the lease duration, the node lifecycle controller is close to marking the node NotReady.",
 			Buckets: []float64{1, 2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 60, 120},
 		}),
 	}
@@ -87,12 +87,13 @@ func (l *leases) heartbeat(node string, req *edgesyncv1.SyncRequest, answer feed
 }
 
 // fresh tells whether node's Lease was renewed less than LeaseRenewInterval
-// before now.
+// before now, less a tenth: heartbeats come on a fixed interval, and one
+// arriving a hair early must not push the renewal a whole interval later.
 func (l *leases) fresh(node string, now time.Time) bool {
 	l.mu.Lock()
 	last, ok := l.renewed[node]
 	l.mu.Unlock()
-	return ok && now.Sub(last) < l.cfg.LeaseRenewInterval
+	return ok && now.Sub(last) < l.cfg.LeaseRenewInterval-l.cfg.LeaseRenewInterval/10
 }
 
 // forget drops node's last renewal time, so that memory is bounded by the
@@ -129,10 +130,11 @@ func (l *leases) write(ctx context.Context, node string, _ *edgesyncv1.SyncReque
 }
 
 // observe records the time since node's previous renewal and warns, at
-// most once per lagWarningEvery, when it exceeds half the lease duration.
+// most once per lagWarningEvery, when it exceeds three quarters of the
+// lease duration: the Lease was then within a quarter of expiring.
 func (l *leases) observe(node string, since time.Duration, now time.Time) {
 	l.interval.Observe(since.Seconds())
-	if since <= l.cfg.LeaseDuration/2 {
+	if since <= l.cfg.LeaseDuration*3/4 {
 		return
 	}
 	prev := l.lastWarning.Load()
@@ -142,7 +144,7 @@ func (l *leases) observe(node string, since time.Duration, now time.Time) {
 	if !l.lastWarning.CompareAndSwap(prev, now.UnixNano()) {
 		return // another renewal warns
 	}
-	l.log.Warn("node Lease renewals lag: a Lease went unrenewed for more than half its duration, "+
+	l.log.Warn("node Lease renewals lag: a Lease went unrenewed for more than three quarters of its duration, "+
 		"so the node lifecycle controller may mark nodes NotReady; raise kubernetes.leaseQPS "+
 		"(Lease writes per second must stay above nodes / controllers.leaseRenewInterval) "+
 		"or raise controllers.leaseRenewInterval (below leaseDuration/2), or add replicas; "+

@@ -176,7 +176,7 @@ func TestLeaseRenewal(t *testing.T) {
 		if err := leases.Delete(t.Context(), node.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		beat(9 * time.Second) // not due: no read, no write
+		beat(8 * time.Second) // not due: no read, no write
 		if _, err := leases.Get(t.Context(), node.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Fatalf("lease after a heartbeat that was not due: %v, want NotFound", err)
 		}
@@ -187,11 +187,16 @@ func TestLeaseRenewal(t *testing.T) {
 			t.Fatalf("warned about lag after an 11s interval: %v", logs.All())
 		}
 	})
-	t.Run("an interval over half the duration warns at most once a minute", func(t *testing.T) {
-		beat(36 * time.Second) // 25s since the last renewal
-		renewedAt(36 * time.Second)
+	t.Run("an interval over three quarters of the duration warns at most once a minute", func(t *testing.T) {
+		beat(31 * time.Second) // 20s since the last renewal: late, not lagging
+		renewedAt(31 * time.Second)
+		if n := lagWarnings(); n != 0 {
+			t.Fatalf("%d lag warnings after a 20s interval, want 0", n)
+		}
+		beat(62 * time.Second) // 31s since the last renewal
+		renewedAt(62 * time.Second)
 		if n := lagWarnings(); n != 1 {
-			t.Fatalf("%d lag warnings after a 25s interval, want 1", n)
+			t.Fatalf("%d lag warnings after a 31s interval, want 1", n)
 		}
 		w := logs.FilterMessageSnippet("renewals lag").All()[0]
 		for _, want := range []string{"kubernetes.leaseQPS", "controllers.leaseRenewInterval"} {
@@ -202,31 +207,31 @@ func TestLeaseRenewal(t *testing.T) {
 		if w.ContextMap()["node"] != node.Name {
 			t.Errorf("warning fields %v do not name the node", w.ContextMap())
 		}
-		beat(62 * time.Second) // lags again 26s after the warning
+		beat(93 * time.Second) // lags again 31s after the warning
 		if n := lagWarnings(); n != 1 {
 			t.Fatalf("%d lag warnings within a minute, want 1", n)
 		}
-		beat(100 * time.Second) // 64s after the warning
+		beat(124 * time.Second) // 62s after the warning
 		if n := lagWarnings(); n != 2 {
 			t.Fatalf("%d lag warnings a minute after the first, want 2", n)
 		}
-		metricsAre(counts{ok: 5, skipped: 2, intervals: 4})
+		metricsAre(counts{ok: 6, skipped: 2, intervals: 5})
 	})
 	t.Run("a new session renews at its first heartbeat", func(t *testing.T) {
 		ctrl.SessionEnded(node.Name)
-		beat(101 * time.Second)
-		renewedAt(101 * time.Second)
+		beat(131 * time.Second)
+		renewedAt(131 * time.Second)
 		ctrl.NodeDeleted(node.Name)
-		beat(102 * time.Second)
-		renewedAt(102 * time.Second)
+		beat(132 * time.Second)
+		renewedAt(132 * time.Second)
 		// Neither gap after forgetting the node counts as an interval.
-		metricsAre(counts{ok: 7, skipped: 2, intervals: 4})
+		metricsAre(counts{ok: 8, skipped: 2, intervals: 5})
 	})
 	t.Run("a failed write is counted and answered", func(t *testing.T) {
-		if c := heartbeat("Not_A_Name", 103*time.Second); c != codes.InvalidArgument {
+		if c := heartbeat("Not_A_Name", 133*time.Second); c != codes.InvalidArgument {
 			t.Fatalf("heartbeat of a node whose name cannot name a Lease answered %v, want InvalidArgument", c)
 		}
-		metricsAre(counts{ok: 7, errors: 1, skipped: 2, intervals: 4})
+		metricsAre(counts{ok: 8, errors: 1, skipped: 2, intervals: 5})
 	})
 	if n := logs.FilterLevelExact(zapcore.WarnLevel).Len(); n != lagWarnings() {
 		t.Errorf("warnings besides lag warnings: %v", logs.All())

@@ -17,7 +17,8 @@
 // them and they never starve status writes. A replica holding N nodes
 // therefore writes about N / LeaseRenewInterval Leases per second; the
 // edgesync_lease_* metrics show whether it keeps up, and a warning is
-// logged when a Lease went unrenewed for more than half its duration.
+// logged when a Lease went unrenewed for more than three quarters of its
+// duration.
 package nodestatus
 
 import (

@@ -112,3 +112,24 @@ edgesync_delivery_seconds_count 4
 		t.Error("Has is wrong")
 	}
 }
+
+func TestMetricsHistogram(t *testing.T) {
+	text := `# TYPE edgesync_lease_renewal_interval_seconds histogram
+edgesync_lease_renewal_interval_seconds_bucket{le="10"} 5
+edgesync_lease_renewal_interval_seconds_bucket{le="20"} 8
+edgesync_lease_renewal_interval_seconds_bucket{le="+Inf"} 11
+edgesync_lease_renewal_interval_seconds_sum 190
+edgesync_lease_renewal_interval_seconds_count 11
+`
+	m, err := ParseMetrics(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Histogram("edgesync_lease_renewal_interval_seconds")
+	if h.Count != 11 || h.Sum != 190 || h.Above(20) != 3 || h.Above(10) != 6 {
+		t.Errorf("histogram count %v sum %v above 20: %v above 10: %v; want 11, 190, 3, 6", h.Count, h.Sum, h.Above(20), h.Above(10))
+	}
+	if missing := m.Histogram("no_such_histogram"); missing.Count != 0 || missing.Above(20) != 0 {
+		t.Errorf("missing histogram: %+v", missing)
+	}
+}

@@ -76,6 +76,40 @@ func (m Metrics) Sum(name string, match map[string]string) float64 {
 	return sum
 }
 
+// Histogram is a histogram family's samples, merged over its series.
+type Histogram struct {
+	Count, Sum float64
+	// Cumulative counts samples at or below each upper bound.
+	Cumulative map[float64]float64
+}
+
+// Histogram returns family name's samples; zero for a missing family.
+func (m Metrics) Histogram(name string) Histogram {
+	h := Histogram{Cumulative: map[float64]float64{}}
+	fam, ok := m[name]
+	if !ok {
+		return h
+	}
+	for _, s := range fam.GetMetric() {
+		hist := s.GetHistogram()
+		if hist == nil {
+			continue
+		}
+		h.Count += float64(hist.GetSampleCount())
+		h.Sum += hist.GetSampleSum()
+		for _, b := range hist.GetBucket() {
+			h.Cumulative[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+		}
+	}
+	return h
+}
+
+// Above counts the samples above bound, which must be one of the
+// histogram's bucket bounds (or there are no samples).
+func (h Histogram) Above(bound float64) float64 {
+	return h.Count - h.Cumulative[bound]
+}
+
 func labelsMatch(labels []*dto.LabelPair, match map[string]string) bool {
 	for k, v := range match {
 		found := false
