@@ -3,11 +3,13 @@ package server_test
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -114,6 +116,65 @@ func TestHalfOpenConnectionIsDetected(t *testing.T) {
 
 	close(hole.cut)
 	if err := ctrls.WaitSessionEnded(t.Context(), "node-a", 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSilentEdgeIsEndedAfterTheHeartbeatTimeout: an edge that stops sending
+// (its connection still up) has its session ended with UNAVAILABLE and a
+// message saying why, while an edge that heartbeats keeps its session.
+func TestSilentEdgeIsEndedAfterTheHeartbeatTimeout(t *testing.T) {
+	ctrls := feedtest.New()
+	env := servertest.Start(t, ctrls, func(o *server.Options) {
+		o.HeartbeatInterval = 100 * time.Millisecond
+		o.HeartbeatTimeout = 1500 * time.Millisecond
+	})
+	hello := func(e *edge, node string) {
+		e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: node}}})
+		e.recv()
+		e.recvInitial()
+	}
+	silent := openStream(t, env.DialNode(t, "node-silent"), "node-silent")
+	hello(silent, "node-silent")
+	beating := openStream(t, env.DialNode(t, "node-beating"), "node-beating")
+	hello(beating, "node-beating")
+
+	// The heartbeating edge reports every 100ms until the silent one is
+	// ended; its answers are read so that its stream never backs up.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for id := uint64(1); ; id++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-tick.C:
+			}
+			if err := beating.stream.Send(&edgesyncv1.SyncRequest{RequestId: id, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}}); err != nil {
+				done <- err
+				return
+			}
+			if _, err := beating.stream.Recv(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+
+	st := silent.expectEnd(codes.Unavailable)
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("the heartbeating edge's stream failed: %v", err)
+	}
+	for _, want := range []string{"node-silent", "heartbeat"} {
+		if !strings.Contains(st.Message(), want) {
+			t.Errorf("status message %q does not mention %q", st.Message(), want)
+		}
+	}
+	if err := ctrls.WaitSessionEnded(t.Context(), "node-silent", 1); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -190,6 +190,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 		s.setServing(true)
 	}
 	s.log.Info("serving", zap.String("server_id", s.opts.ServerID), zap.Stringer("address", lis.Addr()))
+	sweep := time.NewTicker(s.opts.HeartbeatTimeout / 3)
+	defer sweep.Stop()
 
 	var serveErr error
 wait:
@@ -198,6 +200,8 @@ wait:
 		case <-synced:
 			s.setServing(true)
 			synced = nil
+		case now := <-sweep.C:
+			s.endSilentSessions(now)
 		case <-ctx.Done():
 			break wait
 		case err := <-grpcDone:
@@ -227,6 +231,20 @@ wait:
 
 // loaded reports whether the controllers' caches have loaded (always, for
 // controllers that do not say).
+// endSilentSessions ends the sessions from which nothing arrived for
+// HeartbeatTimeout before now.
+func (s *Server) endSilentSessions(now time.Time) {
+	for _, sess := range s.all() {
+		silent := now.Sub(time.Unix(0, sess.lastReceived.Load()))
+		if silent <= s.opts.HeartbeatTimeout {
+			continue
+		}
+		sess.end(status.Errorf(codes.Unavailable,
+			"nothing received from node %q for %s (heartbeat timeout %s); an edge must send a heartbeat every %s, as Welcome says",
+			sess.node, silent.Round(100*time.Millisecond), s.opts.HeartbeatTimeout, s.opts.HeartbeatInterval))
+	}
+}
+
 func (s *Server) loaded() bool {
 	if s.cachesLoaded == nil {
 		return true

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,8 +44,11 @@ func (*syncService) AuthFuncOverride(ctx context.Context, _ string) (context.Con
 
 // Sync runs one edge session. Three goroutines serve it: this handler,
 // which performs the handshake and initial sync and then waits for the
-// session to end; recvLoop, the only caller of Recv; and sendLoop, the only
-// caller of Send. The session ends through s.end (first cause wins), which
+// session to end; recvLoop, the only caller of Recv; and sendLoop, which
+// sends everything the session queues. Send calls are serialized by
+// sendMu: recvLoop also sends answers given while it hands a report over
+// (a heartbeat whose Lease is fresh), saving a goroutine hand-off per
+// report. The session ends through s.end (first cause wins), which
 // cancels s.ctx; the handler then returns the cause as the stream's status,
 // which ends the stream and unblocks the other two.
 func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]) (err error) {
@@ -131,7 +135,12 @@ type session struct {
 	registered chan struct{}          // closed by the handler once registered
 	wake       chan struct{}          // capacity 1: a control message or an ack arrived
 
+	sendMu sync.Mutex // held around SendMsg calls
+	// lastReceived is when the edge last sent anything (unix nanoseconds).
+	lastReceived atomic.Int64
+
 	mu             sync.Mutex // guards the fields below
+	answering      bool       // recvLoop is in report: it sends answers itself
 	agentVersion   string
 	held           map[feed.Key]heldRef // what the edge holds, as acknowledged
 	control        []*edgesyncv1.SyncResponse
@@ -180,6 +189,7 @@ func newSession(srv *Server, stream grpc.ServerStream) *session {
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		s.peer = p.Addr.String()
 	}
+	s.lastReceived.Store(s.connected.UnixNano())
 	return s
 }
 
@@ -227,6 +237,7 @@ func (s *session) recvLoop() {
 			s.end(recvError(err))
 			return
 		}
+		s.lastReceived.Store(time.Now().UnixNano())
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -299,8 +310,21 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 }
 
 // report hands a report to the controllers; a panic there ends only this
-// session, with INTERNAL.
+// session, with INTERNAL. Answers given before HandleReport returns are
+// sent from here, without waking sendLoop.
 func (s *session) report(kind string, req *edgesyncv1.SyncRequest) (err error) {
+	s.mu.Lock()
+	s.answering = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.answering = false
+		pending := len(s.control) > 0
+		s.mu.Unlock()
+		if pending {
+			s.sendAnswers()
+		}
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			s.srv.log.Error("panic handling report", zap.String("node", s.node), zap.String("kind", kind), zap.Any("panic", p), zap.Stack("stack"))
@@ -388,12 +412,46 @@ func (s *session) pushControl(msg *edgesyncv1.SyncResponse) {
 	if !full {
 		s.control = append(s.control, msg)
 	}
+	answering := s.answering
 	s.mu.Unlock()
 	if full {
 		s.end(status.Errorf(codes.ResourceExhausted, "%d report answers wait unread; read the stream", maxControl))
 		return
 	}
-	s.signal()
+	if !answering { // else recvLoop sends it when HandleReport returns
+		s.signal()
+	}
+}
+
+// sendAnswers sends the control messages waiting, unless sendLoop is
+// sending, which then sends them too.
+func (s *session) sendAnswers() {
+	if !s.sendMu.TryLock() {
+		s.signal() // sendLoop may be past its last look at the queue
+		return
+	}
+	defer s.sendMu.Unlock()
+	if err := s.sendAll(s.nextControl); err != nil {
+		s.end(err)
+	}
+}
+
+// sendAll sends what next gives until it gives nothing; the caller holds
+// sendMu.
+func (s *session) sendAll(next func() (any, prometheus.Counter)) error {
+	for {
+		msg, sent := next()
+		if msg == nil {
+			return nil
+		}
+		if s.ctx.Err() != nil {
+			return nil
+		}
+		if err := s.stream.SendMsg(msg); err != nil {
+			return fmt.Errorf("send to node %q: %w", s.node, err)
+		}
+		sent.Inc()
+	}
 }
 
 // queueDifference queues what the node should hold and the edge does not
@@ -440,24 +498,19 @@ func (s *session) queueDifference() (int, error) {
 func (s *session) sendLoop() {
 	defer s.srv.wg.Done()
 	for {
-		msg, sent := s.next()
-		if msg == nil {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-s.queue.Ready():
-			case <-s.wake:
-			}
-			continue
-		}
-		if s.ctx.Err() != nil {
+		s.sendMu.Lock()
+		err := s.sendAll(s.next)
+		s.sendMu.Unlock()
+		if err != nil {
+			s.end(err)
 			return
 		}
-		if err := s.stream.SendMsg(msg); err != nil {
-			s.end(fmt.Errorf("send to node %q: %w", s.node, err))
+		select {
+		case <-s.ctx.Done():
 			return
+		case <-s.queue.Ready():
+		case <-s.wake:
 		}
-		sent.Inc()
 	}
 }
 
@@ -469,14 +522,7 @@ func (s *session) next() (any, prometheus.Counter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.control) > 0 {
-		msg := s.control[0]
-		s.control[0] = nil
-		s.control = s.control[1:]
-		counter := s.srv.metrics.sentStatusResult
-		if msg.GetWelcome() != nil {
-			counter = s.srv.metrics.sentWelcome
-		}
-		return s.number(msg), counter
+		return s.popControl()
 	}
 	if s.initialQueued && !s.syncComplete && !s.queue.Pending(s.initialMark) {
 		s.syncComplete = true
@@ -506,6 +552,29 @@ func (s *session) next() (any, prometheus.Counter) {
 		return &frame.Frame{Sequence: s.lastSent, Payload: obj.Payload}, s.srv.metrics.sentObjects.of(obj.Key.Kind)
 	}
 	return nil, nil
+}
+
+// nextControl is next for control messages only.
+func (s *session) nextControl() (any, prometheus.Counter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.control) == 0 {
+		return nil, nil
+	}
+	return s.popControl()
+}
+
+// popControl numbers and returns the oldest control message; the caller
+// holds mu and there is one.
+func (s *session) popControl() (any, prometheus.Counter) {
+	msg := s.control[0]
+	s.control[0] = nil
+	s.control = s.control[1:]
+	counter := s.srv.metrics.sentStatusResult
+	if msg.GetWelcome() != nil {
+		counter = s.srv.metrics.sentWelcome
+	}
+	return s.number(msg), counter
 }
 
 func (s *session) number(msg *edgesyncv1.SyncResponse) *edgesyncv1.SyncResponse {

@@ -28,14 +28,17 @@ type Config struct {
 	TLS TLSConfig `json:"tls"`
 
 	HeartbeatInterval metav1.Duration `json:"heartbeatInterval"`
-	AckWindow         int             `json:"ackWindow"`
-	MaxMessageBytes   int             `json:"maxMessageBytes"`
-	ReportsPerSecond  int             `json:"reportsPerSecond"`
-	ReportBurst       int             `json:"reportBurst"`
-	NodeLimit         int             `json:"nodeLimit"`
-	HelloTimeout      metav1.Duration `json:"helloTimeout"`
-	DrainTimeout      metav1.Duration `json:"drainTimeout"`
-	Keepalive         KeepaliveConfig `json:"keepalive"`
+	// HeartbeatTimeout ends sessions silent for that long; 0 means three
+	// heartbeat intervals.
+	HeartbeatTimeout metav1.Duration `json:"heartbeatTimeout"`
+	AckWindow        int             `json:"ackWindow"`
+	MaxMessageBytes  int             `json:"maxMessageBytes"`
+	ReportsPerSecond int             `json:"reportsPerSecond"`
+	ReportBurst      int             `json:"reportBurst"`
+	NodeLimit        int             `json:"nodeLimit"`
+	HelloTimeout     metav1.Duration `json:"helloTimeout"`
+	DrainTimeout     metav1.Duration `json:"drainTimeout"`
+	Keepalive        KeepaliveConfig `json:"keepalive"`
 
 	Kubernetes  KubernetesConfig  `json:"kubernetes"`
 	Controllers ControllersConfig `json:"controllers"`
@@ -108,7 +111,7 @@ func defaultConfig() Config {
 		NodeLimit:         10000,
 		HelloTimeout:      d(30 * time.Second),
 		DrainTimeout:      d(10 * time.Second),
-		Keepalive:         KeepaliveConfig{Time: d(30 * time.Second), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
+		Keepalive:         KeepaliveConfig{Time: d(5 * time.Minute), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
 		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100, LeaseQPS: 500, LeaseBurst: 1000},
 		Controllers: ControllersConfig{
 			EdgeLabel:          "node-role.kubernetes.io/edge",
@@ -171,6 +174,9 @@ func (c *Config) validate() error {
 	if renew, lease := c.Controllers.LeaseRenewInterval.Duration, c.Controllers.LeaseDuration.Duration; renew > 0 && lease > 0 && renew >= lease/2 {
 		bad("controllers.leaseRenewInterval", "must be less than half of controllers.leaseDuration (%s), so that one late renewal does not expire a Lease; got %s (kubelets use a quarter: %s)",
 			lease, renew, lease/4)
+	}
+	if hb, timeout := c.HeartbeatInterval.Duration, c.HeartbeatTimeout.Duration; timeout < 0 || (hb > 0 && timeout > 0 && timeout <= hb) {
+		bad("heartbeatTimeout", "must be longer than heartbeatInterval (%s): sessions silent for heartbeatTimeout are ended; got %s (the default is three intervals: %s)", hb, timeout, 3*hb)
 	}
 	if c.Controllers.ResyncPeriod.Duration < 0 {
 		bad("controllers.resyncPeriod", "must not be negative, got %s", c.Controllers.ResyncPeriod.Duration)

@@ -95,6 +95,7 @@ func TestBadConfigNamesTheField(t *testing.T) {
 		want       []string
 	}{
 		{name: "bad values", file: "ackWindow: 0\nlog:\n  level: loud\nkeepalive:\n  timeout: -1s\n", want: []string{"ackWindow", "log.level", "keepalive.timeout"}},
+		{name: "heartbeat timeout not longer than the interval", file: "heartbeatInterval: 20s\nheartbeatTimeout: 20s\n", want: []string{"heartbeatTimeout", "longer than heartbeatInterval"}},
 		{name: "unknown field", file: "ackWindo: 3\n", want: []string{"ackWindo"}},
 		{name: "bad flag value", file: "", args: []string{"--listen", "nowhere"}, want: []string{"listenAddress"}},
 		{name: "serve subcommand takes the same flags", args: []string{"serve", "--ack-window", "0"}, want: []string{"ackWindow"}},

@@ -199,6 +199,7 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		ServerID:          cfg.ServerID,
 		TLS:               server.TLSFiles{CAFile: cfg.TLS.CAFile, CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile},
 		HeartbeatInterval: cfg.HeartbeatInterval.Duration,
+		HeartbeatTimeout:  cfg.HeartbeatTimeout.Duration,
 		AckWindow:         cfg.AckWindow,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
 		ReportsPerSecond:  cfg.ReportsPerSecond,

@@ -953,7 +953,9 @@ func (x *NodeStatus) GetStatus() *v1.NodeStatus {
 }
 
 // Heartbeat renews the node's Lease in the kube-node-lease namespace. Send it
-// every Welcome.heartbeat_interval.
+// every Welcome.heartbeat_interval. The server ends a session from which
+// nothing (heartbeat, Ack or report) arrived for its heartbeat timeout (by
+// default three intervals) with UNAVAILABLE.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
