@@ -399,15 +399,24 @@ func TestThroughServerResumeSendsOnlyTheDifference(t *testing.T) {
 }
 
 // countingTransport counts the reads (GET without watch) sent to the API
-// server.
+// server, and the requests for built-in types that do not ask for
+// protobuf.
 type countingTransport struct {
-	next  http.RoundTripper
-	reads atomic.Int64
+	next     http.RoundTripper
+	reads    atomic.Int64
+	builtins atomic.Int64
+	jsonOnly atomic.Int64
 }
 
 func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Method == http.MethodGet && req.URL.Query().Get("watch") != "true" {
 		c.reads.Add(1)
+	}
+	if strings.HasPrefix(req.URL.Path, "/api/v1/") {
+		c.builtins.Add(1)
+		if !strings.HasPrefix(req.Header.Get("Accept"), "application/vnd.kubernetes.protobuf") {
+			c.jsonOnly.Add(1)
+		}
 	}
 	return c.next.RoundTrip(req)
 }
@@ -447,6 +456,12 @@ func TestConnectingHundredNodesReadsNothingFromTheAPIServer(t *testing.T) {
 	}
 	if reads := counter.reads.Load() - before; reads != 0 {
 		t.Fatalf("connecting %d nodes made %d GET/LIST calls to the API server, want none", len(nodes), reads)
+	}
+	// Lists and watches of pods, nodes, configmaps and secrets ask for
+	// protobuf (client-go's generated clients do by default), which
+	// decodes several times cheaper than JSON: keep it that way.
+	if n, json := counter.builtins.Load(), counter.jsonOnly.Load(); n == 0 || json != 0 {
+		t.Errorf("%d of %d requests for core objects did not ask for protobuf", json, n)
 	}
 	// The counter does count reads made with this configuration.
 	counted, err := kubernetes.NewForConfig(cfg)
