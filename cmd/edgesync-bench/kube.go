@@ -121,8 +121,15 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		hb0 := heartbeatsAnswered(ctx, srv)
 		lease0 := leaseRenewals(ctx, srv)
 		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
+		profDone := make(chan error, 1)
+		go func() {
+			profDone <- srv.profile(ctx, "profile", int(b.sc.IdleWindow/time.Second/2), filepath.Join(b.out, "heartbeats-apiserver-cpu.pprof"))
+		}()
 		if err := hold(ctx, b.sc.IdleWindow); err != nil {
 			return err
+		}
+		if err := <-profDone; err != nil {
+			fmt.Fprintf(os.Stderr, "heartbeat profile: %v\n", err)
 		}
 		m1, err := cl.Metrics(ctx)
 		if err != nil {
