@@ -26,18 +26,31 @@ type Entry struct {
 }
 
 // Queue is a FIFO of keys where each key holds only its newest object.
+//
+// A key's slot stays in the index after its entry is popped and is reused
+// when the key is pushed again (deletes free it), so a stream of updates
+// to the objects a node holds costs one index lookup per push and none per
+// pop: with thousands of sessions the index is rarely in the CPU cache, and
+// every lookup is a cache miss, so the queue makes as few as it can.
 type Queue struct {
 	notify chan struct{} // capacity 1: "something was pushed"
 
-	mu      sync.Mutex // guards the fields below
-	entries map[feed.Key]*Entry
-	order   []feed.Key // FIFO of the keys in entries
-	last    uint64     // last ticket assigned
+	mu    sync.Mutex // guards the fields below
+	slots map[feed.Key]*slot
+	order []*slot // FIFO of the queued slots
+	last  uint64  // last ticket assigned
+}
+
+// slot is a key's place in the queue; entry.Object is nil while the key
+// is not queued.
+type slot struct {
+	key   feed.Key
+	entry Entry
 }
 
 // New returns an empty queue.
 func New() *Queue {
-	return &Queue{notify: make(chan struct{}, 1), entries: make(map[feed.Key]*Entry)}
+	return &Queue{notify: make(chan struct{}, 1), slots: make(map[feed.Key]*slot)}
 }
 
 // Ready receives a value after a push; the receiver should then Pop until
@@ -60,24 +73,29 @@ func (q *Queue) Offer(obj *feed.Object) (added bool) {
 func (q *Queue) push(obj *feed.Object, replace bool) bool {
 	now := time.Now()
 	q.mu.Lock()
-	e, ok := q.entries[obj.Key]
+	sl := q.slots[obj.Key]
+	if sl == nil {
+		sl = &slot{key: obj.Key}
+		q.slots[obj.Key] = sl
+	}
+	queued := sl.entry.Object != nil
 	switch {
-	case ok && replace:
-		e.Object, e.Queued = obj, now
-	case !ok:
+	case queued && replace:
+		sl.entry.Object, sl.entry.Queued = obj, now
+	case !queued:
 		q.last++
-		q.entries[obj.Key] = &Entry{Object: obj, Queued: now, Ticket: q.last}
-		q.order = append(q.order, obj.Key)
+		sl.entry = Entry{Object: obj, Queued: now, Ticket: q.last}
+		q.order = append(q.order, sl)
 	}
 	q.mu.Unlock()
-	if ok && !replace {
+	if queued && !replace {
 		return false
 	}
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
-	return !ok
+	return !queued
 }
 
 // Pop removes and returns the oldest entry.
@@ -87,15 +105,18 @@ func (q *Queue) Pop() (Entry, bool) {
 	if len(q.order) == 0 {
 		return Entry{}, false
 	}
-	key := q.order[0]
-	q.order[0] = feed.Key{}
+	sl := q.order[0]
+	q.order[0] = nil
 	q.order = q.order[1:]
 	if len(q.order) == 0 {
 		q.order = nil // let the backing array go
 	}
-	e := q.entries[key]
-	delete(q.entries, key)
-	return *e, true
+	e := sl.entry
+	sl.entry = Entry{} // the slot no longer holds the object
+	if e.Object.Deleted {
+		delete(q.slots, sl.key) // the node no longer has the object
+	}
+	return e, true
 }
 
 // Mark returns the newest ticket assigned so far. Pending(mark) reports
@@ -111,7 +132,7 @@ func (q *Queue) Mark() uint64 {
 func (q *Queue) Pending(mark uint64) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.order) > 0 && q.entries[q.order[0]].Ticket <= mark
+	return len(q.order) > 0 && q.order[0].entry.Ticket <= mark
 }
 
 // Len returns the number of objects queued.

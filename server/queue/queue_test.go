@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"slices"
 	"strconv"
 	"testing"
 
@@ -97,5 +98,34 @@ func TestReadyAfterPush(t *testing.T) {
 	case <-q.Ready():
 	default:
 		t.Fatal("not Ready after push")
+	}
+}
+
+// Updates to the same objects reuse their slots, in FIFO order again, and
+// a delete frees its object's slot: the index holds at most the objects
+// the node has, however many versions pass through.
+func TestSlotsAreReusedAndFreedByDeletes(t *testing.T) {
+	q := New()
+	for round := range 3 {
+		rv := strconv.Itoa(round + 1)
+		for _, name := range []string{"a", "b", "c"} {
+			q.Push(obj(name, rv, false))
+		}
+		if got, want := popAll(q), []string{"a@" + rv, "b@" + rv, "c@" + rv}; !slices.Equal(got, want) {
+			t.Fatalf("round %d popped %v, want %v", round, got, want)
+		}
+	}
+	if len(q.slots) != 3 {
+		t.Fatalf("%d slots for 3 objects updated 3 times, want 3", len(q.slots))
+	}
+	q.Push(obj("b", "4", true))
+	if got := popAll(q); !slices.Equal(got, []string{"b@4(deleted)"}) {
+		t.Fatalf("popped %v, want b's delete", got)
+	}
+	if _, ok := q.slots[obj("b", "", false).Key]; ok || len(q.slots) != 2 {
+		t.Fatalf("slots after b's delete: %d, b kept: %v; want 2 without b", len(q.slots), ok)
+	}
+	if !q.Offer(obj("b", "5", false)) || !slices.Equal(popAll(q), []string{"b@5"}) {
+		t.Fatal("a deleted object that comes back is not queued again")
 	}
 }
