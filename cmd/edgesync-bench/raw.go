@@ -40,29 +40,18 @@ func (b *bench) throughputRaw(ctx context.Context, n, m int) error {
 	// edgesync's frame is a sequence varint and the payload; the raw
 	// message is an 8-byte sequence and a payload of the same length.
 	size := uint64(len(obj.Payload) + 8)
-	var dialer netx.Dialer
-	conns := make([]*grpc.ClientConn, n)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
+	conns, err := b.dialRaw(srv.ready.GRPC, n)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
 	var got atomic.Int64
 	b.prog.watchCounter("throughput raw", &got, int64(n*m))
 	// Connect every stream first (a request for nothing), as edgesync's
 	// sessions were connected before its measurement.
 	var g errgroup.Group
 	g.SetLimit(64)
-	for i := range n {
-		c, err := grpc.NewClient(srv.ready.GRPC, append(edgesim.TransportOptions(),
-			grpc.WithTransportCredentials(credentials.NewTLS(b.certs.ClientTLS(b.nodes[i]))),
-			grpc.WithContextDialer(dialer.DialContext))...)
-		if err != nil {
-			return err
-		}
-		conns[i] = c
+	for _, c := range conns {
 		g.Go(func() error {
 			return rawstream.Run(ctx, c, rawstream.Request{Count: 0, Size: size, Window: rawWindow}, func() {})
 		})
@@ -105,6 +94,32 @@ func (b *bench) throughputRaw(ctx context.Context, n, m int) error {
 	return nil
 }
 
+// dialRaw makes n client connections to the raw server at addr, each with
+// its own node certificate and the simulated edges' transport settings,
+// spread over 127.0.0.x source addresses. Connecting is lazy: streams
+// open them.
+func (b *bench) dialRaw(addr string, n int) ([]*grpc.ClientConn, error) {
+	var dialer netx.Dialer
+	conns := make([]*grpc.ClientConn, 0, n)
+	for i := range n {
+		c, err := grpc.NewClient(addr, append(edgesim.TransportOptions(),
+			grpc.WithTransportCredentials(credentials.NewTLS(b.certs.ClientTLS(b.nodes[i]))),
+			grpc.WithContextDialer(dialer.DialContext))...)
+		if err != nil {
+			closeAll(conns)
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*grpc.ClientConn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
 // rawWindow is edgesync's default acknowledgement window (server.Options).
 const rawWindow = 128
 
@@ -143,22 +158,11 @@ func (b *bench) idleRaw(ctx context.Context, n int) error {
 		return err
 	}
 	defer srv.stop()
-	var dialer netx.Dialer
-	conns := make([]*grpc.ClientConn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range n {
-		c, err := grpc.NewClient(srv.ready.GRPC, append(edgesim.TransportOptions(),
-			grpc.WithTransportCredentials(credentials.NewTLS(b.certs.ClientTLS(b.nodes[i]))),
-			grpc.WithContextDialer(dialer.DialContext))...)
-		if err != nil {
-			return err
-		}
-		conns = append(conns, c)
+	conns, err := b.dialRaw(srv.ready.GRPC, n)
+	if err != nil {
+		return err
 	}
+	defer closeAll(conns)
 
 	// Connect as the simulated fleet does: at most connectConcurrency
 	// handshakes at once, each stream heartbeating as soon as it is up.
