@@ -232,13 +232,19 @@ wait:
 // loaded reports whether the controllers' caches have loaded (always, for
 // controllers that do not say).
 // endSilentSessions ends the sessions from which nothing arrived for
-// HeartbeatTimeout before now.
+// HeartbeatTimeout before now. A session in the middle of a send is left
+// alone: its receiving goroutine may be the one sending, to an edge on a
+// slow link, with the edge's messages waiting to be read.
 func (s *Server) endSilentSessions(now time.Time) {
 	for _, sess := range s.all() {
 		silent := now.Sub(time.Unix(0, sess.lastReceived.Load()))
 		if silent <= s.opts.HeartbeatTimeout {
 			continue
 		}
+		if !sess.sendMu.TryLock() {
+			continue
+		}
+		sess.sendMu.Unlock()
 		sess.end(status.Errorf(codes.Unavailable,
 			"nothing received from node %q for %s (heartbeat timeout %s); an edge must send a heartbeat every %s, as Welcome says",
 			sess.node, silent.Round(100*time.Millisecond), s.opts.HeartbeatTimeout, s.opts.HeartbeatInterval))
