@@ -695,3 +695,57 @@ func TestServesWithoutHTTPListener(t *testing.T) {
 	connect(t, env, "node-a").recvInitial()
 	env.Stop()
 }
+
+// slowSource holds Desired until released, or for two seconds.
+type slowSource struct {
+	*feedtest.Controllers
+	release <-chan struct{}
+}
+
+func (s slowSource) Desired(node string) ([]*feed.Object, error) {
+	select {
+	case <-s.release:
+	case <-time.After(2 * time.Second): // the deadline of what the test observes
+	}
+	return s.Controllers.Desired(node)
+}
+
+// Reports are handled only once the session's initial objects are queued:
+// while the controllers cannot say what a node holds (caches loading), a
+// report sent right after Hello never reaches them, and the session ends
+// with their UNAVAILABLE, so the edge sends the report again on its next
+// session instead of taking a refusal for an answer. (Desired is held
+// until a report reaches the controllers, so a server that handled reports
+// early would answer this one.)
+func TestReportsWaitForTheInitialSync(t *testing.T) {
+	ctrls := feedtest.New()
+	ctrls.SetDesiredError(status.Error(codes.Unavailable, "the caches are still loading"))
+	release := make(chan struct{})
+	var once sync.Once
+	ctrls.Respond(func(string, *edgesyncv1.SyncRequest) error {
+		once.Do(func() { close(release) })
+		return status.Error(codes.Unavailable, "the caches are still loading")
+	})
+	env := servertest.Start(t, slowSource{Controllers: ctrls, release: release})
+	e := openStream(t, env.DialNode(t, "node-a"), "node-a")
+	e.send(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{NodeName: "node-a"}}})
+	e.send(&edgesyncv1.SyncRequest{RequestId: 1, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+	for {
+		msg, err := e.stream.Recv()
+		if err != nil {
+			if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "still loading") {
+				t.Fatalf("stream ended with %v, want UNAVAILABLE saying the caches are loading", st)
+			}
+			break
+		}
+		if msg.GetStatusResult() != nil {
+			t.Fatalf("report answered %v before the session could say what the node holds", msg.GetStatusResult())
+		}
+	}
+	if err := ctrls.WaitSessionEnded(t.Context(), "node-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctrls.Reports(); len(r) != 0 {
+		t.Fatalf("controllers got %d reports from a session that never synced", len(r))
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,12 +88,14 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		MaxMessageBytes:     uint32(srv.opts.MaxMessageBytes),
 		MaxReportsPerSecond: uint32(srv.opts.ReportsPerSecond),
 	}}})
-	close(s.registered)
 	srv.wg.Add(1)
 	go s.sendLoop()
 
 	// Registered above, so every Publish from now on reaches the queue;
-	// Desired cannot miss a change.
+	// Desired cannot miss a change. Reports are handled only once Desired
+	// succeeded: the controllers answer both from the same caches, and a
+	// report answered "caches still loading" would be an edge's lost
+	// report rather than a session to retry.
 	if _, err := s.queueDifference(); err != nil {
 		s.end(desiredError(s.node, err))
 	} else {
@@ -102,6 +103,7 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		s.initialMark = s.queue.Mark()
 		s.initialQueued = true
 		s.mu.Unlock()
+		close(s.started)
 		s.signal()
 	}
 
@@ -121,19 +123,19 @@ func desiredError(node string, err error) error {
 
 // session is one edge's stream.
 type session struct {
-	srv        *Server
-	stream     grpc.ServerStream
-	id         string
-	node       string
-	peer       string
-	connected  time.Time
-	ctx        context.Context
-	cancel     context.CancelCauseFunc
-	queue      *queue.Queue
-	limiter    *rate.Limiter
-	hello      chan *edgesyncv1.Hello // capacity 1; recvLoop sends the Hello
-	registered chan struct{}          // closed by the handler once registered
-	wake       chan struct{}          // capacity 1: a control message or an ack arrived
+	srv       *Server
+	stream    grpc.ServerStream
+	id        string
+	node      string
+	peer      string
+	connected time.Time
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	queue     *queue.Queue
+	limiter   *rate.Limiter
+	hello     chan *edgesyncv1.Hello // capacity 1; recvLoop sends the Hello
+	started   chan struct{}          // closed by the handler once the initial objects are queued
+	wake      chan struct{}          // capacity 1: a control message or an ack arrived
 
 	sendMu sync.Mutex // held around SendMsg calls
 	// lastReceived is when the edge last sent anything (unix nanoseconds).
@@ -142,7 +144,6 @@ type session struct {
 	mu             sync.Mutex // guards the fields below
 	answering      bool       // recvLoop is in report: it sends answers itself
 	agentVersion   string
-	held           map[feed.Key]heldRef // what the edge holds, as acknowledged
 	control        []*edgesyncv1.SyncResponse
 	inflight       []sentObject // object events sent and not acknowledged, by sequence
 	lastSent       uint64
@@ -159,12 +160,9 @@ type session struct {
 	lastNack       *edgesyncv1.NackRecord
 }
 
-type heldRef struct{ uid, resourceVersion string }
-
 type sentObject struct {
 	sequence uint64
-	object   *feed.Object
-	queued   time.Time
+	entry    queue.Entry
 }
 
 func newSession(srv *Server, stream grpc.ServerStream) *session {
@@ -172,19 +170,18 @@ func newSession(srv *Server, stream grpc.ServerStream) *session {
 	var idBytes [8]byte
 	_, _ = rand.Read(idBytes[:])
 	s := &session{
-		srv:        srv,
-		stream:     stream,
-		id:         hex.EncodeToString(idBytes[:]),
-		node:       nodeFromContext(stream.Context()),
-		connected:  time.Now(),
-		ctx:        ctx,
-		cancel:     cancel,
-		queue:      queue.New(),
-		limiter:    rate.NewLimiter(rate.Limit(srv.opts.ReportsPerSecond), srv.opts.ReportBurst),
-		hello:      make(chan *edgesyncv1.Hello, 1),
-		registered: make(chan struct{}),
-		wake:       make(chan struct{}, 1),
-		held:       make(map[feed.Key]heldRef),
+		srv:       srv,
+		stream:    stream,
+		id:        hex.EncodeToString(idBytes[:]),
+		node:      nodeFromContext(stream.Context()),
+		connected: time.Now(),
+		ctx:       ctx,
+		cancel:    cancel,
+		queue:     queue.New(),
+		limiter:   rate.NewLimiter(rate.Limit(srv.opts.ReportsPerSecond), srv.opts.ReportBurst),
+		hello:     make(chan *edgesyncv1.Hello, 1),
+		started:   make(chan struct{}),
+		wake:      make(chan struct{}, 1),
 	}
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		s.peer = p.Addr.String()
@@ -222,12 +219,12 @@ func (s *session) recvLoop() {
 	s.mu.Lock()
 	s.agentVersion = hello.GetAgentVersion()
 	for _, ref := range hello.GetHeldObjects() {
-		s.held[feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}] = heldRef{uid: ref.GetUid(), resourceVersion: ref.GetResourceVersion()}
+		s.queue.Hold(feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}, queue.Held{UID: ref.GetUid(), ResourceVersion: ref.GetResourceVersion()})
 	}
 	s.mu.Unlock()
 	s.hello <- hello
 	select {
-	case <-s.registered:
+	case <-s.started:
 	case <-s.ctx.Done():
 		return
 	}
@@ -357,14 +354,9 @@ func (s *session) ack(seq uint64) error {
 	n := 0
 	for n < len(s.inflight) && s.inflight[n].sequence <= seq {
 		sent := s.inflight[n]
-		obj := sent.object
-		if obj.Deleted {
-			delete(s.held, obj.Key)
-		} else {
-			s.held[obj.Key] = heldRef{uid: obj.UID, resourceVersion: obj.ResourceVersion}
-		}
-		s.srv.metrics.ackedObjects.of(obj.Key.Kind).Inc()
-		s.srv.metrics.latency.Observe(now.Sub(sent.queued).Seconds())
+		s.queue.Acknowledged(sent.entry)
+		s.srv.metrics.ackedObjects.of(sent.entry.Object.Key.Kind).Inc()
+		s.srv.metrics.latency.Observe(now.Sub(sent.entry.Queued).Seconds())
 		s.inflight[n] = sentObject{}
 		n++
 	}
@@ -462,9 +454,7 @@ func (s *session) queueDifference() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	held := maps.Clone(s.held)
-	s.mu.Unlock()
+	held := s.queue.Held()
 	queued := 0
 	want := make(map[feed.Key]bool, len(desired))
 	for _, obj := range desired {
@@ -472,7 +462,7 @@ func (s *session) queueDifference() (int, error) {
 			continue
 		}
 		want[obj.Key] = true
-		if h, ok := held[obj.Key]; ok && h.resourceVersion == obj.ResourceVersion {
+		if h, ok := held[obj.Key]; ok && h.ResourceVersion == obj.ResourceVersion {
 			continue
 		}
 		if s.queue.Offer(obj) {
@@ -483,7 +473,7 @@ func (s *session) queueDifference() (int, error) {
 		if want[key] {
 			continue
 		}
-		tomb, err := s.srv.ctrls.Tombstone(key, h.uid)
+		tomb, err := s.srv.ctrls.Tombstone(key, h.UID)
 		if err != nil {
 			s.srv.log.Warn("no tombstone for object the edge holds", zap.String("node", s.node), zap.Stringer("key", key), zap.Error(err))
 			continue
@@ -530,18 +520,15 @@ func (s *session) next() (any, prometheus.Counter) {
 			ObjectsSent: s.initialApplied, ObjectsDeleted: s.initialDeleted,
 		}}}), s.srv.metrics.sentSyncComplete
 	}
-	for len(s.inflight) < s.srv.opts.AckWindow {
-		e, ok := s.queue.Pop()
+	if len(s.inflight) < s.srv.opts.AckWindow {
+		e, ok := s.queue.Pop() // skips versions the edge holds
 		if !ok {
 			return nil, nil
 		}
 		obj := e.Object
-		if h, ok := s.held[obj.Key]; ok && !obj.Deleted && h.resourceVersion == obj.ResourceVersion {
-			continue // the edge already holds this version
-		}
 		s.lastSent++
 		s.messagesSent++
-		s.inflight = append(s.inflight, sentObject{sequence: s.lastSent, object: obj, queued: e.Queued})
+		s.inflight = append(s.inflight, sentObject{sequence: s.lastSent, entry: e})
 		if !s.syncComplete {
 			if obj.Deleted {
 				s.initialDeleted++

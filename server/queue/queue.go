@@ -4,6 +4,12 @@
 // anything queued for its object, so the queue never holds more entries than
 // the node has objects, however many events arrive.
 //
+// The queue also keeps, per object, the version the edge holds (as its
+// Hello listed it or as it acknowledged it), next to the queued version:
+// Pop skips versions the edge already holds, and an acknowledgement updates
+// the held version through its Entry, so a message costs one index lookup
+// (at Push) however it travels.
+//
 // A Queue is safe for concurrent use: controllers push from their workers
 // while the session's sender pops.
 package queue
@@ -23,29 +29,39 @@ type Entry struct {
 	// Ticket orders entries: it is assigned when a key first enters the
 	// queue and kept when a newer version replaces the entry.
 	Ticket uint64
+
+	slot *slot // where Acknowledged records the edge's new version
+}
+
+// Held is the version of an object the edge holds.
+type Held struct {
+	UID, ResourceVersion string
 }
 
 // Queue is a FIFO of keys where each key holds only its newest object.
 //
-// A key's slot stays in the index after its entry is popped and is reused
-// when the key is pushed again (deletes free it), so a stream of updates
-// to the objects a node holds costs one index lookup per push and none per
-// pop: with thousands of sessions the index is rarely in the CPU cache, and
-// every lookup is a cache miss, so the queue makes as few as it can.
+// A key's slot stays in the index while the key is queued or held by the
+// edge, and is reused when the key is pushed again, so a stream of updates
+// to the objects a node holds costs one index lookup per message: with
+// thousands of sessions the index is rarely in the CPU cache, and every
+// lookup is a cache miss, so the queue makes as few as it can.
 type Queue struct {
 	notify chan struct{} // capacity 1: "something was pushed"
 
-	mu    sync.Mutex // guards the fields below
+	mu    sync.Mutex // guards the fields below and every slot
 	slots map[feed.Key]*slot
 	order []*slot // FIFO of the queued slots
 	last  uint64  // last ticket assigned
 }
 
-// slot is a key's place in the queue; entry.Object is nil while the key
-// is not queued.
+// slot is a key's state: entry.Object is nil while nothing is queued, and
+// holds is false while the edge does not hold the object.
 type slot struct {
-	key   feed.Key
-	entry Entry
+	key     feed.Key
+	entry   Entry
+	held    Held
+	holds   bool
+	indexed bool // in slots; a forgotten slot is only referenced by entries in flight
 }
 
 // New returns an empty queue.
@@ -73,18 +89,14 @@ func (q *Queue) Offer(obj *feed.Object) (added bool) {
 func (q *Queue) push(obj *feed.Object, replace bool) bool {
 	now := time.Now()
 	q.mu.Lock()
-	sl := q.slots[obj.Key]
-	if sl == nil {
-		sl = &slot{key: obj.Key}
-		q.slots[obj.Key] = sl
-	}
+	sl := q.slot(obj.Key)
 	queued := sl.entry.Object != nil
 	switch {
 	case queued && replace:
 		sl.entry.Object, sl.entry.Queued = obj, now
 	case !queued:
 		q.last++
-		sl.entry = Entry{Object: obj, Queued: now, Ticket: q.last}
+		sl.entry = Entry{Object: obj, Queued: now, Ticket: q.last, slot: sl}
 		q.order = append(q.order, sl)
 	}
 	q.mu.Unlock()
@@ -98,25 +110,90 @@ func (q *Queue) push(obj *feed.Object, replace bool) bool {
 	return !queued
 }
 
-// Pop removes and returns the oldest entry.
+// slot returns key's slot, making it; the caller holds mu.
+func (q *Queue) slot(key feed.Key) *slot {
+	sl := q.slots[key]
+	if sl == nil {
+		sl = &slot{key: key, indexed: true}
+		q.slots[key] = sl
+	}
+	return sl
+}
+
+// Pop removes and returns the oldest entry, skipping versions the edge
+// already holds.
 func (q *Queue) Pop() (Entry, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.order) == 0 {
-		return Entry{}, false
+	for len(q.order) > 0 {
+		sl := q.order[0]
+		q.order[0] = nil
+		q.order = q.order[1:]
+		if len(q.order) == 0 {
+			q.order = nil // let the backing array go
+		}
+		e := sl.entry
+		sl.entry = Entry{} // the slot no longer holds the object
+		obj := e.Object
+		if !obj.Deleted && sl.holds && sl.held.ResourceVersion == obj.ResourceVersion {
+			continue // the edge already holds this version
+		}
+		return e, true
 	}
-	sl := q.order[0]
-	q.order[0] = nil
-	q.order = q.order[1:]
-	if len(q.order) == 0 {
-		q.order = nil // let the backing array go
+	return Entry{}, false
+}
+
+// Hold records that the edge holds key at the given version (as its Hello
+// said).
+func (q *Queue) Hold(key feed.Key, held Held) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	sl := q.slot(key)
+	sl.held, sl.holds = held, true
+}
+
+// Acknowledged records that the edge applied e, a popped entry: it now
+// holds that version, or no longer holds the object if e was a delete.
+func (q *Queue) Acknowledged(e Entry) {
+	if e.slot == nil {
+		return
 	}
-	e := sl.entry
-	sl.entry = Entry{} // the slot no longer holds the object
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	sl := e.slot
+	if !sl.indexed {
+		// Forgotten when an earlier delete was acknowledged; the key's
+		// state is in its current slot.
+		sl = q.slot(sl.key)
+	}
 	if e.Object.Deleted {
-		delete(q.slots, sl.key) // the node no longer has the object
+		sl.held, sl.holds = Held{}, false
+		q.forgetIfUnused(sl)
+		return
 	}
-	return e, true
+	sl.held, sl.holds = Held{UID: e.Object.UID, ResourceVersion: e.Object.ResourceVersion}, true
+}
+
+// Held returns what the edge holds, by key.
+func (q *Queue) Held() map[feed.Key]Held {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make(map[feed.Key]Held, len(q.slots))
+	for key, sl := range q.slots {
+		if sl.holds {
+			out[key] = sl.held
+		}
+	}
+	return out
+}
+
+// forgetIfUnused drops sl from the index when it is neither queued nor
+// held; the caller holds mu.
+func (q *Queue) forgetIfUnused(sl *slot) {
+	if sl.entry.Object == nil && !sl.holds && sl.indexed {
+		delete(q.slots, sl.key)
+		sl.indexed = false
+	}
 }
 
 // Mark returns the newest ticket assigned so far. Pending(mark) reports

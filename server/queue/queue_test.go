@@ -101,17 +101,34 @@ func TestReadyAfterPush(t *testing.T) {
 	}
 }
 
+// popAcked pops everything, acknowledging each entry as the edge would.
+func popAcked(q *Queue) []string {
+	var got []string
+	for {
+		e, ok := q.Pop()
+		if !ok {
+			return got
+		}
+		q.Acknowledged(e)
+		s := e.Object.Key.Name + "@" + e.Object.ResourceVersion
+		if e.Object.Deleted {
+			s += "(deleted)"
+		}
+		got = append(got, s)
+	}
+}
+
 // Updates to the same objects reuse their slots, in FIFO order again, and
-// a delete frees its object's slot: the index holds at most the objects
-// the node has, however many versions pass through.
-func TestSlotsAreReusedAndFreedByDeletes(t *testing.T) {
+// an acknowledged delete frees its object's slot: the index holds at most
+// the objects the node has or is sent, however many versions pass through.
+func TestSlotsAreReusedAndFreedByAcknowledgedDeletes(t *testing.T) {
 	q := New()
 	for round := range 3 {
 		rv := strconv.Itoa(round + 1)
 		for _, name := range []string{"a", "b", "c"} {
 			q.Push(obj(name, rv, false))
 		}
-		if got, want := popAll(q), []string{"a@" + rv, "b@" + rv, "c@" + rv}; !slices.Equal(got, want) {
+		if got, want := popAcked(q), []string{"a@" + rv, "b@" + rv, "c@" + rv}; !slices.Equal(got, want) {
 			t.Fatalf("round %d popped %v, want %v", round, got, want)
 		}
 	}
@@ -119,13 +136,61 @@ func TestSlotsAreReusedAndFreedByDeletes(t *testing.T) {
 		t.Fatalf("%d slots for 3 objects updated 3 times, want 3", len(q.slots))
 	}
 	q.Push(obj("b", "4", true))
-	if got := popAll(q); !slices.Equal(got, []string{"b@4(deleted)"}) {
+	if got := popAcked(q); !slices.Equal(got, []string{"b@4(deleted)"}) {
 		t.Fatalf("popped %v, want b's delete", got)
 	}
 	if _, ok := q.slots[obj("b", "", false).Key]; ok || len(q.slots) != 2 {
 		t.Fatalf("slots after b's delete: %d, b kept: %v; want 2 without b", len(q.slots), ok)
 	}
-	if !q.Offer(obj("b", "5", false)) || !slices.Equal(popAll(q), []string{"b@5"}) {
+	if !q.Offer(obj("b", "5", false)) || !slices.Equal(popAcked(q), []string{"b@5"}) {
 		t.Fatal("a deleted object that comes back is not queued again")
+	}
+}
+
+// A version the edge holds (from its Hello or an acknowledgement) is not
+// sent again; a newer one is, and what the edge holds is what it acked.
+func TestPopSkipsVersionsTheEdgeHolds(t *testing.T) {
+	q := New()
+	q.Hold(obj("a", "", false).Key, Held{UID: "ua", ResourceVersion: "1"})
+	q.Push(obj("a", "1", false))
+	q.Push(obj("b", "1", false))
+	if got := popAcked(q); !slices.Equal(got, []string{"b@1"}) {
+		t.Fatalf("popped %v, want only b@1 (the edge holds a@1)", got)
+	}
+	q.Push(obj("b", "1", false)) // republished unchanged (an informer resync)
+	q.Push(obj("a", "2", false))
+	if got := popAcked(q); !slices.Equal(got, []string{"a@2"}) {
+		t.Fatalf("popped %v, want only a@2", got)
+	}
+	held := q.Held()
+	if len(held) != 2 || held[obj("a", "", false).Key].ResourceVersion != "2" || held[obj("b", "", false).Key].ResourceVersion != "1" {
+		t.Fatalf("held %v, want a@2 and b@1", held)
+	}
+	// Popped but not acknowledged: the edge still holds the old version.
+	q.Push(obj("a", "3", false))
+	if _, ok := q.Pop(); !ok || q.Held()[obj("a", "", false).Key].ResourceVersion != "2" {
+		t.Fatalf("held before the ack: %v, want a@2", q.Held())
+	}
+}
+
+// A delete acknowledged while a newer apply of the same object is in
+// flight does not lose the apply's acknowledgement.
+func TestDeleteThenApplyInFlight(t *testing.T) {
+	q := New()
+	key := obj("a", "", false).Key
+	q.Hold(key, Held{UID: "ua", ResourceVersion: "1"})
+	q.Push(obj("a", "2", true))
+	del, _ := q.Pop()
+	q.Push(obj("a", "3", false))
+	apply, _ := q.Pop()
+	q.Acknowledged(del)
+	q.Push(obj("other", "1", false)) // the index changes meanwhile
+	q.Acknowledged(apply)
+	if h, ok := q.Held()[key]; !ok || h.ResourceVersion != "3" {
+		t.Fatalf("held %v after the delete and then the apply were acknowledged, want a@3", q.Held())
+	}
+	q.Push(obj("a", "3", false))
+	if got := popAcked(q); !slices.Equal(got, []string{"other@1"}) {
+		t.Fatalf("popped %v, want other@1 only (the edge holds a@3)", got)
 	}
 }
