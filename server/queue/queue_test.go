@@ -13,12 +13,20 @@ func obj(name, rv string, deleted bool) *feed.Object {
 	return &feed.Object{Key: feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: "ns", Name: name}, ResourceVersion: rv, Deleted: deleted}
 }
 
-func popAll(q *Queue) []string {
+func popAll(q *Queue) []string { return pop(q, false) }
+
+// popAcked pops everything, acknowledging each entry as the edge would.
+func popAcked(q *Queue) []string { return pop(q, true) }
+
+func pop(q *Queue, ack bool) []string {
 	var got []string
 	for {
 		e, ok := q.Pop()
 		if !ok {
 			return got
+		}
+		if ack {
+			q.Acknowledged(e)
 		}
 		s := e.Object.Key.Name + "@" + e.Object.ResourceVersion
 		if e.Object.Deleted {
@@ -98,23 +106,6 @@ func TestReadyAfterPush(t *testing.T) {
 	case <-q.Ready():
 	default:
 		t.Fatal("not Ready after push")
-	}
-}
-
-// popAcked pops everything, acknowledging each entry as the edge would.
-func popAcked(q *Queue) []string {
-	var got []string
-	for {
-		e, ok := q.Pop()
-		if !ok {
-			return got
-		}
-		q.Acknowledged(e)
-		s := e.Object.Key.Name + "@" + e.Object.ResourceVersion
-		if e.Object.Deleted {
-			s += "(deleted)"
-		}
-		got = append(got, s)
 	}
 }
 
