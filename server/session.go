@@ -218,10 +218,10 @@ func (s *session) recvLoop() {
 	}
 	s.mu.Lock()
 	s.agentVersion = hello.GetAgentVersion()
+	s.mu.Unlock()
 	for _, ref := range hello.GetHeldObjects() {
 		s.queue.Hold(feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}, queue.Held{UID: ref.GetUid(), ResourceVersion: ref.GetResourceVersion()})
 	}
-	s.mu.Unlock()
 	s.hello <- hello
 	select {
 	case <-s.started:
@@ -298,11 +298,6 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 	if !s.limiter.Allow() {
 		return status.Errorf(codes.ResourceExhausted, "too many reports: more than %d per second (burst %d); send status only when it changes", s.srv.opts.ReportsPerSecond, s.srv.opts.ReportBurst)
 	}
-	if kind == "heartbeat" {
-		s.mu.Lock()
-		s.lastHeartbeat = time.Now()
-		s.mu.Unlock()
-	}
 	return s.report(kind, req)
 }
 
@@ -312,6 +307,9 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 func (s *session) report(kind string, req *edgesyncv1.SyncRequest) (err error) {
 	s.mu.Lock()
 	s.answering = true
+	if kind == "heartbeat" {
+		s.lastHeartbeat = time.Now()
+	}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
