@@ -6,7 +6,9 @@
 // The server knows nothing about Kubernetes. Controllers reach it through
 // package feed: they Publish encoded objects for a node (Server implements
 // feed.Publisher), and the server asks them what a node should hold and
-// hands them the node's reports (feed.Controllers, given to Serve).
+// hands them the node's reports (feed.Controllers, given to Serve). When the
+// controllers implement feed.Admitter, a node they refuse gets no session;
+// Server implements feed.SessionEnder so that they can end one.
 //
 //	srv, err := server.New(opts)
 //	ctrls := controllers.New(..., srv)
@@ -78,6 +80,7 @@ type Server struct {
 	// before it starts serving; nil when they do not have one.
 	cachesLoaded <-chan struct{}
 	ctrls        feed.Controllers
+	admitter     feed.Admitter // ctrls, when they admit nodes; set by Serve
 	wg           sync.WaitGroup // session goroutines
 
 	mu       sync.RWMutex // guards sessions and draining
@@ -85,7 +88,10 @@ type Server struct {
 	draining bool
 }
 
-var _ feed.Publisher = (*Server)(nil)
+var (
+	_ feed.Publisher    = (*Server)(nil)
+	_ feed.SessionEnder = (*Server)(nil)
+)
 
 // New builds a server from opts. It does not listen: call Serve.
 func New(opts Options) (*Server, error) {
@@ -167,6 +173,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 		return errors.New("serve: called twice")
 	}
 	s.ctrls = ctrls
+	s.admitter, _ = ctrls.(feed.Admitter)
 	// Controllers that load caches first are served only once loaded: until
 	// then health checks answer NOT_SERVING and /readyz 503.
 	var synced <-chan struct{} // nil: never fires
@@ -324,6 +331,26 @@ func (s *Server) Publish(node string, obj *feed.Object) {
 	if sess != nil {
 		sess.queue.Push(obj)
 	}
+}
+
+// EndSession ends node's session here, if it has one, with reason
+// (feed.SessionEnder): its gRPC status, or UNAVAILABLE when it has none.
+func (s *Server) EndSession(node string, reason error) {
+	if sess := s.session(node); sess != nil && reason != nil {
+		sess.end(controllerStatus(reason).Err())
+	}
+}
+
+// admit asks the controllers whether node may hold a session; the error
+// refuses the stream.
+func (s *Server) admit(node string) error {
+	if s.admitter == nil {
+		return nil
+	}
+	if err := s.admitter.Admit(node); err != nil {
+		return controllerStatus(err).Err()
+	}
+	return nil
 }
 
 // register makes sess the node's session, subscribing it to Publish. A

@@ -71,6 +71,11 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		return status.Errorf(codes.DeadlineExceeded, "no Hello within %s of opening the stream", srv.opts.HelloTimeout)
 	}
 
+	// Admitted before it registers, so that a refused stream never
+	// replaces a session of the same node.
+	if err := srv.admit(s.node); err != nil {
+		return err
+	}
 	if err := srv.register(s); err != nil {
 		return err
 	}
@@ -114,11 +119,18 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 // desiredError explains why the objects of node could not be listed,
 // keeping the controllers' status code (UNAVAILABLE for other errors).
 func desiredError(node string, err error) error {
-	code, msg := codes.Unavailable, err.Error()
+	st := controllerStatus(err)
+	return status.Errorf(st.Code(), "cannot tell what node %q should hold: %s", node, st.Message())
+}
+
+// controllerStatus is the status of an error the controllers returned or
+// gave: their gRPC status when it has a code, UNAVAILABLE otherwise (the
+// edge dials again).
+func controllerStatus(err error) *status.Status {
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		code, msg = st.Code(), st.Message()
+		return st
 	}
-	return status.Errorf(code, "cannot tell what node %q should hold: %s", node, msg)
+	return status.New(codes.Unavailable, err.Error())
 }
 
 // session is one edge's stream.

@@ -1,7 +1,8 @@
 // Package feedtest is an in-memory feed.Controllers for tests of the sync
 // server and its clients: tests set what each node should hold (changes are
 // published to the server like real controllers would), build ConfigMap and
-// Pod objects in one call, and observe reports and ended sessions.
+// Pod objects in one call, decide which nodes are admitted, and observe
+// reports and ended sessions.
 //
 //	ctrls := feedtest.New()
 //	env := servertest.Start(t, ctrls) // calls ctrls.SetPublisher(env.Server)
@@ -51,11 +52,15 @@ type Controllers struct {
 	desired    map[string]map[feed.Key]*feed.Object
 	desiredErr error
 	respond    Responder
+	admit      func(node string) error
 	reports    []Report
 	ended      []string
 }
 
-var _ feed.Controllers = (*Controllers)(nil)
+var (
+	_ feed.Controllers = (*Controllers)(nil)
+	_ feed.Admitter    = (*Controllers)(nil)
+)
 
 // New returns controllers that want nothing on any node and answer every
 // report OK.
@@ -140,6 +145,24 @@ func (c *Controllers) Respond(r Responder) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.respond = r
+}
+
+// SetAdmit sets how nodes are admitted at Hello; nil admits every node.
+func (c *Controllers) SetAdmit(admit func(node string) error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.admit = admit
+}
+
+// Admit implements feed.Admitter with the function SetAdmit set.
+func (c *Controllers) Admit(node string) error {
+	c.mu.Lock()
+	admit := c.admit
+	c.mu.Unlock()
+	if admit == nil {
+		return nil
+	}
+	return admit(node)
 }
 
 func (c *Controllers) node(name string) map[feed.Key]*feed.Object {

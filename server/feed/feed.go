@@ -5,7 +5,10 @@
 // to the nodes that should hold it; the server prepends each session's
 // sequence number to the same bytes. The server asks the controllers what a
 // node should hold (Source) when the node connects, and hands them the
-// node's reports (Reporter). Neither side imports the other's internals.
+// node's reports (Reporter). Two optional interfaces carry who may connect:
+// the server asks the controllers to admit a node (Admitter) at Hello, and
+// the controllers end a node's session (SessionEnder) when the node may no
+// longer hold one. Neither side imports the other's internals.
 package feed
 
 import (
@@ -89,6 +92,17 @@ type Publisher interface {
 	Publish(node string, obj *Object)
 }
 
+// SessionEnder may be implemented by a Publisher that holds sessions (the
+// server does). Controllers use it when a node may no longer hold a
+// session, such as when its Node is deleted.
+type SessionEnder interface {
+	// EndSession ends node's session on this replica, if it has one, with
+	// reason as the status the edge receives: a gRPC status error
+	// (google.golang.org/grpc/status) with a message the edge's operator
+	// can act on. An error without a status ends it with UNAVAILABLE.
+	EndSession(node string, reason error)
+}
+
 // Source answers what a node should hold, from informer caches and without
 // calling the API server. Controllers implement it.
 type Source interface {
@@ -113,6 +127,17 @@ type Reporter interface {
 	// SessionEnded tells that node has no session here any more, so that
 	// per-node work (such as renewing its Lease) stops.
 	SessionEnded(node string)
+}
+
+// Admitter may be implemented by Controllers that decide which nodes may
+// hold a session. The server calls Admit once per session, after the
+// node's Hello and before the session replaces an older one of the same
+// node, with the node name of the verified certificate. It must answer
+// from caches, without calling the API server. A non-nil error refuses the
+// session with the error's gRPC status (UNAVAILABLE when it has none), so
+// it must say what the edge's operator can do about it.
+type Admitter interface {
+	Admit(node string) error
 }
 
 // Syncer may be implemented by Controllers whose answers are valid only
