@@ -46,6 +46,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/devicesync"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/controllers/nodesync"
 	"github.com/edgesync/edgesync/controllers/podsync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
@@ -124,6 +125,7 @@ type Controllers struct {
 	pods    *podsync.Controller
 	devices *devicesync.Controller // nil when disabled
 	nodes   *nodestatus.Controller
+	nodeObj *nodesync.Controller
 }
 
 var _ feed.Controllers = (*Controllers)(nil)
@@ -204,6 +206,11 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if c.pods, err = podsync.New(podsync.Config{
 		Client: cfg.Client, Pods: pods, ConfigMaps: configMaps, Secrets: secrets, Nodes: nodes, IsEdge: isEdge,
 		FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("podsync"),
+	}, &c.pub); err != nil {
+		return nil, err
+	}
+	if c.nodeObj, err = nodesync.New(nodesync.Config{
+		Nodes: nodes, IsEdge: isEdge, Logger: cfg.Logger.Named("nodesync"),
 	}, &c.pub); err != nil {
 		return nil, err
 	}
@@ -300,8 +307,9 @@ func (c *Controllers) Run(ctx context.Context) error {
 		}
 	})
 
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
 	if c.devices != nil {
 		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
@@ -328,10 +336,16 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 	default:
 		return nil, status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
 	}
-	objs, err := c.pods.Desired(node)
+	// The Node first: an agent knows its labels and taints before its pods.
+	objs, err := c.nodeObj.Desired(node)
 	if err != nil {
 		return nil, err
 	}
+	pods, err := c.pods.Desired(node)
+	if err != nil {
+		return nil, err
+	}
+	objs = append(objs, pods...)
 	if c.devices != nil {
 		devs, err := c.devices.Desired(node)
 		if err != nil {

@@ -197,6 +197,9 @@ type Client struct {
 	wake      func()             // wakes the current stream's sender; nil when none
 	nodeStat  *corev1.NodeStatus // last reported node status, normalized
 	nodeStatR *Report            // its report
+	// registration is the last NodeRegistration asked for, sent again when
+	// the server says the Node does not exist.
+	registration *edgesyncv1.NodeRegistration
 }
 
 // New checks the configuration, loads the certificate and opens the store.
@@ -383,6 +386,14 @@ func (c *Client) Secret(namespace, name string) (*corev1.Secret, error) {
 func (c *Client) Device(namespace, name string) (*Device, error) {
 	o, _, err := c.Get(Key{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: namespace, Name: name})
 	return o.Device, err
+}
+
+// Node returns the node's own Node as the cloud last sent it (without its
+// status, which the edge reports), or nil before it has arrived or after
+// the Node was deleted.
+func (c *Client) Node() (*corev1.Node, error) {
+	o, _, err := c.Get(Key{Kind: edgesyncv1.Kind_KIND_NODE, Name: c.cfg.NodeName})
+	return o.Node, err
 }
 
 func listOf[T any](c *Client, kind edgesyncv1.Kind, pick func(Object) T) ([]T, error) {

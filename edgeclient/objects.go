@@ -27,6 +27,9 @@ type Object struct {
 	ConfigMap *corev1.ConfigMap
 	Secret    *corev1.Secret
 	Device    *Device
+	// Node is the node's own Node, without its status (the edge reports
+	// it).
+	Node *corev1.Node
 }
 
 // k8sMessage is a k8s.io/api type, which encodes to the same protobuf bytes
@@ -51,6 +54,9 @@ func Decode(r *store.Record) (Object, error) {
 	case edgesyncv1.Kind_KIND_SECRET:
 		obj.Secret = &corev1.Secret{}
 		msg = obj.Secret
+	case edgesyncv1.Kind_KIND_NODE:
+		obj.Node = &corev1.Node{}
+		msg = obj.Node
 	case edgesyncv1.Kind_KIND_DEVICE:
 		var ev edgesyncv1.DeviceEvent
 		if err := proto.Unmarshal(r.Data, &ev); err != nil {
@@ -93,6 +99,8 @@ func splitEvent(msg *edgesyncv1.SyncResponse) (ev objectEvent, ok bool, err erro
 	case *edgesyncv1.SyncResponse_DeviceEvent:
 		kind, typ, meta = edgesyncv1.Kind_KIND_DEVICE, m.DeviceEvent.GetType(), m.DeviceEvent.GetDevice().GetMetadata()
 		object = &edgesyncv1.DeviceEvent{Device: m.DeviceEvent.GetDevice(), Model: m.DeviceEvent.GetModel()}
+	case *edgesyncv1.SyncResponse_NodeEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_NODE, m.NodeEvent.GetType(), m.NodeEvent.GetNode().GetMetadata(), m.NodeEvent.GetNode()
 	default:
 		return objectEvent{}, false, nil
 	}

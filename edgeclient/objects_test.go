@@ -84,6 +84,38 @@ func TestDeviceRoundTrip(t *testing.T) {
 	}
 }
 
+func TestNodeRoundTrip(t *testing.T) {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "edge-1", UID: "n-1", ResourceVersion: "77", Labels: map[string]string{"zone": "north"}},
+		Spec: corev1.NodeSpec{
+			Unschedulable: true,
+			Taints:        []corev1.Taint{{Key: "dedicated", Value: "edge", Effect: corev1.TaintEffectNoSchedule}},
+		},
+	}
+	pb := &corev1pb.Node{}
+	if err := toProto(n, pb); err != nil {
+		t.Fatal(err)
+	}
+	ev, isObj, err := splitEvent(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{
+		Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Node: pb,
+	}}})
+	if err != nil || !isObj {
+		t.Fatalf("splitEvent: object=%v err=%v", isObj, err)
+	}
+	// Cluster-scoped: no namespace.
+	want := store.Key{Kind: edgesyncv1.Kind_KIND_NODE, Name: "edge-1"}
+	if ev.key != want || ev.record.UID != "n-1" || ev.record.ResourceVersion != "77" {
+		t.Fatalf("record = %v %+v, want key %v n-1 @77", ev.key, ev.record, want)
+	}
+	obj, err := Decode(ev.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(obj.Node, n) {
+		t.Errorf("decoded node differs:\n got %+v\nwant %+v", obj.Node, n)
+	}
+}
+
 func TestMalformedEvents(t *testing.T) {
 	noName := testPod()
 	noName.Name = ""

@@ -287,7 +287,8 @@ func carriesObject(batch []*edgesyncv1.SyncResponse) bool {
 	for _, m := range batch {
 		switch m.GetMessage().(type) {
 		case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
-			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent:
+			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent,
+			*edgesyncv1.SyncResponse_NodeEvent:
 			return true
 		}
 	}

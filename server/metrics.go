@@ -26,7 +26,7 @@ type metrics struct {
 }
 
 // kindCounters holds one counter of a vector per object kind.
-type kindCounters [edgesyncv1.Kind_KIND_DEVICE + 1]prometheus.Counter
+type kindCounters [edgesyncv1.Kind_KIND_NODE + 1]prometheus.Counter
 
 func newKindCounters(vec *prometheus.CounterVec) kindCounters {
 	var c kindCounters
@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 	m := &metrics{
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_sent_total",
-			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, welcome, sync_complete, status_result).",
+			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, node, welcome, sync_complete, status_result).",
 		}, []string{"kind"}),
 		acked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_acked_total",
@@ -104,6 +104,8 @@ func kindLabel(k edgesyncv1.Kind) string {
 		return "secret"
 	case edgesyncv1.Kind_KIND_DEVICE:
 		return "device"
+	case edgesyncv1.Kind_KIND_NODE:
+		return "node"
 	default:
 		return "unknown"
 	}

@@ -1,7 +1,8 @@
 // Package agent is the reference edge agent's behaviour, shared by the
 // edgesync-agent command and edge simulators: it runs an edgeclient.Client
 // for a node, registers the node and reports its status, prints every
-// change to what the node holds as one line, and runs pods with a
+// change to what the node holds as one line (its own Node too: labels,
+// taints and cordoning as kubectl set them), and runs pods with a
 // simulated runtime: each pod it receives is reported Running and Ready, and
 // terminated once the cloud deletes it; each device reports online with its
 // desired values. Real container runtimes and device protocols are out of
@@ -240,6 +241,8 @@ func kindMeta(obj edgeclient.Object) (string, metav1.ObjectMeta) {
 	case obj.Device != nil:
 		m := obj.Device.Device.GetMetadata()
 		return "Device", metav1.ObjectMeta{Namespace: m.GetNamespace(), Name: m.GetName(), ResourceVersion: m.GetResourceVersion()}
+	case obj.Node != nil:
+		return "Node", obj.Node.ObjectMeta
 	}
 	return "?", metav1.ObjectMeta{}
 }
@@ -287,6 +290,8 @@ func Describe(obj edgeclient.Object, old *edgeclient.Object) string {
 		}
 		// Only key names: never print secret values.
 		parts = append(parts, keyChanges(before, obj.Secret.Data, old != nil, func(a, b []byte) bool { return string(a) == string(b) }))
+	case obj.Node != nil:
+		parts = describeNode(obj.Node, old)
 	case obj.Device != nil:
 		d := obj.Device.Device
 		if old == nil || old.Device == nil {
@@ -304,6 +309,73 @@ func Describe(obj edgeclient.Object, old *edgeclient.Object) string {
 		}
 	}
 	return strings.Join(slices.DeleteFunc(parts, func(s string) bool { return s == "" }), " ")
+}
+
+// describeNode says what the cloud decided about the node: its labels,
+// taints and whether it is cordoned, or how they changed since old.
+func describeNode(n *corev1.Node, old *edgeclient.Object) []string {
+	if old == nil || old.Node == nil {
+		parts := []string{"labels=" + strconv.Itoa(len(n.Labels)), "taints=" + taints(n)}
+		if n.Spec.Unschedulable {
+			parts = append(parts, "cordoned")
+		}
+		return parts
+	}
+	o := old.Node
+	var parts []string
+	if l := labelChanges(o.Labels, n.Labels); l != "" {
+		parts = append(parts, "labels "+l)
+	}
+	if !equality.Semantic.DeepEqual(o.Annotations, n.Annotations) {
+		parts = append(parts, "annotations changed")
+	}
+	if a, b := taints(o), taints(n); a != b {
+		parts = append(parts, "taints "+a+" -> "+b)
+	}
+	switch {
+	case n.Spec.Unschedulable && !o.Spec.Unschedulable:
+		parts = append(parts, "cordoned")
+	case !n.Spec.Unschedulable && o.Spec.Unschedulable:
+		parts = append(parts, "uncordoned")
+	}
+	if len(parts) == 0 && !equality.Semantic.DeepEqual(o.Spec, n.Spec) {
+		parts = append(parts, "spec changed")
+	}
+	return parts
+}
+
+// taints lists a node's taints as kubectl writes them, or "none".
+func taints(n *corev1.Node) string {
+	if len(n.Spec.Taints) == 0 {
+		return "none"
+	}
+	out := make([]string, 0, len(n.Spec.Taints))
+	for _, t := range n.Spec.Taints {
+		s := t.Key
+		if t.Value != "" {
+			s += "=" + t.Value
+		}
+		out = append(out, s+":"+string(t.Effect))
+	}
+	return strings.Join(out, ",")
+}
+
+// labelChanges lists how labels changed: +key=value, -key, ~key=value.
+func labelChanges(before, after map[string]string) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(after)) {
+		if b, ok := before[k]; !ok {
+			out = append(out, "+"+k+"="+after[k])
+		} else if b != after[k] {
+			out = append(out, "~"+k+"="+after[k])
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(before)) {
+		if _, ok := after[k]; !ok {
+			out = append(out, "-"+k)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 func images(p *corev1.Pod) []string {

@@ -102,6 +102,10 @@ func TestDescribe(t *testing.T) {
 		}
 		return edgeclient.Object{Pod: p}
 	}
+	node := func(labels map[string]string, cordoned bool, taints ...corev1.Taint) edgeclient.Object {
+		return edgeclient.Object{Node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.NodeSpec{Unschedulable: cordoned, Taints: taints}}}
+	}
+	noSchedule := corev1.Taint{Key: "dedicated", Value: "edge", Effect: corev1.TaintEffectNoSchedule}
 	ptr := func(o edgeclient.Object) *edgeclient.Object { return &o }
 	tests := []struct {
 		name string
@@ -114,6 +118,11 @@ func TestDescribe(t *testing.T) {
 		{"deleting", pod("nginx:1", true), ptr(pod("nginx:1", false)), "terminating"},
 		{"new configmap", cm(map[string]string{"b": "1", "a": "2"}), nil, "keys=a,b"},
 		{"configmap change", cm(map[string]string{"a": "1", "b": "3", "c": "4"}), ptr(cm(map[string]string{"a": "1", "b": "2", "d": "5"})), "data ~b +c -d"},
+		{"new node", node(map[string]string{"a": "1"}, false), nil, "labels=1 taints=none"},
+		{"kubectl label", node(map[string]string{"a": "2", "b": "3"}, false), ptr(node(map[string]string{"a": "1", "c": "4"}, false)), "labels ~a=2 +b=3 -c"},
+		{"kubectl cordon", node(nil, true), ptr(node(nil, false)), "cordoned"},
+		{"kubectl uncordon", node(nil, false), ptr(node(nil, true)), "uncordoned"},
+		{"kubectl taint", node(nil, false, noSchedule), ptr(node(nil, false)), "taints none -> dedicated=edge:NoSchedule"},
 		{"secret change hides values", secret(map[string]string{"pw": "new-secret"}), ptr(secret(map[string]string{"pw": "old-secret"})), "data ~pw"},
 	}
 	for _, tt := range tests {

@@ -1,5 +1,5 @@
 // Package store keeps the objects an edge node holds: every pod, configmap,
-// secret and device the cloud sent, with the uid and resourceVersion it was
+// secret and device the cloud sent, and the node's own Node, with the uid and resourceVersion it was
 // sent at. It is what lets an edge work offline and resume with only the
 // difference: the edge client lists it in Hello on every connect and updates
 // it before acknowledging a message.
@@ -38,12 +38,14 @@ func KindName(kind edgesyncv1.Kind) string {
 		return "Secret"
 	case edgesyncv1.Kind_KIND_DEVICE:
 		return "Device"
+	case edgesyncv1.Kind_KIND_NODE:
+		return "Node"
 	}
 	return kind.String()
 }
 
 // Record is one held object. Data is the protobuf encoding of the object:
-// a k8s.io/api/core/v1 Pod, ConfigMap or Secret, or an edgesync.v1
+// a k8s.io/api/core/v1 Pod, ConfigMap, Secret or Node, or an edgesync.v1
 // DeviceEvent carrying the device and its model.
 type Record struct {
 	Key             Key

@@ -89,6 +89,40 @@ func TestStores(t *testing.T) {
 	}
 }
 
+// A cluster-scoped object (the node's own Node) has an empty namespace.
+func TestClusterScopedKey(t *testing.T) {
+	for name, open := range map[string]func(t *testing.T) Store{
+		"memory": func(t *testing.T) Store { return NewMemory() },
+		"bolt": func(t *testing.T) Store {
+			s, err := Open(t.TempDir(), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			defer s.Close()
+			k := Key{Kind: edgesyncv1.Kind_KIND_NODE, Name: "edge-1"}
+			if err := s.Apply([]Change{pod("a", "web", "u1", "1", "p"), {Key: k, Record: &Record{Key: k, UID: "n1", ResourceVersion: "7", Data: []byte("node")}}}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := s.Get(k)
+			if err != nil || r == nil || r.Key != k || string(r.Data) != "node" {
+				t.Fatalf("Get(%s) = %+v, %v", k, r, err)
+			}
+			nodes, err := s.List(edgesyncv1.Kind_KIND_NODE)
+			if err != nil || len(nodes) != 1 || nodes[0].Key != k {
+				t.Fatalf("List(Node) = %v, %v; want the node only", nodes, err)
+			}
+			if got := k.String(); got != "Node /edge-1" {
+				t.Errorf("key prints as %q", got)
+			}
+		})
+	}
+}
+
 func TestBoltSurvivesReopen(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})

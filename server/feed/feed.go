@@ -77,6 +77,8 @@ func Tombstone(key Key, uid string) (*Object, error) {
 		msg.Message = &edgesyncv1.SyncResponse_SecretEvent{SecretEvent: &edgesyncv1.SecretEvent{Type: del, Secret: &corev1pb.Secret{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_DEVICE:
 		msg.Message = &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{Type: del, Device: &edgesyncv1.Device{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_NODE:
+		msg.Message = &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{Type: del, Node: &corev1pb.Node{Metadata: meta}}}
 	default:
 		return nil, fmt.Errorf("no DELETE event for %s: unknown kind", key)
 	}

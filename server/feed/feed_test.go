@@ -27,6 +27,9 @@ func TestTombstoneIsADeleteOfTheRightKind(t *testing.T) {
 		{edgesyncv1.Kind_KIND_DEVICE, func(m *edgesyncv1.SyncResponse) (edgesyncv1.EventType, *metav1pb.ObjectMeta) {
 			return m.GetDeviceEvent().GetType(), m.GetDeviceEvent().GetDevice().GetMetadata()
 		}},
+		{edgesyncv1.Kind_KIND_NODE, func(m *edgesyncv1.SyncResponse) (edgesyncv1.EventType, *metav1pb.ObjectMeta) {
+			return m.GetNodeEvent().GetType(), m.GetNodeEvent().GetNode().GetMetadata()
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind.String(), func(t *testing.T) {

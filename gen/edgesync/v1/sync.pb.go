@@ -27,6 +27,11 @@
 //  1. The edge sends Hello as its first message. Its node_name must match the
 //     certificate; otherwise the stream ends with PERMISSION_DENIED. A first
 //     message that is not Hello ends the stream with FAILED_PRECONDITION.
+//     Only edge nodes hold streams: when a Node of that name exists without
+//     the edge-role label (a cloud kubelet's node), the stream ends with
+//     PERMISSION_DENIED, so an edge certificate can never keep a cloud
+//     node's Lease alive or write its status. A node with no Node yet is
+//     accepted, so that it can send NodeRegistration.
 //  2. The server answers with Welcome, carrying the settings the edge must
 //     follow (heartbeat interval, acknowledgement window, message size limit).
 //  3. Initial sync: the server sends every object the node should hold that
@@ -67,13 +72,29 @@
 // sent when the node's status changes (the kubelet's rule), not with every
 // heartbeat.
 //
+// # Node lifecycle
+//
+// NodeRegistration creates the node's Node. While no Node of the node's name
+// exists (never registered, or deleted), Heartbeat and NodeStatus are
+// answered NOT_FOUND and write nothing: a heartbeat never brings back the
+// Lease of a deleted Node. An edge answered NOT_FOUND for either, and that
+// should keep its node, sends NodeRegistration again (the Go edgeclient does
+// so by itself) and then its status. When a Node is deleted while its edge
+// holds a stream, the stream ends with FAILED_PRECONDITION ("Node ... was
+// deleted"); the edge may dial again at once. When a Node loses the
+// edge-role label, its stream ends with PERMISSION_DENIED, as its next Hello
+// would. Reports for a Node that exists without the edge-role label are
+// answered PERMISSION_DENIED.
+//
 // # Errors
 //
 // The stream ends with a gRPC status a person can act on:
 // INVALID_ARGUMENT for a malformed message (for example an empty oneof),
 // RESOURCE_EXHAUSTED for an oversized message, a flood of reports or a full
-// server, PERMISSION_DENIED for acting as another node, UNAVAILABLE when the
-// server shuts down (dial again, possibly another replica).
+// server, PERMISSION_DENIED for acting as another node or as a node that is
+// not an edge node, FAILED_PRECONDITION when the node's Node was deleted
+// (register it again), UNAVAILABLE when the server shuts down (dial again,
+// possibly another replica).
 
 package edgesyncv1
 
@@ -110,6 +131,9 @@ const (
 	Kind_KIND_SECRET Kind = 3
 	// A devices.kubeedge.io Device bound to the node (sent with its model).
 	Kind_KIND_DEVICE Kind = 4
+	// The core/v1 Node of the node itself, and no other (cluster-scoped: its
+	// namespace is empty). See NodeEvent.
+	Kind_KIND_NODE Kind = 5
 )
 
 // Enum value maps for Kind.
@@ -120,6 +144,7 @@ var (
 		2: "KIND_CONFIG_MAP",
 		3: "KIND_SECRET",
 		4: "KIND_DEVICE",
+		5: "KIND_NODE",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
@@ -127,6 +152,7 @@ var (
 		"KIND_CONFIG_MAP":  2,
 		"KIND_SECRET":      3,
 		"KIND_DEVICE":      4,
+		"KIND_NODE":        5,
 	}
 )
 
@@ -418,6 +444,7 @@ type SyncResponse struct {
 	//	*SyncResponse_DeviceEvent
 	//	*SyncResponse_SyncComplete
 	//	*SyncResponse_StatusResult
+	//	*SyncResponse_NodeEvent
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -530,6 +557,15 @@ func (x *SyncResponse) GetStatusResult() *StatusResult {
 	return nil
 }
 
+func (x *SyncResponse) GetNodeEvent() *NodeEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_NodeEvent); ok {
+			return x.NodeEvent
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -562,6 +598,10 @@ type SyncResponse_StatusResult struct {
 	StatusResult *StatusResult `protobuf:"bytes,16,opt,name=status_result,json=statusResult,proto3,oneof"`
 }
 
+type SyncResponse_NodeEvent struct {
+	NodeEvent *NodeEvent `protobuf:"bytes,17,opt,name=node_event,json=nodeEvent,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -576,11 +616,13 @@ func (*SyncResponse_SyncComplete) isSyncResponse_Message() {}
 
 func (*SyncResponse_StatusResult) isSyncResponse_Message() {}
 
+func (*SyncResponse_NodeEvent) isSyncResponse_Message() {}
+
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=edgesync.v1.Kind" json:"kind,omitempty"`
-	// namespace is empty for cluster-scoped kinds (none so far).
+	// namespace is empty for cluster-scoped kinds (KIND_NODE).
 	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// uid is the object's metadata.uid.
@@ -588,7 +630,9 @@ type ObjectRef struct {
 	// resource_version is the metadata.resourceVersion of the object as the
 	// edge received it, echoed back unchanged. Compared only for equality.
 	// For KIND_DEVICE it is "<device version>/<model version>", so that a
-	// change to the model alone also reaches the edge.
+	// change to the model alone also reaches the edge. For KIND_NODE it is the
+	// Node's resourceVersion when the server sent it, which may be older than
+	// the cluster's (see NodeEvent).
 	ResourceVersion string `protobuf:"bytes,5,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -835,7 +879,12 @@ func (x *Nack) GetReason() string {
 }
 
 // NodeRegistration asks the cloud to create the node's Node object if it
-// does not exist. An existing Node is left as it is.
+// does not exist, with the edge-role label. An existing edge Node is left as
+// it is; a Node without the edge-role label is never changed, and the
+// report is answered PERMISSION_DENIED. OK means the Node exists and the
+// server's caches know it: reports sent after the answer are checked
+// against it. Send it when the edge starts, and again when a Heartbeat or
+// NodeStatus is answered NOT_FOUND (the Node was deleted).
 type NodeRegistration struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// labels for a new Node; the edge-role label is always added.
@@ -907,7 +956,8 @@ func (x *NodeRegistration) GetStatus() *v1.NodeStatus {
 }
 
 // NodeStatus reports the node's status. Send it when it changes.
-// volumesAttached is owned by the cloud and is ignored.
+// volumesAttached is owned by the cloud and is ignored. Answered NOT_FOUND
+// while the node has no Node (send NodeRegistration).
 type NodeStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Status        *v1.NodeStatus         `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
@@ -955,7 +1005,9 @@ func (x *NodeStatus) GetStatus() *v1.NodeStatus {
 // Heartbeat renews the node's Lease in the kube-node-lease namespace. Send it
 // every Welcome.heartbeat_interval. The server ends a session from which
 // nothing (heartbeat, Ack or report) arrived for its heartbeat timeout (by
-// default three intervals) with UNAVAILABLE.
+// default three intervals) with UNAVAILABLE. Answered NOT_FOUND, with no
+// Lease written, while the node has no Node (send NodeRegistration). The
+// Lease is owned by the Node, so it is deleted with it.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1513,6 +1565,81 @@ func (x *SecretEvent) GetSecret() *v1.Secret {
 	return nil
 }
 
+// NodeEvent carries the node's own Node object, so that the edge can act on
+// what the cloud decides about it: labels, annotations, taints,
+// spec.unschedulable (kubectl cordon/drain), podCIDR and the rest of the
+// spec. An edge receives only its own Node, never another node's. Node is
+// cluster-scoped: metadata.namespace is empty.
+//
+// The status is not sent (node.status is unset): the edge itself reports it
+// with NodeStatus. For the same reason a change to the Node that touches
+// only its status (or metadata.resourceVersion and managedFields) is not
+// sent at all; otherwise every status report and every status write by the
+// cloud's controllers would echo down the stream. metadata.managedFields is
+// never sent.
+//
+// Delivery is latest-wins like every other kind: the edge holds one Node, at
+// the metadata.resourceVersion of the version last sent. Because
+// status-only changes are not sent, that version is usually older than the
+// Node's in the cluster; it is the version of the last change to the
+// metadata or spec that the server saw. A reconnecting edge that holds it is
+// sent nothing. A replica that started after that change knows the Node
+// only at a later version, so after a failover or a server restart the edge
+// may receive the same metadata and spec again at a newer resourceVersion.
+// A Node that is deleted, or that loses the edge-role label, is sent as
+// DELETE (carrying only its name and uid).
+type NodeEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	Node          *v1.Node               `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvent) Reset() {
+	*x = NodeEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvent) ProtoMessage() {}
+
+func (x *NodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
+func (*NodeEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NodeEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *NodeEvent) GetNode() *v1.Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
 // DeviceEvent carries a device bound to the node, with its model. The
 // device's metadata.resourceVersion is "<device version>/<model version>":
 // the pair is what the edge holds.
@@ -1529,7 +1656,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1668,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1681,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeviceEvent) GetType() EventType {
@@ -1596,7 +1723,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1735,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1748,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Device) GetMetadata() *v11.ObjectMeta {
@@ -1687,7 +1814,7 @@ type DeviceProperty struct {
 
 func (x *DeviceProperty) Reset() {
 	*x = DeviceProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1826,7 @@ func (x *DeviceProperty) String() string {
 func (*DeviceProperty) ProtoMessage() {}
 
 func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1839,7 @@ func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceProperty.ProtoReflect.Descriptor instead.
 func (*DeviceProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeviceProperty) GetName() string {
@@ -1775,7 +1902,7 @@ type ProtocolConfig struct {
 
 func (x *ProtocolConfig) Reset() {
 	*x = ProtocolConfig{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1914,7 @@ func (x *ProtocolConfig) String() string {
 func (*ProtocolConfig) ProtoMessage() {}
 
 func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1927,7 @@ func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProtocolConfig.ProtoReflect.Descriptor instead.
 func (*ProtocolConfig) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProtocolConfig) GetProtocolName() string {
@@ -1829,7 +1956,7 @@ type DeviceMethod struct {
 
 func (x *DeviceMethod) Reset() {
 	*x = DeviceMethod{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1968,7 @@ func (x *DeviceMethod) String() string {
 func (*DeviceMethod) ProtoMessage() {}
 
 func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1981,7 @@ func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMethod.ProtoReflect.Descriptor instead.
 func (*DeviceMethod) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeviceMethod) GetName() string {
@@ -1891,7 +2018,7 @@ type DeviceModel struct {
 
 func (x *DeviceModel) Reset() {
 	*x = DeviceModel{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2030,7 @@ func (x *DeviceModel) String() string {
 func (*DeviceModel) ProtoMessage() {}
 
 func (x *DeviceModel) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2043,7 @@ func (x *DeviceModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceModel.ProtoReflect.Descriptor instead.
 func (*DeviceModel) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeviceModel) GetMetadata() *v11.ObjectMeta {
@@ -1958,7 +2085,7 @@ type ModelProperty struct {
 
 func (x *ModelProperty) Reset() {
 	*x = ModelProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2097,7 @@ func (x *ModelProperty) String() string {
 func (*ModelProperty) ProtoMessage() {}
 
 func (x *ModelProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2110,7 @@ func (x *ModelProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelProperty.ProtoReflect.Descriptor instead.
 func (*ModelProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ModelProperty) GetName() string {
@@ -2049,7 +2176,7 @@ type SyncComplete struct {
 
 func (x *SyncComplete) Reset() {
 	*x = SyncComplete{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2188,7 @@ func (x *SyncComplete) String() string {
 func (*SyncComplete) ProtoMessage() {}
 
 func (x *SyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2201,7 @@ func (x *SyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncComplete.ProtoReflect.Descriptor instead.
 func (*SyncComplete) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SyncComplete) GetObjectsSent() uint32 {
@@ -2106,7 +2233,7 @@ type StatusResult struct {
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2245,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2258,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusResult) GetRequestId() uint64 {
@@ -2174,7 +2301,7 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"pod_status\x18\x10 \x01(\v2\x16.edgesync.v1.PodStatusH\x00R\tpodStatus\x12@\n" +
 	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatusB\t\n" +
-	"\amessage\"\xe8\x03\n" +
+	"\amessage\"\xa1\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -2184,7 +2311,9 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\fsecret_event\x18\r \x01(\v2\x18.edgesync.v1.SecretEventH\x00R\vsecretEvent\x12=\n" +
 	"\fdevice_event\x18\x0e \x01(\v2\x18.edgesync.v1.DeviceEventH\x00R\vdeviceEvent\x12@\n" +
 	"\rsync_complete\x18\x0f \x01(\v2\x19.edgesync.v1.SyncCompleteH\x00R\fsyncComplete\x12@\n" +
-	"\rstatus_result\x18\x10 \x01(\v2\x19.edgesync.v1.StatusResultH\x00R\fstatusResultB\t\n" +
+	"\rstatus_result\x18\x10 \x01(\v2\x19.edgesync.v1.StatusResultH\x00R\fstatusResult\x127\n" +
+	"\n" +
+	"node_event\x18\x11 \x01(\v2\x16.edgesync.v1.NodeEventH\x00R\tnodeEventB\t\n" +
 	"\amessage\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
@@ -2256,7 +2385,10 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"config_map\x18\x02 \x01(\v2\x1d.k8s.io.api.core.v1.ConfigMapR\tconfigMap\"m\n" +
 	"\vSecretEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x122\n" +
-	"\x06secret\x18\x02 \x01(\v2\x1a.k8s.io.api.core.v1.SecretR\x06secret\"\x96\x01\n" +
+	"\x06secret\x18\x02 \x01(\v2\x1a.k8s.io.api.core.v1.SecretR\x06secret\"e\n" +
+	"\tNodeEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12,\n" +
+	"\x04node\x18\x02 \x01(\v2\x18.k8s.io.api.core.v1.NodeR\x04node\"\x96\x01\n" +
 	"\vDeviceEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12+\n" +
 	"\x06device\x18\x02 \x01(\v2\x13.edgesync.v1.DeviceR\x06device\x12.\n" +
@@ -2310,13 +2442,14 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*a\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*p\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_POD\x10\x01\x12\x13\n" +
 	"\x0fKIND_CONFIG_MAP\x10\x02\x12\x0f\n" +
 	"\vKIND_SECRET\x10\x03\x12\x0f\n" +
-	"\vKIND_DEVICE\x10\x04*T\n" +
+	"\vKIND_DEVICE\x10\x04\x12\r\n" +
+	"\tKIND_NODE\x10\x05*T\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_TYPE_APPLY\x10\x01\x12\x15\n" +
@@ -2338,7 +2471,7 @@ func file_edgesync_v1_sync_proto_rawDescGZIP() []byte {
 }
 
 var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_edgesync_v1_sync_proto_goTypes = []any{
 	(Kind)(0),                     // 0: edgesync.v1.Kind
 	(EventType)(0),                // 1: edgesync.v1.EventType
@@ -2359,28 +2492,30 @@ var file_edgesync_v1_sync_proto_goTypes = []any{
 	(*PodEvent)(nil),              // 16: edgesync.v1.PodEvent
 	(*ConfigMapEvent)(nil),        // 17: edgesync.v1.ConfigMapEvent
 	(*SecretEvent)(nil),           // 18: edgesync.v1.SecretEvent
-	(*DeviceEvent)(nil),           // 19: edgesync.v1.DeviceEvent
-	(*Device)(nil),                // 20: edgesync.v1.Device
-	(*DeviceProperty)(nil),        // 21: edgesync.v1.DeviceProperty
-	(*ProtocolConfig)(nil),        // 22: edgesync.v1.ProtocolConfig
-	(*DeviceMethod)(nil),          // 23: edgesync.v1.DeviceMethod
-	(*DeviceModel)(nil),           // 24: edgesync.v1.DeviceModel
-	(*ModelProperty)(nil),         // 25: edgesync.v1.ModelProperty
-	(*SyncComplete)(nil),          // 26: edgesync.v1.SyncComplete
-	(*StatusResult)(nil),          // 27: edgesync.v1.StatusResult
-	nil,                           // 28: edgesync.v1.NodeRegistration.LabelsEntry
-	nil,                           // 29: edgesync.v1.NodeRegistration.AnnotationsEntry
-	nil,                           // 30: edgesync.v1.TwinValue.MetadataEntry
-	(*v1.Taint)(nil),              // 31: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 32: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 33: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 36: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 37: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 38: k8s.io.api.core.v1.Secret
-	(*v11.ObjectMeta)(nil),        // 39: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 40: google.protobuf.Struct
+	(*NodeEvent)(nil),             // 19: edgesync.v1.NodeEvent
+	(*DeviceEvent)(nil),           // 20: edgesync.v1.DeviceEvent
+	(*Device)(nil),                // 21: edgesync.v1.Device
+	(*DeviceProperty)(nil),        // 22: edgesync.v1.DeviceProperty
+	(*ProtocolConfig)(nil),        // 23: edgesync.v1.ProtocolConfig
+	(*DeviceMethod)(nil),          // 24: edgesync.v1.DeviceMethod
+	(*DeviceModel)(nil),           // 25: edgesync.v1.DeviceModel
+	(*ModelProperty)(nil),         // 26: edgesync.v1.ModelProperty
+	(*SyncComplete)(nil),          // 27: edgesync.v1.SyncComplete
+	(*StatusResult)(nil),          // 28: edgesync.v1.StatusResult
+	nil,                           // 29: edgesync.v1.NodeRegistration.LabelsEntry
+	nil,                           // 30: edgesync.v1.NodeRegistration.AnnotationsEntry
+	nil,                           // 31: edgesync.v1.TwinValue.MetadataEntry
+	(*v1.Taint)(nil),              // 32: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 33: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 34: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 37: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 38: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 39: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 40: k8s.io.api.core.v1.Node
+	(*v11.ObjectMeta)(nil),        // 41: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 42: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	5,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
@@ -2395,50 +2530,53 @@ var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	16, // 9: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
 	17, // 10: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
 	18, // 11: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
-	19, // 12: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
-	26, // 13: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
-	27, // 14: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
-	0,  // 15: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	4,  // 16: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	4,  // 17: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	28, // 18: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	29, // 19: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	31, // 20: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	32, // 21: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	32, // 22: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	33, // 23: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	13, // 24: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	34, // 25: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	14, // 26: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	14, // 27: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	30, // 28: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	35, // 29: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 30: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	36, // 31: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 32: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	37, // 33: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 34: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	38, // 35: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 36: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	20, // 37: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	24, // 38: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	39, // 39: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	21, // 40: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	22, // 41: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	23, // 42: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	14, // 43: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	22, // 44: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	40, // 45: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	40, // 46: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	39, // 47: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	25, // 48: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	2,  // 49: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	3,  // 50: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	50, // [50:51] is the sub-list for method output_type
-	49, // [49:50] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	20, // 12: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
+	27, // 13: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
+	28, // 14: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
+	19, // 15: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
+	0,  // 16: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	4,  // 17: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	4,  // 18: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	29, // 19: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	30, // 20: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	32, // 21: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	33, // 22: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	33, // 23: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	34, // 24: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	13, // 25: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	35, // 26: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	14, // 27: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	14, // 28: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	31, // 29: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	36, // 30: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 31: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	37, // 32: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 33: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	38, // 34: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 35: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	39, // 36: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 37: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	40, // 38: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 39: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	21, // 40: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	25, // 41: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	41, // 42: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	22, // 43: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	23, // 44: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	24, // 45: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	14, // 46: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	23, // 47: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	42, // 48: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	42, // 49: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	41, // 50: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	26, // 51: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	2,  // 52: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	3,  // 53: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	53, // [53:54] is the sub-list for method output_type
+	52, // [52:53] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -2464,6 +2602,7 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_DeviceEvent)(nil),
 		(*SyncResponse_SyncComplete)(nil),
 		(*SyncResponse_StatusResult)(nil),
+		(*SyncResponse_NodeEvent)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2471,7 +2610,7 @@ func file_edgesync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_sync_proto_rawDesc), len(file_edgesync_v1_sync_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

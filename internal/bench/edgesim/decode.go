@@ -24,6 +24,7 @@ const (
 	responseDeviceEvent  = 14
 	responseSyncComplete = 15
 	responseStatusResult = 16
+	responseNodeEvent    = 17
 
 	eventType   = 1
 	eventObject = 2
@@ -138,6 +139,8 @@ func (r *response) decode(b []byte) error {
 			return r.event(edgesyncv1.Kind_KIND_SECRET, sub)
 		case responseDeviceEvent:
 			return r.event(edgesyncv1.Kind_KIND_DEVICE, sub)
+		case responseNodeEvent:
+			return r.event(edgesyncv1.Kind_KIND_NODE, sub)
 		}
 		return nil
 	})

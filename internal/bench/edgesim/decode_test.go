@@ -50,6 +50,12 @@ func TestShallowCodecReadsWhatTheFullDecoderWould(t *testing.T) {
 		}}},
 		want: response{sequence: 8, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_DEVICE, Namespace: "ns", Name: "d", Uid: "u3", ResourceVersion: "5/6"}},
 	}, {
+		name: "node",
+		msg: &edgesyncv1.SyncResponse{Sequence: 11, Message: &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Node: &corev1pb.Node{Metadata: meta("", "edge-1", "u4", "77"), Spec: &corev1pb.NodeSpec{Unschedulable: proto.Bool(true)}},
+		}}},
+		want: response{sequence: 11, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_NODE, Name: "edge-1", Uid: "u4", ResourceVersion: "77"}},
+	}, {
 		name: "status result",
 		msg:  &edgesyncv1.SyncResponse{Sequence: 9, Message: &edgesyncv1.SyncResponse_StatusResult{StatusResult: &edgesyncv1.StatusResult{RequestId: 3}}},
 		want: response{sequence: 9, statusResult: true},
