@@ -27,6 +27,11 @@
 //  1. The edge sends Hello as its first message. Its node_name must match the
 //     certificate; otherwise the stream ends with PERMISSION_DENIED. A first
 //     message that is not Hello ends the stream with FAILED_PRECONDITION.
+//     Only edge nodes hold streams: when a Node of that name exists without
+//     the edge-role label (a cloud kubelet's node), the stream ends with
+//     PERMISSION_DENIED, so an edge certificate can never keep a cloud
+//     node's Lease alive or write its status. A node with no Node yet is
+//     accepted, so that it can send NodeRegistration.
 //  2. The server answers with Welcome, carrying the settings the edge must
 //     follow (heartbeat interval, acknowledgement window, message size limit).
 //  3. Initial sync: the server sends every object the node should hold that
@@ -67,13 +72,29 @@
 // sent when the node's status changes (the kubelet's rule), not with every
 // heartbeat.
 //
+// # Node lifecycle
+//
+// NodeRegistration creates the node's Node. While no Node of the node's name
+// exists (never registered, or deleted), Heartbeat and NodeStatus are
+// answered NOT_FOUND and write nothing: a heartbeat never brings back the
+// Lease of a deleted Node. An edge answered NOT_FOUND for either, and that
+// should keep its node, sends NodeRegistration again (the Go edgeclient does
+// so by itself) and then its status. When a Node is deleted while its edge
+// holds a stream, the stream ends with FAILED_PRECONDITION ("Node ... was
+// deleted"); the edge may dial again at once. When a Node loses the
+// edge-role label, its stream ends with PERMISSION_DENIED, as its next Hello
+// would. Reports for a Node that exists without the edge-role label are
+// answered PERMISSION_DENIED.
+//
 // # Errors
 //
 // The stream ends with a gRPC status a person can act on:
 // INVALID_ARGUMENT for a malformed message (for example an empty oneof),
 // RESOURCE_EXHAUSTED for an oversized message, a flood of reports or a full
-// server, PERMISSION_DENIED for acting as another node, UNAVAILABLE when the
-// server shuts down (dial again, possibly another replica).
+// server, PERMISSION_DENIED for acting as another node or as a node that is
+// not an edge node, FAILED_PRECONDITION when the node's Node was deleted
+// (register it again), UNAVAILABLE when the server shuts down (dial again,
+// possibly another replica).
 
 package edgesyncv1
 
