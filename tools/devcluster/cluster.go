@@ -32,15 +32,16 @@ import (
 )
 
 type clusterConfig struct {
-	dir    string
-	port   int
-	crdDir string
+	dir     string
+	port    int
+	crdDir  string
+	timings lifecycleTimings
 }
 
 type cluster struct {
 	url        string
 	kubeconfig string
-	failed     chan error // receives when the apiserver exits on its own
+	failed     chan error // receives when a component exits on its own
 	stop       func()
 }
 
@@ -96,6 +97,7 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*cluster, error) {
 		etcdURL:    etcd.Clients[0].Addr().String(),
 		pki:        pki,
 		certDir:    filepath.Join(cfg.dir, "pki", "apiserver-generated"),
+		timings:    cfg.timings,
 		logOutput:  logFile,
 		exitResult: apiDone,
 	}); err != nil {
@@ -110,6 +112,7 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*cluster, error) {
 		failed:     make(chan error, 1),
 	}
 	stopped := make(chan struct{})
+	var components []*component // appended by startCluster only, before it returns
 	c.stop = func() {
 		select {
 		case <-stopped:
@@ -117,6 +120,9 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*cluster, error) {
 		default:
 		}
 		close(stopped)
+		for i := len(components) - 1; i >= 0; i-- {
+			components[i].stop()
+		}
 		cancelAPI()
 		select {
 		case <-apiDone:
@@ -140,16 +146,7 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*cluster, error) {
 		apiDone <- err
 	}()
 
-	restConfig := &rest.Config{
-		Host: c.url,
-		TLSClientConfig: rest.TLSClientConfig{
-			CAData:   pki.caPEM,
-			CertData: pki.adminCertPEM,
-			KeyData:  pki.adminKeyPEM,
-		},
-		QPS:   100,
-		Burst: 200,
-	}
+	restConfig := clientConfig(c.url, pki.caPEM, pki.admin)
 	if err := writeKubeconfig(c.kubeconfig, restConfig); err != nil {
 		c.stop()
 		return nil, err
@@ -158,11 +155,101 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*cluster, error) {
 		c.stop()
 		return nil, err
 	}
+
+	// The controller-manager and the scheduler, each with a kubeconfig and
+	// client certificate of its own.
+	pkiDir := filepath.Join(cfg.dir, "pki")
+	for _, spec := range []struct {
+		name string
+		cert clientCert
+		args func(kubeconfig, certDir string, port int) []string
+	}{
+		{controllerManagerCommand, pki.controllerManager, func(kubeconfig, certDir string, port int) []string {
+			return controllerManagerArgs(pki, kubeconfig, certDir, port, cfg.timings)
+		}},
+		{schedulerCommand, pki.scheduler, schedulerArgs},
+	} {
+		kubeconfig := filepath.Join(pkiDir, spec.name+".kubeconfig")
+		if err := writeKubeconfig(kubeconfig, clientConfig(c.url, pki.caPEM, spec.cert)); err != nil {
+			c.stop()
+			return nil, err
+		}
+		healthPort, err := freePort()
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		comp, err := startComponent(cfg.dir, spec.name, healthPort,
+			spec.args(kubeconfig, filepath.Join(pkiDir, spec.name+"-generated"), healthPort))
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		components = append(components, comp)
+	}
+	for _, comp := range components {
+		if err := comp.waitHealthy(ctx); err != nil {
+			c.stop()
+			return nil, err
+		}
+		go func() {
+			<-comp.exited
+			select {
+			case <-stopped:
+			default:
+				c.failed <- comp.failure()
+			}
+		}()
+	}
+	fmt.Fprintf(os.Stderr, "devcluster: kube-controller-manager and kube-scheduler started (logs in %s)\n", cfg.dir)
+	if err := waitServiceAccounts(ctx, restConfig); err != nil {
+		c.stop()
+		return nil, err
+	}
 	if err := applyCRDs(ctx, restConfig, cfg.crdDir); err != nil {
 		c.stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+// clientConfig is a client of the devcluster authenticated by cert.
+func clientConfig(host string, caPEM []byte, cert clientCert) *rest.Config {
+	return &rest.Config{
+		Host: host,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData:   caPEM,
+			CertData: cert.certPEM,
+			KeyData:  cert.keyPEM,
+		},
+		QPS:   100,
+		Burst: 200,
+	}
+}
+
+// waitServiceAccounts waits until the controller-manager has created the
+// default ServiceAccount and the kube-root-ca.crt ConfigMap of the default
+// namespace: from then on pods can be created there (ServiceAccount
+// admission refuses pods whose ServiceAccount does not exist yet).
+func waitServiceAccounts(ctx context.Context, cfg *rest.Config) error {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	var lastErr error
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if _, lastErr = client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); lastErr != nil {
+			return false, nil
+		}
+		if _, lastErr = client.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); lastErr != nil {
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("controller-manager did not create the default ServiceAccount: %w (last: %v)", err, lastErr)
+	}
+	return nil
 }
 
 func startEtcd(dir string) (*embed.Etcd, error) {
@@ -210,6 +297,7 @@ type apiServerConfig struct {
 	etcdURL    string
 	pki        *devPKI
 	certDir    string
+	timings    lifecycleTimings
 	logOutput  io.Writer
 	exitResult chan<- error
 }
@@ -242,11 +330,15 @@ func startAPIServer(ctx context.Context, cfg apiServerConfig) error {
 		"--service-account-key-file=" + cfg.pki.saPublicFile,
 		"--service-account-signing-key-file=" + cfg.pki.saPrivateFile,
 		"--service-cluster-ip-range=10.96.0.0/16",
-		"--authorization-mode=RBAC",
-		// No controller-manager creates the "default" ServiceAccount.
-		"--disable-admission-plugins=ServiceAccount",
+		"--authorization-mode=Node,RBAC",
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
+	}
+	if cfg.timings.unreachableTolerationSeconds > 0 {
+		args = append(args, "--default-unreachable-toleration-seconds="+strconv.Itoa(cfg.timings.unreachableTolerationSeconds))
+	}
+	if cfg.timings.notReadyTolerationSeconds > 0 {
+		args = append(args, "--default-not-ready-toleration-seconds="+strconv.Itoa(cfg.timings.notReadyTolerationSeconds))
 	}
 	all := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
 	for _, named := range fs.FlagSets {

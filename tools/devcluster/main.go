@@ -1,8 +1,17 @@
 // Command devcluster runs a real Kubernetes control plane on loopback: an
-// embedded etcd and a real kube-apiserver, built from the Kubernetes Go
-// modules. It is what edgesync's integration tests and `make dev` run
-// against. There is no scheduler, controller-manager or kubelet: tests bind
-// pods to nodes themselves, and edgesync plays the kubelet's part.
+// embedded etcd, a real kube-apiserver (ServiceAccount admission on), and
+// kube-controller-manager and kube-scheduler, all built from the same
+// k8s.io/kubernetes module version. It is what edgesync's integration tests
+// and `make dev` run against. There is no kubelet: edgesync plays the
+// kubelet's part for edge nodes.
+//
+// The apiserver runs in this process; the controller-manager (every default
+// controller, with per-controller ServiceAccount credentials) and the
+// scheduler run as child processes of this binary (the hidden subcommands
+// kube-controller-manager and kube-scheduler), each with its own kubeconfig
+// and client certificate from the devcluster's PKI and its log in DIR.
+// Leader election is off. The node lifecycle timings are flags so that
+// tests can shorten them.
 //
 // Usage:
 //
@@ -29,6 +38,12 @@ import (
 )
 
 func main() {
+	if ok, err := componentMain(os.Args[1:]); ok {
+		if err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
@@ -40,7 +55,8 @@ func main() {
 }
 
 func usage() error {
-	return errors.New("usage: devcluster run|exec [--dir DIR] [--port N] [--crds DIR] [-- CMD ARGS...]")
+	return errors.New("usage: devcluster run|exec [--dir DIR] [--port N] [--crds DIR] [--node-monitor-grace-period D] [--node-monitor-period D]\n" +
+		"       [--default-unreachable-toleration-seconds N] [--default-not-ready-toleration-seconds N] [-- CMD ARGS...]")
 }
 
 func run(args []string) error {
@@ -55,6 +71,15 @@ func run(args []string) error {
 	dir := fs.String("dir", ".dev/cluster", "directory for etcd data, certificates, logs and the kubeconfig")
 	port := fs.Int("port", 0, "kube-apiserver port on 127.0.0.1 (0 picks a free one)")
 	crds := fs.String("crds", "deploy/crds", "directory of CustomResourceDefinition YAML files to apply (skipped when missing)")
+	var timings lifecycleTimings
+	fs.DurationVar(&timings.nodeMonitorGracePeriod, "node-monitor-grace-period", 0,
+		"how long a node may go without a Lease renewal before it turns Ready=Unknown (0: Kubernetes' default, 50s)")
+	fs.DurationVar(&timings.nodeMonitorPeriod, "node-monitor-period", 0,
+		"how often the node lifecycle controller checks nodes (0: Kubernetes' default, 5s)")
+	fs.IntVar(&timings.unreachableTolerationSeconds, "default-unreachable-toleration-seconds", 0,
+		"eviction: how long pods without a toleration of their own stay on an unreachable node (0: Kubernetes' default, 300)")
+	fs.IntVar(&timings.notReadyTolerationSeconds, "default-not-ready-toleration-seconds", 0,
+		"eviction: how long pods without a toleration of their own stay on a not-ready node (0: Kubernetes' default, 300)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -79,7 +104,7 @@ func run(args []string) error {
 	}()
 
 	start := time.Now()
-	cluster, err := startCluster(ctx, clusterConfig{dir: absDir, port: *port, crdDir: *crds})
+	cluster, err := startCluster(ctx, clusterConfig{dir: absDir, port: *port, crdDir: *crds, timings: timings})
 	if err != nil {
 		return err
 	}

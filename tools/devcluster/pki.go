@@ -21,8 +21,16 @@ import (
 // PKI: it only secures the devcluster.
 type devPKI struct {
 	caFile, serverCertFile, serverKeyFile string
-	adminCertPEM, adminKeyPEM, caPEM      []byte
+	caPEM                                 []byte
 	saPublicFile, saPrivateFile           string
+	// Client certificates: the admin (system:masters) and one per
+	// control-plane component, named as Kubernetes' default RBAC expects.
+	admin, controllerManager, scheduler clientCert
+}
+
+// clientCert is a client certificate and key, PEM encoded.
+type clientCert struct {
+	certPEM, keyPEM []byte
 }
 
 func newKey() (*ecdsa.PrivateKey, error) {
@@ -50,8 +58,9 @@ func serial() *big.Int {
 	return n
 }
 
-// makePKI writes a fresh CA, apiserver serving certificate, admin client
-// certificate (group system:masters) and service-account key pair into dir.
+// makePKI writes a fresh CA, apiserver serving certificate, client
+// certificates for the admin (group system:masters), the controller-manager
+// and the scheduler, and the service-account key pair into dir.
 func makePKI(dir string) (*devPKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -118,17 +127,30 @@ func makePKI(dir string) (*devPKI, error) {
 		return nil, err
 	}
 
-	adminDER, adminKey, err := issue(&x509.Certificate{
-		Subject:     pkix.Name{CommonName: "devcluster-admin", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
+	issueClient := func(name string, subject pkix.Name) (clientCert, error) {
+		der, key, err := issue(&x509.Certificate{
+			Subject:     subject,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err != nil {
+			return clientCert{}, err
+		}
+		var c clientCert
+		if c.certPEM, err = writePEM(filepath.Join(dir, name+".crt"), "CERTIFICATE", der, 0o644); err != nil {
+			return clientCert{}, err
+		}
+		if c.keyPEM, err = writeKey(filepath.Join(dir, name+".key"), key); err != nil {
+			return clientCert{}, err
+		}
+		return c, nil
+	}
+	if p.admin, err = issueClient("admin", pkix.Name{CommonName: "devcluster-admin", Organization: []string{"system:masters"}}); err != nil {
 		return nil, err
 	}
-	if p.adminCertPEM, err = writePEM(filepath.Join(dir, "admin.crt"), "CERTIFICATE", adminDER, 0o644); err != nil {
+	if p.controllerManager, err = issueClient("kube-controller-manager", pkix.Name{CommonName: "system:kube-controller-manager"}); err != nil {
 		return nil, err
 	}
-	if p.adminKeyPEM, err = writeKey(filepath.Join(dir, "admin.key"), adminKey); err != nil {
+	if p.scheduler, err = issueClient("kube-scheduler", pkix.Name{CommonName: "system:kube-scheduler"}); err != nil {
 		return nil, err
 	}
 
