@@ -118,8 +118,8 @@ build: ## Build the edgesync binaries into ./bin.
 count_packages = awk -v name=$(1) '/^[^ ]+$$/ && !/^\#/ {n++; if (n % 25 == 0) {printf "  %s: %d packages compiled\n", name, n; fflush()} next} {print} END {if (n) printf "  %s: %d packages compiled, done\n", name, n}'
 
 .PHONY: devcluster
-devcluster: ## Build the real kube-apiserver + etcd control plane, and kubectl.
-	@echo "building tools/devcluster: kube-apiserver, etcd and kubectl (~10 min on a cold build cache)"
+devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-manager, scheduler) and kubectl.
+	@echo "building tools/devcluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (~15 min on a cold build cache)"
 	@set -o pipefail; cd tools/devcluster && \
 	  go build -v -o $(BIN)/devcluster . 2>&1 | $(call count_packages,devcluster) && \
 	  go build -v -o $(BIN)/kubectl ./cmd/kubectl 2>&1 | $(call count_packages,kubectl)
@@ -127,8 +127,14 @@ devcluster: ## Build the real kube-apiserver + etcd control plane, and kubectl.
 # --- run and test ------------------------------------------------------------
 
 .PHONY: test
+# The tests shorten the node lifecycle: an edge that stops heartbeating turns
+# Ready=Unknown after 30 s (Kubernetes: 50 s) and pods without tolerations of
+# their own would be evicted 30 s later (Kubernetes: 300 s).
+TEST_CLUSTER_FLAGS := --node-monitor-grace-period=30s --node-monitor-period=2s \
+	--default-unreachable-toleration-seconds=30 --default-not-ready-toleration-seconds=30
+
 test: tools lint check-generate build devcluster apt-deps generate-python ## Run every test against a real apiserver.
-	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster -- \
+	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: dev

@@ -580,3 +580,73 @@ func TestTrickleOfEventsSharesAcks(t *testing.T) {
 		t.Errorf("client sent %d Acks for %d pods arriving one at a time, want %d (one per half window)", got, pods, want)
 	}
 }
+
+// When the server answers a heartbeat NOT_FOUND (the node's Node was
+// deleted), the client registers the node again by itself, with the latest
+// node status it reported, and heartbeats are accepted again.
+func TestNodeRegisteredAgainAfterItsNodeIsDeleted(t *testing.T) {
+	f := newFakeServer(t)
+	// Guarded by f.mu, as answerFor runs with it held.
+	registered := true
+	var registrations []*edgesyncv1.NodeRegistration
+	heartbeats := map[codes.Code]int{}
+	f.mu.Lock()
+	f.answerFor = func(req *edgesyncv1.SyncRequest) codes.Code {
+		code := codes.OK
+		switch m := req.GetMessage().(type) {
+		case *edgesyncv1.SyncRequest_NodeRegistration:
+			registrations = append(registrations, m.NodeRegistration)
+			registered = true
+		case *edgesyncv1.SyncRequest_Heartbeat, *edgesyncv1.SyncRequest_NodeStatus:
+			if !registered {
+				code = codes.NotFound
+			}
+		}
+		if req.GetHeartbeat() != nil {
+			heartbeats[code]++
+		}
+		return code
+	}
+	f.mu.Unlock()
+	c := startClient(t, f, "edge-1", t.TempDir(), true)
+	reg, err := c.RegisterNode(NodeRegistration{Labels: map[string]string{"site": "a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	st := &corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "Latest"}}}
+	r, err := c.ReportNodeStatus(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	// The Node is deleted; the server ends the stream and the client
+	// connects again, sending a heartbeat at once.
+	f.mu.Lock()
+	registered = false
+	f.mu.Unlock()
+	f.kill()
+	f.waitFor(t.Context(), "a second registration after a heartbeat refused NOT_FOUND", func() bool {
+		return heartbeats[codes.NotFound] == 1 && len(registrations) == 2
+	})
+	f.mu.Lock()
+	again := registrations[1]
+	ok := heartbeats[codes.OK]
+	f.mu.Unlock()
+	// The next stream's heartbeat is accepted.
+	f.kill()
+	f.waitFor(t.Context(), "an accepted heartbeat after registering again", func() bool {
+		return heartbeats[codes.OK] > ok
+	})
+	if again.GetLabels()["site"] != "a" {
+		t.Errorf("registered again with labels %v, want the original ones", again.GetLabels())
+	}
+	if cs := again.GetStatus().GetConditions(); len(cs) != 1 || cs[0].GetReason() != "Latest" {
+		t.Errorf("registered again with conditions %v, want the latest reported status", cs)
+	}
+}

@@ -51,6 +51,9 @@ type fakeServer struct {
 	refuse   codes.Code // answer reports with this code
 	noAnswer bool       // leave reports unanswered
 	maxBytes uint32     // Welcome.max_message_bytes
+	// answerFor, when set, decides the code of each report instead of
+	// refuse; it is called with mu held.
+	answerFor func(*edgesyncv1.SyncRequest) codes.Code
 }
 
 type fakeObject struct {
@@ -314,7 +317,11 @@ func (f *fakeServer) receive(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 			}
 			f.reports = append(f.reports, req)
 			if !f.noAnswer {
-				answer = &edgesyncv1.StatusResult{RequestId: req.GetRequestId(), Code: int32(f.refuse)}
+				code := f.refuse
+				if f.answerFor != nil {
+					code = f.answerFor(req)
+				}
+				answer = &edgesyncv1.StatusResult{RequestId: req.GetRequestId(), Code: int32(code)}
 			}
 		}
 		f.notify()

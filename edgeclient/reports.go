@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -123,6 +124,39 @@ func (c *Client) answer(res *edgesyncv1.StatusResult) {
 		c.log.Info("server refused report", zap.String("report", r.key), zap.Int32("code", res.GetCode()), zap.String("message", res.GetMessage()))
 	}
 	r.resolve(res, nil)
+	if res.GetCode() == int32(codes.NotFound) && (r.key == heartbeatKey || r.key == nodeStatusKey) {
+		c.registerAgain(res.GetMessage())
+	}
+}
+
+// registerAgain sends the node's registration again, unless one is on its
+// way: the server answered a heartbeat or node status NOT_FOUND, so the
+// node's Node was deleted (or never created). The registration carries the
+// latest node status reported, if any, as the new Node's status.
+func (c *Client) registerAgain(why string) {
+	c.mu.Lock()
+	reg := c.registration
+	pending := c.reports[registrationKey] != nil
+	if reg != nil && !pending {
+		reg = proto.CloneOf(reg)
+		if st := c.nodeStatR.requestStatus(); st != nil {
+			reg.Status = proto.CloneOf(st)
+		}
+	}
+	c.mu.Unlock()
+	if reg == nil || pending {
+		return
+	}
+	c.log.Info("the server says the node's Node does not exist; registering it again", zap.String("reason", why))
+	_, _ = c.submit(registrationKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeRegistration{NodeRegistration: reg}})
+}
+
+// requestStatus is the node status r reported; nil when r is nil.
+func (r *Report) requestStatus() *corev1pb.NodeStatus {
+	if r == nil {
+		return nil
+	}
+	return r.req.GetNodeStatus().GetStatus()
 }
 
 // unsent returns, oldest first, the reports not yet sent on stream
@@ -166,8 +200,17 @@ type NodeRegistration struct {
 	Status      corev1.NodeStatus
 }
 
+// Keys of the node's own reports.
+const (
+	registrationKey = "node/registration"
+	nodeStatusKey   = "node/status"
+	heartbeatKey    = "node/heartbeat"
+)
+
 // RegisterNode asks the cloud to create the node's Node object if it does
-// not exist yet.
+// not exist yet. The client keeps the registration: whenever the server
+// answers a heartbeat or node status NOT_FOUND (the Node was deleted), it
+// sends it again by itself, with the latest node status reported.
 func (c *Client) RegisterNode(reg NodeRegistration) (*Report, error) {
 	msg := &edgesyncv1.NodeRegistration{Labels: reg.Labels, Annotations: reg.Annotations}
 	for i := range reg.Taints {
@@ -181,7 +224,10 @@ func (c *Client) RegisterNode(reg NodeRegistration) (*Report, error) {
 	if err := toProto(&reg.Status, msg.Status); err != nil {
 		return nil, fmt.Errorf("encode node status: %w", err)
 	}
-	return c.submit("node/registration", &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeRegistration{NodeRegistration: msg}})
+	c.mu.Lock()
+	c.registration = msg
+	c.mu.Unlock()
+	return c.submit(registrationKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeRegistration{NodeRegistration: proto.CloneOf(msg)}})
 }
 
 // ReportNodeStatus reports the node's status when it differs from the last
@@ -202,7 +248,7 @@ func (c *Client) ReportNodeStatus(st *corev1.NodeStatus) (*Report, error) {
 	if err := toProto(st, msg); err != nil {
 		return nil, fmt.Errorf("encode node status: %w", err)
 	}
-	r, err := c.submit("node/status", &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeStatus{NodeStatus: &edgesyncv1.NodeStatus{Status: msg}}})
+	r, err := c.submit(nodeStatusKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeStatus{NodeStatus: &edgesyncv1.NodeStatus{Status: msg}}})
 	if err != nil {
 		return nil, err
 	}
@@ -235,5 +281,5 @@ func (c *Client) ReportDeviceStatus(st *edgesyncv1.DeviceStatus) (*Report, error
 
 // heartbeat queues a Heartbeat, replacing an unanswered one.
 func (c *Client) heartbeat() {
-	_, _ = c.submit("node/heartbeat", &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+	_, _ = c.submit(heartbeatKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -63,11 +65,12 @@ func UniqueName(prefix string) string {
 	return strings.ToLower(prefix + "-" + hex.EncodeToString(b))
 }
 
-// Namespace creates a fresh namespace for one test and deletes it when the
-// test ends.
+// Namespace creates a fresh namespace for one test, waits until pods can be
+// created in it, and deletes it when the test ends (the namespace
+// controller then deletes everything in it).
 func Namespace(t testing.TB, client kubernetes.Interface) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: UniqueName("test")}}
 	if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
@@ -78,5 +81,22 @@ func Namespace(t testing.TB, client kubernetes.Interface) string {
 		defer cancel()
 		_ = client.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{})
 	})
+	if err := WaitServiceAccount(ctx, client, ns.Name); err != nil {
+		t.Fatal(err)
+	}
 	return ns.Name
+}
+
+// WaitServiceAccount waits until the controller-manager has created the
+// default ServiceAccount of namespace: until then ServiceAccount admission
+// refuses pods there, as in any real cluster.
+func WaitServiceAccount(ctx context.Context, client kubernetes.Interface, namespace string) error {
+	err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		_, err := client.CoreV1().ServiceAccounts(namespace).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the default ServiceAccount of namespace %s was not created (is the devcluster's controller-manager running?): %w", namespace, err)
+	}
+	return nil
 }
