@@ -128,7 +128,10 @@ type Controllers struct {
 	nodeObj *nodesync.Controller
 }
 
-var _ feed.Controllers = (*Controllers)(nil)
+var (
+	_ feed.Controllers = (*Controllers)(nil)
+	_ feed.Admitter    = (*Controllers)(nil)
+)
 
 // New builds the controllers and their informers; nothing talks to the API
 // server before Run. pub receives what each node should get; it may be nil
@@ -190,8 +193,9 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	label := cfg.EdgeLabel
 	isEdge := func(n *corev1.Node) bool { _, ok := n.Labels[label]; return ok }
 
-	nodes := coreinformers.NewFilteredNodeInformer(cfg.Client, cfg.ResyncPeriod, cache.Indexers{},
-		func(o *metav1.ListOptions) { o.LabelSelector = label })
+	// Every Node, so that an edge certificate naming a cloud kubelet's
+	// Node is refused from the cache; those are kept small (slimNode).
+	nodes := coreinformers.NewNodeInformer(cfg.Client, cfg.ResyncPeriod, cache.Indexers{})
 	pods := coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{},
 		func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermNotEqualSelector("spec.nodeName", "").String()
@@ -221,13 +225,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
-	// A deleted Node (or one that lost the edge label) leaves the filtered
-	// cache: forget when its Lease was renewed.
-	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
-		if name, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			c.nodes.NodeDeleted(name)
-		}
-	}}); err != nil {
+	if _, err := nodes.AddEventHandler(c.nodeLifecycle(isEdge)); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
 	if !cfg.DisableDevices {
@@ -247,7 +245,11 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	for _, inf := range c.informers {
 		// Edges never need managed fields; dropping them before the cache
 		// stores an object saves memory and an encode-time copy.
-		if err := inf.SetTransform(dropManagedFields); err != nil {
+		transform := dropManagedFields
+		if inf == nodes {
+			transform = slimNode(isEdge)
+		}
+		if err := inf.SetTransform(transform); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)
 		}
 	}
@@ -271,6 +273,79 @@ type latePublisher struct {
 func (l *latePublisher) Publish(node string, obj *feed.Object) {
 	if p := l.v.Load(); p != nil {
 		(*p).Publish(node, obj)
+	}
+}
+
+// EndSession ends node's session when the publisher holds sessions.
+func (l *latePublisher) EndSession(node string, reason error) {
+	if p := l.v.Load(); p != nil {
+		if e, ok := (*p).(feed.SessionEnder); ok {
+			e.EndSession(node, reason)
+		}
+	}
+}
+
+// nodeLifecycle returns the Node event handlers that end a node's session
+// when its Node is deleted (FAILED_PRECONDITION: it may register again) or
+// is not, or no longer, an edge node (PERMISSION_DENIED), and wake
+// registrations waiting for their Node. A session admitted while its Node
+// did not exist yet and whose Node is deleted before the session
+// registers is not ended: its reports are refused NOT_FOUND, as before
+// the node registered.
+func (c *Controllers) nodeLifecycle(isEdge func(*corev1.Node) bool) cache.ResourceEventHandlerFuncs {
+	notEdge := func(n *corev1.Node) {
+		c.nodes.NodeDeleted(n.Name)
+		c.pub.EndSession(n.Name, c.nodes.NotEdge(n.Name))
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			n, ok := obj.(*corev1.Node)
+			switch {
+			case !ok:
+			case isEdge(n):
+				c.nodes.NodeChanged(n.Name)
+			default:
+				notEdge(n)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Node)
+			n, ok2 := newObj.(*corev1.Node)
+			switch {
+			case !ok1 || !ok2:
+			case isEdge(n):
+				c.nodes.NodeChanged(n.Name)
+			case isEdge(o):
+				notEdge(n)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			n, ok := obj.(*corev1.Node)
+			if !ok || !isEdge(n) {
+				return
+			}
+			c.nodes.NodeDeleted(n.Name)
+			c.pub.EndSession(n.Name, status.Errorf(codes.FailedPrecondition,
+				"Node %q was deleted; send NodeRegistration to register it again (until then the node's reports are refused NOT_FOUND)", n.Name))
+		},
+	}
+}
+
+// slimNode keeps of a Node that is not an edge node only what tells that it
+// exists and is not one (name, uid, labels): a cloud cluster's Nodes cost
+// the cache little, whatever their status holds.
+func slimNode(isEdge func(*corev1.Node) bool) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		n, ok := obj.(*corev1.Node)
+		if !ok || isEdge(n) {
+			return dropManagedFields(obj)
+		}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
+		}}, nil
 	}
 }
 
@@ -385,6 +460,18 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 	default:
 		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "%T is not a report", req.GetMessage())))
 	}
+}
+
+// Admit refuses a session to a node whose Node is not an edge node
+// (feed.Admitter), from the cache; a node with no Node yet is admitted so
+// that it can register.
+func (c *Controllers) Admit(node string) error {
+	select {
+	case <-c.synced:
+	default:
+		return status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
+	}
+	return c.nodes.Admit(node)
 }
 
 // SessionEnded stops per-node work for node (its Lease renewals).

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -114,21 +113,30 @@ func TestLeaseRenewalsHaveTheirOwnAPIBudget(t *testing.T) {
 	client := testcluster.Client(t)
 	slow := rest.CopyConfig(testcluster.RESTConfig(t))
 	slow.QPS, slow.Burst = 1, 1
-	ctrls := start(t, controllers.Config{RESTConfig: slow, DisableDevices: true}, newRecorder())
 
 	const flood, nodes = 4, 12
+	// Distinct nodes, so the reports do not coalesce: each is a write.
+	// Reports are taken only for existing edge Nodes.
+	var flooding, beating []string
+	for range flood {
+		flooding = append(flooding, edgeNode(t, client, "edge-status"))
+	}
+	for range nodes {
+		node := edgeNode(t, client, "edge")
+		deleteLeaseAtCleanup(t, client, node)
+		beating = append(beating, node)
+	}
+	ctrls := start(t, controllers.Config{RESTConfig: slow, DisableDevices: true}, newRecorder())
+
 	statuses := make(answers, flood)
 	st := toProto(t, &corev1.NodeStatus{Phase: corev1.NodeRunning}, &corev1pb.NodeStatus{})
-	for i := range flood {
-		// Distinct nodes, so the reports do not coalesce: each is a write.
-		ctrls.HandleReport(testcluster.UniqueName("unregistered"), &edgesyncv1.SyncRequest{
+	for i, node := range flooding {
+		ctrls.HandleReport(node, &edgesyncv1.SyncRequest{
 			RequestId: uint64(i + 1), Message: &edgesyncv1.SyncRequest_NodeStatus{NodeStatus: &edgesyncv1.NodeStatus{Status: st}},
 		}, statuses.answer)
 	}
 	heartbeats := make(answers, nodes)
-	for i := range nodes {
-		node := testcluster.UniqueName("edge")
-		deleteLeaseAtCleanup(t, client, node)
+	for i, node := range beating {
 		ctrls.HandleReport(node, heartbeatReport(uint64(100+i)), heartbeats.answer)
 	}
 	for range nodes {
@@ -139,10 +147,10 @@ func TestLeaseRenewalsHaveTheirOwnAPIBudget(t *testing.T) {
 	if answered := len(statuses); answered == flood {
 		t.Fatalf("%d Lease renewals completed only after all %d status writes: they share the status writes' budget", nodes, flood)
 	}
-	// The status writes do finish (answered NotFound: no such Node).
+	// The status writes do finish.
 	for range flood {
-		if r := statuses.wait(t); codes.Code(r.GetCode()) != codes.NotFound {
-			t.Fatalf("status report answered %v, want NotFound", r)
+		if r := statuses.wait(t); r.GetCode() != 0 {
+			t.Fatalf("status report answered %v, want OK", r)
 		}
 	}
 }
@@ -193,37 +201,4 @@ func family(t *testing.T, reg *prometheus.Registry, name string) []*dto.Metric {
 		}
 	}
 	return nil
-}
-
-// Once a node's Node is deleted, its next heartbeat writes the Lease again
-// even within the renew interval: the controller forgot the node.
-func TestDeletedNodeIsForgotten(t *testing.T) {
-	client := testcluster.Client(t)
-	node := edgeNode(t, client, "edge")
-	deleteLeaseAtCleanup(t, client, node)
-	reg := prometheus.NewRegistry()
-	// A renew interval far longer than the test: no renewal falls due.
-	ctrls := start(t, controllers.Config{DisableDevices: true, Registerer: reg, LeaseDuration: time.Hour, LeaseRenewInterval: 20 * time.Minute}, newRecorder())
-	results := make(answers, 1)
-	beat := func(id uint64) {
-		t.Helper()
-		ctrls.HandleReport(node, heartbeatReport(id), results.answer)
-		if r := results.wait(t); r.GetCode() != 0 {
-			t.Fatalf("heartbeat answered %v, want OK", r)
-		}
-	}
-	beat(1)
-	beat(2)
-	if ok, skipped := metric(t, reg, "edgesync_lease_renewals_total", "ok"), metric(t, reg, "edgesync_lease_renewals_skipped_total", ""); ok != 1 || skipped != 1 {
-		t.Fatalf("two heartbeats within the renew interval: %v writes, %v skipped; want 1 and 1", ok, skipped)
-	}
-	if err := client.CoreV1().Nodes().Delete(t.Context(), node, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	id := uint64(2)
-	eventually(t, "a heartbeat after the Node's deletion renews the Lease", func() (bool, error) {
-		id++
-		beat(id)
-		return metric(t, reg, "edgesync_lease_renewals_total", "ok") == 2, nil
-	})
 }

@@ -80,7 +80,7 @@ type Server struct {
 	// before it starts serving; nil when they do not have one.
 	cachesLoaded <-chan struct{}
 	ctrls        feed.Controllers
-	admitter     feed.Admitter // ctrls, when they admit nodes; set by Serve
+	admitter     feed.Admitter  // ctrls, when they admit nodes; set by Serve
 	wg           sync.WaitGroup // session goroutines
 
 	mu       sync.RWMutex // guards sessions and draining

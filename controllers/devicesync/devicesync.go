@@ -81,7 +81,8 @@ type Config struct {
 	// Devices and Models are informers of Devices and DeviceModels over all
 	// namespaces; Devices must have the indexes AddIndexers adds.
 	Devices, Models cache.SharedIndexInformer
-	// Nodes is an informer of the edge nodes.
+	// Nodes is an informer of the Nodes (other than edge nodes may be
+	// cached; IsEdge tells them apart).
 	Nodes cache.SharedIndexInformer
 	// IsEdge tells whether a Node from Nodes is an edge node.
 	IsEdge func(*corev1.Node) bool

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -107,14 +108,19 @@ func (l *leases) forget(node string) {
 }
 
 // write renews node's Lease unless a renewal that finished while this
-// heartbeat waited in the queue already did.
+// heartbeat waited in the queue already did, or the Node was deleted (or
+// lost the edge label) meanwhile.
 func (l *leases) write(ctx context.Context, node string, _ *edgesyncv1.SyncRequest) error {
 	now := l.cfg.Now()
+	n, err := edgeNode(l.cfg, node)
+	if err != nil {
+		return err
+	}
 	if l.fresh(node, now) {
 		l.skipped.Inc()
 		return nil
 	}
-	if err := l.renew(ctx, node, now); err != nil {
+	if err := l.renew(ctx, n, now); err != nil {
 		l.renewalsError.Inc()
 		return err
 	}
@@ -163,17 +169,19 @@ type leasePatchMeta struct {
 	OwnerReferences []metav1.OwnerReference `json:"ownerReferences"`
 }
 
-// renew writes renewTime now into node's Lease with a JSON merge patch,
-// creating the Lease when it is missing. No read.
-func (l *leases) renew(ctx context.Context, node string, now time.Time) error {
+// renew writes renewTime now into the Lease of Node n with a JSON merge
+// patch, creating the Lease when it is missing and n is still in the
+// cache. No read. The Lease is owned by n, as a kubelet's is: the garbage
+// collector deletes it with the Node, and deletes one this renewal wrote
+// just after the Node was deleted.
+func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error {
+	node := n.Name
 	seconds := int32(l.cfg.LeaseDuration / time.Second)
 	renewTime := metav1.NewMicroTime(now)
-	p := leasePatch{Spec: coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}}
-	var owners []metav1.OwnerReference
-	if n, err := l.cfg.Nodes.Get(node); err == nil {
-		// As for kubelets: the Lease goes when its Node goes.
-		owners = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
-		p.Metadata = &leasePatchMeta{OwnerReferences: owners}
+	owners := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
+	p := leasePatch{
+		Metadata: &leasePatchMeta{OwnerReferences: owners},
+		Spec:     coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime},
 	}
 	patch, err := json.Marshal(p)
 	if err != nil {
@@ -182,6 +190,10 @@ func (l *leases) renew(ctx context.Context, node string, now time.Time) error {
 	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
 	_, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 	if apierrors.IsNotFound(err) {
+		// Deleted with its Node? Then the cache no longer has the Node.
+		if _, err := edgeNode(l.cfg, node); err != nil {
+			return err
+		}
 		lease := &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: LeaseNamespace, OwnerReferences: owners},
 			Spec:       p.Spec,

@@ -227,8 +227,43 @@ func TestLeaseRenewal(t *testing.T) {
 		// Neither gap after forgetting the node counts as an interval.
 		metricsAre(counts{ok: 8, skipped: 2, intervals: 5})
 	})
+	t.Run("a heartbeat of a node without an edge Node is refused without a write", func(t *testing.T) {
+		if c := heartbeat("no-such-node", 133*time.Second); c != codes.NotFound {
+			t.Fatalf("heartbeat of a node with no Node answered %v, want NotFound", c)
+		}
+		cloud := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cloud-node", UID: "cloud-uid"}}
+		if err := nodes.Add(cloud); err != nil {
+			t.Fatal(err)
+		}
+		if c := heartbeat(cloud.Name, 133*time.Second); c != codes.PermissionDenied {
+			t.Fatalf("heartbeat of a cloud node answered %v, want PermissionDenied", c)
+		}
+		for _, name := range []string{"no-such-node", cloud.Name} {
+			if _, err := leases.Get(t.Context(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				t.Fatalf("lease of %s after a refused heartbeat: %v, want NotFound", name, err)
+			}
+		}
+		metricsAre(counts{ok: 8, skipped: 2, intervals: 5})
+	})
+	t.Run("a heartbeat after the Node left the cache is refused", func(t *testing.T) {
+		ctrl.NodeDeleted(node.Name)
+		if err := nodes.Delete(node); err != nil {
+			t.Fatal(err)
+		}
+		if c := heartbeat(node.Name, 134*time.Second); c != codes.NotFound {
+			t.Fatalf("heartbeat after the Node left the cache answered %v, want NotFound", c)
+		}
+		renewedAt(132 * time.Second)
+		if err := nodes.Add(node); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("a failed write is counted and answered", func(t *testing.T) {
-		if c := heartbeat("Not_A_Name", 133*time.Second); c != codes.InvalidArgument {
+		bad := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "Not_A_Name", UID: "bad-uid", Labels: map[string]string{edgeLabel: ""}}}
+		if err := nodes.Add(bad); err != nil {
+			t.Fatal(err)
+		}
+		if c := heartbeat(bad.Name, 133*time.Second); c != codes.InvalidArgument {
 			t.Fatalf("heartbeat of a node whose name cannot name a Lease answered %v, want InvalidArgument", c)
 		}
 		metricsAre(counts{ok: 8, errors: 1, skipped: 2, intervals: 5})

@@ -4,6 +4,16 @@
 // so that Kubernetes' node lifecycle controller sees edge nodes as a kubelet
 // would show them.
 //
+// Only edge nodes are written: a report for a Node that does not exist
+// (never registered, or deleted) is refused NOT_FOUND, and one for a Node
+// without the edge label (a cloud kubelet's) PERMISSION_DENIED, both from
+// the cache and before any write, so that a heartbeat never recreates the
+// Lease of a deleted Node and an edge certificate never keeps a cloud
+// node's Lease alive. NodeRegistration creates a missing Node again; it is
+// answered once the cache holds the Node, so that the reports that follow
+// it are accepted. Every Lease is owned by its Node, as a kubelet's is, so
+// that the garbage collector deletes it with the Node.
+//
 // Node and status writes go through a coalescing report queue per node and
 // kind of report, so a slow API server sees the latest status of a node,
 // never a backlog.
@@ -57,10 +67,12 @@ type Config struct {
 	// LeaseClient writes Leases. Give it its own QPS and burst so that
 	// renewals and status writes cannot starve each other; Client when nil.
 	LeaseClient kubernetes.Interface
-	// Nodes lists the edge nodes from a cache; used for the owner
-	// reference of a node's Lease.
+	// Nodes lists the Nodes from a cache: every edge node, and at least
+	// the name, uid and labels of every other Node. Reports are checked
+	// against it, and it gives the owner reference of a node's Lease.
 	Nodes corelisters.NodeLister
-	// EdgeLabel is added to every Node this controller registers.
+	// EdgeLabel marks edge nodes (any value); it is added to every Node
+	// this controller registers.
 	EdgeLabel string
 	// LeaseDuration is written into each Lease; the node lifecycle
 	// controller treats a node whose Lease is older as unhealthy. 40s when
@@ -89,6 +101,7 @@ type Controller struct {
 	log     *zap.Logger
 	reports *reportqueue.Queue // registrations and node status
 	leases  *leases
+	cached  waiters // registrations waiting for their Node in the cache
 }
 
 // New returns a controller; call Run to apply reports.
@@ -149,8 +162,16 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.InvalidArgument, "node_status.status is required")))
 			return
 		}
+		if _, err := edgeNode(&c.cfg, node); err != nil {
+			answer(reportqueue.Result(req.GetRequestId(), err))
+			return
+		}
 		kind = "status"
 	case *edgesyncv1.SyncRequest_Heartbeat:
+		if _, err := edgeNode(&c.cfg, node); err != nil {
+			answer(reportqueue.Result(req.GetRequestId(), err))
+			return
+		}
 		c.leases.heartbeat(node, req, answer)
 		return
 	default:
@@ -169,7 +190,8 @@ func (c *Controller) SessionEnded(node string) {
 }
 
 // NodeDeleted forgets the time of node's last Lease renewal; call it when
-// the Node is deleted or stops being an edge node.
+// the Node is deleted or stops being an edge node. Renewals still queued
+// check the cache again and are refused.
 func (c *Controller) NodeDeleted(node string) {
 	c.leases.forget(node)
 }
@@ -184,10 +206,14 @@ func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.Syn
 	return status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())
 }
 
-// register creates node's Node unless it exists; an existing Node is left
-// as it is.
+// register creates node's Node unless it exists; an existing edge Node is
+// left as it is, and a Node that is not an edge node is refused. It returns
+// once the cache holds the Node.
 func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.NodeRegistration) error {
-	if _, err := c.cfg.Nodes.Get(node); err == nil {
+	if n, err := c.cfg.Nodes.Get(node); err == nil {
+		if !isEdge(&c.cfg, n) {
+			return notEdge(&c.cfg, node)
+		}
 		return nil // already an edge node
 	}
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
@@ -214,9 +240,16 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	}
 	created, err := c.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: c.cfg.FieldManager})
 	if apierrors.IsAlreadyExists(err) {
-		c.log.Info("node already exists and is left as it is; it receives objects only while it has the edge label",
-			zap.String("node", node), zap.String("label", c.cfg.EdgeLabel))
-		return nil
+		// Created since the cache was read (by another replica, or by an
+		// operator): one read tells whether it is an edge node.
+		existing, err := c.cfg.Client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read node %q: %w", node, err)
+		}
+		if !isEdge(&c.cfg, existing) {
+			return notEdge(&c.cfg, node)
+		}
+		return c.waitCached(ctx, node, existing.UID)
 	}
 	if err != nil {
 		return fmt.Errorf("create node %q: %w", node, err)
@@ -225,9 +258,11 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	// Nodes accept their status on create, but write it through the status
 	// subresource too in case an admission step dropped it.
 	if reg.GetStatus() != nil && len(created.Status.Conditions) == 0 && len(n.Status.Conditions) > 0 {
-		return c.patchStatusFrom(ctx, node, &n.Status)
+		if err := c.patchStatusFrom(ctx, node, &n.Status); err != nil {
+			return err
+		}
 	}
-	return nil
+	return c.waitCached(ctx, node, created.UID)
 }
 
 // patchStatus patches node's status with what the edge reported, keeping
@@ -249,7 +284,7 @@ func (c *Controller) patchStatusFrom(ctx context.Context, node string, st *corev
 	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch,
 		metav1.PatchOptions{FieldManager: c.cfg.FieldManager}, "status")
 	if apierrors.IsNotFound(err) {
-		return status.Errorf(codes.NotFound, "node %q is not registered: send NodeRegistration first", node)
+		return status.Errorf(codes.NotFound, "Node %q does not exist (deleted): send NodeRegistration to register it", node)
 	}
 	if err != nil {
 		return fmt.Errorf("patch status of node %q: %w", node, err)

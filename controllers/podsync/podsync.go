@@ -58,7 +58,8 @@ type Config struct {
 	// Pods, ConfigMaps and Secrets are informers over all namespaces; Pods
 	// must have the index AddIndexers adds.
 	Pods, ConfigMaps, Secrets cache.SharedIndexInformer
-	// Nodes is an informer of the edge nodes.
+	// Nodes is an informer of the Nodes (other than edge nodes may be
+	// cached; IsEdge tells them apart).
 	Nodes cache.SharedIndexInformer
 	// IsEdge tells whether a Node from Nodes is an edge node.
 	IsEdge func(*corev1.Node) bool

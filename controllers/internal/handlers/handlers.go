@@ -72,12 +72,23 @@ func ProcessNext[T comparable](queue workqueue.TypedRateLimitingInterface[T], sy
 	return true
 }
 
-// EdgeRoleChanges returns node event handlers that call enqueue when a node
-// is added or deleted, or when it gains or loses the edge role; other node
-// updates (status, heartbeats) are ignored.
+// EdgeRoleChanges returns node event handlers that call enqueue when an
+// edge node is added or deleted, or when a node gains or loses the edge
+// role; other Nodes and other node updates (status, heartbeats) are
+// ignored.
 func EdgeRoleChanges(isEdge func(*corev1.Node) bool, enqueue func(obj any)) cache.ResourceEventHandlerFuncs {
+	edgeOnly := func(obj any) {
+		n, ok := obj.(*corev1.Node)
+		if d, tomb := obj.(cache.DeletedFinalStateUnknown); tomb {
+			n, ok = d.Obj.(*corev1.Node)
+		}
+		if ok && !isEdge(n) {
+			return
+		}
+		enqueue(obj)
+	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueue,
+		AddFunc: edgeOnly,
 		UpdateFunc: func(oldObj, newObj any) {
 			oldNode, ok1 := oldObj.(*corev1.Node)
 			newNode, ok2 := newObj.(*corev1.Node)
@@ -86,7 +97,7 @@ func EdgeRoleChanges(isEdge func(*corev1.Node) bool, enqueue func(obj any)) cach
 			}
 			enqueue(newObj)
 		},
-		DeleteFunc: enqueue,
+		DeleteFunc: edgeOnly,
 	}
 }
 
