@@ -4,7 +4,9 @@
 // connecting a node costs no API-server call; writes from edge reports go
 // through the configured client and respect its QPS and burst, except node
 // Lease renewals, which have a client of their own (LeaseQPS, LeaseBurst)
-// so that neither kind of write can starve the other.
+// so that neither kind of write can starve the other. The autonomy
+// controller keeps the pods of edge nodes that go offline bound to them
+// (see package autonomy); it is the only writer of pod specs.
 //
 // Wiring:
 //
@@ -43,6 +45,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/edgesync/edgesync/controllers/autonomy"
 	"github.com/edgesync/edgesync/controllers/devicesync"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
@@ -126,6 +129,8 @@ type Controllers struct {
 	devices *devicesync.Controller // nil when disabled
 	nodes   *nodestatus.Controller
 	nodeObj *nodesync.Controller
+	// autonomy keeps pods on edge nodes that go offline.
+	autonomy *autonomy.Controller
 }
 
 var (
@@ -224,6 +229,12 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
 	}); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
+	}
+	if c.autonomy, err = autonomy.New(autonomy.Config{
+		Client: cfg.Client, Pods: pods, NodeIndex: podsync.NodeIndex, Nodes: nodes, IsEdge: isEdge,
+		FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("autonomy"),
+	}); err != nil {
+		return nil, err
 	}
 	if _, err := nodes.AddEventHandler(c.nodeLifecycle(isEdge)); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
@@ -384,6 +395,7 @@ func (c *Controllers) Run(ctx context.Context) error {
 
 	errs := make(chan error, 4)
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
 	if c.devices != nil {
