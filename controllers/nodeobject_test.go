@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgesync/edgesync/controllers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
 	"github.com/edgesync/edgesync/internal/testcluster"
 	"github.com/edgesync/edgesync/server/feed"
 )
@@ -33,6 +35,27 @@ func patchNode(ctx context.Context, t *testing.T, client kubernetes.Interface, n
 		t.Fatalf("patch node %s with %s: %v", name, b, err)
 	}
 	return n.ResourceVersion
+}
+
+// withoutNodes drops the nodes' own Nodes from objs, for tests about
+// other kinds: every edge node is sent its Node.
+func withoutNodes(objs []*feed.Object) []*feed.Object {
+	var out []*feed.Object
+	for _, o := range objs {
+		if o.Key.Kind != edgesyncv1.Kind_KIND_NODE {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// sameNodeContent tells whether two NodeEvents carry the same metadata
+// and spec, apart from the resourceVersion.
+func sameNodeContent(a, b *edgesyncv1.SyncResponse) bool {
+	an := proto.Clone(a.GetNodeEvent().GetNode()).(*corev1pb.Node)
+	bn := proto.Clone(b.GetNodeEvent().GetNode()).(*corev1pb.Node)
+	an.Metadata.ResourceVersion, bn.Metadata.ResourceVersion = nil, nil
+	return proto.Equal(an, bn)
 }
 
 // nodeSends counts the Node events node was sent of its own Node.
