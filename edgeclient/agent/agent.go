@@ -221,7 +221,11 @@ func (a *agent) print(what string, obj edgeclient.Object, old *edgeclient.Object
 		return
 	}
 	kind, meta := kindMeta(obj)
-	line := fmt.Sprintf("%s %-8s %-9s %s/%s rv=%s", time.Now().UTC().Format(time.RFC3339), what, kind, meta.Namespace, meta.Name, meta.ResourceVersion)
+	name := meta.Name // cluster-scoped (the Node)
+	if meta.Namespace != "" {
+		name = meta.Namespace + "/" + meta.Name
+	}
+	line := fmt.Sprintf("%s %-8s %-9s %s rv=%s", time.Now().UTC().Format(time.RFC3339), what, kind, name, meta.ResourceVersion)
 	if d := Describe(obj, old); d != "" {
 		line += " " + d
 	}

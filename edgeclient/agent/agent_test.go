@@ -182,7 +182,8 @@ func TestAgentAgainstServer(t *testing.T) {
 	env := servertest.Start(t, ctrls)
 	certFile, keyFile := env.NodeCert(t, node)
 	dir := t.TempDir()
-	ctrls.Set(node, feedtest.Pod("ns", "web", node, "1"), feedtest.ConfigMap("ns", "cfg", "7", map[string]string{"k": "v"}))
+	ctrls.Set(node, feedtest.Pod("ns", "web", node, "1"), feedtest.ConfigMap("ns", "cfg", "7", map[string]string{"k": "v"}),
+		nodeObject(t, node, "8", map[string]string{"site": "lab"}, false))
 
 	out := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -241,6 +242,9 @@ func TestAgentAgainstServer(t *testing.T) {
 	// A new version with the same desired value (as after the cloud wrote
 	// the status) is not reported again; a new desired value is.
 	ctrls.Put(node, device(t, "ns", "thermo", "5", "21"))
+	// kubectl label and cordon, before a pod whose report shows they
+	// were applied.
+	ctrls.Put(node, nodeObject(t, node, "9", map[string]string{"site": "lab", "zone": "north"}, true))
 	ctrls.Put(node, feedtest.Pod("ns", "cache", node, "6"))
 	waitReport(t, wctx, ctrls, "Running and Ready status of ns/cache", podPhase("cache"))
 	ctrls.Put(node, device(t, "ns", "thermo", "7", "22"))
@@ -260,7 +264,8 @@ func TestAgentAgainstServer(t *testing.T) {
 	stop()
 
 	lines := out.String()
-	for _, want := range []string{"ADDED    Pod       ns/web rv=1 images=", "ADDED    ConfigMap ns/cfg rv=7 keys=k", "MODIFIED Pod       ns/web rv=2 terminating", "ADDED    Pod       ns/db rv=3", "ADDED    Device    ns/thermo rv=4 model=thermometer properties=1"} {
+	for _, want := range []string{"ADDED    Pod       ns/web rv=1 images=", "ADDED    ConfigMap ns/cfg rv=7 keys=k", "MODIFIED Pod       ns/web rv=2 terminating", "ADDED    Pod       ns/db rv=3", "ADDED    Device    ns/thermo rv=4 model=thermometer properties=1",
+		"ADDED    Node      edge-agent rv=8 labels=1 taints=none", "MODIFIED Node      edge-agent rv=9 labels +zone=north cordoned"} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("output lacks %q:\n%s", want, lines)
 		}
@@ -280,6 +285,20 @@ func TestAgentAgainstServer(t *testing.T) {
 			t.Errorf("list output lacks %q:\n%s", want, listed.String())
 		}
 	}
+}
+
+// nodeObject is the node's own Node as the controllers send it.
+func nodeObject(t *testing.T, name, rv string, labels map[string]string, cordoned bool) *feed.Object {
+	meta := &metav1pb.ObjectMeta{Name: proto.String(name), Uid: proto.String("uid-" + name), ResourceVersion: proto.String(rv), Labels: labels}
+	obj, err := feed.Encode(feed.Key{Kind: edgesyncv1.Kind_KIND_NODE, Name: name}, meta.GetUid(), rv, false,
+		&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY,
+			Node: &corev1pb.Node{Metadata: meta, Spec: &corev1pb.NodeSpec{Unschedulable: proto.Bool(cordoned)}},
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return obj
 }
 
 // device is a device with one property whose desired value is desired.
