@@ -110,6 +110,9 @@ func TestRBACIsEnough(t *testing.T) {
 		}
 	}
 
+	// The node's own Node.
+	rec.waitApplied(t, edge1, nodeKey(edge1), nil)
+
 	// Pods, ConfigMaps, Secrets; pod status; deleting a terminated pod.
 	createConfig(t, client, ns, "app")
 	pod, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("web", edge1, "app", "app"), metav1.CreateOptions{})
