@@ -43,7 +43,7 @@ wait_for() {
 mkdir -p "$DEV"
 rm -f "$DEV/ready"
 
-step "starting the devcluster (etcd + kube-apiserver)"
+step "starting the devcluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)"
 "$BIN/devcluster" run --dir "$DEV/cluster" --crds "$ROOT/deploy/crds" >"$DEV/devcluster.log" 2>&1 &
 pids+=($!)
 wait_for "the devcluster" 120 test -f "$DEV/cluster/ready"
@@ -70,7 +70,7 @@ step "creating the dev PKI in .dev/pki"
 PKI=$DEV/pki
 rm -rf "$PKI"
 edgesync-server certs init --dir "$PKI" --hosts localhost,127.0.0.1
-edgesync-server certs node edge-1 --dir "$PKI"
+for node in edge-1 edge-2; do edgesync-server certs node "$node" --dir "$PKI"; done
 edgesync-server certs admin dev-admin --dir "$PKI"
 
 step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT)"
@@ -88,20 +88,34 @@ serving() {
 }
 wait_for "edgesync-server to report SERVING (its caches loaded)" 60 serving
 
-step "starting edgesync-agent for node edge-1 (its events follow)"
-edgesync-agent \
-  --server "127.0.0.1:$GRPC_PORT" --node edge-1 \
-  --ca "$PKI/ca.crt" --cert "$PKI/node-edge-1.crt" --key "$PKI/node-edge-1.key" \
-  --store "$DEV/edge-1" 2>"$DEV/agent-edge-1.log" > >(tee "$DEV/agent-edge-1.events") &
-pids+=($!)
-wait_for "node edge-1 to register" 60 kubectl get node edge-1
+step "starting edgesync-agent for edge-1 (its events follow) and edge-2"
+# start_agent NODE: an agent whose events go to .dev/agent-NODE.events
+# (edge-1's are also shown here) and its log to .dev/agent-NODE.log.
+start_agent() {
+  local node=$1
+  local args=(--server "127.0.0.1:$GRPC_PORT" --node "$node"
+    --ca "$PKI/ca.crt" --cert "$PKI/node-$node.crt" --key "$PKI/node-$node.key"
+    --labels "kubernetes.io/hostname=$node" --store "$DEV/$node")
+  if [ "$node" = edge-1 ]; then
+    edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
+  else
+    edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" >"$DEV/agent-$node.events" &
+  fi
+  pids+=($!)
+}
+start_agent edge-1
+start_agent edge-2
+wait_for "nodes edge-1 and edge-2 to register" 60 kubectl get node edge-1 edge-2
 
-step "creating the demo: a pod with a configmap and a secret, and a device (deploy/demo)"
+step "creating the demo: a Deployment and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
 kubectl apply -f "$ROOT/deploy/demo/demo.yaml" >/dev/null
-wait_for "pod demo/web to report Running" 60 \
-  bash -c "[ \"\$(kubectl -n demo get pod web -o jsonpath='{.status.phase}')\" = Running ]"
-printf 'pod demo/web is %s in the apiserver, reported by edge-1\n' \
-  "$(kubectl -n demo get pod web -o jsonpath='{.status.phase}')"
+# Scheduled by kube-scheduler, run and reported by the agents: nothing
+# but the edges' reports makes the Deployment available.
+wait_for "deployment demo/web to be available (2/2)" 120 \
+  bash -c "[ \"\$(kubectl -n demo get deploy web -o jsonpath='{.status.availableReplicas}')\" = 2 ]"
+wait_for "daemonset demo/edge-monitor to run on both edge nodes" 120 \
+  bash -c "[ \"\$(kubectl -n demo get ds edge-monitor -o jsonpath='{.status.numberReady}')\" = 2 ]"
+kubectl -n demo get deploy,daemonset,pods -o wide
 
 cat >"$DEV/env" <<ENV
 # source .dev/env: talk to the dev installation.
@@ -123,12 +137,13 @@ cat <<TXT
   kubectl get nodes,pods -A
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR list
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
-  # a second agent:
-  edgesync-server certs node edge-2 --dir \$EDGESYNC_PKI_DIR
-  edgesync-agent --server \$EDGESYNC_ADDR --node edge-2 --ca \$EDGESYNC_CA \\
-    --cert \$EDGESYNC_PKI_DIR/node-edge-2.crt --key \$EDGESYNC_PKI_DIR/node-edge-2.key --store .dev/edge-2
+  kubectl -n demo scale deploy web --replicas=4     # the scheduler spreads them over edge-1 and edge-2
+  # a third edge node:
+  edgesync-server certs node edge-3 --dir \$EDGESYNC_PKI_DIR
+  edgesync-agent --server \$EDGESYNC_ADDR --node edge-3 --ca \$EDGESYNC_CA \\
+    --cert \$EDGESYNC_PKI_DIR/node-edge-3.crt --key \$EDGESYNC_PKI_DIR/node-edge-3.key --store .dev/edge-3
 
-Logs: .dev/devcluster.log .dev/server.log .dev/agent-edge-1.log. Ctrl-C stops everything.
+Logs: .dev/devcluster.log .dev/cluster/*.log .dev/server.log .dev/agent-edge-*.log (events: .dev/agent-edge-*.events). Ctrl-C stops everything.
 TXT
 
 wait "${pids[@]}"
