@@ -59,6 +59,7 @@ apt-deps: ## Install the Debian packages the Python client needs (when missing).
 # in go.mod, copied out of the Go module cache; they are never committed.
 K8S_PROTO_FILES := \
 	k8s.io/api:core/v1/generated.proto \
+	k8s.io/api:discovery/v1/generated.proto \
 	k8s.io/apimachinery:pkg/apis/meta/v1/generated.proto \
 	k8s.io/apimachinery:pkg/api/resource/generated.proto \
 	k8s.io/apimachinery:pkg/runtime/generated.proto \

@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -30,6 +31,11 @@ type Object struct {
 	// Node is the node's own Node, without its status (the edge reports
 	// it).
 	Node *corev1.Node
+	// Service is a Service opted in for edges.
+	Service *corev1.Service
+	// EndpointSlice is an EndpointSlice of a held Service, holding only
+	// the endpoints this node routes to.
+	EndpointSlice *discoveryv1.EndpointSlice
 }
 
 // k8sMessage is a k8s.io/api type, which encodes to the same protobuf bytes
@@ -57,6 +63,12 @@ func Decode(r *store.Record) (Object, error) {
 	case edgesyncv1.Kind_KIND_NODE:
 		obj.Node = &corev1.Node{}
 		msg = obj.Node
+	case edgesyncv1.Kind_KIND_SERVICE:
+		obj.Service = &corev1.Service{}
+		msg = obj.Service
+	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
+		obj.EndpointSlice = &discoveryv1.EndpointSlice{}
+		msg = obj.EndpointSlice
 	case edgesyncv1.Kind_KIND_DEVICE:
 		var ev edgesyncv1.DeviceEvent
 		if err := proto.Unmarshal(r.Data, &ev); err != nil {
@@ -101,6 +113,10 @@ func splitEvent(msg *edgesyncv1.SyncResponse) (ev objectEvent, ok bool, err erro
 		object = &edgesyncv1.DeviceEvent{Device: m.DeviceEvent.GetDevice(), Model: m.DeviceEvent.GetModel()}
 	case *edgesyncv1.SyncResponse_NodeEvent:
 		kind, typ, meta, object = edgesyncv1.Kind_KIND_NODE, m.NodeEvent.GetType(), m.NodeEvent.GetNode().GetMetadata(), m.NodeEvent.GetNode()
+	case *edgesyncv1.SyncResponse_ServiceEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_SERVICE, m.ServiceEvent.GetType(), m.ServiceEvent.GetService().GetMetadata(), m.ServiceEvent.GetService()
+	case *edgesyncv1.SyncResponse_EndpointSliceEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_ENDPOINT_SLICE, m.EndpointSliceEvent.GetType(), m.EndpointSliceEvent.GetEndpointSlice().GetMetadata(), m.EndpointSliceEvent.GetEndpointSlice()
 	default:
 		return objectEvent{}, false, nil
 	}

@@ -288,7 +288,8 @@ func carriesObject(batch []*edgesyncv1.SyncResponse) bool {
 		switch m.GetMessage().(type) {
 		case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
 			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent,
-			*edgesyncv1.SyncResponse_NodeEvent:
+			*edgesyncv1.SyncResponse_NodeEvent, *edgesyncv1.SyncResponse_ServiceEvent,
+			*edgesyncv1.SyncResponse_EndpointSliceEvent:
 			return true
 		}
 	}

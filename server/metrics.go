@@ -26,7 +26,7 @@ type metrics struct {
 }
 
 // kindCounters holds one counter of a vector per object kind.
-type kindCounters [edgesyncv1.Kind_KIND_NODE + 1]prometheus.Counter
+type kindCounters [edgesyncv1.Kind_KIND_ENDPOINT_SLICE + 1]prometheus.Counter
 
 func newKindCounters(vec *prometheus.CounterVec) kindCounters {
 	var c kindCounters
@@ -106,6 +106,10 @@ func kindLabel(k edgesyncv1.Kind) string {
 		return "device"
 	case edgesyncv1.Kind_KIND_NODE:
 		return "node"
+	case edgesyncv1.Kind_KIND_SERVICE:
+		return "service"
+	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
+		return "endpoint_slice"
 	default:
 		return "unknown"
 	}

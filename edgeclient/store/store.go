@@ -40,12 +40,17 @@ func KindName(kind edgesyncv1.Kind) string {
 		return "Device"
 	case edgesyncv1.Kind_KIND_NODE:
 		return "Node"
+	case edgesyncv1.Kind_KIND_SERVICE:
+		return "Service"
+	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
+		return "EndpointSlice"
 	}
 	return kind.String()
 }
 
 // Record is one held object. Data is the protobuf encoding of the object:
-// a k8s.io/api/core/v1 Pod, ConfigMap, Secret or Node, or an edgesync.v1
+// a k8s.io/api/core/v1 Pod, ConfigMap, Secret, Node or Service, a
+// k8s.io/api/discovery/v1 EndpointSlice, or an edgesync.v1
 // DeviceEvent carrying the device and its model.
 type Record struct {
 	Key             Key

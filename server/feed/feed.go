@@ -18,6 +18,7 @@ import (
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	discoveryv1pb "github.com/edgesync/edgesync/gen/k8s/api/discovery/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
 )
 
@@ -79,6 +80,10 @@ func Tombstone(key Key, uid string) (*Object, error) {
 		msg.Message = &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{Type: del, Device: &edgesyncv1.Device{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_NODE:
 		msg.Message = &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{Type: del, Node: &corev1pb.Node{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_SERVICE:
+		msg.Message = &edgesyncv1.SyncResponse_ServiceEvent{ServiceEvent: &edgesyncv1.ServiceEvent{Type: del, Service: &corev1pb.Service{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
+		msg.Message = &edgesyncv1.SyncResponse_EndpointSliceEvent{EndpointSliceEvent: &edgesyncv1.EndpointSliceEvent{Type: del, EndpointSlice: &discoveryv1pb.EndpointSlice{Metadata: meta}}}
 	default:
 		return nil, fmt.Errorf("no DELETE event for %s: unknown kind", key)
 	}

@@ -100,7 +100,8 @@ package edgesyncv1
 
 import (
 	v1 "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
-	v11 "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
+	v11 "github.com/edgesync/edgesync/gen/k8s/api/discovery/v1"
+	v12 "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -134,6 +135,14 @@ const (
 	// The core/v1 Node of the node itself, and no other (cluster-scoped: its
 	// namespace is empty). See NodeEvent.
 	Kind_KIND_NODE Kind = 5
+	// A ServiceAccount token for one serviceAccountToken projection of a pod
+	// bound to the node. See TokenEvent.
+	Kind_KIND_SERVICE_ACCOUNT_TOKEN Kind = 6
+	// A core/v1 Service opted in for edges. See ServiceEvent.
+	Kind_KIND_SERVICE Kind = 7
+	// A discovery.k8s.io/v1 EndpointSlice of a Service opted in for edges,
+	// filtered for the node. See EndpointSliceEvent.
+	Kind_KIND_ENDPOINT_SLICE Kind = 8
 )
 
 // Enum value maps for Kind.
@@ -145,14 +154,20 @@ var (
 		3: "KIND_SECRET",
 		4: "KIND_DEVICE",
 		5: "KIND_NODE",
+		6: "KIND_SERVICE_ACCOUNT_TOKEN",
+		7: "KIND_SERVICE",
+		8: "KIND_ENDPOINT_SLICE",
 	}
 	Kind_value = map[string]int32{
-		"KIND_UNSPECIFIED": 0,
-		"KIND_POD":         1,
-		"KIND_CONFIG_MAP":  2,
-		"KIND_SECRET":      3,
-		"KIND_DEVICE":      4,
-		"KIND_NODE":        5,
+		"KIND_UNSPECIFIED":           0,
+		"KIND_POD":                   1,
+		"KIND_CONFIG_MAP":            2,
+		"KIND_SECRET":                3,
+		"KIND_DEVICE":                4,
+		"KIND_NODE":                  5,
+		"KIND_SERVICE_ACCOUNT_TOKEN": 6,
+		"KIND_SERVICE":               7,
+		"KIND_ENDPOINT_SLICE":        8,
 	}
 )
 
@@ -239,7 +254,7 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 type SyncRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request_id identifies a report (NodeRegistration, NodeStatus, Heartbeat,
-	// PodStatus, DeviceStatus) so that its StatusResult can be matched to it.
+	// PodStatus, DeviceStatus, EventReport) so that its StatusResult can be matched to it.
 	// It must be non-zero for reports and unique among the edge's unanswered
 	// reports. It is ignored for Hello, Ack and Nack.
 	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -256,6 +271,7 @@ type SyncRequest struct {
 	//	*SyncRequest_Heartbeat
 	//	*SyncRequest_PodStatus
 	//	*SyncRequest_DeviceStatus
+	//	*SyncRequest_EventReport
 	Message       isSyncRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -377,6 +393,15 @@ func (x *SyncRequest) GetDeviceStatus() *DeviceStatus {
 	return nil
 }
 
+func (x *SyncRequest) GetEventReport() *EventReport {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_EventReport); ok {
+			return x.EventReport
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Message interface {
 	isSyncRequest_Message()
 }
@@ -413,6 +438,10 @@ type SyncRequest_DeviceStatus struct {
 	DeviceStatus *DeviceStatus `protobuf:"bytes,17,opt,name=device_status,json=deviceStatus,proto3,oneof"`
 }
 
+type SyncRequest_EventReport struct {
+	EventReport *EventReport `protobuf:"bytes,18,opt,name=event_report,json=eventReport,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Message() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Message() {}
@@ -428,6 +457,8 @@ func (*SyncRequest_Heartbeat) isSyncRequest_Message() {}
 func (*SyncRequest_PodStatus) isSyncRequest_Message() {}
 
 func (*SyncRequest_DeviceStatus) isSyncRequest_Message() {}
+
+func (*SyncRequest_EventReport) isSyncRequest_Message() {}
 
 // SyncResponse is one message from the cloud to the edge.
 type SyncResponse struct {
@@ -445,6 +476,9 @@ type SyncResponse struct {
 	//	*SyncResponse_SyncComplete
 	//	*SyncResponse_StatusResult
 	//	*SyncResponse_NodeEvent
+	//	*SyncResponse_TokenEvent
+	//	*SyncResponse_ServiceEvent
+	//	*SyncResponse_EndpointSliceEvent
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -566,6 +600,33 @@ func (x *SyncResponse) GetNodeEvent() *NodeEvent {
 	return nil
 }
 
+func (x *SyncResponse) GetTokenEvent() *TokenEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_TokenEvent); ok {
+			return x.TokenEvent
+		}
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetServiceEvent() *ServiceEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_ServiceEvent); ok {
+			return x.ServiceEvent
+		}
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetEndpointSliceEvent() *EndpointSliceEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_EndpointSliceEvent); ok {
+			return x.EndpointSliceEvent
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -602,6 +663,18 @@ type SyncResponse_NodeEvent struct {
 	NodeEvent *NodeEvent `protobuf:"bytes,17,opt,name=node_event,json=nodeEvent,proto3,oneof"`
 }
 
+type SyncResponse_TokenEvent struct {
+	TokenEvent *TokenEvent `protobuf:"bytes,18,opt,name=token_event,json=tokenEvent,proto3,oneof"`
+}
+
+type SyncResponse_ServiceEvent struct {
+	ServiceEvent *ServiceEvent `protobuf:"bytes,19,opt,name=service_event,json=serviceEvent,proto3,oneof"`
+}
+
+type SyncResponse_EndpointSliceEvent struct {
+	EndpointSliceEvent *EndpointSliceEvent `protobuf:"bytes,20,opt,name=endpoint_slice_event,json=endpointSliceEvent,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -618,6 +691,12 @@ func (*SyncResponse_StatusResult) isSyncResponse_Message() {}
 
 func (*SyncResponse_NodeEvent) isSyncResponse_Message() {}
 
+func (*SyncResponse_TokenEvent) isSyncResponse_Message() {}
+
+func (*SyncResponse_ServiceEvent) isSyncResponse_Message() {}
+
+func (*SyncResponse_EndpointSliceEvent) isSyncResponse_Message() {}
+
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -632,7 +711,9 @@ type ObjectRef struct {
 	// For KIND_DEVICE it is "<device version>/<model version>", so that a
 	// change to the model alone also reaches the edge. For KIND_NODE it is the
 	// Node's resourceVersion when the server sent it, which may be older than
-	// the cluster's (see NodeEvent).
+	// the cluster's (see NodeEvent). For KIND_ENDPOINT_SLICE it is
+	// "<slice version>/<view>", the filter applied for the node (see
+	// EndpointSliceEvent).
 	ResourceVersion string `protobuf:"bytes,5,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1195,6 +1276,126 @@ func (x *DeviceStatus) GetLastOnlineTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// EventReport records something that happened on the edge as a Kubernetes
+// Event (events.k8s.io/v1), shown by `kubectl describe` and
+// `kubectl get events`: a container pulled, created, started or killed, a
+// device online or offline. The server writes it with the node as
+// reportingInstance and "edgesync-agent" as reportingController; repeats of
+// the same event (same object, type, reason, action and note) within a few
+// minutes are aggregated into the first Event's series (count and
+// lastObservedTime), as the kubelet's events are.
+//
+// A node may report only about itself, pods bound to it and its devices
+// (PERMISSION_DENIED otherwise; NOT_FOUND when the pod's uid is not the
+// cloud's). Events do not count against max_reports_per_second: each node
+// may report events at a sustained rate of its own (by default 5 per
+// second, bursts of 50); events beyond it are dropped and answered
+// RESOURCE_EXHAUSTED, and the stream and the node's other reports carry on.
+// Events are not kept for resending like status reports: an edge may buffer
+// those it could not send while disconnected, but should drop the oldest
+// first rather than block.
+type EventReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// regarding is the object the event is about: kind KIND_POD, KIND_DEVICE
+	// or KIND_NODE (the node itself, with an empty namespace), its namespace,
+	// name and, for pods, uid. resource_version is ignored.
+	Regarding *ObjectRef `protobuf:"bytes,1,opt,name=regarding,proto3" json:"regarding,omitempty"`
+	// field_path names a part of the object, for example
+	// "spec.containers{web}"; may be empty.
+	FieldPath string `protobuf:"bytes,2,opt,name=field_path,json=fieldPath,proto3" json:"field_path,omitempty"`
+	// type is "Normal" or "Warning".
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// reason is a short UpperCamelCase word, for example "Started".
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// action is what was done or failed, for example "Started" or "Pull".
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// note is a human-readable description, at most 1 kB.
+	Note string `protobuf:"bytes,6,opt,name=note,proto3" json:"note,omitempty"`
+	// event_time is when it happened on the edge.
+	EventTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventReport) Reset() {
+	*x = EventReport{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventReport) ProtoMessage() {}
+
+func (x *EventReport) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventReport.ProtoReflect.Descriptor instead.
+func (*EventReport) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *EventReport) GetRegarding() *ObjectRef {
+	if x != nil {
+		return x.Regarding
+	}
+	return nil
+}
+
+func (x *EventReport) GetFieldPath() string {
+	if x != nil {
+		return x.FieldPath
+	}
+	return ""
+}
+
+func (x *EventReport) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *EventReport) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *EventReport) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *EventReport) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *EventReport) GetEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventTime
+	}
+	return nil
+}
+
 // Twin is the reported value of one device property.
 type Twin struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1208,7 +1409,7 @@ type Twin struct {
 
 func (x *Twin) Reset() {
 	*x = Twin{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1421,7 @@ func (x *Twin) String() string {
 func (*Twin) ProtoMessage() {}
 
 func (x *Twin) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1434,7 @@ func (x *Twin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Twin.ProtoReflect.Descriptor instead.
 func (*Twin) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Twin) GetPropertyName() string {
@@ -1269,7 +1470,7 @@ type TwinValue struct {
 
 func (x *TwinValue) Reset() {
 	*x = TwinValue{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1482,7 @@ func (x *TwinValue) String() string {
 func (*TwinValue) ProtoMessage() {}
 
 func (x *TwinValue) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1495,7 @@ func (x *TwinValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TwinValue.ProtoReflect.Descriptor instead.
 func (*TwinValue) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TwinValue) GetValue() string {
@@ -1334,7 +1535,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1547,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1560,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1417,7 +1618,7 @@ type PodEvent struct {
 
 func (x *PodEvent) Reset() {
 	*x = PodEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1630,7 @@ func (x *PodEvent) String() string {
 func (*PodEvent) ProtoMessage() {}
 
 func (x *PodEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1643,7 @@ func (x *PodEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodEvent.ProtoReflect.Descriptor instead.
 func (*PodEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PodEvent) GetType() EventType {
@@ -1470,7 +1671,7 @@ type ConfigMapEvent struct {
 
 func (x *ConfigMapEvent) Reset() {
 	*x = ConfigMapEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1683,7 @@ func (x *ConfigMapEvent) String() string {
 func (*ConfigMapEvent) ProtoMessage() {}
 
 func (x *ConfigMapEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1696,7 @@ func (x *ConfigMapEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigMapEvent.ProtoReflect.Descriptor instead.
 func (*ConfigMapEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConfigMapEvent) GetType() EventType {
@@ -1523,7 +1724,7 @@ type SecretEvent struct {
 
 func (x *SecretEvent) Reset() {
 	*x = SecretEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1736,7 @@ func (x *SecretEvent) String() string {
 func (*SecretEvent) ProtoMessage() {}
 
 func (x *SecretEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1749,7 @@ func (x *SecretEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretEvent.ProtoReflect.Descriptor instead.
 func (*SecretEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SecretEvent) GetType() EventType {
@@ -1598,7 +1799,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1811,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1824,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeEvent) GetType() EventType {
@@ -1636,6 +1837,327 @@ func (x *NodeEvent) GetType() EventType {
 func (x *NodeEvent) GetNode() *v1.Node {
 	if x != nil {
 		return x.Node
+	}
+	return nil
+}
+
+// ServiceEvent carries a Service meant for edges: one with the label
+// edgesync.io/edge-service: "true". Every edge node receives every such
+// Service, and no other: the Services of a cluster do not reach edges by
+// default. A Service that loses the label, or is deleted, is sent as
+// DELETE, and so are its EndpointSlices. metadata.managedFields is never
+// sent.
+type ServiceEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	Service       *v1.Service            `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEvent) Reset() {
+	*x = ServiceEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEvent) ProtoMessage() {}
+
+func (x *ServiceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEvent.ProtoReflect.Descriptor instead.
+func (*ServiceEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ServiceEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *ServiceEvent) GetService() *v1.Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+// EndpointSliceEvent carries one EndpointSlice of a Service the node holds
+// (the slice's label kubernetes.io/service-name names it), filtered for the
+// node the way kube-proxy chooses the endpoints a node routes to. The
+// endpoints a node receives are exactly those it should route to:
+//
+//   - Only ready endpoints, across all the Service's slices; when the
+//     Service has none, its serving endpoints that are terminating.
+//   - internalTrafficPolicy Local: only the endpoints on the node itself
+//     (endpoints[].nodeName), ready ones, or else serving terminating ones;
+//     none when the node has none (traffic is dropped, as kube-proxy does).
+//   - Topology: when the Service asks for it (trafficDistribution
+//     PreferClose, or the annotation service.kubernetes.io/topology-mode
+//     set and not "Disabled"), every ready endpoint carries zone hints, the
+//     node has the label topology.kubernetes.io/zone and at least one ready
+//     endpoint is hinted for that zone, only the ready endpoints hinted for
+//     the node's zone. Otherwise the zone does not matter.
+//
+// A slice may therefore arrive with no endpoints. The slice's
+// metadata.resourceVersion is "<slice resourceVersion>/<view>", where view
+// names the filter applied (for example "all", "zone=eu-1", "node=edge-1"
+// or "none"); it
+// is compared only for equality, like every resource_version, and changes
+// whenever what the node receives may change. The edge holds it as it was
+// received and lists it in Hello.
+type EndpointSliceEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	EndpointSlice *v11.EndpointSlice     `protobuf:"bytes,2,opt,name=endpoint_slice,json=endpointSlice,proto3" json:"endpoint_slice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointSliceEvent) Reset() {
+	*x = EndpointSliceEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointSliceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointSliceEvent) ProtoMessage() {}
+
+func (x *EndpointSliceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointSliceEvent.ProtoReflect.Descriptor instead.
+func (*EndpointSliceEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *EndpointSliceEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *EndpointSliceEvent) GetEndpointSlice() *v11.EndpointSlice {
+	if x != nil {
+		return x.EndpointSlice
+	}
+	return nil
+}
+
+// TokenEvent carries a ServiceAccount token that a pod bound to the node
+// mounts: one per serviceAccountToken projection of the pod's volumes (the
+// kube-api-access-* volume every pod gets, and custom ones). The cloud
+// obtains it with the TokenRequest API, bound to the pod (its name and
+// uid), with the projection's audience (the API server's own audiences when
+// empty) and expirationSeconds (3600 when unset, at least 600), so that the
+// token stops working when the pod is deleted.
+//
+// Tokens are desired state like any other object, keyed by pod and volume
+// source (see ServiceAccountToken.metadata). The cloud sends a new token
+// before the old one expires: once 80% of its lifetime has passed or it is
+// 24 hours old, whichever comes first (the kubelet's rule), and when the
+// pod is replaced by one of the same name (its uid changes). When the pod
+// leaves the node, is deleted or stops mounting the token, the edge
+// receives DELETE. A node receives tokens of pods bound to it and of no
+// other pod. An edge that is offline keeps the newest token it got; after
+// reconnecting it receives a fresh one, possibly at a new
+// resource_version, as soon as the cloud has obtained it (until then the
+// token it holds is neither resent nor deleted).
+//
+// A token is a credential: an edge must store it where only the pod can
+// read it, and never log it.
+type TokenEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	Token         *ServiceAccountToken   `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenEvent) Reset() {
+	*x = TokenEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenEvent) ProtoMessage() {}
+
+func (x *TokenEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenEvent.ProtoReflect.Descriptor instead.
+func (*TokenEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TokenEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *TokenEvent) GetToken() *ServiceAccountToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// ServiceAccountToken is one token as a pod mounts it.
+type ServiceAccountToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metadata names the token: namespace is the pod's namespace, name is
+	// "<pod name>/<volume name>/<path>" (path is the serviceAccountToken
+	// projection's path in the volume), uid is the pod's uid and
+	// resource_version changes with every new token (compared only for
+	// equality). creation_timestamp is when the token was issued. For
+	// DELETE only namespace, name and uid are set.
+	Metadata *v12.ObjectMeta `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// pod_name, volume_name and path say where the pod mounts the token:
+	// the file path under the volume named volume_name of pod pod_name.
+	PodName    string `protobuf:"bytes,2,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	VolumeName string `protobuf:"bytes,3,opt,name=volume_name,json=volumeName,proto3" json:"volume_name,omitempty"`
+	Path       string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// service_account_name is the pod's spec.serviceAccountName.
+	ServiceAccountName string `protobuf:"bytes,5,opt,name=service_account_name,json=serviceAccountName,proto3" json:"service_account_name,omitempty"`
+	// audience is the projection's audience; empty means the API server's.
+	Audience string `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
+	// token is the JSON Web Token, the file's whole content.
+	Token string `protobuf:"bytes,7,opt,name=token,proto3" json:"token,omitempty"`
+	// expiration_time is when the token stops being accepted.
+	ExpirationTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expiration_time,json=expirationTime,proto3" json:"expiration_time,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ServiceAccountToken) Reset() {
+	*x = ServiceAccountToken{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAccountToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAccountToken) ProtoMessage() {}
+
+func (x *ServiceAccountToken) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAccountToken.ProtoReflect.Descriptor instead.
+func (*ServiceAccountToken) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ServiceAccountToken) GetMetadata() *v12.ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ServiceAccountToken) GetPodName() string {
+	if x != nil {
+		return x.PodName
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetVolumeName() string {
+	if x != nil {
+		return x.VolumeName
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetServiceAccountName() string {
+	if x != nil {
+		return x.ServiceAccountName
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *ServiceAccountToken) GetExpirationTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpirationTime
 	}
 	return nil
 }
@@ -1656,7 +2178,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +2190,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +2203,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeviceEvent) GetType() EventType {
@@ -1709,7 +2231,7 @@ func (x *DeviceEvent) GetModel() *DeviceModel {
 // Device.
 type Device struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
-	Metadata *v11.ObjectMeta        `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata *v12.ObjectMeta        `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	// model_name is spec.deviceModelRef.name, in the device's namespace.
 	ModelName string `protobuf:"bytes,2,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
 	// node_name is spec.nodeName.
@@ -1723,7 +2245,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +2257,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,10 +2270,10 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
-func (x *Device) GetMetadata() *v11.ObjectMeta {
+func (x *Device) GetMetadata() *v12.ObjectMeta {
 	if x != nil {
 		return x.Metadata
 	}
@@ -1814,7 +2336,7 @@ type DeviceProperty struct {
 
 func (x *DeviceProperty) Reset() {
 	*x = DeviceProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +2348,7 @@ func (x *DeviceProperty) String() string {
 func (*DeviceProperty) ProtoMessage() {}
 
 func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +2361,7 @@ func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceProperty.ProtoReflect.Descriptor instead.
 func (*DeviceProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeviceProperty) GetName() string {
@@ -1902,7 +2424,7 @@ type ProtocolConfig struct {
 
 func (x *ProtocolConfig) Reset() {
 	*x = ProtocolConfig{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2436,7 @@ func (x *ProtocolConfig) String() string {
 func (*ProtocolConfig) ProtoMessage() {}
 
 func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2449,7 @@ func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProtocolConfig.ProtoReflect.Descriptor instead.
 func (*ProtocolConfig) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ProtocolConfig) GetProtocolName() string {
@@ -1956,7 +2478,7 @@ type DeviceMethod struct {
 
 func (x *DeviceMethod) Reset() {
 	*x = DeviceMethod{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2490,7 @@ func (x *DeviceMethod) String() string {
 func (*DeviceMethod) ProtoMessage() {}
 
 func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2503,7 @@ func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMethod.ProtoReflect.Descriptor instead.
 func (*DeviceMethod) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeviceMethod) GetName() string {
@@ -2009,7 +2531,7 @@ func (x *DeviceMethod) GetPropertyNames() []string {
 // devices.kubeedge.io/v1beta1 DeviceModel.
 type DeviceModel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Metadata      *v11.ObjectMeta        `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata      *v12.ObjectMeta        `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	Protocol      string                 `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	Properties    []*ModelProperty       `protobuf:"bytes,3,rep,name=properties,proto3" json:"properties,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2018,7 +2540,7 @@ type DeviceModel struct {
 
 func (x *DeviceModel) Reset() {
 	*x = DeviceModel{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2552,7 @@ func (x *DeviceModel) String() string {
 func (*DeviceModel) ProtoMessage() {}
 
 func (x *DeviceModel) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,10 +2565,10 @@ func (x *DeviceModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceModel.ProtoReflect.Descriptor instead.
 func (*DeviceModel) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{28}
 }
 
-func (x *DeviceModel) GetMetadata() *v11.ObjectMeta {
+func (x *DeviceModel) GetMetadata() *v12.ObjectMeta {
 	if x != nil {
 		return x.Metadata
 	}
@@ -2085,7 +2607,7 @@ type ModelProperty struct {
 
 func (x *ModelProperty) Reset() {
 	*x = ModelProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2619,7 @@ func (x *ModelProperty) String() string {
 func (*ModelProperty) ProtoMessage() {}
 
 func (x *ModelProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2632,7 @@ func (x *ModelProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelProperty.ProtoReflect.Descriptor instead.
 func (*ModelProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ModelProperty) GetName() string {
@@ -2176,7 +2698,7 @@ type SyncComplete struct {
 
 func (x *SyncComplete) Reset() {
 	*x = SyncComplete{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2188,7 +2710,7 @@ func (x *SyncComplete) String() string {
 func (*SyncComplete) ProtoMessage() {}
 
 func (x *SyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2201,7 +2723,7 @@ func (x *SyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncComplete.ProtoReflect.Descriptor instead.
 func (*SyncComplete) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SyncComplete) GetObjectsSent() uint32 {
@@ -2233,7 +2755,7 @@ type StatusResult struct {
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2767,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2780,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{26}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusResult) GetRequestId() uint64 {
@@ -2286,7 +2808,7 @@ var File_edgesync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xef\x03\n" +
+	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xae\x04\n" +
 	"\vSyncRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12*\n" +
@@ -2300,8 +2822,9 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\theartbeat\x18\x0f \x01(\v2\x16.edgesync.v1.HeartbeatH\x00R\theartbeat\x127\n" +
 	"\n" +
 	"pod_status\x18\x10 \x01(\v2\x16.edgesync.v1.PodStatusH\x00R\tpodStatus\x12@\n" +
-	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatusB\t\n" +
-	"\amessage\"\xa1\x04\n" +
+	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatus\x12=\n" +
+	"\fevent_report\x18\x12 \x01(\v2\x18.edgesync.v1.EventReportH\x00R\veventReportB\t\n" +
+	"\amessage\"\xf4\x05\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -2313,7 +2836,11 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\rsync_complete\x18\x0f \x01(\v2\x19.edgesync.v1.SyncCompleteH\x00R\fsyncComplete\x12@\n" +
 	"\rstatus_result\x18\x10 \x01(\v2\x19.edgesync.v1.StatusResultH\x00R\fstatusResult\x127\n" +
 	"\n" +
-	"node_event\x18\x11 \x01(\v2\x16.edgesync.v1.NodeEventH\x00R\tnodeEventB\t\n" +
+	"node_event\x18\x11 \x01(\v2\x16.edgesync.v1.NodeEventH\x00R\tnodeEvent\x12:\n" +
+	"\vtoken_event\x18\x12 \x01(\v2\x17.edgesync.v1.TokenEventH\x00R\n" +
+	"tokenEvent\x12@\n" +
+	"\rservice_event\x18\x13 \x01(\v2\x19.edgesync.v1.ServiceEventH\x00R\fserviceEvent\x12S\n" +
+	"\x14endpoint_slice_event\x18\x14 \x01(\v2\x1f.edgesync.v1.EndpointSliceEventH\x00R\x12endpointSliceEventB\t\n" +
 	"\amessage\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
@@ -2356,7 +2883,17 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
 	"\x05twins\x18\x03 \x03(\v2\x11.edgesync.v1.TwinR\x05twins\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12D\n" +
-	"\x10last_online_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0elastOnlineTime\"\xa2\x01\n" +
+	"\x10last_online_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0elastOnlineTime\"\xf5\x01\n" +
+	"\vEventReport\x124\n" +
+	"\tregarding\x18\x01 \x01(\v2\x16.edgesync.v1.ObjectRefR\tregarding\x12\x1d\n" +
+	"\n" +
+	"field_path\x18\x02 \x01(\tR\tfieldPath\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x12\n" +
+	"\x04note\x18\x06 \x01(\tR\x04note\x129\n" +
+	"\n" +
+	"event_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\teventTime\"\xa2\x01\n" +
 	"\x04Twin\x12#\n" +
 	"\rproperty_name\x18\x01 \x01(\tR\fpropertyName\x122\n" +
 	"\breported\x18\x02 \x01(\v2\x16.edgesync.v1.TwinValueR\breported\x12A\n" +
@@ -2388,7 +2925,27 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x06secret\x18\x02 \x01(\v2\x1a.k8s.io.api.core.v1.SecretR\x06secret\"e\n" +
 	"\tNodeEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12,\n" +
-	"\x04node\x18\x02 \x01(\v2\x18.k8s.io.api.core.v1.NodeR\x04node\"\x96\x01\n" +
+	"\x04node\x18\x02 \x01(\v2\x18.k8s.io.api.core.v1.NodeR\x04node\"q\n" +
+	"\fServiceEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x125\n" +
+	"\aservice\x18\x02 \x01(\v2\x1b.k8s.io.api.core.v1.ServiceR\aservice\"\x8f\x01\n" +
+	"\x12EndpointSliceEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12M\n" +
+	"\x0eendpoint_slice\x18\x02 \x01(\v2&.k8s.io.api.discovery.v1.EndpointSliceR\rendpointSlice\"p\n" +
+	"\n" +
+	"TokenEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x126\n" +
+	"\x05token\x18\x02 \x01(\v2 .edgesync.v1.ServiceAccountTokenR\x05token\"\xdc\x02\n" +
+	"\x13ServiceAccountToken\x12L\n" +
+	"\bmetadata\x18\x01 \x01(\v20.k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMetaR\bmetadata\x12\x19\n" +
+	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x1f\n" +
+	"\vvolume_name\x18\x03 \x01(\tR\n" +
+	"volumeName\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x120\n" +
+	"\x14service_account_name\x18\x05 \x01(\tR\x12serviceAccountName\x12\x1a\n" +
+	"\baudience\x18\x06 \x01(\tR\baudience\x12\x14\n" +
+	"\x05token\x18\a \x01(\tR\x05token\x12C\n" +
+	"\x0fexpiration_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x0eexpirationTime\"\x96\x01\n" +
 	"\vDeviceEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12+\n" +
 	"\x06device\x18\x02 \x01(\v2\x13.edgesync.v1.DeviceR\x06device\x12.\n" +
@@ -2442,14 +2999,17 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*p\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*\xbb\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_POD\x10\x01\x12\x13\n" +
 	"\x0fKIND_CONFIG_MAP\x10\x02\x12\x0f\n" +
 	"\vKIND_SECRET\x10\x03\x12\x0f\n" +
 	"\vKIND_DEVICE\x10\x04\x12\r\n" +
-	"\tKIND_NODE\x10\x05*T\n" +
+	"\tKIND_NODE\x10\x05\x12\x1e\n" +
+	"\x1aKIND_SERVICE_ACCOUNT_TOKEN\x10\x06\x12\x10\n" +
+	"\fKIND_SERVICE\x10\a\x12\x17\n" +
+	"\x13KIND_ENDPOINT_SLICE\x10\b*T\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_TYPE_APPLY\x10\x01\x12\x15\n" +
@@ -2471,7 +3031,7 @@ func file_edgesync_v1_sync_proto_rawDescGZIP() []byte {
 }
 
 var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_edgesync_v1_sync_proto_goTypes = []any{
 	(Kind)(0),                     // 0: edgesync.v1.Kind
 	(EventType)(0),                // 1: edgesync.v1.EventType
@@ -2486,36 +3046,43 @@ var file_edgesync_v1_sync_proto_goTypes = []any{
 	(*Heartbeat)(nil),             // 10: edgesync.v1.Heartbeat
 	(*PodStatus)(nil),             // 11: edgesync.v1.PodStatus
 	(*DeviceStatus)(nil),          // 12: edgesync.v1.DeviceStatus
-	(*Twin)(nil),                  // 13: edgesync.v1.Twin
-	(*TwinValue)(nil),             // 14: edgesync.v1.TwinValue
-	(*Welcome)(nil),               // 15: edgesync.v1.Welcome
-	(*PodEvent)(nil),              // 16: edgesync.v1.PodEvent
-	(*ConfigMapEvent)(nil),        // 17: edgesync.v1.ConfigMapEvent
-	(*SecretEvent)(nil),           // 18: edgesync.v1.SecretEvent
-	(*NodeEvent)(nil),             // 19: edgesync.v1.NodeEvent
-	(*DeviceEvent)(nil),           // 20: edgesync.v1.DeviceEvent
-	(*Device)(nil),                // 21: edgesync.v1.Device
-	(*DeviceProperty)(nil),        // 22: edgesync.v1.DeviceProperty
-	(*ProtocolConfig)(nil),        // 23: edgesync.v1.ProtocolConfig
-	(*DeviceMethod)(nil),          // 24: edgesync.v1.DeviceMethod
-	(*DeviceModel)(nil),           // 25: edgesync.v1.DeviceModel
-	(*ModelProperty)(nil),         // 26: edgesync.v1.ModelProperty
-	(*SyncComplete)(nil),          // 27: edgesync.v1.SyncComplete
-	(*StatusResult)(nil),          // 28: edgesync.v1.StatusResult
-	nil,                           // 29: edgesync.v1.NodeRegistration.LabelsEntry
-	nil,                           // 30: edgesync.v1.NodeRegistration.AnnotationsEntry
-	nil,                           // 31: edgesync.v1.TwinValue.MetadataEntry
-	(*v1.Taint)(nil),              // 32: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 33: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 34: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 37: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 38: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 39: k8s.io.api.core.v1.Secret
-	(*v1.Node)(nil),               // 40: k8s.io.api.core.v1.Node
-	(*v11.ObjectMeta)(nil),        // 41: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 42: google.protobuf.Struct
+	(*EventReport)(nil),           // 13: edgesync.v1.EventReport
+	(*Twin)(nil),                  // 14: edgesync.v1.Twin
+	(*TwinValue)(nil),             // 15: edgesync.v1.TwinValue
+	(*Welcome)(nil),               // 16: edgesync.v1.Welcome
+	(*PodEvent)(nil),              // 17: edgesync.v1.PodEvent
+	(*ConfigMapEvent)(nil),        // 18: edgesync.v1.ConfigMapEvent
+	(*SecretEvent)(nil),           // 19: edgesync.v1.SecretEvent
+	(*NodeEvent)(nil),             // 20: edgesync.v1.NodeEvent
+	(*ServiceEvent)(nil),          // 21: edgesync.v1.ServiceEvent
+	(*EndpointSliceEvent)(nil),    // 22: edgesync.v1.EndpointSliceEvent
+	(*TokenEvent)(nil),            // 23: edgesync.v1.TokenEvent
+	(*ServiceAccountToken)(nil),   // 24: edgesync.v1.ServiceAccountToken
+	(*DeviceEvent)(nil),           // 25: edgesync.v1.DeviceEvent
+	(*Device)(nil),                // 26: edgesync.v1.Device
+	(*DeviceProperty)(nil),        // 27: edgesync.v1.DeviceProperty
+	(*ProtocolConfig)(nil),        // 28: edgesync.v1.ProtocolConfig
+	(*DeviceMethod)(nil),          // 29: edgesync.v1.DeviceMethod
+	(*DeviceModel)(nil),           // 30: edgesync.v1.DeviceModel
+	(*ModelProperty)(nil),         // 31: edgesync.v1.ModelProperty
+	(*SyncComplete)(nil),          // 32: edgesync.v1.SyncComplete
+	(*StatusResult)(nil),          // 33: edgesync.v1.StatusResult
+	nil,                           // 34: edgesync.v1.NodeRegistration.LabelsEntry
+	nil,                           // 35: edgesync.v1.NodeRegistration.AnnotationsEntry
+	nil,                           // 36: edgesync.v1.TwinValue.MetadataEntry
+	(*v1.Taint)(nil),              // 37: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 38: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 39: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 42: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 43: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 44: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 45: k8s.io.api.core.v1.Node
+	(*v1.Service)(nil),            // 46: k8s.io.api.core.v1.Service
+	(*v11.EndpointSlice)(nil),     // 47: k8s.io.api.discovery.v1.EndpointSlice
+	(*v12.ObjectMeta)(nil),        // 48: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 49: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	5,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
@@ -2526,57 +3093,71 @@ var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	10, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
 	11, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
 	12, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
-	15, // 8: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
-	16, // 9: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
-	17, // 10: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
-	18, // 11: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
-	20, // 12: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
-	27, // 13: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
-	28, // 14: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
-	19, // 15: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
-	0,  // 16: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	4,  // 17: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	4,  // 18: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	29, // 19: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	30, // 20: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	32, // 21: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	33, // 22: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	33, // 23: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	34, // 24: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	13, // 25: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	35, // 26: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	14, // 27: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	14, // 28: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	31, // 29: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	36, // 30: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 31: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	37, // 32: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 33: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	38, // 34: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 35: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	39, // 36: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 37: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
-	40, // 38: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
-	1,  // 39: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	21, // 40: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	25, // 41: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	41, // 42: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	22, // 43: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	23, // 44: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	24, // 45: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	14, // 46: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	23, // 47: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	42, // 48: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	42, // 49: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	41, // 50: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	26, // 51: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	2,  // 52: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	3,  // 53: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	53, // [53:54] is the sub-list for method output_type
-	52, // [52:53] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	13, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
+	16, // 9: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
+	17, // 10: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
+	18, // 11: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
+	19, // 12: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
+	25, // 13: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
+	32, // 14: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
+	33, // 15: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
+	20, // 16: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
+	23, // 17: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
+	21, // 18: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
+	22, // 19: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
+	0,  // 20: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	4,  // 21: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	4,  // 22: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	34, // 23: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	35, // 24: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	37, // 25: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	38, // 26: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	38, // 27: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	39, // 28: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	14, // 29: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	40, // 30: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	4,  // 31: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
+	40, // 32: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
+	15, // 33: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	15, // 34: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	36, // 35: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	41, // 36: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 37: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	42, // 38: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 39: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	43, // 40: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 41: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	44, // 42: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 43: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	45, // 44: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 45: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
+	46, // 46: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
+	1,  // 47: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
+	47, // 48: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
+	1,  // 49: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
+	24, // 50: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
+	48, // 51: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	40, // 52: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
+	1,  // 53: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	26, // 54: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	30, // 55: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	48, // 56: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	27, // 57: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	28, // 58: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	29, // 59: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	15, // 60: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	28, // 61: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	49, // 62: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	49, // 63: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	48, // 64: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	31, // 65: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	2,  // 66: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	3,  // 67: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	67, // [67:68] is the sub-list for method output_type
+	66, // [66:67] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -2593,6 +3174,7 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncRequest_Heartbeat)(nil),
 		(*SyncRequest_PodStatus)(nil),
 		(*SyncRequest_DeviceStatus)(nil),
+		(*SyncRequest_EventReport)(nil),
 	}
 	file_edgesync_v1_sync_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Welcome)(nil),
@@ -2603,6 +3185,9 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_SyncComplete)(nil),
 		(*SyncResponse_StatusResult)(nil),
 		(*SyncResponse_NodeEvent)(nil),
+		(*SyncResponse_TokenEvent)(nil),
+		(*SyncResponse_ServiceEvent)(nil),
+		(*SyncResponse_EndpointSliceEvent)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2610,7 +3195,7 @@ func file_edgesync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_sync_proto_rawDesc), len(file_edgesync_v1_sync_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

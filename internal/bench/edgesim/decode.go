@@ -25,6 +25,8 @@ const (
 	responseSyncComplete = 15
 	responseStatusResult = 16
 	responseNodeEvent    = 17
+	responseServiceEvent = 19
+	responseSliceEvent   = 20
 
 	eventType   = 1
 	eventObject = 2
@@ -141,6 +143,10 @@ func (r *response) decode(b []byte) error {
 			return r.event(edgesyncv1.Kind_KIND_DEVICE, sub)
 		case responseNodeEvent:
 			return r.event(edgesyncv1.Kind_KIND_NODE, sub)
+		case responseServiceEvent:
+			return r.event(edgesyncv1.Kind_KIND_SERVICE, sub)
+		case responseSliceEvent:
+			return r.event(edgesyncv1.Kind_KIND_ENDPOINT_SLICE, sub)
 		}
 		return nil
 	})
