@@ -95,7 +95,7 @@ start_agent() {
   local node=$1
   local args=(--server "127.0.0.1:$GRPC_PORT" --node "$node"
     --ca "$PKI/ca.crt" --cert "$PKI/node-$node.crt" --key "$PKI/node-$node.key"
-    --labels "kubernetes.io/hostname=$node" --store "$DEV/$node")
+    --store "$DEV/$node")
   if [ "$node" = edge-1 ]; then
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
   else

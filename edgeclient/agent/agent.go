@@ -75,6 +75,19 @@ type agent struct {
 	applied map[edgeclient.Key]string
 }
 
+// nodeLabels are the labels a kubelet gives its Node (hostname, OS and
+// architecture, which schedulers and topology spreading use), overridden
+// and extended by the configured ones.
+func nodeLabels(node string, configured map[string]string) map[string]string {
+	labels := map[string]string{
+		corev1.LabelHostname:   node,
+		corev1.LabelOSStable:   runtime.GOOS,
+		corev1.LabelArchStable: runtime.GOARCH,
+	}
+	maps.Copy(labels, configured)
+	return labels
+}
+
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.StatusInterval <= 0 {
@@ -112,7 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 			a.reportDevice(obj.Device)
 		}
 	}
-	registration, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: cfg.Labels, Status: *a.nodeStatus()})
+	registration, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: nodeLabels(a.node, cfg.Labels), Status: *a.nodeStatus()})
 	if err != nil {
 		return err
 	}
@@ -247,6 +260,10 @@ func kindMeta(obj edgeclient.Object) (string, metav1.ObjectMeta) {
 		return "Device", metav1.ObjectMeta{Namespace: m.GetNamespace(), Name: m.GetName(), ResourceVersion: m.GetResourceVersion()}
 	case obj.Node != nil:
 		return "Node", obj.Node.ObjectMeta
+	case obj.Service != nil:
+		return "Service", obj.Service.ObjectMeta
+	case obj.EndpointSlice != nil:
+		return "EndpointSlice", obj.EndpointSlice.ObjectMeta
 	}
 	return "?", metav1.ObjectMeta{}
 }
@@ -296,6 +313,10 @@ func Describe(obj edgeclient.Object, old *edgeclient.Object) string {
 		parts = append(parts, keyChanges(before, obj.Secret.Data, old != nil, func(a, b []byte) bool { return string(a) == string(b) }))
 	case obj.Node != nil:
 		parts = describeNode(obj.Node, old)
+	case obj.Service != nil:
+		parts = describeService(obj.Service)
+	case obj.EndpointSlice != nil:
+		parts = describeSlice(obj.EndpointSlice)
 	case obj.Device != nil:
 		d := obj.Device.Device
 		if old == nil || old.Device == nil {

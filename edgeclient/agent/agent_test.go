@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -219,8 +220,9 @@ func TestAgentAgainstServer(t *testing.T) {
 		}
 	}
 	waitReport(t, wctx, ctrls, "Running and Ready status of ns/web", podPhase("web"))
-	waitReport(t, wctx, ctrls, "node registration", func(r feedtest.Report) bool {
-		return r.Request.GetNodeRegistration().GetLabels()["site"] == "lab"
+	waitReport(t, wctx, ctrls, "node registration with the configured and a kubelet's labels", func(r feedtest.Report) bool {
+		labels := r.Request.GetNodeRegistration().GetLabels()
+		return labels["site"] == "lab" && labels["kubernetes.io/hostname"] == node && labels["kubernetes.io/os"] == runtime.GOOS
 	})
 	waitReport(t, wctx, ctrls, "node status", func(r feedtest.Report) bool {
 		return r.Request.GetNodeStatus().GetStatus().GetNodeInfo().GetArchitecture() != ""

@@ -34,8 +34,7 @@ type edgeAgent struct {
 func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, node string, nodeLabels map[string]string) *edgeAgent {
 	t.Helper()
 	certFile, keyFile := in.nodeCert(t, node)
-	// What a kubelet labels its Node with, for topology spreading.
-	pairs := []string{corev1.LabelHostname + "=" + node}
+	var pairs []string
 	for k, v := range nodeLabels {
 		pairs = append(pairs, k+"="+v)
 	}
