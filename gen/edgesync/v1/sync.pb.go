@@ -479,6 +479,7 @@ type SyncResponse struct {
 	//	*SyncResponse_TokenEvent
 	//	*SyncResponse_ServiceEvent
 	//	*SyncResponse_EndpointSliceEvent
+	//	*SyncResponse_TunnelOpen
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -627,6 +628,15 @@ func (x *SyncResponse) GetEndpointSliceEvent() *EndpointSliceEvent {
 	return nil
 }
 
+func (x *SyncResponse) GetTunnelOpen() *TunnelOpen {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_TunnelOpen); ok {
+			return x.TunnelOpen
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -675,6 +685,13 @@ type SyncResponse_EndpointSliceEvent struct {
 	EndpointSliceEvent *EndpointSliceEvent `protobuf:"bytes,20,opt,name=endpoint_slice_event,json=endpointSliceEvent,proto3,oneof"`
 }
 
+type SyncResponse_TunnelOpen struct {
+	// tunnel_open asks the edge to open a TunnelService.Tunnel stream for
+	// one kubelet API request (kubectl logs, exec, attach, port-forward);
+	// see tunnel.proto. A control message: the window does not hold it back.
+	TunnelOpen *TunnelOpen `protobuf:"bytes,22,opt,name=tunnel_open,json=tunnelOpen,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -696,6 +713,8 @@ func (*SyncResponse_TokenEvent) isSyncResponse_Message() {}
 func (*SyncResponse_ServiceEvent) isSyncResponse_Message() {}
 
 func (*SyncResponse_EndpointSliceEvent) isSyncResponse_Message() {}
+
+func (*SyncResponse_TunnelOpen) isSyncResponse_Message() {}
 
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
@@ -2808,7 +2827,7 @@ var File_edgesync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xae\x04\n" +
+	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x18edgesync/v1/tunnel.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xae\x04\n" +
 	"\vSyncRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12*\n" +
@@ -2824,7 +2843,7 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"pod_status\x18\x10 \x01(\v2\x16.edgesync.v1.PodStatusH\x00R\tpodStatus\x12@\n" +
 	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatus\x12=\n" +
 	"\fevent_report\x18\x12 \x01(\v2\x18.edgesync.v1.EventReportH\x00R\veventReportB\t\n" +
-	"\amessage\"\xf4\x05\n" +
+	"\amessage\"\xb0\x06\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -2840,7 +2859,9 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\vtoken_event\x18\x12 \x01(\v2\x17.edgesync.v1.TokenEventH\x00R\n" +
 	"tokenEvent\x12@\n" +
 	"\rservice_event\x18\x13 \x01(\v2\x19.edgesync.v1.ServiceEventH\x00R\fserviceEvent\x12S\n" +
-	"\x14endpoint_slice_event\x18\x14 \x01(\v2\x1f.edgesync.v1.EndpointSliceEventH\x00R\x12endpointSliceEventB\t\n" +
+	"\x14endpoint_slice_event\x18\x14 \x01(\v2\x1f.edgesync.v1.EndpointSliceEventH\x00R\x12endpointSliceEvent\x12:\n" +
+	"\vtunnel_open\x18\x16 \x01(\v2\x17.edgesync.v1.TunnelOpenH\x00R\n" +
+	"tunnelOpenB\t\n" +
 	"\amessage\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
@@ -3070,19 +3091,20 @@ var file_edgesync_v1_sync_proto_goTypes = []any{
 	nil,                           // 34: edgesync.v1.NodeRegistration.LabelsEntry
 	nil,                           // 35: edgesync.v1.NodeRegistration.AnnotationsEntry
 	nil,                           // 36: edgesync.v1.TwinValue.MetadataEntry
-	(*v1.Taint)(nil),              // 37: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 38: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 39: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 42: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 43: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 44: k8s.io.api.core.v1.Secret
-	(*v1.Node)(nil),               // 45: k8s.io.api.core.v1.Node
-	(*v1.Service)(nil),            // 46: k8s.io.api.core.v1.Service
-	(*v11.EndpointSlice)(nil),     // 47: k8s.io.api.discovery.v1.EndpointSlice
-	(*v12.ObjectMeta)(nil),        // 48: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 49: google.protobuf.Struct
+	(*TunnelOpen)(nil),            // 37: edgesync.v1.TunnelOpen
+	(*v1.Taint)(nil),              // 38: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 39: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 40: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 43: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 44: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 45: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 46: k8s.io.api.core.v1.Node
+	(*v1.Service)(nil),            // 47: k8s.io.api.core.v1.Service
+	(*v11.EndpointSlice)(nil),     // 48: k8s.io.api.discovery.v1.EndpointSlice
+	(*v12.ObjectMeta)(nil),        // 49: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 50: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	5,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
@@ -3105,59 +3127,60 @@ var file_edgesync_v1_sync_proto_depIdxs = []int32{
 	23, // 17: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
 	21, // 18: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
 	22, // 19: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
-	0,  // 20: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	4,  // 21: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	4,  // 22: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	34, // 23: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	35, // 24: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	37, // 25: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	38, // 26: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	38, // 27: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	39, // 28: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	14, // 29: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	40, // 30: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	4,  // 31: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
-	40, // 32: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
-	15, // 33: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	15, // 34: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	36, // 35: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	41, // 36: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 37: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	42, // 38: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 39: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	43, // 40: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 41: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	44, // 42: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 43: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
-	45, // 44: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
-	1,  // 45: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
-	46, // 46: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
-	1,  // 47: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
-	47, // 48: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
-	1,  // 49: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
-	24, // 50: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
-	48, // 51: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	40, // 52: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
-	1,  // 53: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	26, // 54: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	30, // 55: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	48, // 56: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	27, // 57: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	28, // 58: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	29, // 59: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	15, // 60: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	28, // 61: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	49, // 62: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	49, // 63: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	48, // 64: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	31, // 65: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	2,  // 66: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	3,  // 67: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	67, // [67:68] is the sub-list for method output_type
-	66, // [66:67] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	37, // 20: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
+	0,  // 21: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	4,  // 22: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	4,  // 23: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	34, // 24: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	35, // 25: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	38, // 26: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	39, // 27: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	39, // 28: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	40, // 29: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	14, // 30: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	41, // 31: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	4,  // 32: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
+	41, // 33: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
+	15, // 34: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	15, // 35: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	36, // 36: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	42, // 37: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 38: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	43, // 39: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 40: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	44, // 41: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 42: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	45, // 43: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 44: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	46, // 45: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 46: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
+	47, // 47: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
+	1,  // 48: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
+	48, // 49: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
+	1,  // 50: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
+	24, // 51: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
+	49, // 52: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	41, // 53: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
+	1,  // 54: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	26, // 55: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	30, // 56: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	49, // 57: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	27, // 58: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	28, // 59: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	29, // 60: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	15, // 61: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	28, // 62: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	50, // 63: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	50, // 64: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	49, // 65: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	31, // 66: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	2,  // 67: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	3,  // 68: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	68, // [68:69] is the sub-list for method output_type
+	67, // [67:68] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -3165,6 +3188,7 @@ func file_edgesync_v1_sync_proto_init() {
 	if File_edgesync_v1_sync_proto != nil {
 		return
 	}
+	file_edgesync_v1_tunnel_proto_init()
 	file_edgesync_v1_sync_proto_msgTypes[0].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Ack)(nil),
@@ -3188,6 +3212,7 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_TokenEvent)(nil),
 		(*SyncResponse_ServiceEvent)(nil),
 		(*SyncResponse_EndpointSliceEvent)(nil),
+		(*SyncResponse_TunnelOpen)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
