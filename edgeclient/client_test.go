@@ -650,3 +650,51 @@ func TestNodeRegisteredAgainAfterItsNodeIsDeleted(t *testing.T) {
 		t.Errorf("registered again with conditions %v, want the latest reported status", cs)
 	}
 }
+
+// A node registering sends no heartbeat until its registration is answered
+// (the server would refuse it NOT_FOUND while the Node does not exist yet),
+// then one at once.
+func TestNoHeartbeatBeforeRegistrationIsAnswered(t *testing.T) {
+	f := newFakeServer(t)
+	f.mu.Lock()
+	f.noAnswer = true
+	f.mu.Unlock()
+	c := startClient(t, f, "edge-1", t.TempDir(), true)
+	if _, err := c.RegisterNode(NodeRegistration{}); err != nil {
+		t.Fatal(err)
+	}
+	received := func(pred func(*edgesyncv1.SyncRequest) bool) int {
+		n := 0
+		for _, r := range f.reports {
+			if pred(r) {
+				n++
+			}
+		}
+		return n
+	}
+	isRegistration := func(r *edgesyncv1.SyncRequest) bool { return r.GetNodeRegistration() != nil }
+	isHeartbeat := func(r *edgesyncv1.SyncRequest) bool { return r.GetHeartbeat() != nil }
+	f.waitFor(t.Context(), "the unanswered registration", func() bool { return received(isRegistration) == 1 })
+
+	// The next stream answers: the registration is sent again, and once
+	// it is answered the first heartbeat follows.
+	f.mu.Lock()
+	f.noAnswer = false
+	f.mu.Unlock()
+	f.kill()
+	f.waitFor(t.Context(), "a heartbeat", func() bool { return received(isHeartbeat) > 0 })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var kinds []string
+	for _, r := range f.reports {
+		switch {
+		case isRegistration(r):
+			kinds = append(kinds, "registration")
+		case isHeartbeat(r):
+			kinds = append(kinds, "heartbeat")
+		}
+	}
+	if len(kinds) < 3 || kinds[0] != "registration" || kinds[1] != "registration" || kinds[2] != "heartbeat" {
+		t.Errorf("the server received %v, want the unanswered registration, the registration again, then heartbeats", kinds)
+	}
+}

@@ -124,8 +124,13 @@ func (c *Client) answer(res *edgesyncv1.StatusResult) {
 		c.log.Info("server refused report", zap.String("report", r.key), zap.Int32("code", res.GetCode()), zap.String("message", res.GetMessage()))
 	}
 	r.resolve(res, nil)
-	if res.GetCode() == int32(codes.NotFound) && (r.key == heartbeatKey || r.key == nodeStatusKey) {
+	switch {
+	case res.GetCode() == int32(codes.NotFound) && (r.key == heartbeatKey || r.key == nodeStatusKey):
 		c.registerAgain(res.GetMessage())
+	case res.GetCode() == int32(codes.OK) && r.key == registrationKey:
+		// The Node exists now: renew its Lease without waiting a whole
+		// interval (heartbeats were held back while it registered).
+		c.heartbeat()
 	}
 }
 
@@ -279,7 +284,16 @@ func (c *Client) ReportDeviceStatus(st *edgesyncv1.DeviceStatus) (*Report, error
 	return c.submit("device/"+st.GetNamespace()+"/"+st.GetName(), &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_DeviceStatus{DeviceStatus: st}})
 }
 
-// heartbeat queues a Heartbeat, replacing an unanswered one.
+// heartbeat queues a Heartbeat, replacing an unanswered one. While the
+// node's registration is unanswered it sends none: the server refuses
+// heartbeats for a Node that does not exist yet (NOT_FOUND), so the first
+// heartbeat follows the registration's answer instead (see answer).
 func (c *Client) heartbeat() {
+	c.mu.Lock()
+	registering := c.reports[registrationKey] != nil
+	c.mu.Unlock()
+	if registering {
+		return
+	}
 	_, _ = c.submit(heartbeatKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
 }
