@@ -44,6 +44,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 
 	"github.com/edgesync/edgesync/controllers/autonomy"
 	"github.com/edgesync/edgesync/controllers/devicesync"
@@ -51,6 +52,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/controllers/nodesync"
 	"github.com/edgesync/edgesync/controllers/podsync"
+	"github.com/edgesync/edgesync/controllers/tokensync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
 )
@@ -109,6 +111,15 @@ type Config struct {
 	Workers int
 	// ResyncPeriod of the informers; none when zero.
 	ResyncPeriod time.Duration
+	// TokenClient requests pods' ServiceAccount tokens; when nil it is
+	// built from RESTConfig with TokenQPS and TokenBurst (default 50 and
+	// 100), so that a reconnecting crowd of nodes cannot starve status
+	// writes (Client when RESTConfig is nil too).
+	TokenClient kubernetes.Interface
+	TokenQPS    float32
+	TokenBurst  int
+	// Clock schedules token refreshes; the real clock when nil.
+	Clock clock.WithTicker
 	// DisableDevices turns the device controller off, for clusters
 	// without the devices.kubeedge.io CRDs.
 	DisableDevices bool
@@ -131,6 +142,8 @@ type Controllers struct {
 	nodeObj *nodesync.Controller
 	// autonomy keeps pods on edge nodes that go offline.
 	autonomy *autonomy.Controller
+	// tokens obtains pods' ServiceAccount tokens.
+	tokens *tokensync.Controller
 }
 
 var (
@@ -185,6 +198,9 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 			return nil, fmt.Errorf("controllers: kubernetes lease client: %w", err)
 		}
 	}
+	if cfg.TokenClient, err = budgetClient(cfg.TokenClient, cfg.RESTConfig, cfg.Client, cfg.TokenQPS, cfg.TokenBurst, 50, 100); err != nil {
+		return nil, fmt.Errorf("controllers: kubernetes token client: %w", err)
+	}
 	if cfg.Dynamic == nil && !cfg.DisableDevices {
 		if cfg.Dynamic, err = dynamic.NewForConfig(cfg.RESTConfig); err != nil {
 			return nil, fmt.Errorf("controllers: dynamic client: %w", err)
@@ -236,6 +252,12 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if c.tokens, err = tokensync.New(tokensync.Config{
+		Client: cfg.TokenClient, Pods: pods, NodeIndex: podsync.NodeIndex, Nodes: nodes, IsEdge: isEdge,
+		Registerer: cfg.Registerer, Clock: cfg.Clock, Logger: cfg.Logger.Named("tokensync"),
+	}, &c.pub); err != nil {
+		return nil, fmt.Errorf("controllers: %w", err)
+	}
 	if _, err := nodes.AddEventHandler(c.nodeLifecycle(isEdge)); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
@@ -265,6 +287,27 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		}
 	}
 	return c, nil
+}
+
+// budgetClient returns client, or when it is nil a client built from
+// restConfig with a rate limit of its own (qps and burst, or defQPS and
+// defBurst when those are zero), or fallback when restConfig is nil.
+func budgetClient(client kubernetes.Interface, restConfig *rest.Config, fallback kubernetes.Interface, qps float32, burst int, defQPS float32, defBurst int) (kubernetes.Interface, error) {
+	switch {
+	case client != nil:
+		return client, nil
+	case restConfig == nil:
+		return fallback, nil
+	}
+	if qps <= 0 {
+		qps = defQPS
+	}
+	if burst <= 0 {
+		burst = defBurst
+	}
+	own := rest.CopyConfig(restConfig)
+	own.QPS, own.Burst, own.RateLimiter = qps, burst, nil
+	return kubernetes.NewForConfig(own)
 }
 
 // SetPublisher sets where published objects go, for servers that are built
@@ -398,6 +441,7 @@ func (c *Controllers) Run(ctx context.Context) error {
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.tokens.Run(ctx, c.cfg.Workers) })
 	if c.devices != nil {
 		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
 	}
@@ -433,6 +477,11 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 		return nil, err
 	}
 	objs = append(objs, pods...)
+	tokens, err := c.tokens.Desired(node)
+	if err != nil {
+		return nil, err
+	}
+	objs = append(objs, tokens...)
 	if c.devices != nil {
 		devs, err := c.devices.Desired(node)
 		if err != nil {
@@ -445,6 +494,9 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 
 // Tombstone returns the DELETE event for an object a node should not hold.
 func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
+	if key.Kind == edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN {
+		return c.tokens.Tombstone(key, uid)
+	}
 	return feed.Tombstone(key, uid)
 }
 
@@ -489,4 +541,5 @@ func (c *Controllers) Admit(node string) error {
 // SessionEnded stops per-node work for node (its Lease renewals).
 func (c *Controllers) SessionEnded(node string) {
 	c.nodes.SessionEnded(node)
+	c.tokens.SessionEnded(node)
 }

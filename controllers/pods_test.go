@@ -112,8 +112,10 @@ func TestPodReachesOnlyItsNodeWithItsConfigMapAndSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	desired = withoutNodes(desired)
-	if len(desired) != 3 {
-		t.Errorf("Desired(edge-1) = %v, want the pod, its configmap and its secret", keys(desired))
+	// Four: ServiceAccount admission gave the pod a projected volume of
+	// the namespace's kube-root-ca.crt ConfigMap.
+	if len(desired) != 4 || !hasKey(desired, edgesyncv1.Kind_KIND_CONFIG_MAP, "kube-root-ca.crt") {
+		t.Errorf("Desired(edge-1) = %v, want the pod, its configmap, its secret and kube-root-ca.crt", keys(desired))
 	}
 	if desired, err := ctrls.Desired(edge2); err != nil || len(withoutNodes(desired)) != 0 {
 		t.Errorf("Desired(edge-2) = %v, %v; want nothing", keys(desired), err)
@@ -267,4 +269,14 @@ func TestDeletingPodIsSentAndRemovedOnceReportedTerminated(t *testing.T) {
 	})
 	rec.waitDeleted(t, edge1, podKey(ns, "job"))
 	rec.waitDeleted(t, edge1, secretKey(ns, "app"))
+}
+
+// hasKey tells whether objs hold an object of kind named name.
+func hasKey(objs []*feed.Object, kind edgesyncv1.Kind, name string) bool {
+	for _, o := range objs {
+		if o.Key.Kind == kind && o.Key.Name == name {
+			return true
+		}
+	}
+	return false
 }

@@ -121,6 +121,12 @@ func TestRBACIsEnough(t *testing.T) {
 	}
 	rec.waitApplied(t, edge1, secretKey(ns, "app"), nil)
 	rec.waitApplied(t, edge1, podKey(ns, "web"), nil)
+	// The pod's ServiceAccount token (serviceaccounts/token create),
+	// obtained while the node holds a session.
+	if _, err := ctrls.Desired(edge1); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitApplied(t, edge1, apiAccessKey(t, pod), nil)
 	report(edge1, podStatusReport(1, pod, corev1.PodStatus{Phase: corev1.PodRunning}))
 	if err := client.CoreV1().Pods(ns).Delete(t.Context(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

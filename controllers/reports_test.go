@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 
 	"github.com/edgesync/edgesync/controllers"
@@ -198,9 +199,11 @@ func TestNodeRegistrationStatusAndHeartbeat(t *testing.T) {
 	}
 
 	// NodeStatus keeps volumesAttached as the cloud has it.
+	// (A patch: the controller-manager writes the Node too.)
 	attached := []corev1.AttachedVolume{{Name: "kubernetes.io/csi/cloud^vol-1", DevicePath: "/dev/sdb"}}
-	got.Status.VolumesAttached = attached
-	if _, err := client.CoreV1().Nodes().UpdateStatus(t.Context(), got, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.CoreV1().Nodes().Patch(t.Context(), node, types.MergePatchType,
+		[]byte(`{"status":{"volumesAttached":[{"name":"kubernetes.io/csi/cloud^vol-1","devicePath":"/dev/sdb"}]}}`),
+		metav1.PatchOptions{}, "status"); err != nil {
 		t.Fatal(err)
 	}
 	st.VolumesAttached = []corev1.AttachedVolume{{Name: "edge-made-up", DevicePath: "/dev/x"}}

@@ -36,6 +36,9 @@ type Object struct {
 	// EndpointSlice is an EndpointSlice of a held Service, holding only
 	// the endpoints this node routes to.
 	EndpointSlice *discoveryv1.EndpointSlice
+	// Token is a ServiceAccount token a pod on the node mounts. It is a
+	// credential: never log Token.Token.
+	Token *edgesyncv1.ServiceAccountToken
 }
 
 // k8sMessage is a k8s.io/api type, which encodes to the same protobuf bytes
@@ -69,6 +72,12 @@ func Decode(r *store.Record) (Object, error) {
 	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
 		obj.EndpointSlice = &discoveryv1.EndpointSlice{}
 		msg = obj.EndpointSlice
+	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
+		obj.Token = &edgesyncv1.ServiceAccountToken{}
+		if err := proto.Unmarshal(r.Data, obj.Token); err != nil {
+			return Object{}, fmt.Errorf("decode %s: %w", r.Key, err)
+		}
+		return obj, nil
 	case edgesyncv1.Kind_KIND_DEVICE:
 		var ev edgesyncv1.DeviceEvent
 		if err := proto.Unmarshal(r.Data, &ev); err != nil {
@@ -117,6 +126,8 @@ func splitEvent(msg *edgesyncv1.SyncResponse) (ev objectEvent, ok bool, err erro
 		kind, typ, meta, object = edgesyncv1.Kind_KIND_SERVICE, m.ServiceEvent.GetType(), m.ServiceEvent.GetService().GetMetadata(), m.ServiceEvent.GetService()
 	case *edgesyncv1.SyncResponse_EndpointSliceEvent:
 		kind, typ, meta, object = edgesyncv1.Kind_KIND_ENDPOINT_SLICE, m.EndpointSliceEvent.GetType(), m.EndpointSliceEvent.GetEndpointSlice().GetMetadata(), m.EndpointSliceEvent.GetEndpointSlice()
+	case *edgesyncv1.SyncResponse_TokenEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, m.TokenEvent.GetType(), m.TokenEvent.GetToken().GetMetadata(), m.TokenEvent.GetToken()
 	default:
 		return objectEvent{}, false, nil
 	}

@@ -289,7 +289,7 @@ func carriesObject(batch []*edgesyncv1.SyncResponse) bool {
 		case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
 			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent,
 			*edgesyncv1.SyncResponse_NodeEvent, *edgesyncv1.SyncResponse_ServiceEvent,
-			*edgesyncv1.SyncResponse_EndpointSliceEvent:
+			*edgesyncv1.SyncResponse_EndpointSliceEvent, *edgesyncv1.SyncResponse_TokenEvent:
 			return true
 		}
 	}

@@ -110,6 +110,8 @@ func kindLabel(k edgesyncv1.Kind) string {
 		return "service"
 	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
 		return "endpoint_slice"
+	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
+		return "service_account_token"
 	default:
 		return "unknown"
 	}
@@ -129,6 +131,8 @@ func reportKind(req *edgesyncv1.SyncRequest) string {
 		return "pod_status"
 	case *edgesyncv1.SyncRequest_DeviceStatus:
 		return "device_status"
+	case *edgesyncv1.SyncRequest_EventReport:
+		return "event"
 	default:
 		return ""
 	}

@@ -488,6 +488,9 @@ func (s *session) queueDifference() (int, error) {
 			s.srv.log.Warn("no tombstone for object the edge holds", zap.String("node", s.node), zap.Stringer("key", key), zap.Error(err))
 			continue
 		}
+		if tomb == nil {
+			continue // the edge keeps it until a newer version is published
+		}
 		if s.queue.Offer(tomb) {
 			queued++
 		}

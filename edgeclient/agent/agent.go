@@ -264,6 +264,9 @@ func kindMeta(obj edgeclient.Object) (string, metav1.ObjectMeta) {
 		return "Service", obj.Service.ObjectMeta
 	case obj.EndpointSlice != nil:
 		return "EndpointSlice", obj.EndpointSlice.ObjectMeta
+	case obj.Token != nil:
+		m := obj.Token.GetMetadata()
+		return "Token", metav1.ObjectMeta{Namespace: m.GetNamespace(), Name: m.GetName(), ResourceVersion: m.GetResourceVersion()}
 	}
 	return "?", metav1.ObjectMeta{}
 }
@@ -317,6 +320,15 @@ func Describe(obj edgeclient.Object, old *edgeclient.Object) string {
 		parts = describeService(obj.Service)
 	case obj.EndpointSlice != nil:
 		parts = describeSlice(obj.EndpointSlice)
+	case obj.Token != nil:
+		// Where the pod mounts it and until when: never the token.
+		tok := obj.Token
+		audience := tok.GetAudience()
+		if audience == "" {
+			audience = "(api server)"
+		}
+		parts = append(parts, "serviceAccount="+tok.GetServiceAccountName(), "audience="+audience,
+			"expires="+tok.GetExpirationTime().AsTime().UTC().Format(time.RFC3339))
 	case obj.Device != nil:
 		d := obj.Device.Device
 		if old == nil || old.Device == nil {

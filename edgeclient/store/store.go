@@ -44,14 +44,17 @@ func KindName(kind edgesyncv1.Kind) string {
 		return "Service"
 	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
 		return "EndpointSlice"
+	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
+		return "Token"
 	}
 	return kind.String()
 }
 
 // Record is one held object. Data is the protobuf encoding of the object:
 // a k8s.io/api/core/v1 Pod, ConfigMap, Secret, Node or Service, a
-// k8s.io/api/discovery/v1 EndpointSlice, or an edgesync.v1
-// DeviceEvent carrying the device and its model.
+// k8s.io/api/discovery/v1 EndpointSlice, an edgesync.v1 DeviceEvent
+// carrying the device and its model, or an edgesync.v1
+// ServiceAccountToken.
 type Record struct {
 	Key             Key
 	UID             string

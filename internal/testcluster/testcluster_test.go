@@ -21,9 +21,14 @@ func TestInformerSeesObjectWrittenToAPIServer(t *testing.T) {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, time.Minute, informers.WithNamespace(ns))
 	informer := factory.Core().V1().ConfigMaps()
 	seen := make(chan *corev1.ConfigMap, 10)
-	if _, err := informer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { seen <- obj.(*corev1.ConfigMap) },
-		UpdateFunc: func(_, obj any) { seen <- obj.(*corev1.ConfigMap) },
+	// Only the test's own ConfigMap: the controller-manager publishes
+	// kube-root-ca.crt into every namespace.
+	if _, err := informer.Informer().AddEventHandler(cache.FilteringResourceEventHandler{
+		FilterFunc: func(obj any) bool { cm, ok := obj.(*corev1.ConfigMap); return ok && cm.Name == "greeting" },
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { seen <- obj.(*corev1.ConfigMap) },
+			UpdateFunc: func(_, obj any) { seen <- obj.(*corev1.ConfigMap) },
+		},
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,8 @@ func Tombstone(key Key, uid string) (*Object, error) {
 		msg.Message = &edgesyncv1.SyncResponse_DeviceEvent{DeviceEvent: &edgesyncv1.DeviceEvent{Type: del, Device: &edgesyncv1.Device{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_NODE:
 		msg.Message = &edgesyncv1.SyncResponse_NodeEvent{NodeEvent: &edgesyncv1.NodeEvent{Type: del, Node: &corev1pb.Node{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
+		msg.Message = &edgesyncv1.SyncResponse_TokenEvent{TokenEvent: &edgesyncv1.TokenEvent{Type: del, Token: &edgesyncv1.ServiceAccountToken{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_SERVICE:
 		msg.Message = &edgesyncv1.SyncResponse_ServiceEvent{ServiceEvent: &edgesyncv1.ServiceEvent{Type: del, Service: &corev1pb.Service{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
@@ -116,7 +118,9 @@ type Source interface {
 	// Desired returns every object node should hold now.
 	Desired(node string) ([]*Object, error)
 	// Tombstone returns the DELETE event for an object the node holds but
-	// should not hold.
+	// Desired did not return; nil (and no error) when the node should keep
+	// what it holds until a newer version is published (a value the
+	// controllers are still obtaining, such as a ServiceAccount token).
 	Tombstone(key Key, uid string) (*Object, error)
 }
 

@@ -25,6 +25,7 @@ const (
 	responseSyncComplete = 15
 	responseStatusResult = 16
 	responseNodeEvent    = 17
+	responseTokenEvent   = 18
 	responseServiceEvent = 19
 	responseSliceEvent   = 20
 
@@ -147,6 +148,8 @@ func (r *response) decode(b []byte) error {
 			return r.event(edgesyncv1.Kind_KIND_SERVICE, sub)
 		case responseSliceEvent:
 			return r.event(edgesyncv1.Kind_KIND_ENDPOINT_SLICE, sub)
+		case responseTokenEvent:
+			return r.event(edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, sub)
 		}
 		return nil
 	})

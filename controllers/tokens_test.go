@@ -1,0 +1,185 @@
+package controllers_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/controllers/tokensync"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/server/feed"
+)
+
+// podWithAudience is a pod on node that mounts, besides the
+// kube-api-access volume admission adds, a token for audience that
+// expires after the shortest lifetime Kubernetes grants.
+func podWithAudience(name, node, audience string) *corev1.Pod {
+	pod := podUsing(name, node, "", "")
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: "vault", VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+			ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: audience, ExpirationSeconds: ptr.To[int64](600), Path: "token"},
+		}}},
+	}})
+	return pod
+}
+
+// apiAccessKey is the key of the token in pod's kube-api-access volume.
+func apiAccessKey(t *testing.T, pod *corev1.Pod) feed.Key {
+	t.Helper()
+	for _, v := range pod.Spec.Volumes {
+		if strings.HasPrefix(v.Name, "kube-api-access-") {
+			return tokensync.Key(pod.Namespace, pod.Name, v.Name, "token")
+		}
+	}
+	t.Fatalf("pod %s has no kube-api-access volume (is ServiceAccount admission on?)", pod.Name)
+	return feed.Key{}
+}
+
+// reviewToken asks the API server's TokenReview about tok for audience and
+// fails unless it is accepted and bound to pod.
+func reviewToken(t *testing.T, client kubernetes.Interface, tok *edgesyncv1.ServiceAccountToken, audience string, pod *corev1.Pod) {
+	t.Helper()
+	review := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: tok.GetToken()}}
+	if audience != "" {
+		review.Spec.Audiences = []string{audience}
+	}
+	got, err := client.AuthenticationV1().TokenReviews().Create(t.Context(), review, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenReview of %s: %v", tok.GetMetadata().GetName(), err)
+	}
+	st := got.Status
+	if !st.Authenticated {
+		t.Fatalf("token %s not accepted for audience %q: %s", tok.GetMetadata().GetName(), audience, st.Error)
+	}
+	if audience != "" && !slices.Contains(st.Audiences, audience) {
+		t.Errorf("token %s: audiences %v, want %q", tok.GetMetadata().GetName(), st.Audiences, audience)
+	}
+	if name := st.User.Extra["authentication.kubernetes.io/pod-name"]; !slices.Equal(name, []string{pod.Name}) {
+		t.Errorf("token %s bound to pod %v, want %s", tok.GetMetadata().GetName(), name, pod.Name)
+	}
+	if uid := st.User.Extra["authentication.kubernetes.io/pod-uid"]; !slices.Equal(uid, []string{string(pod.UID)}) {
+		t.Errorf("token %s bound to pod uid %v, want %s", tok.GetMetadata().GetName(), uid, pod.UID)
+	}
+	if want := "system:serviceaccount:" + pod.Namespace + ":default"; st.User.Username != want {
+		t.Errorf("token %s is for %s, want %s", tok.GetMetadata().GetName(), st.User.Username, want)
+	}
+}
+
+func tokenOf(msg *edgesyncv1.SyncResponse) *edgesyncv1.ServiceAccountToken {
+	return msg.GetTokenEvent().GetToken()
+}
+
+func TestServiceAccountTokensReachOnlyThePodsNode(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	edge1, edge2 := edgeNode(t, client, "edge-1"), edgeNode(t, client, "edge-2")
+	rec := newRecorder()
+	clk := clocktesting.NewFakeClock(time.Now())
+	ctrls := start(t, controllers.Config{DisableDevices: true, Clock: clk}, rec)
+	// Both nodes hold a session; tokens are obtained for connected nodes.
+	for _, node := range []string{edge1, edge2} {
+		if _, err := ctrls.Desired(node); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	plain, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("plain", edge1, "", ""), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vault, err := client.CoreV1().Pods(ns).Create(t.Context(), podWithAudience("vault", edge1, "vault.example.com"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	plainKey, vaultAPIKey := apiAccessKey(t, plain), apiAccessKey(t, vault)
+	vaultKey := tokensync.Key(ns, "vault", "vault", "token")
+	for _, tc := range []struct {
+		key      feed.Key
+		pod      *corev1.Pod
+		audience string
+	}{
+		{plainKey, plain, ""},
+		{vaultAPIKey, vault, ""},
+		{vaultKey, vault, "vault.example.com"},
+	} {
+		tok := tokenOf(rec.waitApplied(t, edge1, tc.key, nil))
+		if tok.GetPodName() != tc.pod.Name || tok.GetAudience() != tc.audience || tok.GetMetadata().GetUid() != string(tc.pod.UID) {
+			t.Errorf("%s: pod %q uid %q audience %q, want %q %q %q", tc.key, tok.GetPodName(), tok.GetMetadata().GetUid(), tok.GetAudience(),
+				tc.pod.Name, tc.pod.UID, tc.audience)
+		}
+		reviewToken(t, client, tok, tc.audience, tc.pod)
+	}
+
+	// The 600s token is refreshed at 80% of its life, before it expires.
+	first := tokenOf(rec.waitApplied(t, edge1, vaultKey, nil))
+	expiry := first.GetExpirationTime().AsTime()
+	if life := expiry.Sub(clk.Now()); life < 9*time.Minute || life > 11*time.Minute {
+		t.Fatalf("custom token lives %s, want the 600s asked for", life)
+	}
+	clk.Step(500 * time.Second)
+	refreshed := tokenOf(rec.waitApplied(t, edge1, vaultKey, func(m *edgesyncv1.SyncResponse) bool {
+		return tokenOf(m).GetMetadata().GetResourceVersion() != first.GetMetadata().GetResourceVersion()
+	}))
+	if !clk.Now().Before(expiry) {
+		t.Fatalf("refresh arrived at %s, after the old token expired at %s", clk.Now(), expiry)
+	}
+	if refreshed.GetToken() == first.GetToken() || refreshed.GetExpirationTime().AsTime().Before(expiry) {
+		t.Errorf("refresh sent the same token, or one expiring (%s) before the old one (%s)", refreshed.GetExpirationTime().AsTime(), expiry)
+	}
+	reviewToken(t, client, refreshed, "vault.example.com", vault)
+
+	// A pod replaced by one of the same name gets a token bound to the
+	// new pod.
+	if err := client.CoreV1().Pods(ns).Delete(t.Context(), "plain", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitDeleted(t, edge1, plainKey)
+	again, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("plain", edge1, "", ""), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	againKey := apiAccessKey(t, again)
+	tok := tokenOf(rec.waitApplied(t, edge1, againKey, func(m *edgesyncv1.SyncResponse) bool {
+		return tokenOf(m).GetMetadata().GetUid() == string(again.UID)
+	}))
+	reviewToken(t, client, tok, "", again)
+
+	// Deleting the pod deletes its tokens at the edge.
+	if err := client.CoreV1().Pods(ns).Delete(t.Context(), "vault", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitDeleted(t, edge1, vaultKey)
+	rec.waitDeleted(t, edge1, vaultAPIKey)
+
+	for _, obj := range rec.sent(edge2) {
+		if obj.Key.Kind == edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN {
+			t.Errorf("edge-2 was sent %s, a token of a pod on edge-1", obj.Key)
+		}
+	}
+	// What a reconnecting edge-1 is told it should hold: the current
+	// tokens of its pods, and of no pod of another node.
+	objs, err := ctrls.Desired(edge1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []feed.Key
+	for _, obj := range objs {
+		if obj.Key.Kind == edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN {
+			held = append(held, obj.Key)
+		}
+	}
+	if !slices.Equal(held, []feed.Key{againKey}) {
+		t.Errorf("Desired(edge-1) tokens = %v, want only %v", held, againKey)
+	}
+}
