@@ -40,6 +40,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
@@ -52,6 +53,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/controllers/nodesync"
 	"github.com/edgesync/edgesync/controllers/podsync"
+	"github.com/edgesync/edgesync/controllers/servicesync"
 	"github.com/edgesync/edgesync/controllers/tokensync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
@@ -140,6 +142,8 @@ type Controllers struct {
 	devices *devicesync.Controller // nil when disabled
 	nodes   *nodestatus.Controller
 	nodeObj *nodesync.Controller
+	// services sends Services meant for edges and their EndpointSlices.
+	services *servicesync.Controller
 	// autonomy keeps pods on edge nodes that go offline.
 	autonomy *autonomy.Controller
 	// tokens obtains pods' ServiceAccount tokens.
@@ -236,6 +240,17 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 	if c.nodeObj, err = nodesync.New(nodesync.Config{
 		Nodes: nodes, IsEdge: isEdge, Logger: cfg.Logger.Named("nodesync"),
+	}, &c.pub); err != nil {
+		return nil, err
+	}
+	services := coreinformers.NewServiceInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{})
+	slices := discoveryinformers.NewEndpointSliceInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{})
+	if err := servicesync.AddIndexers(slices); err != nil {
+		return nil, fmt.Errorf("controllers: %w", err)
+	}
+	c.informers = append(c.informers, services, slices)
+	if c.services, err = servicesync.New(servicesync.Config{
+		Services: services, EndpointSlices: slices, Nodes: nodes, IsEdge: isEdge, Logger: cfg.Logger.Named("servicesync"),
 	}, &c.pub); err != nil {
 		return nil, err
 	}
@@ -436,11 +451,12 @@ func (c *Controllers) Run(ctx context.Context) error {
 		}
 	})
 
-	errs := make(chan error, 4)
+	errs := make(chan error, 8) // at least one slot per controller below
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.services.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.tokens.Run(ctx, c.cfg.Workers) })
 	if c.devices != nil {
 		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
@@ -477,6 +493,11 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 		return nil, err
 	}
 	objs = append(objs, pods...)
+	services, err := c.services.Desired(node)
+	if err != nil {
+		return nil, err
+	}
+	objs = append(objs, services...)
 	tokens, err := c.tokens.Desired(node)
 	if err != nil {
 		return nil, err

@@ -48,6 +48,11 @@ type Config struct {
 	KeyFile  string
 	// NodeName is the node's name, as in its certificate.
 	NodeName string
+	// RenewCertificates makes Run renew the certificate at a random point
+	// between 70 % and 90 % of its lifetime, over the live connection, and
+	// replace CertFile and KeyFile (which must be writable) atomically.
+	// Join writes files for this.
+	RenewCertificates bool
 
 	// StoreDir is the directory of the persistent store. Either it or
 	// Store must be set.
@@ -166,6 +171,10 @@ type State struct {
 	LastSyncDeleted uint32
 	// PendingReports counts reports not answered yet.
 	PendingReports int
+	// CertificateNotAfter is when the client certificate in use expires;
+	// CertificateRenewals counts renewals (Config.RenewCertificates).
+	CertificateNotAfter time.Time
+	CertificateRenewals uint64
 }
 
 // Errors Report.Wait returns when a report gets no answer.
@@ -195,6 +204,7 @@ type Client struct {
 	byID      map[uint64]*Report // the same reports by request id
 	lastID    uint64
 	wake      func()             // wakes the current stream's sender; nil when none
+	conn      *grpc.ClientConn   // the current stream's connection; nil when none
 	nodeStat  *corev1.NodeStatus // last reported node status, normalized
 	nodeStatR *Report            // its report
 	// registration is the last NodeRegistration asked for, sent again when
@@ -239,6 +249,9 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("edgeclient: %w", err)
 	}
 	c.certs = certs
+	if cert, _ := certs.get(); cert != nil && cert.Leaf != nil {
+		c.state.CertificateNotAfter = cert.Leaf.NotAfter
+	}
 	if cfg.Store != nil {
 		c.store = cfg.Store
 	} else {

@@ -58,6 +58,18 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("edgeclient: Run is already running")
 	}
 	defer c.runMu.Unlock()
+	if c.cfg.RenewCertificates {
+		ctx, cancel := context.WithCancel(ctx)
+		renewed := make(chan struct{})
+		go func() {
+			defer close(renewed)
+			c.renewLoop(ctx)
+		}()
+		defer func() {
+			cancel()
+			<-renewed
+		}()
+	}
 	b := backoff.New(c.cfg.Backoff)
 	for gen := uint64(1); ; gen++ {
 		c.mu.Lock()
@@ -173,11 +185,11 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 
 	s := &session{c: c, gen: gen, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
 	c.mu.Lock()
-	c.wake = s.wakeSender
+	c.wake, c.conn = s.wakeSender, cc
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		c.wake = nil
+		c.wake, c.conn = nil, nil
 		c.mu.Unlock()
 	}()
 

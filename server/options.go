@@ -2,7 +2,6 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/certreload"
 )
 
 // Options configure a Server. Zero fields take the defaults listed.
@@ -53,6 +55,12 @@ type Options struct {
 	// Keepalive configures HTTP/2 pings. Zero fields take defaults derived
 	// from HeartbeatInterval.
 	Keepalive Keepalive
+
+	// Bootstrap, when set, is served on the same port (package
+	// server/bootstrap). Clients may then connect without a certificate;
+	// the interceptors refuse them everything but what Bootstrap's
+	// AuthFuncOverride lets through.
+	Bootstrap edgesyncv1.BootstrapServiceServer
 
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
@@ -173,34 +181,31 @@ func (o *Options) validate() error {
 }
 
 // serverTLS returns the TLS configuration: TLS 1.2 or newer, client
-// certificate required and verified.
+// certificates verified against the CA. They are required at the TLS layer,
+// except with a Bootstrap service: then a client may come without one, and
+// the auth interceptor refuses every call but the joining ones
+// (UNAUTHENTICATED). Files are reloaded when they change (package
+// certreload).
 func (o *Options) serverTLS() (*tls.Config, error) {
+	clientAuth := tls.RequireAndVerifyClientCert
+	if o.Bootstrap != nil {
+		clientAuth = tls.VerifyClientCertIfGiven
+	}
 	if o.TLSConfig != nil {
 		cfg := o.TLSConfig.Clone()
 		if cfg.ClientAuth != tls.RequireAndVerifyClientCert {
 			return nil, errors.New("TLSConfig.ClientAuth must be tls.RequireAndVerifyClientCert")
 		}
+		cfg.ClientAuth = clientAuth
 		if cfg.MinVersion < tls.VersionTLS12 {
 			cfg.MinVersion = tls.VersionTLS12
 		}
 		return cfg, nil
 	}
-	cert, err := tls.LoadX509KeyPair(o.TLS.CertFile, o.TLS.KeyFile)
+	r, err := certreload.New(certreload.Files{CAFile: o.TLS.CAFile, CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile},
+		&tls.Config{ClientAuth: clientAuth, MinVersion: tls.VersionTLS12}, o.Logger.Named("tls"))
 	if err != nil {
-		return nil, fmt.Errorf("load server certificate %s: %w", o.TLS.CertFile, err)
+		return nil, err
 	}
-	caPEM, err := os.ReadFile(o.TLS.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("read CA %s: %w", o.TLS.CAFile, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("CA %s holds no PEM certificate", o.TLS.CAFile)
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}, nil
+	return r.Config(), nil
 }

@@ -114,7 +114,8 @@ func New(opts Options) (*Server, error) {
 	// Health checks and reflection are frequent and uninteresting: only
 	// Sync and AdminService calls are logged.
 	logged := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service == edgesyncv1.SyncService_ServiceDesc.ServiceName || c.Service == edgesyncv1.AdminService_ServiceDesc.ServiceName
+		return c.Service == edgesyncv1.SyncService_ServiceDesc.ServiceName || c.Service == edgesyncv1.AdminService_ServiceDesc.ServiceName ||
+			c.Service == edgesyncv1.BootstrapService_ServiceDesc.ServiceName
 	})
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
@@ -151,6 +152,9 @@ func New(opts Options) (*Server, error) {
 	)
 	edgesyncv1.RegisterSyncServiceServer(s.grpc, &syncService{srv: s})
 	edgesyncv1.RegisterAdminServiceServer(s.grpc, &adminService{srv: s})
+	if opts.Bootstrap != nil {
+		edgesyncv1.RegisterBootstrapServiceServer(s.grpc, opts.Bootstrap)
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

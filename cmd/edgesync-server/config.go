@@ -42,8 +42,32 @@ type Config struct {
 
 	Kubernetes  KubernetesConfig  `json:"kubernetes"`
 	Controllers ControllersConfig `json:"controllers"`
+	Bootstrap   BootstrapConfig   `json:"bootstrap"`
 	Log         LogConfig         `json:"log"`
 }
+
+// BootstrapConfig configures joining with bootstrap tokens
+// (edgesync.v1.BootstrapService). It is served when a signing CA is given:
+// caKeyFile (with caCertFile, default tls.caFile), or caSecret.
+type BootstrapConfig struct {
+	// CACertFile and CAKeyFile are the CA that signs node certificates;
+	// CACertFile defaults to tls.caFile.
+	CACertFile string `json:"caCertFile"`
+	CAKeyFile  string `json:"caKeyFile"`
+	// CASecret names a kubernetes.io/tls Secret (tls.crt, tls.key) in
+	// Namespace holding the signing CA, as `certs init --kube` creates it.
+	CASecret  string `json:"caSecret"`
+	Namespace string `json:"namespace"`
+	// NodeCertificateLifetime is how long node certificates last; edges
+	// renew them between 70 % and 90 % of it.
+	NodeCertificateLifetime metav1.Duration `json:"nodeCertificateLifetime"`
+	// AttemptsPerSecond and AttemptBurst limit calls per peer address.
+	AttemptsPerSecond float64 `json:"attemptsPerSecond"`
+	AttemptBurst      int     `json:"attemptBurst"`
+}
+
+// enabled reports whether a signing CA is configured.
+func (b BootstrapConfig) enabled() bool { return b.CAKeyFile != "" || b.CASecret != "" }
 
 // TLSConfig names the server's certificate, key and the CA of clients.
 type TLSConfig struct {
@@ -118,6 +142,12 @@ func defaultConfig() Config {
 			Workers:            4,
 			LeaseDuration:      d(40 * time.Second),
 			LeaseRenewInterval: d(10 * time.Second),
+		},
+		Bootstrap: BootstrapConfig{
+			Namespace:               "edgesync-system",
+			NodeCertificateLifetime: d(365 * 24 * time.Hour),
+			AttemptsPerSecond:       1,
+			AttemptBurst:            10,
 		},
 		Log: LogConfig{Level: "info", Format: "json"},
 	}
@@ -199,6 +229,18 @@ func (c *Config) validate() error {
 	}
 	if c.Kubernetes.LeaseQPS <= 0 {
 		bad("kubernetes.leaseQPS", "must be positive (node Lease writes per second; nodes / controllers.leaseRenewInterval must stay below it), got %g", c.Kubernetes.LeaseQPS)
+	}
+	if c.Bootstrap.CAKeyFile != "" && c.Bootstrap.CASecret != "" {
+		bad("bootstrap.caSecret", "give either bootstrap.caKeyFile or bootstrap.caSecret, not both")
+	}
+	if c.Bootstrap.CASecret != "" && c.Bootstrap.Namespace == "" {
+		bad("bootstrap.namespace", "required with bootstrap.caSecret")
+	}
+	if l := c.Bootstrap.NodeCertificateLifetime.Duration; l < time.Minute {
+		bad("bootstrap.nodeCertificateLifetime", "must be at least 1m, got %s", l)
+	}
+	if c.Bootstrap.AttemptsPerSecond <= 0 || c.Bootstrap.AttemptBurst <= 0 {
+		bad("bootstrap.attemptsPerSecond", "attemptsPerSecond and attemptBurst must be positive, got %g and %d", c.Bootstrap.AttemptsPerSecond, c.Bootstrap.AttemptBurst)
 	}
 	if c.Controllers.EdgeLabel == "" {
 		bad("controllers.edgeLabel", "required")

@@ -79,6 +79,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&o.NodeLimit, "node-limit", d.NodeLimit, "most edge sessions this replica holds (nodeLimit)")
 	fs.IntVar(&o.AckWindow, "ack-window", d.AckWindow, "most unacknowledged object events per session (ackWindow)")
 	fs.StringVar(&o.Kubernetes.Kubeconfig, "kubeconfig", d.Kubernetes.Kubeconfig, "kubeconfig file; empty for in-cluster config (kubernetes.kubeconfig)")
+	fs.StringVar(&o.Bootstrap.CAKeyFile, "bootstrap-ca-key", d.Bootstrap.CAKeyFile, "key of the CA that signs node certificates for joining nodes; enables token join (bootstrap.caKeyFile)")
+	fs.DurationVar(&o.Bootstrap.NodeCertificateLifetime.Duration, "node-cert-lifetime", d.Bootstrap.NodeCertificateLifetime.Duration, "lifetime of node certificates issued at join and renewal (bootstrap.nodeCertificateLifetime)")
 	fs.StringVar(&o.Log.Level, "log-level", d.Log.Level, "debug, info, warn or error (log.level)")
 	fs.StringVar(&o.Log.Format, "log-format", d.Log.Format, "json or console (log.format)")
 }
@@ -99,6 +101,10 @@ func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *Config) {
 		"kubeconfig":   func() { cfg.Kubernetes.Kubeconfig = o.Kubernetes.Kubeconfig },
 		"log-level":    func() { cfg.Log.Level = o.Log.Level },
 		"log-format":   func() { cfg.Log.Format = o.Log.Format },
+		"bootstrap-ca-key": func() { cfg.Bootstrap.CAKeyFile = o.Bootstrap.CAKeyFile },
+		"node-cert-lifetime": func() {
+			cfg.Bootstrap.NodeCertificateLifetime = o.Bootstrap.NodeCertificateLifetime
+		},
 	}
 	for name, fn := range set {
 		if fs.Changed(name) {
@@ -213,6 +219,11 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		Logger:       log.Named("server"),
 		HTTPListener: httpLis,
 		EnablePprof:  cfg.EnablePprof,
+	}
+	if cfg.Bootstrap.enabled() {
+		if opts.Bootstrap, err = newBootstrap(cfg, kube, reg, log.Named("bootstrap")); err != nil {
+			return err
+		}
 	}
 	var synced <-chan struct{} // set below, before Serve
 	opts.Ready = func() error {
