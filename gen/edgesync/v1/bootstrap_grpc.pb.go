@@ -73,10 +73,12 @@ const (
 //     new one with `edgesync-server token create`.
 //   - PERMISSION_DENIED: the token is valid but not for this node (bound to
 //     another name), or the name belongs to a Node that is not an edge node,
-//     or (RenewCertificate) the certificate asked for is not the caller's.
-//   - INVALID_ARGUMENT: the CSR does not parse, its signature is wrong, its
-//     subject is not exactly CN "system:node:<node_name>", or its key is
-//     neither ECDSA P-256 nor RSA of at least 2048 bits.
+//     or the CSR's common name is not "system:node:<node_name>" (for
+//     RenewCertificate: the caller's node).
+//   - INVALID_ARGUMENT: the node name is not a valid Kubernetes name, or the
+//     CSR does not parse, its signature is wrong, its subject holds more
+//     than CN (and O "system:nodes"), or its key is neither ECDSA P-256 nor
+//     RSA of at least 2048 bits.
 //   - RESOURCE_EXHAUSTED: too many attempts from this address; wait and
 //     retry.
 //   - UNAVAILABLE: the Kubernetes API server could not be reached; retry.
@@ -181,10 +183,12 @@ func (c *bootstrapServiceClient) RenewCertificate(ctx context.Context, in *Renew
 //     new one with `edgesync-server token create`.
 //   - PERMISSION_DENIED: the token is valid but not for this node (bound to
 //     another name), or the name belongs to a Node that is not an edge node,
-//     or (RenewCertificate) the certificate asked for is not the caller's.
-//   - INVALID_ARGUMENT: the CSR does not parse, its signature is wrong, its
-//     subject is not exactly CN "system:node:<node_name>", or its key is
-//     neither ECDSA P-256 nor RSA of at least 2048 bits.
+//     or the CSR's common name is not "system:node:<node_name>" (for
+//     RenewCertificate: the caller's node).
+//   - INVALID_ARGUMENT: the node name is not a valid Kubernetes name, or the
+//     CSR does not parse, its signature is wrong, its subject holds more
+//     than CN (and O "system:nodes"), or its key is neither ECDSA P-256 nor
+//     RSA of at least 2048 bits.
 //   - RESOURCE_EXHAUSTED: too many attempts from this address; wait and
 //     retry.
 //   - UNAVAILABLE: the Kubernetes API server could not be reached; retry.
