@@ -124,6 +124,10 @@ func (e *edge) apply(msg *edgesyncv1.SyncResponse) {
 		kind, typ, meta = edgesyncv1.Kind_KIND_DEVICE, m.DeviceEvent.GetType(), m.DeviceEvent.GetDevice().GetMetadata()
 	case *edgesyncv1.SyncResponse_NodeEvent:
 		kind, typ, meta = edgesyncv1.Kind_KIND_NODE, m.NodeEvent.GetType(), m.NodeEvent.GetNode().GetMetadata()
+	case *edgesyncv1.SyncResponse_ServiceEvent:
+		kind, typ, meta = edgesyncv1.Kind_KIND_SERVICE, m.ServiceEvent.GetType(), m.ServiceEvent.GetService().GetMetadata()
+	case *edgesyncv1.SyncResponse_EndpointSliceEvent:
+		kind, typ, meta = edgesyncv1.Kind_KIND_ENDPOINT_SLICE, m.EndpointSliceEvent.GetType(), m.EndpointSliceEvent.GetEndpointSlice().GetMetadata()
 	default:
 		return
 	}

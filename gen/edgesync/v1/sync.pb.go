@@ -1928,9 +1928,10 @@ func (x *ServiceEvent) GetService() *v1.Service {
 //   - internalTrafficPolicy Local: only the endpoints on the node itself
 //     (endpoints[].nodeName), ready ones, or else serving terminating ones;
 //     none when the node has none (traffic is dropped, as kube-proxy does).
-//   - Topology: when the Service asks for it (trafficDistribution
-//     PreferClose, or the annotation service.kubernetes.io/topology-mode
-//     set and not "Disabled"), every ready endpoint carries zone hints, the
+//   - Topology: when the Service asks for it (trafficDistribution set, such
+//     as PreferSameZone or PreferClose, or else the annotation
+//     service.kubernetes.io/topology-mode set and not "Disabled"; node
+//     hints are not used), every ready endpoint carries zone hints, the
 //     node has the label topology.kubernetes.io/zone and at least one ready
 //     endpoint is hinted for that zone, only the ready endpoints hinted for
 //     the node's zone. Otherwise the zone does not matter.

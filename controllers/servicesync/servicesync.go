@@ -1,0 +1,514 @@
+// Package servicesync sends edge nodes the Services meant for edges and
+// their EndpointSlices, so that edge applications can find each other by
+// Service name while the node is offline.
+//
+// A Service is meant for edges when it carries the label OptInLabel with
+// the value "true"; then every edge node receives it, and no Service
+// reaches an edge otherwise. Its EndpointSlices follow it, filtered for
+// each node the way kube-proxy chooses the endpoints a node routes to (see
+// filter.go): ready endpoints only (serving terminating ones when none is
+// ready), the node's own with internalTrafficPolicy Local, the node's
+// zone's when topology hints are in use. Each distinct filtered result of
+// a slice version is encoded once and shared by every node that receives
+// it, so a Service on 10,000 nodes in 10 zones costs 10 encodings per
+// slice change.
+//
+// Event handlers only enqueue Service keys; workers decide what each node
+// gets and Publish it. The server's queues skip versions an edge already
+// holds, so publishing an unchanged view again costs nothing on the wire.
+package servicesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
+	discoveryv1pb "github.com/edgesync/edgesync/gen/k8s/api/discovery/v1"
+	"github.com/edgesync/edgesync/server/feed"
+)
+
+// OptInLabel marks a Service meant for edge nodes (value "true").
+const OptInLabel = "edgesync.io/edge-service"
+
+// ServiceIndex names the EndpointSlice informer index by Service
+// (namespace/name) that the controller needs; AddIndexers adds it.
+const ServiceIndex = "servicesync.service"
+
+// AddIndexers adds the indexes the controller uses to the EndpointSlice
+// informer. Call it before the informer starts.
+func AddIndexers(slices cache.SharedIndexInformer) error {
+	return slices.AddIndexers(cache.Indexers{ServiceIndex: func(obj any) ([]string, error) {
+		if key := serviceOf(obj); key != "" {
+			return []string{key}, nil
+		}
+		return nil, nil
+	}})
+}
+
+// serviceOf returns the namespace/name of the Service an EndpointSlice (or
+// its deletion tombstone) belongs to, "" when none.
+func serviceOf(obj any) string {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	s, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
+		return ""
+	}
+	return s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
+}
+
+// OptedIn tells whether s is meant for edge nodes.
+func OptedIn(s *corev1.Service) bool {
+	return s != nil && s.Labels[OptInLabel] == "true"
+}
+
+// Config is what the controller needs.
+type Config struct {
+	// Services and EndpointSlices are informers over all namespaces;
+	// EndpointSlices must have the index AddIndexers adds.
+	Services, EndpointSlices cache.SharedIndexInformer
+	// Nodes is an informer of the Nodes (other than edge nodes may be
+	// cached; IsEdge tells them apart).
+	Nodes cache.SharedIndexInformer
+	// IsEdge tells whether a Node from Nodes is an edge node.
+	IsEdge func(*corev1.Node) bool
+	Logger *zap.Logger
+}
+
+// Controller is the Service and EndpointSlice controller.
+type Controller struct {
+	log      *zap.Logger
+	pub      feed.Publisher
+	isEdge   func(*corev1.Node) bool
+	cfg      Config
+	services corelisters.ServiceLister
+	slices   cache.Indexer
+	nodes    corelisters.NodeLister
+
+	// queue of Service keys, created by Run before the handlers that fill
+	// it are added.
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	// encodings counts every object encoded (Services and filtered
+	// slices), for tests and benchmarks.
+	encodings atomic.Int64
+
+	// mu guards sent and encoded, and is held while publishing so that
+	// what a node receives for one object is published in the order
+	// decided.
+	mu sync.Mutex
+	// sent records, by Service key, what was published for each Service
+	// meant for edges.
+	sent map[string]*sentService
+	// encoded holds the encodings of each object's current version: the
+	// Service, or each view of a filtered slice.
+	encoded map[feed.Key]*encodings
+}
+
+// sentService is what edge nodes were sent of one Service.
+type sentService struct {
+	uid    types.UID
+	slices map[string]types.UID // by slice name
+}
+
+// encodings are the shared encodings of one object version, by view ("" for
+// a Service).
+type encodings struct {
+	uid, version string
+	views        map[string]*feed.Object
+}
+
+// New returns a controller that publishes through pub once Run is called.
+// It starts nothing.
+func New(cfg Config, pub feed.Publisher) (*Controller, error) {
+	if cfg.Services == nil || cfg.EndpointSlices == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
+		return nil, errors.New("servicesync: Services, EndpointSlices, Nodes, IsEdge and a publisher are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Controller{
+		log:      cfg.Logger,
+		pub:      pub,
+		isEdge:   cfg.IsEdge,
+		cfg:      cfg,
+		services: corelisters.NewServiceLister(cfg.Services.GetIndexer()),
+		slices:   cfg.EndpointSlices.GetIndexer(),
+		nodes:    corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
+		sent:     make(map[string]*sentService),
+		encoded:  make(map[feed.Key]*encodings),
+	}, nil
+}
+
+// Encodings returns how many objects the controller has encoded: one per
+// Service version and one per distinct filtered result of a slice version.
+func (c *Controller) Encodings() int64 { return c.encodings.Load() }
+
+// Run adds the controller's event handlers to the informers (which the
+// caller starts), waits until they have seen the caches' contents, then
+// runs workers until ctx ends, and returns once they have all stopped.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "servicesync"})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer c.queue.ShutDown()
+
+	var set handlers.Set
+	defer set.RemoveAll()
+	if err := c.addHandlers(&set); err != nil {
+		return err
+	}
+	if !set.WaitSynced(ctx) {
+		return fmt.Errorf("servicesync: caches did not sync: %w", context.Cause(ctx))
+	}
+	for range workers {
+		wg.Go(func() {
+			for handlers.ProcessNext(c.queue, c.sync, c.log) {
+			}
+		})
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (c *Controller) addHandlers(set *handlers.Set) error {
+	enqueueService := func(obj any) { handlers.EnqueueKey(c.queue, obj) }
+	if err := set.Add(c.cfg.Services, cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if s, ok := obj.(*corev1.Service); !ok || OptedIn(s) {
+				enqueueService(obj)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Service)
+			n, ok2 := newObj.(*corev1.Service)
+			if ok1 && ok2 && !OptedIn(o) && !OptedIn(n) {
+				return
+			}
+			enqueueService(newObj)
+		},
+		DeleteFunc: enqueueService,
+	}); err != nil {
+		return fmt.Errorf("servicesync: service handler: %w", err)
+	}
+	enqueueSlice := func(obj any) {
+		if key := serviceOf(obj); key != "" {
+			c.queue.Add(key)
+		}
+	}
+	if err := set.Add(c.cfg.EndpointSlices, cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueueSlice,
+		UpdateFunc: func(oldObj, newObj any) {
+			if a, b := serviceOf(oldObj), serviceOf(newObj); a != b {
+				enqueueSlice(oldObj)
+			}
+			enqueueSlice(newObj)
+		},
+		DeleteFunc: enqueueSlice,
+	}); err != nil {
+		return fmt.Errorf("servicesync: endpointslice handler: %w", err)
+	}
+	// A node that changes zone (or starts or stops being an edge node
+	// while connected) may need other views of every slice.
+	if err := set.Add(c.cfg.Nodes, cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*corev1.Node)
+			n, ok2 := newObj.(*corev1.Node)
+			if !ok1 || !ok2 || (c.isEdge(o) == c.isEdge(n) && o.Labels[corev1.LabelTopologyZone] == n.Labels[corev1.LabelTopologyZone]) {
+				return
+			}
+			c.enqueueSent()
+		},
+	}); err != nil {
+		return fmt.Errorf("servicesync: node handler: %w", err)
+	}
+	return nil
+}
+
+// enqueueSent enqueues every Service edges were sent.
+func (c *Controller) enqueueSent() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key := range c.sent {
+		c.queue.Add(key)
+	}
+}
+
+// edgeNodes returns the edge nodes in the cache.
+func (c *Controller) edgeNodes() ([]*corev1.Node, error) {
+	all, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0:0]
+	for _, n := range all {
+		if c.isEdge(n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// service returns the cached Service of key when it is meant for edges,
+// nil otherwise.
+func (c *Controller) service(key string) (*corev1.Service, error) {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.services.Services(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if !OptedIn(s) {
+		return nil, nil
+	}
+	return s, nil
+}
+
+// slicesOf returns the cached EndpointSlices of the Service key.
+func (c *Controller) slicesOf(key string) ([]*discoveryv1.EndpointSlice, error) {
+	objs, err := c.slices.ByIndex(ServiceIndex, key)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// sync publishes the Service of key and its filtered slices to every edge
+// node, or their deletion when the Service is gone or no longer meant for
+// edges.
+func (c *Controller) sync(key string) error {
+	svc, err := c.service(key)
+	if err != nil {
+		return err
+	}
+	nodes, err := c.edgeNodes()
+	if err != nil {
+		return err
+	}
+	var slices []*discoveryv1.EndpointSlice
+	if svc != nil {
+		if slices, err = c.slicesOf(key); err != nil {
+			return err
+		}
+	}
+	ns, name, _ := cache.SplitMetaNamespaceKey(key)
+	svcKey := feed.Key{Kind: edgesyncv1.Kind_KIND_SERVICE, Namespace: ns, Name: name}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.sent[key]
+	if svc == nil {
+		if old != nil {
+			for slice, uid := range old.slices {
+				c.publishTombstone(nodes, sliceKey(ns, slice), string(uid))
+			}
+			c.publishTombstone(nodes, svcKey, string(old.uid))
+			delete(c.sent, key)
+		}
+		return nil
+	}
+	if old != nil && old.uid != svc.UID {
+		// Recreated: the edges hold the old one's slices under other
+		// uids; what is still current is published again below.
+		old = nil
+	}
+	obj, err := c.encodeService(svc)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		c.pub.Publish(n.Name, obj)
+	}
+	next := &sentService{uid: svc.UID, slices: make(map[string]types.UID, len(slices))}
+	p := newPlan(svc, slices)
+	for _, s := range slices {
+		byView := map[string]*feed.Object{}
+		for _, n := range nodes {
+			v := p.view(n)
+			obj := byView[v.name]
+			if obj == nil {
+				if obj, err = c.encodeSlice(s, v); err != nil {
+					return err
+				}
+				byView[v.name] = obj
+			}
+			c.pub.Publish(n.Name, obj)
+		}
+		c.forgetOtherViews(s, byView)
+		next.slices[s.Name] = s.UID
+	}
+	if old != nil {
+		for slice, uid := range old.slices {
+			if _, ok := next.slices[slice]; !ok {
+				c.publishTombstone(nodes, sliceKey(ns, slice), string(uid))
+			}
+		}
+	}
+	c.sent[key] = next
+	return nil
+}
+
+func sliceKey(namespace, name string) feed.Key {
+	return feed.Key{Kind: edgesyncv1.Kind_KIND_ENDPOINT_SLICE, Namespace: namespace, Name: name}
+}
+
+// publishTombstone publishes the deletion of key to every node and drops
+// its encodings. c.mu is held.
+func (c *Controller) publishTombstone(nodes []*corev1.Node, key feed.Key, uid string) {
+	delete(c.encoded, key)
+	obj, err := feed.Tombstone(key, uid)
+	if err != nil {
+		c.log.Error("encode tombstone", zap.Stringer("object", key), zap.Error(err))
+		return
+	}
+	for _, n := range nodes {
+		c.pub.Publish(n.Name, obj)
+	}
+}
+
+// forgetOtherViews keeps, of the encodings of s, only the views in use.
+// c.mu is held.
+func (c *Controller) forgetOtherViews(s *discoveryv1.EndpointSlice, inUse map[string]*feed.Object) {
+	e := c.encoded[sliceKey(s.Namespace, s.Name)]
+	if e == nil {
+		return
+	}
+	for v := range e.views {
+		if inUse[v] == nil {
+			delete(e.views, v)
+		}
+	}
+}
+
+// cached returns the encoding of key's view at uid and version, calling
+// encode when there is none. c.mu is held.
+func (c *Controller) cached(key feed.Key, uid, version, view string, encode func() (*feed.Object, error)) (*feed.Object, error) {
+	e := c.encoded[key]
+	if e == nil || e.uid != uid || e.version != version {
+		e = &encodings{uid: uid, version: version, views: map[string]*feed.Object{}}
+		c.encoded[key] = e
+	}
+	if obj := e.views[view]; obj != nil {
+		return obj, nil
+	}
+	obj, err := encode()
+	if err != nil {
+		return nil, err
+	}
+	c.encodings.Add(1)
+	e.views[view] = obj
+	return obj, nil
+}
+
+// encodeService returns the shared APPLY encoding of s. c.mu is held.
+func (c *Controller) encodeService(s *corev1.Service) (*feed.Object, error) {
+	key := feed.Key{Kind: edgesyncv1.Kind_KIND_SERVICE, Namespace: s.Namespace, Name: s.Name}
+	return c.cached(key, string(s.UID), s.ResourceVersion, "", func() (*feed.Object, error) {
+		msg := &corev1pb.Service{}
+		if err := convert(s, msg); err != nil {
+			return nil, fmt.Errorf("encode service %s/%s: %w", s.Namespace, s.Name, err)
+		}
+		msg.Metadata.ManagedFields = nil
+		return feed.Encode(key, string(s.UID), s.ResourceVersion, false, &edgesyncv1.SyncResponse{
+			Message: &edgesyncv1.SyncResponse_ServiceEvent{ServiceEvent: &edgesyncv1.ServiceEvent{Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Service: msg}},
+		})
+	})
+}
+
+// encodeSlice returns the shared APPLY encoding of s filtered by v, at
+// resourceVersion "<slice version>/<view>". c.mu is held.
+func (c *Controller) encodeSlice(s *discoveryv1.EndpointSlice, v view) (*feed.Object, error) {
+	key := sliceKey(s.Namespace, s.Name)
+	return c.cached(key, string(s.UID), s.ResourceVersion, v.name, func() (*feed.Object, error) {
+		filtered := *s // the cache's object is not changed
+		filtered.ManagedFields = nil
+		filtered.Endpoints = v.filter(s.Endpoints)
+		filtered.ResourceVersion = s.ResourceVersion + "/" + v.name
+		msg := &discoveryv1pb.EndpointSlice{}
+		if err := convert(&filtered, msg); err != nil {
+			return nil, fmt.Errorf("encode endpointslice %s/%s: %w", s.Namespace, s.Name, err)
+		}
+		return feed.Encode(key, string(s.UID), filtered.ResourceVersion, false, &edgesyncv1.SyncResponse{
+			Message: &edgesyncv1.SyncResponse_EndpointSliceEvent{EndpointSliceEvent: &edgesyncv1.EndpointSliceEvent{Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, EndpointSlice: msg}},
+		})
+	})
+}
+
+// convert turns a k8s.io/api value into its gen/k8s counterpart (the same
+// protobuf bytes).
+func convert(src interface{ Marshal() ([]byte, error) }, dst proto.Message) error {
+	b, err := src.Marshal()
+	if err != nil {
+		return err
+	}
+	return proto.Unmarshal(b, dst)
+}
+
+// Desired returns, from the caches, the Services meant for edges and their
+// slices filtered for node, when node is an edge node.
+func (c *Controller) Desired(node string) ([]*feed.Object, error) {
+	n, err := c.nodes.Get(node)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if !c.isEdge(n) {
+		return nil, nil
+	}
+	services, err := c.services.List(labels.SelectorFromSet(labels.Set{OptInLabel: "true"}))
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*feed.Object
+	for _, svc := range services {
+		obj, err := c.encodeService(svc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, obj)
+		slices, err := c.slicesOf(svc.Namespace + "/" + svc.Name)
+		if err != nil {
+			return nil, err
+		}
+		v := newPlan(svc, slices).view(n)
+		for _, s := range slices {
+			obj, err := c.encodeSlice(s, v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, obj)
+		}
+	}
+	return out, nil
+}
