@@ -20,6 +20,13 @@ GRPCURL_VERSION            := v1.9.4
 APT_PACKAGES := protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf python3-grpc-tools
 
 K8S_PROTO := $(BUILD)/k8s-proto
+
+# What binaries and images say they are (`--version`): the release version,
+# bumped when releasing, and the commit they were built from.
+VERSION ?= v0.1.0
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+VERSION_LDFLAGS := -X github.com/edgesync/edgesync/internal/version.version=$(VERSION) \
+	-X github.com/edgesync/edgesync/internal/version.commit=$(COMMIT)
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
 .PHONY: help
@@ -110,7 +117,28 @@ lint: tools k8s-protos ## go vet, gofmt, buf lint, buf format.
 
 .PHONY: build
 build: ## Build the edgesync binaries into ./bin.
-	go build -o $(BIN)/ ./cmd/...
+	go build -ldflags "$(VERSION_LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+# Release binaries: static (no cgo), stripped, without local paths, for the
+# CPUs edge devices have (Raspberry Pi and Jetson are arm64 or armv7) and
+# the server's. Named NAME-OS-ARCH[VARIANT] with SHA256SUMS next to them;
+# internal/release names and checks them, the images are made from them.
+RELEASE := $(BUILD)/release
+RELEASE_AGENT_PLATFORMS  := linux/amd64 linux/arm64 linux/arm/v7
+RELEASE_SERVER_PLATFORMS := linux/amd64 linux/arm64
+
+.PHONY: release
+release: ## Cross-build the agent (amd64, arm64, armv7) and server (amd64, arm64) with checksums into .build/release.
+	@mkdir -p $(RELEASE) && rm -f $(RELEASE)/edgesync-* $(RELEASE)/SHA256SUMS
+	@set -e; for spec in $(foreach p,$(RELEASE_AGENT_PLATFORMS),edgesync-agent:$(p)) \
+	    $(foreach p,$(RELEASE_SERVER_PLATFORMS),edgesync-server:$(p)); do \
+	  name=$${spec%%:*}; platform=$${spec#*:}; IFS=/ read -r os arch variant <<<"$$platform"; \
+	  out=$(RELEASE)/$$name-$$os-$$arch$$variant; echo "  $$out"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$${variant#v} go build -trimpath \
+	    -ldflags "-s -w $(VERSION_LDFLAGS)" -o $$out ./cmd/$$name; \
+	done
+	@cd $(RELEASE) && sha256sum edgesync-* > SHA256SUMS && echo "$(RELEASE)/SHA256SUMS"
+	@echo "$(VERSION)" > $(RELEASE)/VERSION
 
 # The devcluster is its own Go module so the main module never depends on
 # k8s.io/kubernetes. The first build takes ~10 minutes on 2 cores.

@@ -20,9 +20,8 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient/agent"
 	"github.com/edgesync/edgesync/edgeclient/store"
+	"github.com/edgesync/edgesync/internal/version"
 )
-
-const version = "0.1.0"
 
 func main() {
 	ctx, cancel := signalContext()
@@ -49,14 +48,15 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func newRootCommand() *cobra.Command {
 	var (
-		cfg      = agent.Config{Version: version}
+		build    = version.Get()
+		cfg      = agent.Config{Version: build.Version}
 		c        = &cfg.Client
 		logLevel string
 	)
 	root := &cobra.Command{
 		Use:           "edgesync-agent",
 		Short:         "Reference edgesync edge agent with a simulated container runtime",
-		Version:       version,
+		Version:       build.String(),
 		SilenceUsage:  true,
 		SilenceErrors: false,
 		Args:          cobra.NoArgs,
@@ -70,6 +70,7 @@ func newRootCommand() *cobra.Command {
 			return agent.Run(cmd.Context(), cfg)
 		},
 	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := root.Flags()
 	f.StringVar(&c.Server, "server", "", "edgesync server address, host:port (required)")
 	f.StringVar(&c.CAFile, "ca", "", "PEM file of the CA that signed the server certificate (required)")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/internal/version"
 )
 
 func TestListCommand(t *testing.T) {
@@ -57,5 +58,19 @@ func TestRunNeedsItsFlags(t *testing.T) {
 	err := cmd.Execute()
 	if err == nil || !strings.Contains(err.Error(), "node") || !strings.Contains(err.Error(), "cert") {
 		t.Errorf("running without --node and --cert: %v, want an error naming the missing flags", err)
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	var out bytes.Buffer
+	cmd := newRootCommand()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"--version"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	want := version.Get()
+	if !strings.HasPrefix(out.String(), "edgesync-agent "+want.Version+" (commit "+want.Commit) {
+		t.Errorf("--version printed %q, want the name, version %q and commit %q", out.String(), want.Version, want.Commit)
 	}
 }

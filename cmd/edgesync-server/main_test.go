@@ -25,6 +25,7 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server/pki"
 )
 
@@ -308,4 +309,15 @@ func TestServeAgainstCluster(t *testing.T) {
 
 func tlsClient(cert tls.Certificate, ca *pki.CA) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, err := execute(t, "--version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := version.Get()
+	if !strings.HasPrefix(out, "edgesync-server "+want.Version+" (commit "+want.Commit) {
+		t.Errorf("--version printed %q, want the name, version %q and commit %q", out, want.Version, want.Commit)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server"
 )
 
@@ -36,10 +37,12 @@ func newRootCommand() *cobra.Command {
 		Use:           "edgesync-server",
 		Short:         "Sync Kubernetes objects to edge nodes over one mTLS gRPC stream per node",
 		Args:          cobra.NoArgs,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return runServe(cmd, &opts) },
 	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the server (the default)",
