@@ -162,7 +162,7 @@ devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-ma
 TEST_CLUSTER_FLAGS := --node-monitor-grace-period=30s --node-monitor-period=2s \
 	--default-unreachable-toleration-seconds=30 --default-not-ready-toleration-seconds=30
 
-test: tools lint check-generate build devcluster apt-deps generate-python ## Run every test against a real apiserver.
+test: tools lint check-generate build release devcluster apt-deps generate-python ## Run every test against a real apiserver.
 	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
