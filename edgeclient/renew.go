@@ -25,8 +25,8 @@ const renewRetry = time.Minute
 // renewLoop renews the node certificate while Run runs: at a random point
 // between 70 % and 90 % of its lifetime it asks the server for a new one
 // over the live connection (RenewCertificate, authenticated by the current
-// certificate) for a fresh key, and writes key and certificate atomically;
-// the certificate loader uses them from the next handshake on.
+// certificate) for a fresh key, and writes the CA bundle, key and
+// certificate atomically; the next handshake uses them.
 func (c *Client) renewLoop(ctx context.Context) {
 	for {
 		cert, err := c.certs.get()
@@ -97,6 +97,13 @@ func (c *Client) renew(ctx context.Context) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return fmt.Errorf("encode key: %w", err)
+	}
+	// The CA bundle first: during a CA rotation it gains the new CA,
+	// which may sign the server's next certificate.
+	if bundle := resp.GetCaBundlePem(); len(bundle) > 0 {
+		if err := writeFileAtomic(c.cfg.CAFile, bundle); err != nil {
+			return err
+		}
 	}
 	if err := writeCertAndKey(c.cfg.CertFile, c.cfg.KeyFile, resp.GetCertificatePem(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})); err != nil {
 		return err

@@ -86,7 +86,7 @@ func newRootCommand() *cobra.Command {
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)
 	}
-	root.AddCommand(newListCommand())
+	root.AddCommand(newListCommand(), newJoinCommand(), newRunCommand(build.Version))
 	return root
 }
 

@@ -87,7 +87,7 @@ func (ca *CA) SignNode(csr *x509.CertificateRequest, nodeName string, lifetime t
 	if nodeName == "" || strings.ContainsAny(nodeName, " /:") {
 		return nil, time.Time{}, fmt.Errorf("invalid node name %q", nodeName)
 	}
-	now := time.Now()
+	now := time.Now().Truncate(time.Second) // as the certificate holds it
 	tmpl := &x509.Certificate{
 		SerialNumber: newSerial(),
 		Subject:      pkix.Name{CommonName: NodeCNPrefix + nodeName, Organization: []string{NodeOrganization}},
