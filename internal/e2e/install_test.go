@@ -85,6 +85,7 @@ func install(t *testing.T) *installation {
 		"--tls-ca", filepath.Join(in.pki, "ca.crt"),
 		"--tls-cert", filepath.Join(in.pki, "server.crt"),
 		"--tls-key", filepath.Join(in.pki, "server.key"),
+		"--bootstrap-ca-key", filepath.Join(in.pki, "ca.key"), // nodes may join with tokens
 		"--kubeconfig", serverKubeconfig,
 		"--server-id", "e2e",
 		"--log-format", "console")
