@@ -434,6 +434,11 @@ func (c *Controller) publishTombstones(node string, tokens map[feed.Key]*token) 
 // queued, and their tokens are published as they arrive. It never calls
 // the API server.
 func (c *Controller) Desired(node string) ([]*feed.Object, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// A node may connect before its Node exists: its pods are queued when
+	// it becomes an edge node.
+	c.active[node] = true
 	if handlers.EdgeNode(c.nodes, c.isEdge, node) == "" {
 		return nil, nil
 	}
@@ -443,9 +448,6 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 	}
 	now := c.clock.Now()
 	var objs []*feed.Object
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.active[node] = true
 	for _, item := range items {
 		pod := item.(*corev1.Pod)
 		srcs := sources(pod)

@@ -4,7 +4,9 @@
 // change to what the node holds as one line (its own Node too: labels,
 // taints and cordoning as kubectl set them), and runs pods with a
 // simulated runtime: each pod it receives is reported Running and Ready, and
-// terminated once the cloud deletes it; each device reports online with its
+// terminated once the cloud deletes it, and its volumes (ConfigMaps,
+// Secrets, ServiceAccount tokens, CA and namespace) are written as files
+// under <store>/pods/<uid> (see package volumes); each device reports online with its
 // desired values. Real container runtimes and device protocols are out of
 // scope.
 package agent
@@ -33,6 +35,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/edgesync/edgesync/edgeclient"
+	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
+	"github.com/edgesync/edgesync/edgeclient/volumes"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
@@ -53,9 +57,16 @@ type Config struct {
 	StatusInterval time.Duration
 	// Out receives one line per event; nil prints nothing (simulators).
 	Out io.Writer
+	// AllowExec lets kubectl exec run commands on the edge host (with the
+	// pod's environment and volume files; package simkubelet). Off, exec
+	// is refused.
+	AllowExec bool
 	// OnClient, when set, is called with the client once it exists (for
 	// example to show its State).
 	OnClient func(*edgeclient.Client)
+	// Services configures the DNS server and the proxy for the Services
+	// the node holds; both are off by default.
+	Services ServicesConfig
 }
 
 // agent runs pods with a simulated runtime: every pod is Running and Ready
@@ -73,6 +84,10 @@ type agent struct {
 	// applied holds, per device, the desired values last reported as
 	// applied; only OnEvent (one goroutine) and startup touch it.
 	applied map[edgeclient.Key]string
+	// proxy carries connections to the held Services; nil when off.
+	proxy *serviceproxy.Proxy
+	// volumes holds the pods' volume files; nil without a store directory.
+	volumes *volumes.Dir
 }
 
 // nodeLabels are the labels a kubelet gives its Node (hostname, OS and
@@ -97,10 +112,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now(), applied: map[edgeclient.Key]string{}}
+	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now(), applied: map[edgeclient.Key]string{},
+		volumes: newVolumes(cfg.Client.StoreDir)}
 	ccfg := cfg.Client
 	ccfg.AgentVersion = "edgesync-agent/" + cfg.Version
 	ccfg.OnEvent = a.onEvent
+	ccfg.TunnelHandler = a.kubeletHandler(cfg)
 	c, err := edgeclient.New(ccfg)
 	if err != nil {
 		return err
@@ -119,6 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, obj := range held {
 		a.print("HELD", obj, nil)
 		if obj.Pod != nil {
+			a.syncVolumes(obj.Pod)
 			a.reportPod(obj.Pod)
 		}
 		if obj.Device != nil {
@@ -132,6 +150,9 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server))
 
 	g, ctx := errgroup.WithContext(ctx)
+	if err := a.startServices(ctx, g, cfg.Services, c); err != nil {
+		return err
+	}
 	g.Go(func() error { return c.Run(ctx) })
 	g.Go(func() error {
 		// A node status is refused until the Node exists: report it once
@@ -163,11 +184,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
+	a.servicesChanged(ev.Key)
 	switch {
 	case ev.Type == edgeclient.Deleted:
 		delete(a.applied, ev.Key)
+		if ev.Key.Kind == edgesyncv1.Kind_KIND_POD {
+			a.removeVolumes(ev.UID)
+		} else {
+			a.syncAllVolumes(ev.Key.Namespace)
+		}
 	case ev.Object.Pod != nil:
+		a.syncVolumes(ev.Object.Pod)
 		a.reportPod(ev.Object.Pod)
+	case ev.Object.ConfigMap != nil, ev.Object.Secret != nil, ev.Object.Token != nil:
+		a.syncAllVolumes(ev.Key.Namespace)
 	case ev.Object.Device != nil:
 		a.reportDevice(ev.Object.Device)
 	}
