@@ -35,11 +35,19 @@ Keys are written with mode 0600. Existing files are never replaced unless --forc
 	cmd.PersistentFlags().StringVar(&dir, "dir", "pki", "directory holding ca.crt and ca.key, where new files are written")
 	cmd.PersistentFlags().BoolVar(&force, "force", false, "replace existing files")
 
-	var hosts []string
+	var (
+		hosts                      []string
+		kube                       bool
+		kubeconfig, ns, secretName string
+	)
 	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a CA and a server certificate for --hosts",
-		Args:  cobra.NoArgs,
+		Long: `Create a CA and a server certificate for --hosts. With --kube the CA's key is
+not written to --dir: the CA goes into a kubernetes.io/tls Secret (--secret in
+--namespace) through the API server, where the server reads it to sign the
+certificates of joining nodes (bootstrap.caSecret).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ca, err := pki.NewCA("edgesync-ca")
 			if err != nil {
@@ -49,13 +57,27 @@ Keys are written with mode 0600. Existing files are never replaced unless --forc
 			if err != nil {
 				return err
 			}
-			if err := writePair(cmd.OutOrStdout(), ca.KeyPair(), dir, "ca", force); err != nil {
+			if kube {
+				if err := createCASecret(cmd.Context(), kubeconfig, ca, ns, secretName); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "created Secret %s/%s holding the CA (set bootstrap.caSecret: %s)\n", ns, secretName, secretName)
+				caFile := filepath.Join(dir, "ca.crt")
+				if err := writeCert(caFile, ca.CertPEM, force); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", caFile)
+			} else if err := writePair(cmd.OutOrStdout(), ca.KeyPair(), dir, "ca", force); err != nil {
 				return err
 			}
 			return writePair(cmd.OutOrStdout(), server, dir, "server", force)
 		},
 	}
 	initCmd.Flags().StringSliceVar(&hosts, "hosts", []string{"localhost", "127.0.0.1"}, "DNS names and IP addresses edges use to reach the server")
+	initCmd.Flags().BoolVar(&kube, "kube", false, "keep the CA in a Kubernetes Secret instead of ca.key")
+	initCmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file, with --kube (default: $KUBECONFIG or ~/.kube/config)")
+	initCmd.Flags().StringVar(&ns, "namespace", "edgesync-system", "namespace of the CA Secret, with --kube (the server's)")
+	initCmd.Flags().StringVar(&secretName, "secret", "edgesync-ca", "name of the CA Secret, with --kube")
 
 	nodeCmd := &cobra.Command{
 		Use:   "node NAME",

@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -34,16 +37,7 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 (the same as kubeadm's), with the group ` + bootstrap.Group + `.`,
 	}
 	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-	client := func() (kubernetes.Interface, error) {
-		rules := clientcmd.NewDefaultClientConfigLoadingRules()
-		rules.ExplicitPath = kubeconfig
-		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig: %w", err)
-		}
-		cfg.UserAgent = "edgesync-server token"
-		return kubernetes.NewForConfig(cfg)
-	}
+	client := func() (kubernetes.Interface, error) { return kubeClient(kubeconfig, "edgesync-server token") }
 
 	var (
 		opts    bootstrap.TokenOptions
@@ -176,4 +170,43 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// kubeClient builds a clientset from kubeconfig (or the default loading
+// rules when empty).
+func kubeClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.UserAgent = userAgent
+	return kubernetes.NewForConfig(cfg)
+}
+
+// createCASecret stores ca in a kubernetes.io/tls Secret.
+func createCASecret(ctx context.Context, kubeconfig string, ca *pki.CA, namespace, name string) error {
+	c, err := kubeClient(kubeconfig, "edgesync-server certs")
+	if err != nil {
+		return err
+	}
+	if _, err := c.CoreV1().Secrets(namespace).Create(ctx, bootstrap.CASecret(ca, namespace, name), metav1.CreateOptions{FieldManager: "edgesync"}); err != nil {
+		return fmt.Errorf("create CA Secret %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// writeCert writes a certificate file (0644), refusing to replace one
+// unless force.
+func writeCert(path string, certPEM []byte, force bool) error {
+	if !force {
+		if _, err := os.Stat(path); err == nil {
+			return fmt.Errorf("refusing to overwrite %s (pass --force to replace it)", path)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, certPEM, 0o644)
 }

@@ -32,8 +32,10 @@ func AsServer(admin *rest.Config) *rest.Config {
 	return cfg
 }
 
-// ApplyRBAC creates or replaces the RBAC objects of deploy/rbac (under
-// root, the repository) with the admin configuration.
+// ApplyRBAC creates or replaces deploy/namespace.yaml (the server's
+// namespace, ServiceAccount and what it may do there) and the RBAC objects
+// of deploy/rbac (under root, the repository) with the admin
+// configuration.
 func ApplyRBAC(t testing.TB, admin *rest.Config, root string) {
 	t.Helper()
 	dyn, err := dynamic.NewForConfig(admin)
@@ -46,11 +48,13 @@ func ApplyRBAC(t testing.TB, admin *rest.Config, root string) {
 	resources := map[string]schema.GroupVersionResource{
 		"ClusterRole": rbac("clusterroles"), "ClusterRoleBinding": rbac("clusterrolebindings"),
 		"Role": rbac("roles"), "RoleBinding": rbac("rolebindings"),
+		"Namespace": {Version: "v1", Resource: "namespaces"}, "ServiceAccount": {Version: "v1", Resource: "serviceaccounts"},
 	}
 	files, _ := filepath.Glob(filepath.Join(root, "deploy", "rbac", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no RBAC files in deploy/rbac")
 	}
+	files = append([]string{filepath.Join(root, "deploy", "namespace.yaml")}, files...)
 	for _, file := range files {
 		data, err := os.ReadFile(file)
 		if err != nil {
@@ -67,6 +71,14 @@ func ApplyRBAC(t testing.TB, admin *rest.Config, root string) {
 			gvr, ok := resources[obj.GetKind()]
 			if !ok {
 				t.Fatalf("%s: unexpected kind %s in deploy/rbac", file, obj.GetKind())
+			}
+			if ns := obj.GetNamespace(); ns != "" {
+				// The server's own namespace (deploy/namespace.yaml) may not
+				// exist in a test cluster yet.
+				nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+				if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(t.Context(), nsObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+					t.Fatalf("create namespace %s: %v", ns, err)
+				}
 			}
 			ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
 			_, err := ri.Create(t.Context(), obj, metav1.CreateOptions{})
