@@ -3,6 +3,7 @@ module github.com/edgesync/edgesync
 go 1.26.0
 
 require (
+	github.com/miekg/dns v1.1.73
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	k8s.io/api v0.35.4

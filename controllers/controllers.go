@@ -52,6 +52,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/controllers/nodesync"
+	"github.com/edgesync/edgesync/controllers/ownership"
 	"github.com/edgesync/edgesync/controllers/podsync"
 	"github.com/edgesync/edgesync/controllers/servicesync"
 	"github.com/edgesync/edgesync/controllers/tokensync"
@@ -122,10 +123,35 @@ type Config struct {
 	TokenBurst  int
 	// Clock schedules token refreshes; the real clock when nil.
 	Clock clock.WithTicker
+	// Ownership, when its Namespace is set, has this replica claim each
+	// node before serving it (package ownership), so that with several
+	// replicas only one writes a node's Lease and status. Required when more
+	// than one replica serves a cluster.
+	Ownership OwnershipConfig
 	// DisableDevices turns the device controller off, for clusters
 	// without the devices.kubeedge.io CRDs.
 	DisableDevices bool
 	Logger         *zap.Logger
+}
+
+// OwnershipConfig configures node ownership between replicas (package
+// ownership).
+type OwnershipConfig struct {
+	// Namespace holds the ownership Leases (the server's namespace); empty
+	// turns ownership off (a single replica).
+	Namespace string
+	// Replica is this replica's id (the server id); Address is where other
+	// replicas and operators reach it, recorded on its replica Lease.
+	Replica string
+	Address string
+	// LeaseDuration of the replica Lease: how long the nodes of a replica
+	// that died wait before another may serve them. 30s when zero.
+	LeaseDuration time.Duration
+	// QPS and Burst bound ownership writes (one per node that changes
+	// replica, plus one replica Lease renewal per LeaseDuration/3); 200 and
+	// 400 when zero.
+	QPS   float32
+	Burst int
 }
 
 // Controllers implements feed.Controllers over informer caches.
@@ -148,11 +174,15 @@ type Controllers struct {
 	autonomy *autonomy.Controller
 	// tokens obtains pods' ServiceAccount tokens.
 	tokens *tokensync.Controller
+	// owners decides which replica owns each node; nil with one replica.
+	owners *ownership.Manager
 }
 
 var (
 	_ feed.Controllers = (*Controllers)(nil)
 	_ feed.Admitter    = (*Controllers)(nil)
+	_ feed.Claimer     = (*Controllers)(nil)
+	_ feed.Directory   = (*Controllers)(nil)
 )
 
 // New builds the controllers and their informers; nothing talks to the API
@@ -289,6 +319,24 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		}, &c.pub); err != nil {
 			return nil, err
 		}
+	}
+	if o := cfg.Ownership; o.Namespace != "" {
+		client, err := budgetClient(nil, cfg.RESTConfig, cfg.Client, o.QPS, o.Burst, 200, 400)
+		if err != nil {
+			return nil, fmt.Errorf("controllers: kubernetes ownership client: %w", err)
+		}
+		if c.owners, err = ownership.New(ownership.Config{
+			Client: client, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address,
+			LeaseDuration: o.LeaseDuration, Sessions: &c.pub, Logger: cfg.Logger.Named("ownership"),
+		}); err != nil {
+			return nil, fmt.Errorf("controllers: %w", err)
+		}
+	}
+	if c.events, err = eventsync.New(eventsync.Config{
+		Client: cfg.EventClient, Pods: corelisters.NewPodLister(pods.GetIndexer()), Devices: deviceIndex,
+		Rate: cfg.NodeEventRate, Burst: cfg.NodeEventBurst, Registerer: cfg.Registerer, Logger: cfg.Logger.Named("eventsync"),
+	}); err != nil {
+		return nil, fmt.Errorf("controllers: %w", err)
 	}
 	for _, inf := range c.informers {
 		// Edges never need managed fields; dropping them before the cache
@@ -445,13 +493,24 @@ func (c *Controllers) Run(ctx context.Context) error {
 		synced = append(synced, inf.HasSynced)
 	}
 	wg.Go(func() {
-		if cache.WaitForCacheSync(ctx.Done(), synced...) {
-			c.log.Info("informer caches synced")
-			close(c.synced)
+		if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+			return
 		}
+		if c.owners != nil {
+			select {
+			case <-c.owners.Ready():
+			case <-ctx.Done():
+				return
+			}
+		}
+		c.log.Info("informer caches synced")
+		close(c.synced)
 	})
 
 	errs := make(chan error, 8) // at least one slot per controller below
+	if c.owners != nil {
+		wg.Go(func() { c.owners.Run(ctx) })
+	}
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
@@ -531,6 +590,11 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unavailable, "the server's caches are still loading; send the report again shortly")))
 		return
 	}
+	if c.owners != nil && !c.owners.Owns(node) {
+		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.Unavailable,
+			"server %s no longer serves node %q (another replica took it over); connect again", c.cfg.Ownership.Replica, node)))
+		return
+	}
 	switch req.GetMessage().(type) {
 	case *edgesyncv1.SyncRequest_NodeRegistration, *edgesyncv1.SyncRequest_NodeStatus, *edgesyncv1.SyncRequest_Heartbeat:
 		c.nodes.HandleReport(node, req, answer)
@@ -557,6 +621,52 @@ func (c *Controllers) Admit(node string) error {
 		return status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
 	}
 	return c.nodes.Admit(node)
+}
+
+// Claim makes this replica node's owner before the server serves it
+// (feed.Claimer); a no-op with ownership off.
+func (c *Controllers) Claim(ctx context.Context, node string) error {
+	if c.owners == nil {
+		return nil
+	}
+	return c.owners.Claim(ctx, node)
+}
+
+// Owner returns the replica owning node: the one holding its session and
+// writing for it. Without ownership (one replica) it reports false. Tunnel
+// routing and operators' tools use it to reach a node's replica, and
+// OwnerAddress to dial it.
+func (c *Controllers) Owner(node string) (replica string, ok bool) {
+	if c.owners == nil {
+		return "", false
+	}
+	return c.owners.Owner(node)
+}
+
+// OwnerAddress returns the address replica recorded (OwnershipConfig.Address).
+func (c *Controllers) OwnerAddress(replica string) (string, bool) {
+	if c.owners == nil {
+		return "", false
+	}
+	return c.owners.Address(replica)
+}
+
+// Owners returns every owned node's replica (feed.Directory); nil without
+// ownership.
+func (c *Controllers) Owners() map[string]string {
+	if c.owners == nil {
+		return nil
+	}
+	return c.owners.Owners()
+}
+
+// Release takes node from its owner, which ends its session
+// (feed.Directory).
+func (c *Controllers) Release(ctx context.Context, node, reason string) error {
+	if c.owners == nil {
+		return errors.New("node ownership is off")
+	}
+	return c.owners.Release(ctx, node, reason)
 }
 
 // SessionEnded stops per-node work for node (its Lease renewals).

@@ -81,6 +81,8 @@ type Server struct {
 	cachesLoaded <-chan struct{}
 	ctrls        feed.Controllers
 	admitter     feed.Admitter  // ctrls, when they admit nodes; set by Serve
+	claimer      feed.Claimer   // ctrls, when replicas claim nodes; set by Serve
+	directory    feed.Directory // ctrls, when they know every node's replica; set by Serve
 	wg           sync.WaitGroup // session goroutines
 
 	mu       sync.RWMutex // guards sessions and draining
@@ -178,6 +180,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, ctrls feed.Control
 	}
 	s.ctrls = ctrls
 	s.admitter, _ = ctrls.(feed.Admitter)
+	s.claimer, _ = ctrls.(feed.Claimer)
+	s.directory, _ = ctrls.(feed.Directory)
 	// Controllers that load caches first are served only once loaded: until
 	// then health checks answer NOT_SERVING and /readyz 503.
 	var synced <-chan struct{} // nil: never fires
@@ -324,6 +328,9 @@ func (s *Server) shutdown() {
 	s.health.Shutdown()
 }
 
+// ID returns the server id (Options.ServerID, or its default).
+func (s *Server) ID() string { return s.opts.ServerID }
+
 // Publish queues obj for node if node has a session here (feed.Publisher).
 func (s *Server) Publish(node string, obj *feed.Object) {
 	if obj == nil {
@@ -352,6 +359,18 @@ func (s *Server) admit(node string) error {
 		return nil
 	}
 	if err := s.admitter.Admit(node); err != nil {
+		return controllerStatus(err).Err()
+	}
+	return nil
+}
+
+// claim makes this replica the node's owner when the controllers decide
+// ownership; the error refuses the stream.
+func (s *Server) claim(ctx context.Context, node string) error {
+	if s.claimer == nil {
+		return nil
+	}
+	if err := s.claimer.Claim(ctx, node); err != nil {
 		return controllerStatus(err).Err()
 	}
 	return nil

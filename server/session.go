@@ -76,6 +76,11 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	if err := srv.admit(s.node); err != nil {
 		return err
 	}
+	// Owned before anything is written for the node; with several
+	// replicas, the previous owner ends its session of the node.
+	if err := srv.claim(s.ctx, s.node); err != nil {
+		return err
+	}
 	if err := srv.register(s); err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/edgesync/edgesync/edgeclient/agent"
+	"github.com/edgesync/edgesync/edgeclient/servicedns"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	"github.com/edgesync/edgesync/internal/version"
 )
@@ -82,6 +83,10 @@ func newRootCommand() *cobra.Command {
 	f.DurationVar(&c.Backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
 	f.DurationVar(&c.Backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
 	f.DurationVar(&cfg.StatusInterval, "node-status-interval", agent.DefaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
+	f.StringVar(&cfg.Services.DNS.Addr, "dns-address", "", "serve DNS for the Services the node holds on this host:port, UDP and TCP (for example 127.0.0.1:53; off when empty)")
+	f.StringVar(&cfg.Services.DNS.Domain, "cluster-domain", servicedns.DefaultDomain, "cluster domain of the Service names the DNS server answers")
+	f.StringSliceVar(&cfg.Services.DNS.Forward, "dns-forward", nil, "upstream DNS servers (host:port,...) for names outside the cluster domain; none: such queries are refused")
+	f.StringVar(&cfg.Services.ProxyCIDR, "proxy-cidr", "", "proxy the Services the node holds, each on its own local IP from this range and on its own ports (for example 127.100.0.0/16); DNS then answers with those IPs; off when empty")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgesync/edgesync/server/bootstrap"
 	"github.com/edgesync/edgesync/server/pki"
 )
 
@@ -74,17 +75,31 @@ certificates of joining nodes (bootstrap.caSecret).`,
 		},
 	}
 	initCmd.Flags().StringSliceVar(&hosts, "hosts", []string{"localhost", "127.0.0.1"}, "DNS names and IP addresses edges use to reach the server")
-	initCmd.Flags().BoolVar(&kube, "kube", false, "keep the CA in a Kubernetes Secret instead of ca.key")
-	initCmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file, with --kube (default: $KUBECONFIG or ~/.kube/config)")
-	initCmd.Flags().StringVar(&ns, "namespace", "edgesync-system", "namespace of the CA Secret, with --kube (the server's)")
-	initCmd.Flags().StringVar(&secretName, "secret", "edgesync-ca", "name of the CA Secret, with --kube")
+	cmd.PersistentFlags().BoolVar(&kube, "kube", false, "the CA is kept in a Kubernetes Secret instead of ca.key (init creates it)")
+	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file, with --kube (default: $KUBECONFIG or ~/.kube/config)")
+	cmd.PersistentFlags().StringVar(&ns, "namespace", "edgesync-system", "namespace of the CA Secret, with --kube (the server's)")
+	cmd.PersistentFlags().StringVar(&secretName, "secret", "edgesync-ca", "name of the CA Secret, with --kube")
+	loadCA := func(cmd *cobra.Command) (*pki.CA, error) {
+		if !kube {
+			ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+			if err != nil {
+				return nil, fmt.Errorf("%w (create a CA first with `edgesync-server certs init --dir %s`, or pass --kube if it is in a Secret)", err, dir)
+			}
+			return ca, nil
+		}
+		c, err := kubeClient(kubeconfig, "edgesync-server certs")
+		if err != nil {
+			return nil, err
+		}
+		return bootstrap.SecretCA(c, ns, secretName)(cmd.Context())
+	}
 
 	nodeCmd := &cobra.Command{
 		Use:   "node NAME",
 		Short: "Create the client certificate of edge node NAME",
 		Args:  exactlyOneName("node"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return issueWith(cmd.OutOrStdout(), dir, "node-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
+			return issueWith(cmd, loadCA, dir, "node-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
 				return ca.IssueNode(args[0])
 			})
 		},
@@ -94,7 +109,7 @@ certificates of joining nodes (bootstrap.caSecret).`,
 		Short: "Create an operator's client certificate for AdminService",
 		Args:  exactlyOneName("admin"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return issueWith(cmd.OutOrStdout(), dir, "admin-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
+			return issueWith(cmd, loadCA, dir, "admin-"+args[0], force, func(ca *pki.CA) (*pki.KeyPair, error) {
 				return ca.IssueAdmin(args[0])
 			})
 		},
@@ -112,16 +127,16 @@ func exactlyOneName(what string) cobra.PositionalArgs {
 	}
 }
 
-func issueWith(out io.Writer, dir, base string, force bool, issue func(*pki.CA) (*pki.KeyPair, error)) error {
-	ca, err := pki.LoadCA(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+func issueWith(cmd *cobra.Command, loadCA func(*cobra.Command) (*pki.CA, error), dir, base string, force bool, issue func(*pki.CA) (*pki.KeyPair, error)) error {
+	ca, err := loadCA(cmd)
 	if err != nil {
-		return fmt.Errorf("%w (create a CA first with `edgesync-server certs init --dir %s`)", err, dir)
+		return err
 	}
 	pair, err := issue(ca)
 	if err != nil {
 		return err
 	}
-	return writePair(out, pair, dir, base, force)
+	return writePair(cmd.OutOrStdout(), pair, dir, base, force)
 }
 
 func writePair(out io.Writer, pair *pki.KeyPair, dir, base string, force bool) error {

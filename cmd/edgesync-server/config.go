@@ -42,6 +42,7 @@ type Config struct {
 
 	Kubernetes  KubernetesConfig  `json:"kubernetes"`
 	Controllers ControllersConfig `json:"controllers"`
+	Ownership   OwnershipConfig   `json:"ownership"`
 	Bootstrap   BootstrapConfig   `json:"bootstrap"`
 	Log         LogConfig         `json:"log"`
 }
@@ -109,6 +110,24 @@ type ControllersConfig struct {
 	DisableDevices     bool            `json:"disableDevices"`
 }
 
+// OwnershipConfig makes replicas own nodes through Leases in Namespace, so
+// that with several replicas only one serves and writes for each node.
+// Required whenever more than one replica runs; off when Namespace is empty.
+type OwnershipConfig struct {
+	// Namespace holds the ownership Leases: the server's namespace.
+	Namespace string `json:"namespace"`
+	// Address is where other replicas and operators reach this one
+	// (host:port; the pod IP and the gRPC port in Kubernetes); optional.
+	Address string `json:"address"`
+	// LeaseDuration of the replica Lease: how long the nodes of a replica
+	// that died wait before another may serve them (it is renewed every
+	// third of it).
+	LeaseDuration metav1.Duration `json:"leaseDuration"`
+	// QPS and Burst bound ownership writes.
+	QPS   float32 `json:"qps"`
+	Burst int     `json:"burst"`
+}
+
 // LogConfig configures logging.
 type LogConfig struct {
 	// Level is debug, info, warn or error.
@@ -143,6 +162,7 @@ func defaultConfig() Config {
 			LeaseDuration:      d(40 * time.Second),
 			LeaseRenewInterval: d(10 * time.Second),
 		},
+		Ownership: OwnershipConfig{LeaseDuration: d(30 * time.Second), QPS: 200, Burst: 400},
 		Bootstrap: BootstrapConfig{
 			Namespace:               "edgesync-system",
 			NodeCertificateLifetime: d(365 * 24 * time.Hour),
@@ -241,6 +261,15 @@ func (c *Config) validate() error {
 	}
 	if c.Bootstrap.AttemptsPerSecond <= 0 || c.Bootstrap.AttemptBurst <= 0 {
 		bad("bootstrap.attemptsPerSecond", "attemptsPerSecond and attemptBurst must be positive, got %g and %d", c.Bootstrap.AttemptsPerSecond, c.Bootstrap.AttemptBurst)
+	}
+	if c.Ownership.Namespace != "" {
+		if d := c.Ownership.LeaseDuration.Duration; d < 3*time.Second {
+			bad("ownership.leaseDuration", "must be at least 3s (it is renewed every third of it), got %s", d)
+		}
+		if c.Ownership.QPS <= 0 || c.Ownership.Burst <= 0 {
+			bad("ownership.qps", "qps and burst must be positive, got %g and %d", c.Ownership.QPS, c.Ownership.Burst)
+		}
+		addr("ownership.address", c.Ownership.Address, true)
 	}
 	if c.Controllers.EdgeLabel == "" {
 		bad("controllers.edgeLabel", "required")

@@ -84,6 +84,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubernetes.Kubeconfig, "kubeconfig", d.Kubernetes.Kubeconfig, "kubeconfig file; empty for in-cluster config (kubernetes.kubeconfig)")
 	fs.StringVar(&o.Bootstrap.CAKeyFile, "bootstrap-ca-key", d.Bootstrap.CAKeyFile, "key of the CA that signs node certificates for joining nodes; enables token join (bootstrap.caKeyFile)")
 	fs.DurationVar(&o.Bootstrap.NodeCertificateLifetime.Duration, "node-cert-lifetime", d.Bootstrap.NodeCertificateLifetime.Duration, "lifetime of node certificates issued at join and renewal (bootstrap.nodeCertificateLifetime)")
+	fs.StringVar(&o.Ownership.Namespace, "ownership-namespace", d.Ownership.Namespace, "namespace of the Leases that make one replica own each node; required with several replicas (ownership.namespace)")
+	fs.StringVar(&o.Ownership.Address, "ownership-address", d.Ownership.Address, "address other replicas and operators reach this replica at (ownership.address)")
 	fs.StringVar(&o.Log.Level, "log-level", d.Log.Level, "debug, info, warn or error (log.level)")
 	fs.StringVar(&o.Log.Format, "log-format", d.Log.Format, "json or console (log.format)")
 }
@@ -108,6 +110,8 @@ func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *Config) {
 		"node-cert-lifetime": func() {
 			cfg.Bootstrap.NodeCertificateLifetime = o.Bootstrap.NodeCertificateLifetime
 		},
+		"ownership-namespace": func() { cfg.Ownership.Namespace = o.Ownership.Namespace },
+		"ownership-address":   func() { cfg.Ownership.Address = o.Ownership.Address },
 	}
 	for name, fn := range set {
 		if fs.Changed(name) {
@@ -255,6 +259,10 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		DisableDevices:     cfg.Controllers.DisableDevices,
 		Registerer:         reg,
 		Logger:             log.Named("controllers"),
+		Ownership: controllers.OwnershipConfig{
+			Namespace: cfg.Ownership.Namespace, Replica: srv.ID(), Address: cfg.Ownership.Address,
+			LeaseDuration: cfg.Ownership.LeaseDuration.Duration, QPS: cfg.Ownership.QPS, Burst: cfg.Ownership.Burst,
+		},
 	}, srv)
 	if err != nil {
 		return fmt.Errorf("controllers: %w", err)

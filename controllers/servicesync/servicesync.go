@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -102,8 +103,8 @@ type Controller struct {
 	slices   cache.Indexer
 	nodes    corelisters.NodeLister
 
-	// queue of Service keys, created by Run before the handlers that fill
-	// it are added.
+	// queue of Service keys (namespace/name) and node names (no slash),
+	// created by Run before the handlers that fill it are added.
 	queue workqueue.TypedRateLimitingInterface[string]
 
 	// encodings counts every object encoded (Services and filtered
@@ -226,30 +227,26 @@ func (c *Controller) addHandlers(set *handlers.Set) error {
 	}); err != nil {
 		return fmt.Errorf("servicesync: endpointslice handler: %w", err)
 	}
-	// A node that changes zone (or starts or stops being an edge node
-	// while connected) may need other views of every slice.
+	// A node that registers while connected, becomes an edge node or
+	// changes zone gets what it should hold now.
 	if err := set.Add(c.cfg.Nodes, cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*corev1.Node); ok && c.isEdge(n) {
+				c.queue.Add(n.Name)
+			}
+		},
 		UpdateFunc: func(oldObj, newObj any) {
 			o, ok1 := oldObj.(*corev1.Node)
 			n, ok2 := newObj.(*corev1.Node)
-			if !ok1 || !ok2 || (c.isEdge(o) == c.isEdge(n) && o.Labels[corev1.LabelTopologyZone] == n.Labels[corev1.LabelTopologyZone]) {
+			if !ok1 || !ok2 || !c.isEdge(n) || (c.isEdge(o) && o.Labels[corev1.LabelTopologyZone] == n.Labels[corev1.LabelTopologyZone]) {
 				return
 			}
-			c.enqueueSent()
+			c.queue.Add(n.Name)
 		},
 	}); err != nil {
 		return fmt.Errorf("servicesync: node handler: %w", err)
 	}
 	return nil
-}
-
-// enqueueSent enqueues every Service edges were sent.
-func (c *Controller) enqueueSent() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for key := range c.sent {
-		c.queue.Add(key)
-	}
 }
 
 // edgeNodes returns the edge nodes in the cache.
@@ -301,10 +298,30 @@ func (c *Controller) slicesOf(key string) ([]*discoveryv1.EndpointSlice, error) 
 	return out, nil
 }
 
-// sync publishes the Service of key and its filtered slices to every edge
-// node, or their deletion when the Service is gone or no longer meant for
-// edges.
+// sync publishes what changed for key: a Service (namespace/name) or a
+// node (a name).
 func (c *Controller) sync(key string) error {
+	if !strings.Contains(key, "/") {
+		return c.syncNode(key)
+	}
+	return c.syncService(key)
+}
+
+// syncNode publishes to node everything it should hold.
+func (c *Controller) syncNode(node string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	objs, err := c.desired(node)
+	for _, obj := range objs {
+		c.pub.Publish(node, obj)
+	}
+	return err
+}
+
+// syncService publishes the Service of key and its filtered slices to
+// every edge node, or their deletion when the Service is gone or no longer
+// meant for edges.
+func (c *Controller) syncService(key string) error {
 	svc, err := c.service(key)
 	if err != nil {
 		return err
@@ -475,6 +492,13 @@ func convert(src interface{ Marshal() ([]byte, error) }, dst proto.Message) erro
 // Desired returns, from the caches, the Services meant for edges and their
 // slices filtered for node, when node is an edge node.
 func (c *Controller) Desired(node string) ([]*feed.Object, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.desired(node)
+}
+
+// desired is Desired with c.mu held.
+func (c *Controller) desired(node string) ([]*feed.Object, error) {
 	n, err := c.nodes.Get(node)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -488,8 +512,6 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var out []*feed.Object
 	for _, svc := range services {
 		obj, err := c.encodeService(svc)
