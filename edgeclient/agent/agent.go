@@ -36,7 +36,6 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
-	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
 	"github.com/edgesync/edgesync/edgeclient/volumes"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
@@ -68,9 +67,6 @@ type Config struct {
 	// Services configures the DNS server and the proxy for the Services
 	// the node holds; both are off by default.
 	Services ServicesConfig
-	// Services configures the DNS server and the proxy for the Services
-	// the node holds; both are off by default.
-	Services ServicesConfig
 }
 
 // agent runs pods with a simulated runtime: every pod is Running and Ready
@@ -88,8 +84,6 @@ type agent struct {
 	// applied holds, per device, the desired values last reported as
 	// applied; only OnEvent (one goroutine) and startup touch it.
 	applied map[edgeclient.Key]string
-	// proxy carries connections to the held Services; nil when off.
-	proxy *serviceproxy.Proxy
 	// proxy carries connections to the held Services; nil when off.
 	proxy *serviceproxy.Proxy
 	// volumes holds the pods' volume files; nil without a store directory.
@@ -159,9 +153,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := a.startServices(ctx, g, cfg.Services, c); err != nil {
 		return err
 	}
-	if err := a.startServices(ctx, g, cfg.Services, c); err != nil {
-		return err
-	}
 	g.Go(func() error { return c.Run(ctx) })
 	g.Go(func() error {
 		// A node status is refused until the Node exists: report it once
@@ -193,7 +184,6 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
-	a.servicesChanged(ev.Key)
 	a.servicesChanged(ev.Key)
 	switch {
 	case ev.Type == edgeclient.Deleted:
