@@ -14,6 +14,7 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPCURL_VERSION            := v1.9.4
+HELM_VERSION               := v3.22.0
 
 # Debian packages: protoc and the gRPC Python plugin for the Python client,
 # and the Python runtime libraries it runs on.
@@ -49,6 +50,13 @@ $(BIN)/protoc-gen-go-grpc: Makefile
 	@touch $@
 $(BIN)/grpcurl: Makefile
 	go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@touch $@
+# Helm for the chart's tests (lint, template). Its first build takes a few
+# minutes.
+.PHONY: helm
+helm: $(BIN)/helm ## Install the pinned helm into ./bin.
+$(BIN)/helm: Makefile
+	go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@touch $@
 
 .PHONY: apt-deps
@@ -102,6 +110,20 @@ generate-python: tools k8s-protos apt-deps ## Generate the Python client into ge
 	@# under an importable-looking but invalid "k8s.io" folder.
 	@rm -rf gen-python/k8s.io
 	@find gen-python -type d -exec touch {}/__init__.py \;
+
+# The TypeScript client: protobuf-es and Connect-ES at the versions pinned in
+# internal/tsclient/package-lock.json, installed into its node_modules by
+# npm (Node.js 20 or later), then the generated code and the TypeScript edge
+# agent compiled with the pinned tsc. Nothing of it is committed.
+TS_CLIENT := $(ROOT)/internal/tsclient
+
+$(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --ignore-scripts
+
+.PHONY: generate-ts
+generate-ts: tools k8s-protos $(TS_CLIENT)/node_modules/.package-lock.json ## Generate the TypeScript client into internal/tsclient/gen and build its edge agent (not committed).
+	$(BIN)/buf generate --template buf.gen.ts.yaml
+	cd $(TS_CLIENT) && node_modules/.bin/tsc -p .
 
 # --- checks ------------------------------------------------------------------
 
@@ -162,7 +184,7 @@ devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-ma
 TEST_CLUSTER_FLAGS := --node-monitor-grace-period=30s --node-monitor-period=2s \
 	--default-unreachable-toleration-seconds=30 --default-not-ready-toleration-seconds=30
 
-test: tools lint check-generate build release devcluster apt-deps generate-python ## Run every test against a real apiserver.
+test: tools lint check-generate build release helm devcluster apt-deps generate-python generate-ts ## Run every test against a real apiserver.
 	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
