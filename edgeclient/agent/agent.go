@@ -249,6 +249,7 @@ func DeviceStatus(d *edgeclient.Device, now time.Time) *edgesyncv1.DeviceStatus 
 // not awaited: the client logs refusals and resends unanswered reports.
 func (a *agent) reportPod(pod *corev1.Pod) {
 	st := PodStatus(pod, time.Now())
+	withPodIP(st)
 	if equality.Semantic.DeepEqual(st, &pod.Status) {
 		return // the cloud already has it
 	}

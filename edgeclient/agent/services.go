@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -95,5 +96,24 @@ func (a *agent) startServices(ctx context.Context, g *errgroup.Group, cfg Servic
 func (a *agent) servicesChanged(key edgeclient.Key) {
 	if a.proxy != nil && key.Kind == edgesyncv1.Kind_KIND_SERVICE {
 		a.proxy.Update()
+	}
+}
+
+// nodeIP is the address the simulated runtime gives pods.
+var nodeIP = sync.OnceValue(hostIP)
+
+// withPodIP gives a running pod the node's address, as a pod on the host
+// network has: the simulated runtime runs nothing, but the cloud's
+// EndpointSlices (and so Services) list only pods with an address.
+func withPodIP(st *corev1.PodStatus) {
+	ip := nodeIP()
+	if ip == "" || st.Phase != corev1.PodRunning {
+		return
+	}
+	if st.HostIP == "" {
+		st.HostIP, st.HostIPs = ip, []corev1.HostIP{{IP: ip}}
+	}
+	if st.PodIP == "" {
+		st.PodIP, st.PodIPs = ip, []corev1.PodIP{{IP: ip}}
 	}
 }
