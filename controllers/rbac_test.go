@@ -56,6 +56,14 @@ func applyRBAC(t *testing.T, dyn dynamic.Interface) {
 			if !ok {
 				t.Fatalf("%s: unexpected kind %s in deploy/rbac", file, obj.GetKind())
 			}
+			if ns := obj.GetNamespace(); ns != "" {
+				// The server's own namespace (deploy/namespace.yaml) may not
+				// exist in a test cluster yet.
+				nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+				if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(t.Context(), nsObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+					t.Fatalf("create namespace %s: %v", ns, err)
+				}
+			}
 			ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
 			if _, err := ri.Create(t.Context(), obj, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 				existing, err := ri.Get(t.Context(), obj.GetName(), metav1.GetOptions{})
@@ -100,7 +108,15 @@ func TestRBACIsEnough(t *testing.T) {
 	ns := testcluster.Namespace(t, client)
 	edge1 := edgeNode(t, client, "edge-1")
 	rec := newRecorder()
-	ctrls := start(t, controllers.Config{RESTConfig: asServer}, rec)
+	// Node ownership between replicas: the replica Lease is created and
+	// renewed, and the ownership records watched, before the caches count
+	// as synced.
+	ctrls := start(t, controllers.Config{RESTConfig: asServer, Ownership: controllers.OwnershipConfig{
+		Namespace: "edgesync-system", Replica: testcluster.UniqueName("rbac-replica"),
+	}}, rec)
+	if err := ctrls.Claim(t.Context(), edge1); err != nil {
+		t.Fatalf("claim %s: %v", edge1, err)
+	}
 	report := func(node string, req *edgesyncv1.SyncRequest) {
 		t.Helper()
 		results := make(answers, 1)
@@ -137,6 +153,9 @@ func TestRBACIsEnough(t *testing.T) {
 	// Node registration, status and lease.
 	fresh := testcluster.UniqueName("edge-new")
 	deleteNodeAtCleanup(t, client, fresh)
+	if err := ctrls.Claim(t.Context(), fresh); err != nil {
+		t.Fatalf("claim %s: %v", fresh, err)
+	}
 	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeRegistration{NodeRegistration: &edgesyncv1.NodeRegistration{}}})
 	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_NodeStatus{NodeStatus: &edgesyncv1.NodeStatus{Status: toProto(t,
 		&corev1.NodeStatus{Phase: corev1.NodeRunning}, &corev1pb.NodeStatus{})}}})
@@ -156,5 +175,10 @@ func TestRBACIsEnough(t *testing.T) {
 			Namespace: ns, Name: "thermo-1", State: "online",
 			Twins: []*edgesyncv1.Twin{{PropertyName: "temperature", Reported: &edgesyncv1.TwinValue{Value: "23"}}},
 		}}})
+	}
+
+	// An operator's disconnect of a node another replica owns.
+	if err := ctrls.Release(t.Context(), fresh, "rbac test"); err != nil {
+		t.Fatalf("release %s: %v", fresh, err)
 	}
 }

@@ -8,10 +8,14 @@
 // node's reports (Reporter). Two optional interfaces carry who may connect:
 // the server asks the controllers to admit a node (Admitter) at Hello, and
 // the controllers end a node's session (SessionEnder) when the node may no
-// longer hold one. Neither side imports the other's internals.
+// longer hold one. With several replicas, two more carry who owns a node:
+// the server has the controllers claim it at Hello (Claimer) and asks them
+// who owns the others (Directory). Neither side imports the other's
+// internals.
 package feed
 
 import (
+	"context"
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
@@ -149,6 +153,30 @@ type Reporter interface {
 // it must say what the edge's operator can do about it.
 type Admitter interface {
 	Admit(node string) error
+}
+
+// Claimer may be implemented by Controllers when several replicas serve
+// the same nodes. The server calls Claim once per session, after Admit and
+// before the session registers or anything is written for the node: the
+// controllers make this replica the node's only writer (a record in the API
+// server; the one call a connect may make) and, once another replica takes
+// the node over, end this replica's session of it through SessionEnder. A
+// non-nil error refuses the session with its gRPC status (UNAVAILABLE when
+// it has none).
+type Claimer interface {
+	Claim(ctx context.Context, node string) error
+}
+
+// Directory may be implemented by Controllers that know which replica owns
+// each node (the records Claimer keeps), so that AdminService answers for
+// every replica of a deployment.
+type Directory interface {
+	// Owners returns the replica owning each node that has an owner.
+	Owners() map[string]string
+	// Release takes node from whichever replica owns it, which then ends
+	// its session with UNAVAILABLE and reason; the node goes to the replica
+	// it connects to next.
+	Release(ctx context.Context, node, reason string) error
 }
 
 // Syncer may be implemented by Controllers whose answers are valid only

@@ -1,0 +1,319 @@
+package ownership_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/controllers/ownership"
+	"github.com/edgesync/edgesync/internal/ownershiptest"
+	"github.com/edgesync/edgesync/internal/repo"
+	"github.com/edgesync/edgesync/internal/testcluster"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, repo.ClientGoLeakOptions()...)
+}
+
+// sessions records the sessions a replica was told to end.
+type sessions struct {
+	mu    sync.Mutex // guards ended
+	ended map[string][]error
+	wake  chan struct{} // closed and replaced on every end
+}
+
+func newSessions() *sessions {
+	return &sessions{ended: make(map[string][]error), wake: make(chan struct{})}
+}
+
+func (s *sessions) EndSession(node string, reason error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended[node] = append(s.ended[node], reason)
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// waitEnded waits until node's session was ended with code.
+func (s *sessions) waitEnded(t *testing.T, node string, code codes.Code) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		s.mu.Lock()
+		for _, err := range s.ended[node] {
+			if status.Code(err) == code {
+				s.mu.Unlock()
+				return
+			}
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		select {
+		case <-wake:
+		case <-timeout:
+			t.Fatalf("session of %s not ended with %s within 30s", node, code)
+		}
+	}
+}
+
+func (s *sessions) count(node string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ended[node])
+}
+
+// writes counts the requests that change something.
+type writes struct{ n atomic.Int64 }
+
+func (w *writes) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(req *http.Request) (*http.Response, error) {
+		switch req.Method {
+		case http.MethodGet, http.MethodHead:
+		default:
+			w.n.Add(1)
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+type replica struct {
+	*ownership.Manager
+	sessions *sessions
+	writes   *writes
+	stop     func()
+}
+
+// startReplica runs a Manager for replica id in ns until stop or the end
+// of the test.
+func startReplica(t *testing.T, ns, id string, leaseDuration time.Duration) *replica {
+	t.Helper()
+	w := &writes{}
+	cfg := rest.CopyConfig(testcluster.RESTConfig(t))
+	cfg.Wrap(w.wrap)
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{sessions: newSessions(), writes: w}
+	r.Manager, err = ownership.New(ownership.Config{
+		Client: client, Namespace: ns, Replica: id, Address: id + ".example:7443",
+		LeaseDuration: leaseDuration, Sessions: r.sessions, Logger: zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	r.stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(r.stop)
+	select {
+	case <-r.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("replica %s not ready within 30s", id)
+	}
+	return r
+}
+
+func holder(t *testing.T, client kubernetes.Interface, ns, node string) string {
+	t.Helper()
+	rec, err := client.CoordinationV1().Leases(ns).Get(t.Context(), ownership.RecordName(node), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ptr.Deref(rec.Spec.HolderIdentity, "")
+}
+
+// TestOneOwnerPerNode: a node moving between live replicas is handed over
+// (the old owner ends its session first); a dead replica's node is taken at
+// once; an operator's release ends the owner's session; and the history
+// of the record never shows a live holder losing a node it did not give.
+func TestOneOwnerPerNode(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	history := ownershiptest.Watch(t, client, ns)
+
+	a := startReplica(t, ns, "replica-a", 30*time.Second)
+	b := startReplica(t, ns, "replica-b", 30*time.Second)
+	const node = "edge-1"
+
+	if err := a.Claim(t.Context(), node); err != nil {
+		t.Fatalf("a claims a new node: %v", err)
+	}
+	if got := holder(t, client, ns, node); got != "replica-a" {
+		t.Fatalf("holder after a's claim = %q, want replica-a", got)
+	}
+	if !a.Owns(node) {
+		t.Fatal("a does not own the node it claimed")
+	}
+	// Reconnecting to the owner writes nothing.
+	before := a.writes.n.Load()
+	if err := a.Claim(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.writes.n.Load() - before; n > 1 { // at most a replica Lease renewal
+		t.Errorf("claiming an owned node again made %d writes", n)
+	}
+
+	// The edge moves to b while a still holds it: a ends its session and
+	// hands the node over.
+	if err := b.Claim(t.Context(), node); err != nil {
+		t.Fatalf("b claims a's node: %v", err)
+	}
+	a.sessions.waitEnded(t, node, codes.Aborted)
+	if got := holder(t, client, ns, node); got != "replica-b" {
+		t.Fatalf("holder after the handover = %q, want replica-b", got)
+	}
+	if a.Owns(node) || !b.Owns(node) {
+		t.Fatalf("after the handover a owns %v, b owns %v", a.Owns(node), b.Owns(node))
+	}
+	if owner, ok := a.Owner(node); !ok || owner != "replica-b" {
+		// a's cache may lag b's write by a watch event.
+		waitOwner(t, a.Manager, node, "replica-b")
+	}
+	if addr, ok := a.Address("replica-b"); !ok || addr != "replica-b.example:7443" {
+		t.Errorf("a sees b's address %q, %v", addr, ok)
+	}
+
+	// And back: flapping never leaves both owning it.
+	if err := a.Claim(t.Context(), node); err != nil {
+		t.Fatalf("a claims the node back: %v", err)
+	}
+	b.sessions.waitEnded(t, node, codes.Aborted)
+
+	// An operator releases it: the owner ends the session.
+	waitOwner(t, b.Manager, node, "replica-a")
+	if err := b.Release(t.Context(), node, "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	a.sessions.waitEnded(t, node, codes.Unavailable)
+
+	// A replica that stops cleanly deletes its Lease: its nodes move at
+	// once, with no handover to wait for.
+	const other = "edge-2"
+	if err := a.Claim(t.Context(), other); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	waitOwner(t, b.Manager, other, "")
+	if err := b.Claim(t.Context(), other); err != nil {
+		t.Fatalf("b takes the node of a stopped replica: %v", err)
+	}
+
+	// A replica that died (a Lease no longer renewed) loses its nodes to
+	// the next claim.
+	dead := deadReplica(t, client, ns, "replica-dead", "edge-3")
+	if err := b.Claim(t.Context(), "edge-3"); err != nil {
+		t.Fatalf("b takes the node of a dead replica: %v", err)
+	}
+	if got := holder(t, client, ns, "edge-3"); got != "replica-b" {
+		t.Fatalf("holder after taking over from %s = %q", dead, got)
+	}
+
+	history.Check(t)
+}
+
+// TestRenewalsDoNotGrowWithNodes: a replica owning many nodes writes one
+// replica Lease per renew interval, whatever the number of nodes.
+func TestRenewalsDoNotGrowWithNodes(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	a := startReplica(t, ns, "replica-a", 3*time.Second) // renewed every second
+	const nodes = 200
+	before := a.writes.n.Load()
+	for i := range nodes {
+		if err := a.Claim(t.Context(), testcluster.UniqueName("edge")); err != nil {
+			t.Fatal(err)
+		}
+		_ = i
+	}
+	claimWrites := a.writes.n.Load() - before
+	// Count the writes over three renewals of the replica Lease.
+	w, err := client.CoordinationV1().Leases(ns).Watch(t.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + ownership.ReplicaLeaseName("replica-a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	renewals := 0
+	var start int64
+	for renewals < 4 {
+		select {
+		case ev := <-w.ResultChan():
+			if ev.Type != watch.Modified {
+				continue
+			}
+			if renewals == 0 {
+				start = a.writes.n.Load()
+			}
+			renewals++
+		case <-time.After(30 * time.Second):
+			t.Fatal("the replica Lease was not renewed within 30s")
+		}
+	}
+	steady := a.writes.n.Load() - start
+	t.Logf("%d nodes: %d writes to claim them (%d renewals among them), %d writes over 3 renew intervals", nodes, claimWrites, claimWrites-nodes, steady)
+	if claimWrites > nodes+5 {
+		t.Errorf("claiming %d new nodes made %d writes, want one each", nodes, claimWrites)
+	}
+	if steady > 4 {
+		t.Errorf("owning %d nodes cost %d writes over 3 renew intervals, want 3 (one replica Lease renewal each)", nodes, steady)
+	}
+}
+
+func waitOwner(t *testing.T, m *ownership.Manager, node, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ := m.Owner(node)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("owner of %s is %q, want %q", node, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// deadReplica writes the records a replica leaves when it dies: its Lease,
+// last renewed long ago, and a node record naming it.
+func deadReplica(t *testing.T, client kubernetes.Interface, ns, id, node string) string {
+	t.Helper()
+	long := metav1.NewMicroTime(time.Now().Add(-time.Hour))
+	leases := client.CoordinationV1().Leases(ns)
+	if _, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: ownership.ReplicaLeaseName(id), Labels: map[string]string{ownership.LabelKind: ownership.KindReplica}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(id), LeaseDurationSeconds: ptr.To(int32(30)), RenewTime: &long},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        ownership.RecordName(node),
+			Labels:      map[string]string{ownership.LabelKind: ownership.KindNode},
+			Annotations: map[string]string{ownership.AnnotationNode: node},
+		},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(id), AcquireTime: &long},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
