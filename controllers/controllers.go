@@ -128,6 +128,11 @@ type Config struct {
 	// replicas only one writes a node's Lease and status. Required when more
 	// than one replica serves a cluster.
 	Ownership OwnershipConfig
+	// KubeletEndpoint, when its Address is set, is written into the status
+	// of every edge node this replica writes, so that the kube-apiserver
+	// sends kubectl logs/exec/port-forward for them here (package
+	// server/kubeletapi).
+	KubeletEndpoint nodestatus.KubeletEndpoint
 	// DisableDevices turns the device controller off, for clusters
 	// without the devices.kubeedge.io CRDs.
 	DisableDevices bool
@@ -288,6 +293,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		Client: cfg.Client, LeaseClient: cfg.LeaseClient, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
 		LeaseDuration: cfg.LeaseDuration, LeaseRenewInterval: cfg.LeaseRenewInterval, LeaseWorkers: cfg.LeaseWorkers,
 		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
+		KubeletEndpoint: cfg.KubeletEndpoint,
 	}); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -76,6 +77,14 @@ type Config struct {
 	// OnEvent must not wait for a Report: results arrive on the goroutine
 	// that calls it.
 	OnEvent func(ctx context.Context, ev Event) error
+
+	// TunnelHandler serves the kubelet API requests that reach the node
+	// through tunnels (kubectl logs, exec, attach, port-forward; paths and
+	// parameters in api/edgesync/v1/tunnel.proto), one request per
+	// connection, on an in-memory listener. Requests that upgrade the
+	// connection (SPDY, WebSocket) may hijack it. When nil, every such
+	// request is answered 501 Not Implemented.
+	TunnelHandler http.Handler
 
 	// LivenessTimeout ends a stream on which nothing has arrived for this
 	// long (heartbeats are answered, so a live stream is never silent for

@@ -115,6 +115,7 @@ type session struct {
 	wake   chan struct{} // buffered(1): something for send to do
 
 	welcomeCh chan struct{} // closed by apply when Welcome arrives
+	tunnels   *tunnels      // serves TunnelOpen
 	welcomed  atomic.Bool
 
 	mu      sync.Mutex // guards the fields below
@@ -184,6 +185,8 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 	c.log.Debug("sent hello", zap.Int("held_objects", len(refs)))
 
 	s := &session{c: c, gen: gen, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
+	s.tunnels = c.newTunnels(ctx, cc)
+	defer s.tunnels.close()
 	c.mu.Lock()
 	c.wake, c.conn = s.wakeSender, cc
 	c.mu.Unlock()
@@ -425,7 +428,7 @@ func (s *session) deliver(ctx context.Context, st *step) {
 	}
 }
 
-// control handles Welcome, SyncComplete and StatusResult.
+// control handles Welcome, SyncComplete, StatusResult and TunnelOpen.
 func (s *session) control(msg *edgesyncv1.SyncResponse) {
 	c := s.c
 	switch m := msg.GetMessage().(type) {
@@ -455,6 +458,8 @@ func (s *session) control(msg *edgesyncv1.SyncResponse) {
 		c.log.Debug("initial sync complete", zap.Uint32("sent", m.SyncComplete.GetObjectsSent()), zap.Uint32("deleted", m.SyncComplete.GetObjectsDeleted()))
 	case *edgesyncv1.SyncResponse_StatusResult:
 		c.answer(m.StatusResult)
+	case *edgesyncv1.SyncResponse_TunnelOpen:
+		s.tunnels.open(m.TunnelOpen.GetTunnelId())
 	default:
 		// A newer server may send messages this client does not know.
 		c.log.Debug("ignoring unknown message", zap.Uint64("sequence", msg.GetSequence()))

@@ -23,6 +23,7 @@ type metrics struct {
 	sentWelcome      prometheus.Counter
 	sentSyncComplete prometheus.Counter
 	sentStatusResult prometheus.Counter
+	sentTunnelOpen   prometheus.Counter
 }
 
 // kindCounters holds one counter of a vector per object kind.
@@ -48,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 	m := &metrics{
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_sent_total",
-			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, node, welcome, sync_complete, status_result).",
+			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, node, welcome, sync_complete, status_result, tunnel_open).",
 		}, []string{"kind"}),
 		acked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_acked_total",
@@ -77,6 +78,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 	m.sentWelcome = m.sent.WithLabelValues("welcome")
 	m.sentSyncComplete = m.sent.WithLabelValues("sync_complete")
 	m.sentStatusResult = m.sent.WithLabelValues("status_result")
+	m.sentTunnelOpen = m.sent.WithLabelValues("tunnel_open")
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgesync_sessions_connected",
 		Help: "Edge sessions connected to this replica.",

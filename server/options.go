@@ -62,6 +62,11 @@ type Options struct {
 	// AuthFuncOverride lets through.
 	Bootstrap edgesyncv1.BootstrapServiceServer
 
+	// Tunnel, when set, is served on the same port (package server/tunnel):
+	// the streams edges open when OpenTunnel asks them to. It authorizes
+	// its callers itself (AuthFuncOverride).
+	Tunnel edgesyncv1.TunnelServiceServer
+
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
 	// Registerer receives the server's metrics; Gatherer serves /metrics.

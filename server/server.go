@@ -157,6 +157,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Bootstrap != nil {
 		edgesyncv1.RegisterBootstrapServiceServer(s.grpc, opts.Bootstrap)
 	}
+	if opts.Tunnel != nil {
+		edgesyncv1.RegisterTunnelServiceServer(s.grpc, opts.Tunnel)
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -342,6 +345,22 @@ func (s *Server) Publish(node string, obj *feed.Object) {
 	if sess != nil {
 		sess.queue.Push(obj)
 	}
+}
+
+// ErrNotConnected is returned by OpenTunnel for a node without a session
+// on this replica.
+var ErrNotConnected = errors.New("not connected")
+
+// OpenTunnel asks node's edge, on its session here, to open the
+// TunnelService stream tunnelID (SyncResponse.tunnel_open). It returns an
+// error wrapping ErrNotConnected when node holds no session here.
+func (s *Server) OpenTunnel(node, tunnelID string) error {
+	sess := s.session(node)
+	if sess == nil || sess.ctx.Err() != nil {
+		return fmt.Errorf("node %q is %w to edgesync server %s (requests reach an edge node only while its agent is connected)", node, ErrNotConnected, s.opts.ServerID)
+	}
+	sess.pushControl(&edgesyncv1.SyncResponse{Message: &edgesyncv1.SyncResponse_TunnelOpen{TunnelOpen: &edgesyncv1.TunnelOpen{TunnelId: tunnelID}}})
+	return nil
 }
 
 // EndSession ends node's session here, if it has one, with reason

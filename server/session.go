@@ -312,7 +312,10 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 	if req.GetRequestId() == 0 {
 		return status.Errorf(codes.InvalidArgument, "%s report has request_id 0; give every report a non-zero request_id", kind)
 	}
-	if !s.limiter.Allow() {
+	// Events have a budget of their own in the controllers, which drop
+	// what exceeds it: a flood of events must not end the stream and so
+	// stop the node's status reports.
+	if kind != "event" && !s.limiter.Allow() {
 		return status.Errorf(codes.ResourceExhausted, "too many reports: more than %d per second (burst %d); send status only when it changes", s.srv.opts.ReportsPerSecond, s.srv.opts.ReportBurst)
 	}
 	return s.report(kind, req)
@@ -576,8 +579,11 @@ func (s *session) popControl() (any, prometheus.Counter) {
 	s.control[0] = nil
 	s.control = s.control[1:]
 	counter := s.srv.metrics.sentStatusResult
-	if msg.GetWelcome() != nil {
+	switch {
+	case msg.GetWelcome() != nil:
 		counter = s.srv.metrics.sentWelcome
+	case msg.GetTunnelOpen() != nil:
+		counter = s.srv.metrics.sentTunnelOpen
 	}
 	return s.number(msg), counter
 }

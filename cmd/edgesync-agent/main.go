@@ -4,6 +4,12 @@
 // runs pods with a simulated runtime: each pod it receives is reported
 // Running and Ready (and terminated once the cloud deletes it).
 // `edgesync-agent list --store DIR` prints what the local store holds.
+//
+// A node joins the cluster with a bootstrap token and then runs with the
+// certificate it got, which it renews by itself:
+//
+//	edgesync-agent join --server HOST:PORT --token T --ca-cert-hash sha256:H --node NAME --dir DIR
+//	edgesync-agent run --server HOST:PORT --node NAME --dir DIR --store STORE
 package main
 
 import (
@@ -83,6 +89,7 @@ func newRootCommand() *cobra.Command {
 	f.DurationVar(&c.Backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
 	f.DurationVar(&c.Backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
 	f.DurationVar(&cfg.StatusInterval, "node-status-interval", agent.DefaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
+	f.BoolVar(&cfg.AllowExec, "allow-exec", false, "let kubectl exec run commands on this edge host, with the pod's environment and volume files (off by default: exec is refused); kubectl logs and port-forward (to the host's loopback) work without it")
 	f.StringVar(&cfg.Services.DNS.Addr, "dns-address", "", "serve DNS for the Services the node holds on this host:port, UDP and TCP (for example 127.0.0.1:53; off when empty)")
 	f.StringVar(&cfg.Services.DNS.Domain, "cluster-domain", servicedns.DefaultDomain, "cluster domain of the Service names the DNS server answers")
 	f.StringSliceVar(&cfg.Services.DNS.Forward, "dns-forward", nil, "upstream DNS servers (host:port,...) for names outside the cluster domain; none: such queries are refused")

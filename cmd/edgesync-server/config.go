@@ -44,6 +44,7 @@ type Config struct {
 	Controllers ControllersConfig `json:"controllers"`
 	Ownership   OwnershipConfig   `json:"ownership"`
 	Bootstrap   BootstrapConfig   `json:"bootstrap"`
+	Kubelet     KubeletConfig     `json:"kubelet"`
 	Log         LogConfig         `json:"log"`
 }
 
@@ -169,7 +170,8 @@ func defaultConfig() Config {
 			AttemptsPerSecond:       1,
 			AttemptBurst:            10,
 		},
-		Log: LogConfig{Level: "info", Format: "json"},
+		Kubelet: KubeletConfig{MaxTunnelsPerNode: 32, MaxTunnels: 1024, IdleTimeout: d(4 * time.Hour)},
+		Log:     LogConfig{Level: "info", Format: "json"},
 	}
 }
 
@@ -206,6 +208,7 @@ func (c *Config) validate() error {
 	}
 	addr("listenAddress", c.ListenAddress, false)
 	addr("httpAddress", c.HTTPAddress, true)
+	c.validateKubelet(bad)
 	for field, v := range map[string]string{"tls.caFile": c.TLS.CAFile, "tls.certFile": c.TLS.CertFile, "tls.keyFile": c.TLS.KeyFile} {
 		if v == "" {
 			bad(field, "required: the server speaks mTLS only (create files with `edgesync-server certs`)")

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server"
 )
@@ -84,6 +85,9 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubernetes.Kubeconfig, "kubeconfig", d.Kubernetes.Kubeconfig, "kubeconfig file; empty for in-cluster config (kubernetes.kubeconfig)")
 	fs.StringVar(&o.Bootstrap.CAKeyFile, "bootstrap-ca-key", d.Bootstrap.CAKeyFile, "key of the CA that signs node certificates for joining nodes; enables token join (bootstrap.caKeyFile)")
 	fs.DurationVar(&o.Bootstrap.NodeCertificateLifetime.Duration, "node-cert-lifetime", d.Bootstrap.NodeCertificateLifetime.Duration, "lifetime of node certificates issued at join and renewal (bootstrap.nodeCertificateLifetime)")
+	fs.StringVar(&o.Kubelet.ListenAddress, "kubelet-listen", d.Kubelet.ListenAddress, "address of the kubelet API of edge nodes (kubectl logs/exec/attach/port-forward through tunnels); empty disables (kubelet.listenAddress)")
+	fs.StringVar(&o.Kubelet.AdvertiseAddress, "kubelet-advertise-address", d.Kubelet.AdvertiseAddress, "IP the kube-apiserver dials for the kubelet API, written into edge Nodes' status; default the --kubelet-listen IP (kubelet.advertiseAddress)")
+	fs.StringVar(&o.Kubelet.ClientCAFile, "kubelet-client-ca", d.Kubelet.ClientCAFile, "CA of the kube-apiserver's kubelet client certificate (kubelet.clientCAFile)")
 	fs.StringVar(&o.Ownership.Namespace, "ownership-namespace", d.Ownership.Namespace, "namespace of the Leases that make one replica own each node; required with several replicas (ownership.namespace)")
 	fs.StringVar(&o.Ownership.Address, "ownership-address", d.Ownership.Address, "address other replicas and operators reach this replica at (ownership.address)")
 	fs.StringVar(&o.Log.Level, "log-level", d.Log.Level, "debug, info, warn or error (log.level)")
@@ -94,22 +98,27 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *Config) {
 	o := &f.override
 	set := map[string]func(){
-		"server-id":    func() { cfg.ServerID = o.ServerID },
-		"listen":       func() { cfg.ListenAddress = o.ListenAddress },
-		"http-listen":  func() { cfg.HTTPAddress = o.HTTPAddress },
-		"enable-pprof": func() { cfg.EnablePprof = o.EnablePprof },
-		"tls-ca":       func() { cfg.TLS.CAFile = o.TLS.CAFile },
-		"tls-cert":     func() { cfg.TLS.CertFile = o.TLS.CertFile },
-		"tls-key":      func() { cfg.TLS.KeyFile = o.TLS.KeyFile },
-		"node-limit":   func() { cfg.NodeLimit = o.NodeLimit },
-		"ack-window":   func() { cfg.AckWindow = o.AckWindow },
-		"kubeconfig":   func() { cfg.Kubernetes.Kubeconfig = o.Kubernetes.Kubeconfig },
-		"log-level":    func() { cfg.Log.Level = o.Log.Level },
-		"log-format":   func() { cfg.Log.Format = o.Log.Format },
-		"bootstrap-ca-key": func() { cfg.Bootstrap.CAKeyFile = o.Bootstrap.CAKeyFile },
+		"server-id":      func() { cfg.ServerID = o.ServerID },
+		"listen":         func() { cfg.ListenAddress = o.ListenAddress },
+		"http-listen":    func() { cfg.HTTPAddress = o.HTTPAddress },
+		"enable-pprof":   func() { cfg.EnablePprof = o.EnablePprof },
+		"tls-ca":         func() { cfg.TLS.CAFile = o.TLS.CAFile },
+		"tls-cert":       func() { cfg.TLS.CertFile = o.TLS.CertFile },
+		"tls-key":        func() { cfg.TLS.KeyFile = o.TLS.KeyFile },
+		"node-limit":     func() { cfg.NodeLimit = o.NodeLimit },
+		"ack-window":     func() { cfg.AckWindow = o.AckWindow },
+		"kubeconfig":     func() { cfg.Kubernetes.Kubeconfig = o.Kubernetes.Kubeconfig },
+		"log-level":      func() { cfg.Log.Level = o.Log.Level },
+		"kubelet-listen": func() { cfg.Kubelet.ListenAddress = o.Kubelet.ListenAddress },
+		"kubelet-advertise-address": func() {
+			cfg.Kubelet.AdvertiseAddress = o.Kubelet.AdvertiseAddress
+		},
+		"kubelet-client-ca": func() { cfg.Kubelet.ClientCAFile = o.Kubelet.ClientCAFile },
+		"bootstrap-ca-key":  func() { cfg.Bootstrap.CAKeyFile = o.Bootstrap.CAKeyFile },
 		"node-cert-lifetime": func() {
 			cfg.Bootstrap.NodeCertificateLifetime = o.Bootstrap.NodeCertificateLifetime
 		},
+		"log-format":          func() { cfg.Log.Format = o.Log.Format },
 		"ownership-namespace": func() { cfg.Ownership.Namespace = o.Ownership.Namespace },
 		"ownership-address":   func() { cfg.Ownership.Address = o.Ownership.Address },
 	}
@@ -241,8 +250,17 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 			return errors.New("informer caches have not synced yet")
 		}
 	}
-	srv, err := server.New(opts)
+	var srv *server.Server // set below, before anything serves
+	kubelet, err := newKubeletEndpoint(cfg, reg, log, func(node, id string) error { return srv.OpenTunnel(node, id) })
 	if err != nil {
+		return err
+	}
+	var endpoint nodestatus.KubeletEndpoint
+	if kubelet != nil {
+		defer kubelet.lis.Close()
+		opts.Tunnel, endpoint = kubelet.broker, kubelet.endpoint
+	}
+	if srv, err = server.New(opts); err != nil {
 		return err
 	}
 
@@ -257,6 +275,7 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		Workers:            cfg.Controllers.Workers,
 		ResyncPeriod:       cfg.Controllers.ResyncPeriod.Duration,
 		DisableDevices:     cfg.Controllers.DisableDevices,
+		KubeletEndpoint:    endpoint,
 		Registerer:         reg,
 		Logger:             log.Named("controllers"),
 		Ownership: controllers.OwnershipConfig{
@@ -278,6 +297,9 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		return nil
 	})
 	g.Go(func() error { return srv.Serve(gctx, lis, ctrls) })
+	if kubelet != nil {
+		g.Go(func() error { return kubelet.run(gctx, kube, cfg.ServerID) })
+	}
 	start := time.Now()
 	err = g.Wait()
 	log.Info("exiting", zap.Duration("uptime", time.Since(start)), zap.Error(err))

@@ -88,11 +88,24 @@ type Config struct {
 	LeaseWorkers int
 	// Registerer registers the edgesync_lease_* metrics; none when nil.
 	Registerer prometheus.Registerer
+	// KubeletEndpoint, when its Address is set, is where the kube-apiserver
+	// reaches the kubelet API of the nodes held by this replica (package
+	// server/kubeletapi): it replaces the addresses and kubelet port edges
+	// report, in every status write and registration.
+	KubeletEndpoint KubeletEndpoint
 	// FieldManager names edgesync's writes.
 	FieldManager string
 	Logger       *zap.Logger
 	// Now returns the current time for Lease renewals; time.Now when nil.
 	Now func() time.Time
+}
+
+// KubeletEndpoint is the address (an IP, written as the Node's only
+// InternalIP) and port (status.daemonEndpoints.kubeletEndpoint.Port) of a
+// replica's kubelet API.
+type KubeletEndpoint struct {
+	Address string
+	Port    int32
 }
 
 // Controller applies node registration, node status and heartbeat reports.
@@ -238,6 +251,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 		}
 		n.Status.VolumesAttached = nil
 	}
+	c.ownEndpoint(&n.Status)
 	created, err := c.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: c.cfg.FieldManager})
 	if apierrors.IsAlreadyExists(err) {
 		// Created since the cache was read (by another replica, or by an
@@ -277,7 +291,7 @@ func (c *Controller) patchStatus(ctx context.Context, node string, reported prot
 
 func (c *Controller) patchStatusFrom(ctx context.Context, node string, st *corev1.NodeStatus) error {
 	st.VolumesAttached = nil // omitted from the patch: the cloud owns it
-	patch, err := json.Marshal(map[string]any{"status": st})
+	patch, err := c.statusPatch(st)
 	if err != nil {
 		return fmt.Errorf("encode node status patch: %w", err)
 	}
@@ -303,4 +317,37 @@ func fromProto(msg proto.Message, obj unmarshaler) error {
 		return err
 	}
 	return obj.Unmarshal(b)
+}
+
+// ownEndpoint puts this replica's kubelet endpoint into st, when set.
+func (c *Controller) ownEndpoint(st *corev1.NodeStatus) {
+	ep := c.cfg.KubeletEndpoint
+	if ep.Address == "" {
+		return
+	}
+	st.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ep.Address}}
+	st.DaemonEndpoints.KubeletEndpoint.Port = ep.Port
+}
+
+// statusPatch is the strategic merge patch that writes st. With a kubelet
+// endpoint, the addresses are replaced whole (a merge would keep a
+// Hostname address an edge reported, which the apiserver prefers).
+func (c *Controller) statusPatch(st *corev1.NodeStatus) ([]byte, error) {
+	if c.cfg.KubeletEndpoint.Address == "" {
+		return json.Marshal(map[string]any{"status": st})
+	}
+	c.ownEndpoint(st)
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, err
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return nil, err
+	}
+	fields["addresses"] = []any{
+		map[string]any{"$patch": "replace"},
+		map[string]any{"type": string(corev1.NodeInternalIP), "address": c.cfg.KubeletEndpoint.Address},
+	}
+	return json.Marshal(map[string]any{"status": fields})
 }

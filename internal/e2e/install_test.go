@@ -56,7 +56,8 @@ func (in *installation) nodeCert(t testing.TB, node string) (certFile, keyFile s
 	return filepath.Join(in.pki, "node-"+node+".crt"), filepath.Join(in.pki, "node-"+node+".key")
 }
 
-func install(t *testing.T) *installation {
+// install starts edgesync-server; serverArgs are added to its flags.
+func install(t *testing.T, serverArgs ...string) *installation {
 	t.Helper()
 	testcluster.RESTConfig(t) // skips or fails when there is no devcluster
 	in := &installation{
@@ -79,7 +80,7 @@ func install(t *testing.T) *installation {
 	run(t, nil, serverBin, "certs", "admin", "e2e", "--dir", in.pki)
 
 	in.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	in.server = start(t, "edgesync-server", nil, serverBin,
+	in.server = start(t, "edgesync-server", nil, serverBin, append([]string{
 		"--listen", in.addr,
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"--tls-ca", filepath.Join(in.pki, "ca.crt"),
@@ -88,7 +89,7 @@ func install(t *testing.T) *installation {
 		"--bootstrap-ca-key", filepath.Join(in.pki, "ca.key"), // nodes may join with tokens
 		"--kubeconfig", serverKubeconfig,
 		"--server-id", "e2e",
-		"--log-format", "console")
+		"--log-format", "console"}, serverArgs...)...)
 	eventually(t, time.Minute, "the server to report SERVING", func() error {
 		out, err := tryRun(repo.Binary(t, "grpcurl"),
 			"-cacert", filepath.Join(in.pki, "ca.crt"),

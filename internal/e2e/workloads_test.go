@@ -31,7 +31,8 @@ type edgeAgent struct {
 
 // startAgent starts edgesync-agent for a new node with the given labels
 // and waits until its Node is Ready in the apiserver.
-func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, node string, nodeLabels map[string]string) *edgeAgent {
+// agentArgs are added to the agent's flags.
+func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, node string, nodeLabels map[string]string, agentArgs ...string) *edgeAgent {
 	t.Helper()
 	certFile, keyFile := in.nodeCert(t, node)
 	var pairs []string
@@ -44,6 +45,7 @@ func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, no
 		"--ca", filepath.Join(in.pki, "ca.crt"), "--cert", certFile, "--key", keyFile,
 		"--store", a.store, "--labels", strings.Join(pairs, ","),
 	}
+	a.args = append(a.args, agentArgs...)
 	a.start(t)
 	eventually(t, time.Minute, "node "+node+" to be Ready", func() error {
 		return nodeReady(t.Context(), client, node, corev1.ConditionTrue)

@@ -326,6 +326,8 @@ func startAPIServer(ctx context.Context, cfg apiServerConfig) error {
 		"--tls-cert-file=" + cfg.pki.serverCertFile,
 		"--tls-private-key-file=" + cfg.pki.serverKeyFile,
 		"--client-ca-file=" + cfg.pki.caFile,
+		"--kubelet-client-certificate=" + cfg.pki.kubeletClientCertFile,
+		"--kubelet-client-key=" + cfg.pki.kubeletClientKeyFile,
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + cfg.pki.saPublicFile,
 		"--service-account-signing-key-file=" + cfg.pki.saPrivateFile,

@@ -20,8 +20,10 @@
 //
 // In both modes the admin kubeconfig is DIR/kubeconfig, the CRDs found in
 // --crds are applied before the ready line, and DIR/ready exists while the
-// cluster is up. exec exports KUBECONFIG and EDGESYNC_TEST_KUBECONFIG to CMD
-// and exits with CMD's exit code.
+// cluster is up. exec exports KUBECONFIG and EDGESYNC_TEST_KUBECONFIG to CMD,
+// EDGESYNC_TEST_DEVCLUSTER_PKI (DIR/pki) and EDGESYNC_TEST_KUBELET_CLIENT_CA
+// (the CA that signs the certificate the apiserver presents to kubelets,
+// DIR/pki/apiserver-kubelet-client.crt), and exits with CMD's exit code.
 package main
 
 import (
@@ -130,7 +132,11 @@ func run(args []string) error {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		cmd.Env = append(os.Environ(),
 			"KUBECONFIG="+cluster.kubeconfig,
-			"EDGESYNC_TEST_KUBECONFIG="+cluster.kubeconfig)
+			"EDGESYNC_TEST_KUBECONFIG="+cluster.kubeconfig,
+			// The CA that signs the apiserver's kubelet client
+			// certificate, for tests of edgesync's kubelet endpoint.
+			"EDGESYNC_TEST_KUBELET_CLIENT_CA="+filepath.Join(absDir, "pki", "ca.crt"),
+			"EDGESYNC_TEST_DEVCLUSTER_PKI="+filepath.Join(absDir, "pki"))
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = 30 * time.Second
 		runErr = cmd.Run()

@@ -26,6 +26,12 @@ type devPKI struct {
 	// Client certificates: the admin (system:masters) and one per
 	// control-plane component, named as Kubernetes' default RBAC expects.
 	admin, controllerManager, scheduler clientCert
+	// kubeletClientCertFile and kubeletClientKeyFile are the certificate
+	// the apiserver presents to kubelets (here: edgesync-server's kubelet
+	// endpoint), signed by the CA like every other client certificate, as
+	// kubeadm does; a kubelet trusts caFile and authorizes by
+	// SubjectAccessReview.
+	kubeletClientCertFile, kubeletClientKeyFile string
 }
 
 // clientCert is a client certificate and key, PEM encoded.
@@ -59,8 +65,9 @@ func serial() *big.Int {
 }
 
 // makePKI writes a fresh CA, apiserver serving certificate, client
-// certificates for the admin (group system:masters), the controller-manager
-// and the scheduler, and the service-account key pair into dir.
+// certificates for the admin (group system:masters), the controller-manager,
+// the scheduler and the apiserver's kubelet client, and the service-account
+// key pair into dir.
 func makePKI(dir string) (*devPKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -153,6 +160,11 @@ func makePKI(dir string) (*devPKI, error) {
 	if p.scheduler, err = issueClient("kube-scheduler", pkix.Name{CommonName: "system:kube-scheduler"}); err != nil {
 		return nil, err
 	}
+	if _, err = issueClient("apiserver-kubelet-client", pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}}); err != nil {
+		return nil, err
+	}
+	p.kubeletClientCertFile = filepath.Join(dir, "apiserver-kubelet-client.crt")
+	p.kubeletClientKeyFile = filepath.Join(dir, "apiserver-kubelet-client.key")
 
 	saKey, err := newKey()
 	if err != nil {

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/server/kubeletapi"
+	"github.com/edgesync/edgesync/server/tunnel"
+)
+
+// KubeletConfig configures the kubelet endpoint of edge nodes (kubectl
+// logs, exec, attach, port-forward through tunnels to the edges).
+type KubeletConfig struct {
+	// ListenAddress serves the kubelet API over TLS; empty disables it.
+	ListenAddress string `json:"listenAddress"`
+	// AdvertiseAddress is the IP the kube-apiserver dials: it is written as
+	// the only InternalIP of every edge node this replica holds, with the
+	// listen port as the kubelet port. Default: the listen address's IP,
+	// which must then be a specific one.
+	AdvertiseAddress string `json:"advertiseAddress"`
+	// ClientCAFile is the CA of the kube-apiserver's kubelet client
+	// certificate (--kubelet-client-certificate); required.
+	ClientCAFile string `json:"clientCAFile"`
+	// MaxTunnelsPerNode and MaxTunnels bound the tunnels open at once.
+	MaxTunnelsPerNode int `json:"maxTunnelsPerNode"`
+	MaxTunnels        int `json:"maxTunnels"`
+	// IdleTimeout ends tunnels idle for that long (the kubelet's
+	// streaming-connection-idle-timeout).
+	IdleTimeout metav1.Duration `json:"idleTimeout"`
+}
+
+// kubeletEndpoint is the running kubelet endpoint.
+type kubeletEndpoint struct {
+	lis      net.Listener
+	broker   *tunnel.Broker
+	endpoint nodestatus.KubeletEndpoint
+	tlsCfg   *tls.Config
+	log      *zap.Logger
+}
+
+// newKubeletEndpoint listens and builds the tunnel broker; nil when the
+// kubelet endpoint is disabled. open is the server's OpenTunnel, bound
+// later.
+func newKubeletEndpoint(cfg Config, reg prometheus.Registerer, log *zap.Logger, open func(node, id string) error) (*kubeletEndpoint, error) {
+	kc := cfg.Kubelet
+	if kc.ListenAddress == "" {
+		return nil, nil
+	}
+	caPEM, err := os.ReadFile(kc.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet.clientCAFile: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("kubelet.clientCAFile %s: no PEM certificate", kc.ClientCAFile)
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet endpoint serving certificate (tls.certFile, tls.keyFile): %w", err)
+	}
+	broker, err := tunnel.New(tunnel.Options{
+		Open: open, IdleTimeout: kc.IdleTimeout.Duration,
+		MaxPerNode: kc.MaxTunnelsPerNode, MaxTotal: kc.MaxTunnels,
+		Logger: log.Named("tunnel"), Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", kc.ListenAddress)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet.listenAddress: %w", err)
+	}
+	host := kc.AdvertiseAddress
+	if host == "" {
+		host, _, _ = net.SplitHostPort(kc.ListenAddress)
+	}
+	_, portStr, _ := net.SplitHostPort(lis.Addr().String())
+	port, _ := strconv.Atoi(portStr)
+	return &kubeletEndpoint{
+		lis:      lis,
+		broker:   broker,
+		endpoint: nodestatus.KubeletEndpoint{Address: host, Port: int32(port)},
+		tlsCfg: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+			ClientCAs:    pool,
+			// A caller without a certificate gets a 401 saying why.
+			ClientAuth: tls.VerifyClientCertIfGiven,
+		},
+		log: log,
+	}, nil
+}
+
+// run serves the kubelet API until ctx ends.
+func (k *kubeletEndpoint) run(ctx context.Context, kube *rest.Config, serverID string) error {
+	client, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return err
+	}
+	if serverID == "" {
+		serverID, _ = os.Hostname()
+	}
+	h, err := kubeletapi.New(kubeletapi.Options{Client: client, Dialer: k.broker, ServerID: serverID, Logger: k.log.Named("kubeletapi")})
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, TLSConfig: k.tlsCfg, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: zap.NewStdLog(k.log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTLS(k.lis, "", "") }()
+	k.log.Info("serving the kubelet API of edge nodes", zap.Stringer("address", k.lis.Addr()),
+		zap.String("advertised", net.JoinHostPort(k.endpoint.Address, strconv.Itoa(int(k.endpoint.Port)))))
+	select {
+	case err := <-done:
+		return fmt.Errorf("kubelet API: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	// Upgraded connections (exec, port-forward) are hijacked: Shutdown
+	// does not wait for them; ending the sessions ends their tunnels.
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+	}
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// validateKubelet checks the kubelet section.
+func (c *Config) validateKubelet(bad func(field, format string, args ...any)) {
+	kc := c.Kubelet
+	if kc.ListenAddress == "" {
+		return
+	}
+	host, _, err := net.SplitHostPort(kc.ListenAddress)
+	if err != nil {
+		bad("kubelet.listenAddress", "want host:port, got %q", kc.ListenAddress)
+	}
+	adv := kc.AdvertiseAddress
+	if adv == "" {
+		adv = host
+	}
+	if ip := net.ParseIP(adv); ip == nil || ip.IsUnspecified() {
+		bad("kubelet.advertiseAddress", "must be the IP the kube-apiserver dials to reach this replica (the pod IP in a cluster); got %q", adv)
+	}
+	if kc.ClientCAFile == "" {
+		bad("kubelet.clientCAFile", "required with kubelet.listenAddress: the CA of the kube-apiserver's kubelet client certificate")
+	}
+	if kc.IdleTimeout.Duration < 0 || kc.MaxTunnels < 0 || kc.MaxTunnelsPerNode < 0 {
+		bad("kubelet", "idleTimeout, maxTunnels and maxTunnelsPerNode must not be negative")
+	}
+}
