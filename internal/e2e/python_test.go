@@ -10,8 +10,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/edgesync/edgesync/controllers/servicesync"
 	"github.com/edgesync/edgesync/internal/pyclient"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
@@ -39,9 +41,26 @@ func TestPythonEdgeClient(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A Service meant for edges, with an endpoint outside the cluster.
+	if _, err := client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "broker", Labels: map[string]string{servicesync.OptInLabel: "true"}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "mqtt", Port: 1883}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "broker-1", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "broker", discoveryv1.LabelManagedBy: "edgesync-test",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.30"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	kubeletVersion := "python-edge-" + node
 	cmd := pyclient.Command(t, "edge_client.py", in.addr, filepath.Join(in.pki, "ca.crt"), certFile, keyFile,
-		node, ns, "sensor-reader", kubeletVersion)
+		node, ns, "sensor-reader", kubeletVersion, "broker")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -50,6 +69,14 @@ func TestPythonEdgeClient(t *testing.T) {
 	want := fmt.Sprintf("pod_event EVENT_TYPE_APPLY %s/sensor-reader image=registry.example/sensor-reader:3.1", ns)
 	if !strings.Contains(stdout.String(), want) {
 		t.Fatalf("python client output lacks %q:\n%s", want, stdout.String())
+	}
+	for _, want := range []string{
+		fmt.Sprintf("service_event EVENT_TYPE_APPLY %s/broker clusterIP=", ns),
+		fmt.Sprintf("endpoint_slice_event EVENT_TYPE_APPLY %s/broker-1 service=broker endpoints=192.0.2.30", ns),
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("python client output lacks %q:\n%s", want, stdout.String())
+		}
 	}
 
 	got, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})

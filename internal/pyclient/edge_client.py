@@ -1,9 +1,11 @@
 """A minimal edgesync edge agent in Python, built only from the generated
 client (`make generate-python`): it dials over mTLS as its own node, says
 Hello, registers the node, waits for a typed PodEvent for the pod it is told
-about, then reports a NodeStatus and waits for the server's answer.
+about, then reports a NodeStatus and waits for the server's answer. Given a
+SERVICE, it also waits for that Service (in NAMESPACE) and an EndpointSlice
+of it, printing both.
 
-Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION
+Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION [SERVICE]
 Exit code 0 when every step succeeded; the steps are printed on stdout.
 """
 import queue
@@ -18,6 +20,8 @@ TIMEOUT_SECONDS = 120
 
 def main():
     addr, ca, cert, key, node, namespace, pod_name, kubelet_version = sys.argv[1:9]
+    service_name = sys.argv[9] if len(sys.argv) > 9 else ""
+    saw_service = not service_name
     with open(ca, "rb") as f:
         ca_pem = f.read()
     with open(cert, "rb") as f:
@@ -45,6 +49,7 @@ def main():
 
     answered = {}
     sent_status = False
+    sent_status_accepted = False
     try:
         for response in stub.Sync(requests(), timeout=TIMEOUT_SECONDS):
             kind = response.WhichOneof("message")
@@ -64,6 +69,20 @@ def main():
                     condition.reason = "PythonEdgeReady"
                     outbox.put(status)
                     sent_status = True
+            elif kind == "service_event":
+                svc = response.service_event.service
+                print(f"service_event {sync_pb2.EventType.Name(response.service_event.type)} "
+                      f"{svc.metadata.namespace}/{svc.metadata.name} clusterIP={svc.spec.clusterIP} "
+                      f"ports={','.join(str(p.port) for p in svc.spec.ports)}", flush=True)
+            elif kind == "endpoint_slice_event":
+                eps = response.endpoint_slice_event.endpoint_slice
+                addresses = [a for ep in eps.endpoints for a in ep.addresses]
+                print(f"endpoint_slice_event {sync_pb2.EventType.Name(response.endpoint_slice_event.type)} "
+                      f"{eps.metadata.namespace}/{eps.metadata.name} "
+                      f"service={eps.metadata.labels['kubernetes.io/service-name']} endpoints={','.join(addresses)}", flush=True)
+                # A slice follows its Service on the stream.
+                if eps.metadata.namespace == namespace and eps.metadata.labels["kubernetes.io/service-name"] == service_name:
+                    saw_service = True
             elif kind == "status_result":
                 result = response.status_result
                 answered[result.request_id] = result
@@ -71,12 +90,14 @@ def main():
                 if result.code != 0:
                     print(f"report {result.request_id} failed", file=sys.stderr)
                     return 1
-                if 1 in answered and 2 in answered:
+                if 1 in answered and 2 in answered and not sent_status_accepted:
                     print("node status accepted", flush=True)
-                    return 0
+                    sent_status_accepted = True
             elif kind == "sync_complete":
                 print(f"sync_complete sent={response.sync_complete.objects_sent}", flush=True)
             outbox.put(sync_pb2.SyncRequest(ack=sync_pb2.Ack(sequence=response.sequence)))
+            if sent_status_accepted and saw_service:
+                return 0
     except grpc.RpcError as err:
         print(f"stream ended: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
