@@ -352,11 +352,6 @@ func (c *Controller) syncService(key string) error {
 		}
 		return nil
 	}
-	if old != nil && old.uid != svc.UID {
-		// Recreated: the edges hold the old one's slices under other
-		// uids; what is still current is published again below.
-		old = nil
-	}
 	obj, err := c.encodeService(svc)
 	if err != nil {
 		return err
