@@ -31,6 +31,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/edgesync/edgesync/edgeclient/backoff"
+	"github.com/edgesync/edgesync/edgeclient/endpoints"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
@@ -38,8 +39,14 @@ import (
 // Config says where the server is, who the node is and where it keeps what
 // it holds.
 type Config struct {
-	// Server is the server address, host:port.
+	// Server is the server address, host:port. A name may resolve to
+	// several replicas: each of its addresses is a candidate.
 	Server string
+	// Servers are more addresses of the same deployment (host:port), for
+	// edges that know its replicas one by one. The first connection goes
+	// to one of Server and Servers at random, so that edges spread; after
+	// a failed attempt the next goes to another (package endpoints).
+	Servers []string
 	// CAFile is the PEM file of the CA that signed the server certificate.
 	CAFile string
 	// CertFile and KeyFile hold the node's client certificate (CN
@@ -202,6 +209,8 @@ type Client struct {
 	store    store.Store
 	ownStore bool
 	certs    *certLoader
+	// endpoints chooses the replica to dial; only Run uses it.
+	endpoints *endpoints.Set
 
 	runMu sync.Mutex // held by Run, so that it runs once at a time
 
@@ -225,7 +234,7 @@ type Client struct {
 // It does not connect: the store is readable at once, and Run connects.
 func New(cfg Config) (*Client, error) {
 	switch {
-	case cfg.Server == "":
+	case cfg.Server == "" && len(cfg.Servers) == 0:
 		return nil, errors.New("edgeclient: Server address is not set")
 	case cfg.NodeName == "":
 		return nil, errors.New("edgeclient: NodeName is not set")
@@ -258,6 +267,13 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("edgeclient: %w", err)
 	}
 	c.certs = certs
+	addrs := cfg.Servers
+	if cfg.Server != "" {
+		addrs = append([]string{cfg.Server}, cfg.Servers...)
+	}
+	if c.endpoints, err = endpoints.New(addrs, nil); err != nil {
+		return nil, fmt.Errorf("edgeclient: %w", err)
+	}
 	if cert, _ := certs.get(); cert != nil && cert.Leaf != nil {
 		c.state.CertificateNotAfter = cert.Leaf.NotAfter
 	}

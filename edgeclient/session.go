@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgesync/edgesync/edgeclient/backoff"
+	"github.com/edgesync/edgesync/edgeclient/endpoints"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
@@ -71,6 +72,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}()
 	}
 	b := backoff.New(c.cfg.Backoff)
+	welcomed := false
 	for gen := uint64(1); ; gen++ {
 		c.mu.Lock()
 		closed := c.closed
@@ -78,7 +80,11 @@ func (c *Client) Run(ctx context.Context) error {
 		if closed {
 			return ErrClosed
 		}
-		welcomed, err := c.session(ctx, gen)
+		// Another replica after a failed attempt, the same after a
+		// session (package endpoints).
+		ep := c.endpoints.Next(ctx, welcomed)
+		var err error
+		welcomed, err = c.session(ctx, gen, ep)
 		if welcomed {
 			b.Reset()
 		}
@@ -94,7 +100,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.log.Info("not connected to the server; retrying", zap.String("server", c.cfg.Server), zap.Error(err), zap.Duration("retry_in", delay))
+		c.log.Info("not connected to the server; retrying", zap.Stringer("server", ep), zap.Error(err), zap.Duration("retry_in", delay))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -109,10 +115,11 @@ func (c *Client) Run(ctx context.Context) error {
 // caller of Recv), apply (store, events, control messages) and send (the
 // only caller of Send after Hello).
 type session struct {
-	c      *Client
-	gen    uint64
-	stream grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]
-	wake   chan struct{} // buffered(1): something for send to do
+	c        *Client
+	gen      uint64
+	endpoint endpoints.Endpoint // where the stream goes
+	stream   grpc.BidiStreamingClient[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]
+	wake     chan struct{} // buffered(1): something for send to do
 
 	welcomeCh chan struct{} // closed by apply when Welcome arrives
 	tunnels   *tunnels      // serves TunnelOpen
@@ -139,13 +146,16 @@ func (s *session) wakeSender() {
 
 // session runs one stream until it fails or ctx ends. welcomed says
 // whether the server accepted it, which resets the backoff.
-func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err error) {
+func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint) (welcomed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
 		return false, err
 	}
+	// The certificate names the configured host, whichever of its
+	// addresses is dialed.
+	tlsCfg.ServerName = ep.ServerName
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(c.cfg.MaxRecvMessageBytes)),
@@ -158,16 +168,16 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 	// A connection per stream: every stream starts with a fresh TLS
 	// handshake (and so a rotated certificate), and the client's backoff
 	// alone decides when to dial.
-	cc, err := grpc.NewClient(c.cfg.Server, opts...)
+	cc, err := grpc.NewClient("passthrough:///"+ep.Addr, opts...)
 	if err != nil {
-		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
+		return false, fmt.Errorf("dial %s: %w", ep, err)
 	}
 	defer cc.Close()
 
 	g, gctx := errgroup.WithContext(ctx)
 	stream, err := edgesyncv1.NewSyncServiceClient(cc).Sync(gctx)
 	if err != nil {
-		return false, fmt.Errorf("open stream to %s: %w", c.cfg.Server, err)
+		return false, fmt.Errorf("open stream to %s: %w", ep, err)
 	}
 	refs, err := c.store.Refs()
 	if err != nil {
@@ -184,7 +194,7 @@ func (c *Client) session(ctx context.Context, gen uint64) (welcomed bool, err er
 	}
 	c.log.Debug("sent hello", zap.Int("held_objects", len(refs)))
 
-	s := &session{c: c, gen: gen, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
+	s := &session{c: c, gen: gen, endpoint: ep, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
 	s.tunnels = c.newTunnels(ctx, cc)
 	defer s.tunnels.close()
 	c.mu.Lock()
@@ -448,7 +458,7 @@ func (s *session) control(msg *edgesyncv1.SyncResponse) {
 			st.ConnectedSince = time.Now()
 			st.Connections++
 		})
-		c.log.Info("connected", zap.String("server", c.cfg.Server), zap.String("session", m.Welcome.GetSessionId()), zap.String("server_id", m.Welcome.GetServerId()))
+		c.log.Info("connected", zap.Stringer("server", s.endpoint), zap.String("session", m.Welcome.GetSessionId()), zap.String("server_id", m.Welcome.GetServerId()))
 	case *edgesyncv1.SyncResponse_SyncComplete:
 		c.updateState(func(st *State) {
 			st.Synced = true

@@ -79,7 +79,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := root.Flags()
-	f.StringVar(&c.Server, "server", "", "edgesync server address, host:port (required)")
+	f.StringSliceVar(&c.Servers, "server", nil, "edgesync server address, host:port (required); repeat it or separate with commas for replicas of one deployment: the agent picks one at random and another after a failed attempt (a name resolving to several addresses counts as several)")
 	f.StringVar(&c.CAFile, "ca", "", "PEM file of the CA that signed the server certificate (required)")
 	f.StringVar(&c.CertFile, "cert", "", "PEM file of the node's client certificate, CN system:node:NAME (required; re-read when it changes)")
 	f.StringVar(&c.KeyFile, "key", "", "PEM file of the node's private key (required)")

@@ -147,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server))
+	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server), zap.Strings("servers", ccfg.Servers))
 
 	g, ctx := errgroup.WithContext(ctx)
 	if err := a.startServices(ctx, g, cfg.Services, c); err != nil {
