@@ -49,6 +49,7 @@ import (
 
 	"github.com/edgesync/edgesync/controllers/autonomy"
 	"github.com/edgesync/edgesync/controllers/devicesync"
+	"github.com/edgesync/edgesync/controllers/eventsync"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/controllers/nodesync"
@@ -121,18 +122,28 @@ type Config struct {
 	TokenClient kubernetes.Interface
 	TokenQPS    float32
 	TokenBurst  int
+	// EventClient writes the events edges report; when nil it is built
+	// from RESTConfig with EventQPS and EventBurst (default 20 and 50),
+	// so that a flood of events cannot delay status writes.
+	EventClient kubernetes.Interface
+	EventQPS    float32
+	EventBurst  int
+	// NodeEventRate and NodeEventBurst bound each node's events (see
+	// package eventsync); eventsync's defaults when zero.
+	NodeEventRate  float64
+	NodeEventBurst int
 	// Clock schedules token refreshes; the real clock when nil.
 	Clock clock.WithTicker
-	// Ownership, when its Namespace is set, has this replica claim each
-	// node before serving it (package ownership), so that with several
-	// replicas only one writes a node's Lease and status. Required when more
-	// than one replica serves a cluster.
-	Ownership OwnershipConfig
 	// KubeletEndpoint, when its Address is set, is written into the status
 	// of every edge node this replica writes, so that the kube-apiserver
 	// sends kubectl logs/exec/port-forward for them here (package
 	// server/kubeletapi).
 	KubeletEndpoint nodestatus.KubeletEndpoint
+	// Ownership, when its Namespace is set, has this replica claim each
+	// node before serving it (package ownership), so that with several
+	// replicas only one writes a node's Lease and status. Required when more
+	// than one replica serves a cluster.
+	Ownership OwnershipConfig
 	// DisableDevices turns the device controller off, for clusters
 	// without the devices.kubeedge.io CRDs.
 	DisableDevices bool
@@ -179,6 +190,8 @@ type Controllers struct {
 	autonomy *autonomy.Controller
 	// tokens obtains pods' ServiceAccount tokens.
 	tokens *tokensync.Controller
+	// events writes the events edges report.
+	events *eventsync.Controller
 	// owners decides which replica owns each node; nil with one replica.
 	owners *ownership.Manager
 }
@@ -239,6 +252,9 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 	if cfg.TokenClient, err = budgetClient(cfg.TokenClient, cfg.RESTConfig, cfg.Client, cfg.TokenQPS, cfg.TokenBurst, 50, 100); err != nil {
 		return nil, fmt.Errorf("controllers: kubernetes token client: %w", err)
+	}
+	if cfg.EventClient, err = budgetClient(cfg.EventClient, cfg.RESTConfig, cfg.Client, cfg.EventQPS, cfg.EventBurst, 20, 50); err != nil {
+		return nil, fmt.Errorf("controllers: kubernetes event client: %w", err)
 	}
 	if cfg.Dynamic == nil && !cfg.DisableDevices {
 		if cfg.Dynamic, err = dynamic.NewForConfig(cfg.RESTConfig); err != nil {
@@ -312,6 +328,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if _, err := nodes.AddEventHandler(c.nodeLifecycle(isEdge)); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
+	var deviceIndex cache.Indexer
 	if !cfg.DisableDevices {
 		devices := dynamicinformer.NewFilteredDynamicInformer(cfg.Dynamic, devicesync.Devices, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{}, nil).Informer()
 		models := dynamicinformer.NewFilteredDynamicInformer(cfg.Dynamic, devicesync.DeviceModels, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{}, nil).Informer()
@@ -319,6 +336,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 			return nil, fmt.Errorf("controllers: %w", err)
 		}
 		c.informers = append(c.informers, devices, models)
+		deviceIndex = devices.GetIndexer()
 		if c.devices, err = devicesync.New(devicesync.Config{
 			Dynamic: cfg.Dynamic, Devices: devices, Models: models, Nodes: nodes, IsEdge: isEdge,
 			FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("devicesync"),
@@ -519,10 +537,11 @@ func (c *Controllers) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { c.events.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
-	wg.Go(func() { errs <- c.services.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { errs <- c.tokens.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.services.Run(ctx, c.cfg.Workers) })
 	if c.devices != nil {
 		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
 	}
@@ -558,16 +577,16 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 		return nil, err
 	}
 	objs = append(objs, pods...)
-	services, err := c.services.Desired(node)
-	if err != nil {
-		return nil, err
-	}
-	objs = append(objs, services...)
 	tokens, err := c.tokens.Desired(node)
 	if err != nil {
 		return nil, err
 	}
 	objs = append(objs, tokens...)
+	services, err := c.services.Desired(node)
+	if err != nil {
+		return nil, err
+	}
+	objs = append(objs, services...)
 	if c.devices != nil {
 		devs, err := c.devices.Desired(node)
 		if err != nil {
@@ -606,6 +625,8 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		c.nodes.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_PodStatus:
 		c.pods.HandleReport(node, req, answer)
+	case *edgesyncv1.SyncRequest_EventReport:
+		c.events.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_DeviceStatus:
 		if c.devices == nil {
 			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "device support is disabled on this server")))
@@ -679,4 +700,5 @@ func (c *Controllers) Release(ctx context.Context, node, reason string) error {
 func (c *Controllers) SessionEnded(node string) {
 	c.nodes.SessionEnded(node)
 	c.tokens.SessionEnded(node)
+	c.events.SessionEnded(node)
 }
