@@ -162,6 +162,10 @@ release: ## Cross-build the agent (amd64, arm64, armv7) and server (amd64, arm64
 	@cd $(RELEASE) && sha256sum edgesync-* > SHA256SUMS && echo "$(RELEASE)/SHA256SUMS"
 	@echo "$(VERSION)" > $(RELEASE)/VERSION
 
+.PHONY: image
+image: release ## Build the server and agent images (OCI, linux/amd64+arm64, no Docker) into .build/images.
+	go run ./internal/release/mkimage --root $(ROOT) --version $(VERSION) --commit $(COMMIT)
+
 # The devcluster is its own Go module so the main module never depends on
 # k8s.io/kubernetes. The first build takes ~10 minutes on 2 cores.
 # count_packages NAME: show `go build -v` as a running count of compiled
@@ -184,7 +188,7 @@ devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-ma
 TEST_CLUSTER_FLAGS := --node-monitor-grace-period=30s --node-monitor-period=2s \
 	--default-unreachable-toleration-seconds=30 --default-not-ready-toleration-seconds=30
 
-test: tools lint check-generate build release helm devcluster apt-deps generate-python generate-ts ## Run every test against a real apiserver.
+test: tools lint check-generate build image helm devcluster apt-deps generate-python generate-ts ## Run every test against a real apiserver.
 	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
