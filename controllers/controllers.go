@@ -651,12 +651,17 @@ func (c *Controllers) Admit(node string) error {
 }
 
 // Claim makes this replica node's owner before the server serves it
-// (feed.Claimer); a no-op with ownership off.
+// (feed.Claimer; ownership off, every replica may), then has this
+// replica's kubelet endpoint written into the Node, where the
+// kube-apiserver looks for the node's kubelet (Config.KubeletEndpoint).
 func (c *Controllers) Claim(ctx context.Context, node string) error {
-	if c.owners == nil {
-		return nil
+	if c.owners != nil {
+		if err := c.owners.Claim(ctx, node); err != nil {
+			return err
+		}
 	}
-	return c.owners.Claim(ctx, node)
+	c.nodes.SessionStarted(node)
+	return nil
 }
 
 // Owner returns the replica owning node: the one holding its session and

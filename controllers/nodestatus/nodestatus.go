@@ -210,6 +210,9 @@ func (c *Controller) NodeDeleted(node string) {
 }
 
 func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.SyncRequest) error {
+	if req == nil { // SessionStarted
+		return c.writeEndpoint(ctx, node)
+	}
 	switch m := req.GetMessage().(type) {
 	case *edgesyncv1.SyncRequest_NodeRegistration:
 		return c.register(ctx, node, m.NodeRegistration)
@@ -350,4 +353,50 @@ func (c *Controller) statusPatch(st *corev1.NodeStatus) ([]byte, error) {
 		map[string]any{"type": string(corev1.NodeInternalIP), "address": c.cfg.KubeletEndpoint.Address},
 	}
 	return json.Marshal(map[string]any{"status": fields})
+}
+
+// SessionStarted writes this replica's kubelet endpoint into node's status
+// when the Node shows another, so that the kube-apiserver sends kubectl
+// logs/exec/port-forward for the node to the replica that now holds its
+// session, without waiting for the edge's next status report. A Node not
+// registered yet gets it at registration.
+func (c *Controller) SessionStarted(node string) {
+	ep := c.cfg.KubeletEndpoint
+	if ep.Address == "" {
+		return
+	}
+	n, err := c.cfg.Nodes.Get(node)
+	if err != nil || !isEdge(&c.cfg, n) {
+		return
+	}
+	if n.Status.DaemonEndpoints.KubeletEndpoint.Port == ep.Port && len(n.Status.Addresses) == 1 &&
+		n.Status.Addresses[0] == (corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ep.Address}) {
+		return
+	}
+	c.reports.Add("endpoint/"+node, node, nil, func(*edgesyncv1.StatusResult) {})
+}
+
+// writeEndpoint patches node's addresses and kubelet port to this
+// replica's kubelet endpoint.
+func (c *Controller) writeEndpoint(ctx context.Context, node string) error {
+	ep := c.cfg.KubeletEndpoint
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{
+		"addresses": []any{
+			map[string]any{"$patch": "replace"},
+			map[string]any{"type": string(corev1.NodeInternalIP), "address": ep.Address},
+		},
+		"daemonEndpoints": map[string]any{"kubeletEndpoint": map[string]any{"Port": ep.Port}},
+	}})
+	if err != nil {
+		return err
+	}
+	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch,
+		metav1.PatchOptions{FieldManager: c.cfg.FieldManager}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil // registration writes it
+	}
+	if err != nil {
+		return fmt.Errorf("write kubelet endpoint of node %q: %w", node, err)
+	}
+	return nil
 }

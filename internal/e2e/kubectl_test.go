@@ -396,3 +396,63 @@ func TestExecToDisconnectedNodeFails(t *testing.T) {
 		}
 	}
 }
+
+// TestKubectlFollowsTheNodeToAnotherReplica runs two replicas that own
+// nodes through Leases. The replica holding a node's session writes its
+// own kubelet endpoint into the Node's status, so when the node's agent
+// moves to the other replica, kubectl logs and exec follow it there.
+func TestKubectlFollowsTheNodeToAnotherReplica(t *testing.T) {
+	testcluster.RESTConfig(t)
+	ca := os.Getenv(kubeletClientCAEnv)
+	if ca == "" {
+		t.Fatalf("%s is not set: run the tests under a devcluster built from this tree (make devcluster)", kubeletClientCAEnv)
+	}
+	replicaArgs := []string{"--kubelet-listen", "127.0.0.1:0", "--kubelet-client-ca", ca, "--ownership-namespace", "edgesync-system"}
+	in := install(t, replicaArgs...)
+	client := testcluster.Client(t)
+
+	// A second replica with the same identity and its own ports.
+	token := strings.TrimSpace(run(t, in.adminEnv(), in.kubectl,
+		"-n", "edgesync-system", "create", "token", "edgesync-server", "--duration=1h"))
+	addrB := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	serverB := start(t, "edgesync-server-b", nil, filepath.Join(filepath.Dir(in.kubectl), "edgesync-server"), append([]string{
+		"--listen", addrB,
+		"--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--tls-ca", filepath.Join(in.pki, "ca.crt"),
+		"--tls-cert", filepath.Join(in.pki, "server.crt"),
+		"--tls-key", filepath.Join(in.pki, "server.key"),
+		"--kubeconfig", writeTokenKubeconfig(t, in.kubeconfig, token),
+		"--server-id", "e2e-b", "--log-format", "console"}, replicaArgs...)...)
+
+	ns, pod, agent := edgePod(t, in, client, "--allow-exec")
+	portOf := func() int32 {
+		n, err := client.CoreV1().Nodes().Get(t.Context(), agent.node, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Status.DaemonEndpoints.KubeletEndpoint.Port
+	}
+	portA := portOf()
+	in.mustKubectl(t, "-n", ns, "logs", pod.Name, "--tail=1")
+
+	agent.proc.stop(t)
+	for i, a := range agent.args {
+		if a == "--server" {
+			agent.args[i+1] = addrB
+		}
+	}
+	agent.start(t)
+	eventually(t, time.Minute, "the Node to name replica e2e-b's kubelet endpoint", func() error {
+		if p := portOf(); p == portA || p == 0 {
+			return fmt.Errorf("the Node's kubelet port is still %d", p)
+		}
+		return nil
+	}, agent.proc, serverB, in.server)
+	eventually(t, 30*time.Second, "kubectl exec through replica e2e-b", func() error {
+		out, err := in.kubectlRun(t.Context(), "-n", ns, "exec", pod.Name, "--", "cat", "/etc/web/greeting")
+		if err != nil || out != "hello" {
+			return fmt.Errorf("%v: %q", err, out)
+		}
+		return nil
+	}, agent.proc, serverB)
+}
