@@ -143,6 +143,10 @@ func TestRBACIsEnough(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.waitApplied(t, edge1, apiAccessKey(t, pod), nil)
+	// Events the edge reports, and their series (events create, patch).
+	for range 2 {
+		report(edge1, eventAbout(edgesyncv1.Kind_KIND_POD, ns, "web", string(pod.UID), "Started", "Started container app"))
+	}
 	report(edge1, podStatusReport(1, pod, corev1.PodStatus{Phase: corev1.PodRunning}))
 	if err := client.CoreV1().Pods(ns).Delete(t.Context(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -499,9 +499,6 @@ func (s *session) queueDifference() (int, error) {
 		if tomb == nil {
 			continue // the edge keeps it until a newer version is published
 		}
-		if tomb == nil {
-			continue // the edge keeps it until a newer version is published
-		}
 		if s.queue.Offer(tomb) {
 			queued++
 		}
