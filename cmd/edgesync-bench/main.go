@@ -11,6 +11,10 @@
 //	edgesync-bench run --scale reduced --out .tmp/bench
 //	edgesync-bench run --scale full --out .tmp/bench-full
 //
+// `edgesync-bench portforward` transfers 100 MB with kubectl port-forward
+// from an edge host's loopback through the apiserver, edgesync-server's
+// kubelet endpoint and a tunnel, and reports MB/s and the server's RSS.
+//
 // `edgesync-bench serve` is the child; it is not meant to be run by hand.
 package main
 
@@ -41,6 +45,8 @@ func main() {
 		err = serveMain(ctx, os.Args[2:])
 	case "table":
 		err = tableMain(os.Args[2:])
+	case "portforward":
+		err = portForwardMain(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -58,6 +64,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   edgesync-bench run [--scale reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6]
   edgesync-bench table RESULTS.json   (print the goal table of an earlier run)
+  edgesync-bench portforward [--mb 100] [--out DIR]   (kubectl port-forward to an edge pod: MB/s, server RSS)
   edgesync-bench serve ...   (the server process the benchmark starts)
 
 Run "edgesync-bench run -h" for every flag.`)
