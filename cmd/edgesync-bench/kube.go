@@ -59,11 +59,13 @@ type kubeResult struct {
 	ObjectsResent   int64              `json:"objects_resent"`
 	Redundant       int64              `json:"redundant_objects"`
 	ListGet         map[string]float64 `json:"list_get_during_resync"`
+
+	Services servicesResult `json:"services"`
 }
 
 const kubeNamespace = "bench"
 
-// kubeScenarios runs scenarios 6, 2 and 5 end to end: the real controllers
+// kubeScenarios runs scenarios 6, 2, 7 and 5 end to end: the real controllers
 // in the server process, a devcluster apiserver, and simulated edges.
 func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	k := &b.result.Kube
@@ -192,6 +194,12 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		k.Latency = measure.Summarize(slices.Clone(k.Samples))
 		k.FanoutDone = true
 		b.prog.say("fan-out through the apiserver: p50 %.1f ms p99 %.1f ms max %.1f ms", k.Latency.P50Ms, k.Latency.P99Ms, k.Latency.MaxMs)
+	}
+
+	if run[7] {
+		if err := b.servicesScenario(ctx, cl, fleet, b.names[:n]); err != nil {
+			return err
+		}
 	}
 
 	if run[5] {

@@ -333,10 +333,11 @@ func (r *results) table() []row {
 			yesNo(h.CPUPercent <= 20 && h.PerNodePer10s <= 1.05 && h.OtherReports == 0) + " (server side only)"})
 	}
 	rows = append(rows, r.kubeRow(6)...)
+	rows = append(rows, r.kubeRow(7)...)
 
 	// Every scenario has a row, even when nothing measured it.
-	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats"}
-	for id := 1; id <= 6; id++ {
+	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats", 7: "7 services to the edge"}
+	for id := 1; id <= 7; id++ {
 		prefix := strconv.Itoa(id) + " "
 		if !slices.ContainsFunc(rows, func(r row) bool { return strings.HasPrefix(r.Scenario, prefix) }) {
 			why := "not selected with --scenarios"
@@ -358,12 +359,13 @@ func (r *results) kubeRow(id int) []row {
 		2: {"2 fan-out latency, via apiserver", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"},
 		5: {"5 reconnect storm, via apiserver", "10,000 edges, server killed+restarted: all resynced ≤ 30 s; 0 LIST/GET; 0 objects re-sent that an edge held"},
 		6: {"6 heartbeats, via apiserver", "10,000 nodes every 10 s: ≤ 1 Lease write/node/10 s; no NodeStatus writes unless changed; CPU ≤ 20 % of a core"},
+		7: {"7 services to the edge, via apiserver", "1 Service, 1,000 endpoints on 1,000 nodes in 10 zones, endpoints churn: 10 encodings per slice change; p99 ≤ 250 ms"},
 	}
 	name, goal := goals[id][0], goals[id][1]
 	switch {
 	case r.KubeSkipped != "":
 		return []row{{name, goal, r.KubeSkipped, "not run"}}
-	case r.KubeFailed != "" && !(id == 2 && k.FanoutDone || id == 5 && k.StormDone || id == 6 && k.HeartbeatsDone):
+	case r.KubeFailed != "" && !(id == 2 && k.FanoutDone || id == 5 && k.StormDone || id == 6 && k.HeartbeatsDone || id == 7 && k.Services.Done):
 		return []row{{name, goal, "failed: " + r.KubeFailed, "not run"}}
 	}
 	if _, skipped := r.Skipped[id]; skipped {
@@ -417,6 +419,18 @@ func (r *results) kubeRow(id int) []row {
 		return []row{{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: %.2f Lease writes/node/10 s (%.0f writes for %d heartbeats answered; each Lease renewed %s on average, duration 40 s%s), %.0f NodeStatus writes, server CPU %.1f %% (controllers QPS %.0f, Lease QPS %.0f, renew interval %.0f s; devcluster CPU %.0f %%)",
 			k.Nodes, scaleNote, k.WindowSeconds, k.LeaseWritesPerNode, k.LeaseWrites, k.HeartbeatsSent, renew, freshness, k.NodeStatusWrites, k.CPUPercent, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew, k.APIServerCPUPercent),
 			yesNo(k.LeaseWritesPerNode <= 1.05 && fresh && k.NodeStatusWrites == 0 && k.CPUPercent <= 20)}}
+	case 7:
+		v := k.Services
+		if !v.Done {
+			return nil
+		}
+		note := ""
+		if v.Nodes < 1000 {
+			note = fmt.Sprintf(" (reduced: %d of 1000 nodes)", v.Nodes)
+		}
+		return []row{{name, goal, fmt.Sprintf("%d nodes%s in %d zones, %d endpoints in %d slices, %d readiness changes, EndpointSlice write → controllers → server → edge: p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.1f encodings per slice change (max %d, distinct versions at the edges)",
+			v.Nodes, note, v.Zones, v.Endpoints, v.Slices, v.Updates, v.Latency.P50Ms, v.Latency.P99Ms, v.Latency.MaxMs, v.EncodingsMean, v.EncodingsMax),
+			yesNo(v.Latency.P99Ms <= 250 && v.EncodingsMax <= v.Zones && v.Nodes >= 1000)}}
 	}
 	return nil
 }

@@ -92,7 +92,7 @@ func runMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	scaleName := fs.String("scale", "reduced", "smoke (seconds), reduced (make bench, minutes) or full (the issue's scales)")
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
-	which := fs.String("scenarios", "1,2,3,4,5,6", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats)")
+	which := fs.String("scenarios", "1,2,3,4,5,6,7", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
 	fanoutNodes := fs.Int("fanout-nodes", 0, "override the fan-out and encode-once node count")
 	tpSessions := fs.Int("throughput-sessions", 0, "override the throughput session count")
@@ -123,8 +123,8 @@ func runMain(ctx context.Context, args []string) error {
 	want := map[int]bool{}
 	for _, s := range strings.Split(*which, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 6 {
-			return fmt.Errorf("--scenarios: %q is not a scenario number 1-6", s)
+		if err != nil || n < 1 || n > 7 {
+			return fmt.Errorf("--scenarios: %q is not a scenario number 1-7", s)
 		}
 		want[n] = true
 	}
@@ -165,7 +165,7 @@ func runMain(ctx context.Context, args []string) error {
 	if want[2] || want[3] || want[4] {
 		need = max(need, sc.FanoutNodes, sc.ThroughputSessions)
 	}
-	if b.devcluster != "" && (want[2] || want[5] || want[6]) {
+	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7]) {
 		need = max(need, sc.KubeNodes)
 	}
 	if uint64(need)+256 > limit {
@@ -191,7 +191,7 @@ func runMain(ctx context.Context, args []string) error {
 		{[]int{3}, b.throughput},
 	}
 	if b.devcluster != "" {
-		groups = append(groups, scenario{[]int{2, 5, 6}, b.kubeScenarios})
+		groups = append(groups, scenario{[]int{2, 5, 6, 7}, b.kubeScenarios})
 	} else {
 		b.result.KubeSkipped = fmt.Sprintf("no devcluster binary at %s (make devcluster) or --kube=off", *devcluster)
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,8 +109,9 @@ type edge struct {
 
 	certFile, keyFile string // with edgeclient
 
-	mu   sync.Mutex // guards held
+	mu   sync.Mutex // guards held and at
 	held map[feed.Key]*edgesyncv1.ObjectRef
+	at   map[feed.Key]time.Time // when each held object's version arrived
 }
 
 // New builds a fleet of edges named names holding the matching certificates.
@@ -247,6 +249,22 @@ func (f *Fleet) HeldVersion(key feed.Key, rv string) int {
 		e.mu.Unlock()
 	}
 	return n
+}
+
+// Arrivals returns, for the edges holding key at a version that starts
+// with prefix, when that version arrived, and how many distinct versions
+// they hold.
+func (f *Fleet) Arrivals(key feed.Key, prefix string) (at []time.Time, versions int) {
+	seen := map[string]bool{}
+	for _, e := range f.edges {
+		e.mu.Lock()
+		if ref, ok := e.held[key]; ok && strings.HasPrefix(ref.GetResourceVersion(), prefix) {
+			at = append(at, e.at[key])
+			seen[ref.GetResourceVersion()] = true
+		}
+		e.mu.Unlock()
+	}
+	return at, len(seen)
 }
 
 // HeldObjects returns the total number of objects held by all edges.
@@ -415,7 +433,14 @@ func (e *edge) apply(resp *response) {
 	e.mu.Lock()
 	if resp.deleted {
 		delete(e.held, key)
+		delete(e.at, key)
 	} else {
+		if e.at == nil {
+			e.at = map[feed.Key]time.Time{}
+		}
+		if old, ok := e.held[key]; !ok || old.GetResourceVersion() != ref.GetResourceVersion() {
+			e.at[key] = time.Now()
+		}
 		if old, ok := e.held[key]; ok && old.GetResourceVersion() == ref.GetResourceVersion() && old.GetUid() == ref.GetUid() {
 			f.C.Redundant.Add(1)
 		}
