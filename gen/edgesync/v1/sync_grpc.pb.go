@@ -13,7 +13,10 @@
 // An edge dials the server over mutual TLS. Its client certificate is its
 // identity: the subject common name is "system:node:<node name>", the form
 // Kubernetes node certificates use. The server verifies the certificate
-// against its configured CA and refuses plaintext connections.
+// against its configured CA and refuses plaintext connections. A node gets
+// its certificate by joining with a bootstrap token, and renews it before
+// it expires, with BootstrapService (bootstrap.proto) on the same port; the
+// server reloads its own certificate and CA bundle without ending streams.
 //
 // # One stream per node
 //
