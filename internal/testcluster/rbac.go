@@ -15,6 +15,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 )
 
 // ServerUser is the server's ServiceAccount, as deploy/ names it.
@@ -83,11 +84,16 @@ func ApplyRBAC(t testing.TB, admin *rest.Config, root string) {
 			ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
 			_, err := ri.Create(t.Context(), obj, metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
-				var existing *unstructured.Unstructured
-				if existing, err = ri.Get(t.Context(), obj.GetName(), metav1.GetOptions{}); err == nil {
+				// Other packages' tests apply the same objects at the same time.
+				err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+					existing, err := ri.Get(t.Context(), obj.GetName(), metav1.GetOptions{})
+					if err != nil {
+						return err
+					}
 					obj.SetResourceVersion(existing.GetResourceVersion())
 					_, err = ri.Update(t.Context(), obj, metav1.UpdateOptions{})
-				}
+					return err
+				})
 			}
 			if err != nil {
 				t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
