@@ -2,7 +2,9 @@
 // edgeclient/agent) built on edgeclient. It registers its node, keeps it
 // heartbeating, prints every change to what the node holds as one line, and
 // runs pods with a simulated runtime: each pod it receives is reported
-// Running and Ready (and terminated once the cloud deletes it).
+// Running and Ready (and terminated once the cloud deletes it). With
+// --dns-address and --proxy-cidr it answers DNS for the Services the node
+// holds and proxies TCP to their endpoints.
 // `edgesync-agent list --store DIR` prints what the local store holds.
 //
 // A node joins the cluster with a bootstrap token and then runs with the

@@ -7,8 +7,11 @@
 // terminated once the cloud deletes it, and its volumes (ConfigMaps,
 // Secrets, ServiceAccount tokens, CA and namespace) are written as files
 // under <store>/pods/<uid> (see package volumes); each device reports online with its
-// desired values. Real container runtimes and device protocols are out of
-// scope.
+// desired values. It serves the Services the node holds to the node's
+// applications when asked (ServicesConfig): a DNS server (package
+// servicedns) and an L4 proxy (package serviceproxy), both from the store,
+// so they keep working offline. Real container runtimes and device
+// protocols are out of scope.
 package agent
 
 import (
