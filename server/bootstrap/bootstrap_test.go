@@ -29,6 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
 	"github.com/edgesync/edgesync/edgeclient"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -234,16 +235,19 @@ func TestTokensRefused(t *testing.T) {
 	}
 
 	// A kubelet's kubeadm token: no edgesync group.
-	kubeletTok := "abc123.0123456789abcdef"
+	kubeletTok, err := bootstraputil.GenerateBootstrapToken()
+	if err != nil {
+		t.Fatal(err)
+	}
 	kubelet := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-abc123", Namespace: metav1.NamespaceSystem},
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-" + kubeletTok[:6], Namespace: metav1.NamespaceSystem},
 		Type:       bootstrapapi.SecretTypeBootstrapToken,
-		StringData: map[string]string{"token-id": "abc123", "token-secret": "0123456789abcdef", "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"},
+		StringData: map[string]string{"token-id": kubeletTok[:6], "token-secret": kubeletTok[7:], "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"},
 	}
 	if _, err := e.admin.CoreV1().Secrets(metav1.NamespaceSystem).Create(t.Context(), kubelet, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = bootstrap.DeleteToken(context.Background(), e.admin, "abc123") })
+	t.Cleanup(func() { _ = bootstrap.DeleteToken(context.Background(), e.admin, kubeletTok) })
 
 	// A cloud node's name.
 	cloud := testcluster.UniqueName("cloud")
@@ -276,7 +280,7 @@ func TestTokensRefused(t *testing.T) {
 		{"expired token", expired, node, nil, codes.Unauthenticated, "expired at", expired[7:]},
 		{"reused single-use token", single, testcluster.UniqueName("edge"), nil, codes.Unauthenticated, "already joined node \"" + node + "\"", single[7:]},
 		{"token bound to another node", bound, node, nil, codes.PermissionDenied, "bound to node \"someone-else\"", bound[7:]},
-		{"kubelet token", kubeletTok, node, nil, codes.Unauthenticated, "not an edgesync join token", "0123456789abcdef"},
+		{"kubelet token", kubeletTok, node, nil, codes.Unauthenticated, "not an edgesync join token", kubeletTok[7:]},
 		{"CSR for another name", good, node, csrFor(t, "system:node:other", nil), codes.PermissionDenied, "want \"system:node:" + node + "\"", ""},
 		{"CSR with an extra subject", good, node, func() []byte {
 			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
