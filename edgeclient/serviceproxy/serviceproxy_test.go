@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,4 +129,58 @@ func TestRoundRobinSkippingRefusingEndpoints(t *testing.T) {
 	if got["a"] == 0 || got["b"] == 0 || got["a"]+got["b"] != 6 {
 		t.Errorf("6 connections reached the endpoints %v, want both serving ones", got)
 	}
+}
+
+// TestListenersFollowTheServices: Run opens a listener for a Service that
+// appears and closes it once the Service is gone.
+func TestListenersFollowTheServices(t *testing.T) {
+	s := &store{svc: &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+		Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
+	}}
+	held := &switchable{store: s}
+	p, err := New(Config{CIDR: "127.100.0.0/16", Resolver: held, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns sync.WaitGroup
+	t.Cleanup(func() { p.closeAll(); conns.Wait() })
+	if err := p.reconcile(t.Context(), &conns); err != nil {
+		t.Fatal(err)
+	}
+	ip, ok := p.Address("shop", "web")
+	if !ok {
+		t.Fatal("no listener for shop/web")
+	}
+	addr := net.JoinHostPort(ip.String(), "8080")
+	if c, err := net.Dial("tcp", addr); err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	} else {
+		c.Close()
+	}
+
+	held.gone.Store(true)
+	if err := p.reconcile(t.Context(), &conns); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Address("shop", "web"); ok {
+		t.Error("a Service no longer held still has an address")
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after its Service is gone", addr)
+	}
+}
+
+// switchable holds its store's Service until gone is set.
+type switchable struct {
+	*store
+	gone atomic.Bool
+}
+
+func (s *switchable) Services() ([]*corev1.Service, error) {
+	if s.gone.Load() {
+		return nil, nil
+	}
+	return s.store.Services()
 }
