@@ -8,6 +8,7 @@ BIN=$ROOT/bin
 DEV=$ROOT/.dev
 GRPC_PORT=${EDGESYNC_DEV_GRPC_PORT:-9443}
 HTTP_PORT=${EDGESYNC_DEV_HTTP_PORT:-9090}
+KUBELET_PORT=${EDGESYNC_DEV_KUBELET_PORT:-10250}
 export PATH=$BIN:$PATH
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -79,6 +80,7 @@ edgesync-server \
   --http-listen "127.0.0.1:$HTTP_PORT" \
   --tls-ca "$PKI/ca.crt" --tls-cert "$PKI/server.crt" --tls-key "$PKI/server.key" \
   --kubeconfig "$SERVER_KUBECONFIG" \
+  --kubelet-listen "127.0.0.1:$KUBELET_PORT" --kubelet-client-ca "$DEV/cluster/pki/ca.crt" \
   --log-format console \
   --server-id dev >"$DEV/server.log" 2>&1 &
 pids+=($!)
@@ -95,7 +97,7 @@ start_agent() {
   local node=$1
   local args=(--server "127.0.0.1:$GRPC_PORT" --node "$node"
     --ca "$PKI/ca.crt" --cert "$PKI/node-$node.crt" --key "$PKI/node-$node.key"
-    --store "$DEV/$node")
+    --store "$DEV/$node" --allow-exec)
   if [ "$node" = edge-1 ]; then
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
   else
@@ -138,6 +140,9 @@ cat <<TXT
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR list
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
   kubectl -n demo scale deploy web --replicas=4     # the scheduler spreads them over edge-1 and edge-2
+  # logs and exec reach the edge through edgesync (kubelet API on :$KUBELET_PORT, tunnels to the agents)
+  kubectl -n demo logs deploy/web
+  kubectl -n demo exec deploy/web -- cat /etc/web/greeting   # the configmap's value, read on the edge
   # a third edge node:
   edgesync-server certs node edge-3 --dir \$EDGESYNC_PKI_DIR
   edgesync-agent --server \$EDGESYNC_ADDR --node edge-3 --ca \$EDGESYNC_CA \\
