@@ -19,6 +19,7 @@
 package edgeclient
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -106,6 +107,10 @@ type Config struct {
 	// acknowledged at once, so the delay never stalls the server. Zero
 	// means DefaultAckDelay.
 	AckDelay time.Duration
+	// EventBuffer is how many events ReportEvent keeps waiting while the
+	// node is offline (the oldest are dropped beyond it); default
+	// DefaultEventBuffer.
+	EventBuffer int
 	// MaxRecvMessageBytes bounds one message from the server; default 16 MiB.
 	MaxRecvMessageBytes int
 	// DialOptions are added to the client's own (for example keepalive).
@@ -181,6 +186,11 @@ type State struct {
 	DeletesReceived uint64
 	// Nacks counts objects the client refused.
 	Nacks uint64
+	// EventsDropped counts events ReportEvent dropped because the buffer
+	// was full (oldest first); EventsRefused those the server refused
+	// (for example over the node's event budget).
+	EventsDropped uint64
+	EventsRefused uint64
 	// LastSyncSent and LastSyncDeleted are the counts the server gave in
 	// the last SyncComplete.
 	LastSyncSent    uint32
@@ -221,6 +231,7 @@ type Client struct {
 	reports   map[string]*Report // unanswered reports, latest per object
 	byID      map[uint64]*Report // the same reports by request id
 	lastID    uint64
+	events    eventQueue         // events waiting for the server (events.go)
 	wake      func()             // wakes the current stream's sender; nil when none
 	conn      *grpc.ClientConn   // the current stream's connection; nil when none
 	nodeStat  *corev1.NodeStatus // last reported node status, normalized
@@ -259,6 +270,7 @@ func New(cfg Config) (*Client, error) {
 		reports: make(map[string]*Report),
 		byID:    make(map[uint64]*Report),
 	}
+	c.events.limit = cmp.Or(max(cfg.EventBuffer, 0), DefaultEventBuffer)
 	if _, err := loadCAPool(cfg.CAFile); err != nil {
 		return nil, fmt.Errorf("edgeclient: %w", err)
 	}

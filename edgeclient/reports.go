@@ -117,6 +117,9 @@ func (c *Client) answer(res *edgesyncv1.StatusResult) {
 	}
 	c.mu.Unlock()
 	if r == nil {
+		if c.eventAnswered(res) {
+			return
+		}
 		c.log.Debug("status result for no pending report", zap.Uint64("request_id", res.GetRequestId()))
 		return
 	}

@@ -193,6 +193,7 @@ func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint)
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	c.log.Debug("sent hello", zap.Int("held_objects", len(refs)))
+	c.forgetSentEvents() // answers to a previous stream's events will not come
 
 	s := &session{c: c, gen: gen, endpoint: ep, stream: stream, wake: make(chan struct{}, 1), welcomeCh: make(chan struct{})}
 	s.tunnels = c.newTunnels(ctx, cc)
@@ -489,6 +490,7 @@ func (s *session) send(ctx context.Context) error {
 		ticker     *time.Ticker
 		ackTimer   = time.NewTimer(c.cfg.AckDelay)
 		ackDue     <-chan time.Time // ackTimer.C while an Ack waits
+		events     = rate.NewLimiter(eventRate, eventBurst)
 	)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
@@ -572,6 +574,15 @@ func (s *session) send(ctx context.Context) error {
 				return err
 			}
 			c.markSent(r, s.gen)
+		}
+		if retry == nil {
+			wait, err := s.sendEvents(events)
+			if err != nil {
+				return err
+			}
+			if wait > 0 {
+				retry = time.After(wait)
+			}
 		}
 	}
 }

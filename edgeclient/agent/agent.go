@@ -7,7 +7,9 @@
 // terminated once the cloud deletes it, and its volumes (ConfigMaps,
 // Secrets, ServiceAccount tokens, CA and namespace) are written as files
 // under <store>/pods/<uid> (see package volumes); each device reports online with its
-// desired values. It serves the Services the node holds to the node's
+// desired values. What the runtime does is reported as Kubernetes Events
+// (the node starting; containers pulled, created, started, killed;
+// devices online or offline). It serves the Services the node holds to the node's
 // applications when asked (ServicesConfig): a DNS server (package
 // servicedns) and an L4 proxy (package serviceproxy), both from the store,
 // so they keep working offline. Real container runtimes and device
@@ -150,6 +152,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	a.reportEvent(edgeclient.EventReport{Regarding: edgeclient.Key{Kind: edgesyncv1.Kind_KIND_NODE, Name: a.node},
+		Reason: "Starting", Note: "Starting edgesync-agent " + a.version})
 	log.Info("agent started", zap.String("node", a.node), zap.Int("held_objects", len(held)), zap.String("server", ccfg.Server), zap.Strings("servers", ccfg.Servers))
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -187,6 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
+	a.reportRuntimeEvents(ev)
 	a.servicesChanged(ev.Key)
 	switch {
 	case ev.Type == edgeclient.Deleted:
