@@ -161,7 +161,7 @@ type OwnershipConfig struct {
 	Replica string
 	Address string
 	// LeaseDuration of the replica Lease: how long the nodes of a replica
-	// that died wait before another may serve them. 30s when zero.
+	// that died wait before another may serve them. 15s when zero.
 	LeaseDuration time.Duration
 	// QPS and Burst bound ownership writes (one per node that changes
 	// replica, plus one replica Lease renewal per LeaseDuration/3); 200 and

@@ -163,7 +163,7 @@ func defaultConfig() Config {
 			LeaseDuration:      d(40 * time.Second),
 			LeaseRenewInterval: d(10 * time.Second),
 		},
-		Ownership: OwnershipConfig{LeaseDuration: d(30 * time.Second), QPS: 200, Burst: 400},
+		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 200, Burst: 400},
 		Bootstrap: BootstrapConfig{
 			Namespace:               "edgesync-system",
 			NodeCertificateLifetime: d(365 * 24 * time.Hour),

@@ -83,10 +83,6 @@ func (h *History) observe(typ watch.EventType, l *coordinationv1.Lease) {
 	if from == "" {
 		return // released before
 	}
-	if prev.Annotations[ownership.AnnotationWantedBy] == to {
-		h.handovers++ // the holder gave it after ending its session
-		return
-	}
 	st, known := h.replicas[from]
 	at := time.Now()
 	if l.Spec.AcquireTime != nil {
@@ -94,6 +90,10 @@ func (h *History) observe(typ watch.EventType, l *coordinationv1.Lease) {
 	}
 	if !known || st.deleted || !at.Before(st.renewed.Add(st.duration)) {
 		h.takeovers++ // its holder was gone
+		return
+	}
+	if prev.Annotations[ownership.AnnotationWantedBy] == to {
+		h.handovers++ // the live holder gave it, after ending its session
 		return
 	}
 	h.violations = append(h.violations, fmt.Sprintf("node record %s went from live replica %s (Lease valid until %s) to %s at %s without a handover",
