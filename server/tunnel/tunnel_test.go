@@ -241,3 +241,23 @@ func TestDialFailures(t *testing.T) {
 		<-again
 	})
 }
+
+// A tunnel through which nothing passes for IdleTimeout ends: the caller
+// reads EOF and the edge's stream ends.
+func TestIdleTunnelEnds(t *testing.T) {
+	w := newWorld(t, tunnel.Options{IdleTimeout: 100 * time.Millisecond})
+	res := w.dial(t.Context(), "node-a")
+	asked := <-w.opened
+	stream := openTunnel(t, w.edge(t, "node-a"), asked.id)
+	d := <-res
+	if d.err != nil {
+		t.Fatal(d.err)
+	}
+	defer d.conn.Close()
+	if got, err := io.ReadAll(d.conn); err != nil || len(got) != 0 {
+		t.Errorf("reading an idle tunnel: %q, %v; want EOF", got, err)
+	}
+	if _, err := stream.Recv(); err != nil && !errors.Is(err, io.EOF) {
+		t.Errorf("the idle tunnel's stream ended with %v, want OK", err)
+	}
+}

@@ -1,0 +1,137 @@
+package simkubelet_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/edgesync/edgesync/edgeclient/agent/simkubelet"
+)
+
+// held is what the node holds: one pod using a configmap volume and a
+// secret's keys as environment.
+type held struct{}
+
+var start = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func (held) Pod(ns, name string) (*corev1.Pod, error) {
+	if ns != "ns" || name != "web" {
+		return nil, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", UID: "uid-1"},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name: "web", Image: "nginx:1.27",
+				Env:          []corev1.EnvVar{{Name: "MODE", Value: "edge"}},
+				EnvFrom:      []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}}}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/web"}},
+			}},
+			Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{
+				ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}}}},
+		},
+		Status: corev1.PodStatus{StartTime: &metav1.Time{Time: start}},
+	}, nil
+}
+
+func (held) ConfigMap(ns, name string) (*corev1.ConfigMap, error) {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string]string{"greeting": "hello"}}, nil
+}
+
+func (held) Secret(ns, name string) (*corev1.Secret, error) {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"password": []byte("s3cret")}}, nil
+}
+
+func handler(t *testing.T, allowExec bool) http.Handler {
+	t.Helper()
+	return simkubelet.New(simkubelet.Config{
+		Node: "edge-1", Objects: held{}, AllowExec: allowExec, Dir: t.TempDir(),
+		Now: func() time.Time { return start.Add(5*time.Second + 500*time.Millisecond) },
+	})
+}
+
+func call(t *testing.T, h http.Handler, method, target string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, target, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+func TestLogs(t *testing.T) {
+	h := handler(t, false)
+	header := "started container web of pod ns/web (image nginx:1.27) on node edge-1\n" +
+		"env password (from secret creds, 6 bytes)\n" +
+		"env MODE=edge\n" +
+		"file /etc/web/greeting (5 bytes)\n"
+	ticks := "running for 1s\nrunning for 2s\nrunning for 3s\nrunning for 4s\nrunning for 5s\n"
+	for _, tc := range []struct {
+		name, query string
+		code        int
+		want        string
+	}{
+		{"everything", "", 200, header + ticks},
+		{"tail", "?tailLines=2", 200, "running for 4s\nrunning for 5s\n"},
+		{"tail zero", "?tailLines=0", 200, ""},
+		{"limitBytes", "?limitBytes=17", 200, "started container"},
+		{"sinceSeconds", "?sinceSeconds=2", 200, "running for 4s\nrunning for 5s\n"},
+		{"timestamps", "?tailLines=1&timestamps=true", 200, "2026-01-02T03:04:10Z running for 5s\n"},
+		{"previous", "?previous=true", 400, "previous terminated container \"web\" in pod \"web\" not found\n"},
+		{"bad tail", "?tailLines=x", 400, "tailLines must be a non-negative integer\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := call(t, h, http.MethodGet, "/containerLogs/ns/web/web"+tc.query)
+			if code != tc.code || body != tc.want {
+				t.Errorf("%d %q, want %d %q", code, body, tc.code, tc.want)
+			}
+		})
+	}
+	t.Run("secret values are not logged", func(t *testing.T) {
+		if _, body := call(t, h, http.MethodGet, "/containerLogs/ns/web/web"); strings.Contains(body, "s3cret") {
+			t.Errorf("the log shows the secret's value: %q", body)
+		}
+	})
+}
+
+func TestNotHere(t *testing.T) {
+	h := handler(t, true)
+	for target, want := range map[string]string{
+		"/containerLogs/ns/other/web":  "pod ns/other is not on node edge-1\n",
+		"/containerLogs/ns/web/nginx":  "container \"nginx\" not found in pod ns/web\n",
+		"/exec/ns/web/uid-2/web?cmd=x": "pod ns/web with uid uid-2 is not on node edge-1\n",
+	} {
+		if code, body := call(t, h, http.MethodGet, target); code != http.StatusNotFound || body != want {
+			t.Errorf("%s: %d %q, want 404 %q", target, code, body, want)
+		}
+	}
+}
+
+func TestRun(t *testing.T) {
+	t.Run("exec allowed", func(t *testing.T) {
+		h := handler(t, true)
+		for cmd, want := range map[string]string{
+			"cat+/etc/web/greeting": "hello",    // the configmap volume's file
+			"printenv+password":     "s3cret\n", // the container's environment
+			"printenv+MODE":         "edge\n",
+		} {
+			if code, body := call(t, h, http.MethodPost, "/run/ns/web/web?cmd="+cmd); code != 200 || body != want {
+				t.Errorf("run %s: %d %q, want %q", cmd, code, body, want)
+			}
+		}
+	})
+	t.Run("exec not allowed", func(t *testing.T) {
+		h := handler(t, false)
+		for _, target := range []string{"/run/ns/web/web?cmd=true", "/exec/ns/web/web?command=true&output=1"} {
+			code, body := call(t, h, http.MethodPost, target)
+			if code != http.StatusForbidden || !strings.Contains(body, "--allow-exec") {
+				t.Errorf("%s: %d %q, want 403 naming --allow-exec", target, code, body)
+			}
+		}
+	})
+}
