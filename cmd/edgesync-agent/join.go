@@ -5,9 +5,9 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/edgesync/edgesync/edgeclient"
-	"github.com/edgesync/edgesync/edgeclient/agent"
 )
 
 // newJoinCommand builds `edgesync-agent join`: the node gets its
@@ -48,8 +48,8 @@ Tokens and hashes come from ` + "`edgesync-server token create`.",
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Server, "server", "", "edgesync server address, host:port")
-	f.StringVar(&cfg.Token, "token", "", "bootstrap token, from `edgesync-server token create`")
-	f.StringVar(&cfg.CACertHash, "ca-cert-hash", "", "hash of the cluster's CA, sha256:<hex>, from `edgesync-server token create`")
+	f.StringVar(&cfg.Token, "token", "", "bootstrap token, as edgesync-server token create printed it")
+	f.StringVar(&cfg.CACertHash, "ca-cert-hash", "", "hash of the cluster's CA, sha256:<hex>, as edgesync-server token create printed it")
 	f.StringVar(&cfg.NodeName, "node", "", "node name to join as")
 	f.StringVar(&cfg.Dir, "dir", "", "directory for ca.crt, node.crt and node.key")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -59,43 +59,35 @@ Tokens and hashes come from ` + "`edgesync-server token create`.",
 	return cmd
 }
 
-// newRunCommand builds `edgesync-agent run`: the agent with the files join
-// wrote, renewing the certificate before it expires.
-func newRunCommand(version string) *cobra.Command {
-	var (
-		cfg      = agent.Config{Version: version}
-		c        = &cfg.Client
-		dir      string
-		logLevel string
-	)
+// newRunCommand builds `edgesync-agent run`: the root command's agent
+// with the files join wrote (--dir instead of --ca, --cert and --key),
+// renewing the certificate before it expires. It takes every other flag of
+// root, bound to the same variables, and runs root's RunE; call it once
+// root's flags are registered.
+func newRunCommand(root *cobra.Command, c *edgeclient.Config) *cobra.Command {
+	var dir string
 	cmd := &cobra.Command{
 		Use:   "run --server HOST:PORT --node NAME --dir DIR --store STORE",
 		Short: "Run the agent with the certificate `join` wrote into --dir, renewing it",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := newLogger(logLevel)
-			if err != nil {
-				return err
-			}
-			defer log.Sync() //nolint:errcheck // nothing to do about it at exit
+		RunE: func(cmd *cobra.Command, args []string) error {
 			c.CAFile = filepath.Join(dir, edgeclient.CAFileName)
 			c.CertFile = filepath.Join(dir, edgeclient.CertFileName)
 			c.KeyFile = filepath.Join(dir, edgeclient.KeyFileName)
 			c.RenewCertificates = true
-			c.Logger, cfg.Out = log, cmd.OutOrStdout()
-			return agent.Run(cmd.Context(), cfg)
+			return root.RunE(cmd, args)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&c.Server, "server", "", "edgesync server address, host:port")
-	f.StringVar(&c.NodeName, "node", "", "node name, as joined")
-	f.StringVar(&dir, "dir", "", "directory `join` wrote ca.crt, node.crt and node.key into (renewed certificates replace them)")
-	f.StringVar(&c.StoreDir, "store", "", "directory of the local object store")
-	f.StringToStringVar(&cfg.Labels, "labels", nil, "labels of the Node when it is registered, k=v,...")
-	f.DurationVar(&c.Backoff.Initial, "backoff-initial", 0, "cap of the first reconnect delay (default 500ms)")
-	f.DurationVar(&c.Backoff.Max, "backoff-max", 0, "cap of every reconnect delay (default 30s)")
-	f.DurationVar(&cfg.StatusInterval, "node-status-interval", agent.DefaultStatusInterval, "how often the node status is checked; it is sent only when it changed")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.Flags().VisitAll(func(f *pflag.Flag) {
+		switch f.Name {
+		case "ca", "cert", "key":
+			return
+		}
+		shared := *f
+		shared.Annotations = nil // root's required flags are not run's
+		cmd.Flags().AddFlag(&shared)
+	})
+	cmd.Flags().StringVar(&dir, "dir", "", "directory join wrote ca.crt, node.crt and node.key into (renewed certificates replace them)")
 	for _, name := range []string{"server", "node", "dir", "store"} {
 		_ = cmd.MarkFlagRequired(name)
 	}

@@ -100,7 +100,7 @@ func newRootCommand() *cobra.Command {
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)
 	}
-	root.AddCommand(newListCommand(), newJoinCommand(), newRunCommand(build.Version))
+	root.AddCommand(newListCommand(), newJoinCommand(), newRunCommand(root, c))
 	return root
 }
 
