@@ -6,6 +6,9 @@
 // Secrets, and Devices) to the agent, and carries the agent's reports
 // (node registration and status, heartbeats, pod and device status) until
 // the server answers them.
+// Requests that start in the cloud (kubectl logs, exec, attach,
+// port-forward) reach the node through tunnels the client opens when the
+// server asks, served by the agent's Config.TunnelHandler.
 //
 // The protocol it speaks is documented in api/edgesync/v1/sync.proto.
 //

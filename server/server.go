@@ -10,6 +10,10 @@
 // controllers implement feed.Admitter, a node they refuse gets no session;
 // Server implements feed.SessionEnder so that they can end one.
 //
+// OpenTunnel asks a node, on its session, to open a TunnelService stream;
+// Options.Tunnel serves those streams on the same port (package
+// server/tunnel, which carries kubectl logs/exec/port-forward to edges).
+//
 //	srv, err := server.New(opts)
 //	ctrls := controllers.New(..., srv)
 //	err = srv.Serve(ctx, lis, ctrls) // until ctx ends, then drains
