@@ -42,8 +42,9 @@ func (c chart) template(t *testing.T, namespace string, flags ...string) []unstr
 }
 
 // TestChartRenders checks what `helm install` would create, without a
-// cluster: helm lint passes; by default the CRDs and RBAC of deploy/, the server
-// Deployment spread over nodes with its PDB, both Services, the config and
+// cluster: helm lint passes; by default the CRDs and RBAC of deploy/, the
+// server Deployment spread over nodes with its PDB, both Services, the
+// config (replicas owning nodes through Leases in the namespace) and
 // a generated CA and serving certificate; a ServiceMonitor only where the
 // Prometheus operator is installed; no Secret when you bring your own.
 func TestChartRenders(t *testing.T) {
@@ -92,6 +93,16 @@ func TestChartRenders(t *testing.T) {
 			t.Error("the server's pod may run as root")
 		}
 	}
+	if len(byKind["ConfigMap"]) == 1 {
+		data, _, _ := unstructured.NestedString(byKind["ConfigMap"][0].Object, "data", "config.yaml")
+		var config struct{ Ownership struct{ Namespace string } }
+		if err := yaml.Unmarshal([]byte(data), &config); err != nil {
+			t.Fatal(err)
+		}
+		if config.Ownership.Namespace != "edgesync-system" {
+			t.Errorf("two replicas without node ownership (ownership.namespace %q): both would serve and write for the same node", config.Ownership.Namespace)
+		}
+	}
 	if len(byKind["Secret"]) == 1 {
 		data, _, _ := unstructured.NestedStringMap(byKind["Secret"][0].Object, "data")
 		for _, key := range []string{"ca.crt", "server.crt", "server.key"} {
@@ -132,21 +143,17 @@ func TestChartMatchesTheServer(t *testing.T) {
 	root := repo.Root(t)
 	objs := c.template(t, "edgesync-system")
 
-	var defaults, values map[string]any
+	var defaults map[string]any
 	if err := yaml.Unmarshal([]byte(run(t, nil, repo.Binary(t, "edgesync-server"), "--print-default-config")), &defaults); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range objs {
-		if o.GetKind() == "ConfigMap" {
-			data, _, _ := unstructured.NestedString(o.Object, "data", "config.yaml")
-			if err := yaml.Unmarshal([]byte(data), &values); err != nil {
-				t.Fatal(err)
-			}
-		}
+	var values struct{ Config map[string]any }
+	if err := yaml.Unmarshal([]byte(readFile(t, filepath.Join(c.dir, "values.yaml"))), &values); err != nil {
+		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(defaults, values) {
+	if !reflect.DeepEqual(defaults, values.Config) {
 		t.Errorf("the chart's config (values.yaml, config:) is not `edgesync-server --print-default-config`; copy it there:\nchart:\n%s\nserver:\n%s",
-			toYAML(t, values), toYAML(t, defaults))
+			toYAML(t, values.Config), toYAML(t, defaults))
 	}
 
 	want := rbacRules(t, decodeObjects(t, readFile(t, filepath.Join(root, "deploy", "rbac", "edgesync-server.yaml"))))

@@ -27,3 +27,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "edgesync.port" -}}
 {{- splitList ":" . | last -}}
 {{- end -}}
+
+{{/*
+The server's configuration file: config from the values, except that
+several replicas own nodes through Leases in the release's namespace
+(ownership.namespace, required with more than one replica) and the
+namespace of bootstrap's CA Secret is the release's unless set otherwise.
+*/}}
+{{- define "edgesync.config" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- if and (gt (int .Values.replicas) 1) (not $config.ownership.namespace) -}}
+{{- $_ := set $config.ownership "namespace" .Release.Namespace -}}
+{{- end -}}
+{{- if eq $config.bootstrap.namespace "edgesync-system" -}}
+{{- $_ := set $config.bootstrap "namespace" .Release.Namespace -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
