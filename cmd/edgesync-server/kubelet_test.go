@@ -1,0 +1,32 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// The kubelet endpoint's settings are checked before anything starts,
+// with the field and what to do named.
+func TestKubeletEndpointSettings(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no client CA", []string{"--kubelet-listen", "127.0.0.1:10250"}, []string{"kubelet.clientCAFile", "kubelet client certificate"}},
+		{"no address the apiserver can dial", []string{"--kubelet-listen", ":10250", "--kubelet-client-ca", "ca.crt"}, []string{"kubelet.advertiseAddress", "pod IP"}},
+		{"bad listen address", []string{"--kubelet-listen", "10250", "--kubelet-client-ca", "ca.crt"}, []string{"kubelet.listenAddress", "host:port"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := execute(t, append(tt.args, "--tls-ca", "x", "--tls-cert", "x", "--tls-key", "x", "--kubeconfig", "x")...)
+			if err == nil {
+				t.Fatal("bad kubelet settings accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
