@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -121,7 +123,8 @@ func openTunnel(t *testing.T, client edgesyncv1.TunnelServiceClient, id string) 
 }
 
 func TestTunnelCarriesBytesBothWays(t *testing.T) {
-	w := newWorld(t, tunnel.Options{})
+	reg := prometheus.NewRegistry()
+	w := newWorld(t, tunnel.Options{Registerer: reg})
 	res := w.dial(t.Context(), "node-a")
 	asked := <-w.opened
 	if asked.node != "node-a" {
@@ -160,12 +163,22 @@ func TestTunnelCarriesBytesBothWays(t *testing.T) {
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("after the edge closed its end, the stream ended with %v, want OK", err)
 	}
+	for name, want := range map[string]float64{
+		`edgesync_tunnel_bytes_total{direction="to_edge"}`:   40,
+		`edgesync_tunnel_bytes_total{direction="from_edge"}`: 17,
+		`edgesync_tunnels_opened_total`:                      1,
+	} {
+		if got := gathered(t, reg)[name]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
 }
 
 // A node's certificate cannot open the tunnel asked of another node: the
 // stream is refused and the tunnel still waits for its node.
 func TestTunnelIsBoundToItsNode(t *testing.T) {
-	w := newWorld(t, tunnel.Options{})
+	reg := prometheus.NewRegistry()
+	w := newWorld(t, tunnel.Options{Registerer: reg})
 	res := w.dial(t.Context(), "node-a")
 	asked := <-w.opened
 
@@ -192,6 +205,9 @@ func TestTunnelIsBoundToItsNode(t *testing.T) {
 	again := openTunnel(t, w.edge(t, "node-a"), asked.id)
 	if _, err := again.Recv(); status.Code(err) != codes.NotFound {
 		t.Errorf("opening a spent tunnel: %v, want NOT_FOUND", err)
+	}
+	if got := gathered(t, reg)[`edgesync_tunnel_errors_total{reason="refused"}`]; got != 2 {
+		t.Errorf("edgesync_tunnel_errors_total{reason=\"refused\"} = %v, want 2", got)
 	}
 }
 
@@ -260,4 +276,28 @@ func TestIdleTunnelEnds(t *testing.T) {
 	if _, err := stream.Recv(); err != nil && !errors.Is(err, io.EOF) {
 		t.Errorf("the idle tunnel's stream ended with %v, want OK", err)
 	}
+}
+
+// gathered flattens reg's counters and gauges into name{labels} -> value.
+func gathered(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			name := f.GetName()
+			if len(m.GetLabel()) > 0 {
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetName()+`="`+l.GetValue()+`"`)
+				}
+				name += "{" + strings.Join(labels, ",") + "}"
+			}
+			out[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return out
 }
