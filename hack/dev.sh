@@ -71,7 +71,6 @@ step "creating the dev PKI in .dev/pki"
 PKI=$DEV/pki
 rm -rf "$PKI"
 edgesync-server certs init --dir "$PKI" --hosts localhost,127.0.0.1
-for node in edge-1 edge-2; do edgesync-server certs node "$node" --dir "$PKI"; done
 edgesync-server certs admin dev-admin --dir "$PKI"
 
 step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT)"
@@ -79,6 +78,7 @@ edgesync-server \
   --listen "127.0.0.1:$GRPC_PORT" \
   --http-listen "127.0.0.1:$HTTP_PORT" \
   --tls-ca "$PKI/ca.crt" --tls-cert "$PKI/server.crt" --tls-key "$PKI/server.key" \
+  --bootstrap-ca-key "$PKI/ca.key" \
   --kubeconfig "$SERVER_KUBECONFIG" \
   --kubelet-listen "127.0.0.1:$KUBELET_PORT" --kubelet-client-ca "$DEV/cluster/pki/ca.crt" \
   --log-format console \
@@ -90,13 +90,29 @@ serving() {
 }
 wait_for "edgesync-server to report SERVING (its caches loaded)" 60 serving
 
+step "joining edge-1 and edge-2 with bootstrap tokens (no CA key on the edge side)"
+# join_node NODE: a single-use token bound to NODE from `token create`,
+# then the join it prints: the node checks the CA's hash, makes its key and
+# gets its certificate into .dev/pki-NODE.
+join_node() {
+  local node=$1 out token hash
+  out=$(edgesync-server token create --node "$node" --ttl 10m --single-use \
+    --ca "$PKI/ca.crt" --server "127.0.0.1:$GRPC_PORT" --dir "$DEV/pki-$node")
+  token=$(awk '/^token:/ {print $2}' <<<"$out")
+  hash=$(awk '/^ca-cert-hash:/ {print $2}' <<<"$out")
+  rm -rf "$DEV/pki-$node"
+  edgesync-agent join --server "127.0.0.1:$GRPC_PORT" --token "$token" --ca-cert-hash "$hash" \
+    --node "$node" --dir "$DEV/pki-$node" --log-level warn
+}
+join_node edge-1
+join_node edge-2
+
 step "starting edgesync-agent for edge-1 (its events follow) and edge-2"
 # start_agent NODE: an agent whose events go to .dev/agent-NODE.events
 # (edge-1's are also shown here) and its log to .dev/agent-NODE.log.
 start_agent() {
   local node=$1
-  local args=(--server "127.0.0.1:$GRPC_PORT" --node "$node"
-    --ca "$PKI/ca.crt" --cert "$PKI/node-$node.crt" --key "$PKI/node-$node.key"
+  local args=(run --server "127.0.0.1:$GRPC_PORT" --node "$node" --dir "$DEV/pki-$node"
     --store "$DEV/$node" --allow-exec)
   if [ "$node" = edge-1 ]; then
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
@@ -143,10 +159,10 @@ cat <<TXT
   # logs and exec reach the edge through edgesync (kubelet API on :$KUBELET_PORT, tunnels to the agents)
   kubectl -n demo logs deploy/web
   kubectl -n demo exec deploy/web -- cat /etc/web/greeting   # the configmap's value, read on the edge
-  # a third edge node:
-  edgesync-server certs node edge-3 --dir \$EDGESYNC_PKI_DIR
-  edgesync-agent --server \$EDGESYNC_ADDR --node edge-3 --ca \$EDGESYNC_CA \\
-    --cert \$EDGESYNC_PKI_DIR/node-edge-3.crt --key \$EDGESYNC_PKI_DIR/node-edge-3.key --store .dev/edge-3
+  # a third edge node joins with a token: token create prints the join command to run
+  edgesync-server token create --node edge-3 --single-use --ca \$EDGESYNC_CA --server \$EDGESYNC_ADDR --dir .dev/pki-edge-3
+  edgesync-agent join --server \$EDGESYNC_ADDR --token TOKEN --ca-cert-hash sha256:HASH --node edge-3 --dir .dev/pki-edge-3
+  edgesync-agent run --server \$EDGESYNC_ADDR --node edge-3 --dir .dev/pki-edge-3 --store .dev/edge-3
 
 Logs: .dev/devcluster.log .dev/cluster/*.log .dev/server.log .dev/agent-edge-*.log (events: .dev/agent-edge-*.events). Ctrl-C stops everything.
 TXT
