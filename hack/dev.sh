@@ -9,6 +9,7 @@ DEV=$ROOT/.dev
 GRPC_PORT=${EDGESYNC_DEV_GRPC_PORT:-9443}
 HTTP_PORT=${EDGESYNC_DEV_HTTP_PORT:-9090}
 KUBELET_PORT=${EDGESYNC_DEV_KUBELET_PORT:-10250}
+DNS_PORT=${EDGESYNC_DEV_DNS_PORT:-10053}
 export PATH=$BIN:$PATH
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -115,6 +116,8 @@ start_agent() {
   local args=(run --server "127.0.0.1:$GRPC_PORT" --node "$node" --dir "$DEV/pki-$node"
     --store "$DEV/$node" --allow-exec)
   if [ "$node" = edge-1 ]; then
+    # DNS and a TCP proxy for the Services meant for edges, from its store.
+    args+=(--dns-address "127.0.0.1:$DNS_PORT" --proxy-cidr 127.100.0.0/16)
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
   else
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" >"$DEV/agent-$node.events" &
@@ -125,7 +128,7 @@ start_agent edge-1
 start_agent edge-2
 wait_for "nodes edge-1 and edge-2 to register" 60 kubectl get node edge-1 edge-2
 
-step "creating the demo: a Deployment and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
+step "creating the demo: a Deployment (with a Service meant for edges) and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
 kubectl apply -f "$ROOT/deploy/demo/demo.yaml" >/dev/null
 # Scheduled by kube-scheduler, run and reported by the agents: nothing
 # but the edges' reports makes the Deployment available.
@@ -156,6 +159,9 @@ cat <<TXT
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR list
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
   kubectl -n demo scale deploy web --replicas=4     # the scheduler spreads them over edge-1 and edge-2
+  # edge-1's agent answers DNS for the Services meant for edges, from its store (also offline)
+  dig @127.0.0.1 -p $DNS_PORT +short web.demo.svc.cluster.local      # edge-1's proxy address for demo/web
+  dig @127.0.0.1 -p $DNS_PORT +short SRV _http._tcp.web.demo.svc.cluster.local
   # logs and exec reach the edge through edgesync (kubelet API on :$KUBELET_PORT, tunnels to the agents)
   kubectl -n demo logs deploy/web
   kubectl -n demo exec deploy/web -- cat /etc/web/greeting   # the configmap's value, read on the edge
