@@ -301,6 +301,8 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		g.Go(func() error { return kubelet.run(gctx, kube, cfg.ServerID) })
 	}
 	start := time.Now()
+	build := version.Get()
+	log.Info("serving", zap.String("version", build.Version), zap.String("commit", build.Commit), zap.String("serverID", cfg.ServerID))
 	err = g.Wait()
 	log.Info("exiting", zap.Duration("uptime", time.Since(start)), zap.Error(err))
 	return err

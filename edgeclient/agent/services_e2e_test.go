@@ -85,6 +85,7 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 	certFile, keyFile := env.NodeCert(t, node)
 	dnsAddr := make(chan string, 1)
 	clients := make(chan *edgeclient.Client, 1)
+	out := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -93,7 +94,7 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 				Server: env.Addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
 				NodeName: node, StoreDir: t.TempDir(), Logger: log,
 			},
-			Version: "e2e", Out: &syncBuffer{},
+			Version: "e2e", Out: out,
 			Services: ServicesConfig{
 				DNS:       servicedns.Config{Addr: "127.0.0.1:0"},
 				ProxyCIDR: "127.100.0.0/16",
@@ -163,6 +164,17 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 		conn.Close()
 	}
 	check("online")
+	// The agent prints each as it arrives (just after storing it), naming
+	// its kind.
+	for _, want := range []string{"Service   " + ns + "/web rv=", "EndpointSlice " + ns + "/web-1 rv=", "service=web endpoints=192.0.2.10,192.0.2.11"} {
+		for !strings.Contains(out.String(), want) {
+			select {
+			case <-wctx.Done():
+				t.Fatalf("the agent printed no line with %q:\n%s", want, out.String())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 
 	env.Stop()
 	if _, err := c.WaitFor(wctx, func(s edgeclient.State) bool { return !s.Connected }); err != nil {
