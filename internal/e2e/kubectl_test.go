@@ -22,6 +22,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/controllers"
@@ -455,4 +457,44 @@ func TestKubectlFollowsTheNodeToAnotherReplica(t *testing.T) {
 		}
 		return nil
 	}, agent.proc, serverB)
+}
+
+// TestKubeletEndpointCarriesWebSocket calls the kubelet endpoint directly,
+// as the apiserver's kubelet client, with a WebSocket exec (the apiserver
+// itself talks SPDY to kubelets, as TestKubectlReachesEdgePods shows): the
+// upgrade passes through the tunnel to the agent's streaming server
+// unchanged.
+func TestKubeletEndpointCarriesWebSocket(t *testing.T) {
+	in := installWithKubelet(t)
+	client := testcluster.Client(t)
+	ns, pod, agent := edgePod(t, in, client, "--allow-exec")
+	n, err := client.CoreV1().Nodes().Get(t.Context(), agent.node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkiDir := os.Getenv("EDGESYNC_TEST_DEVCLUSTER_PKI")
+	cfg := &rest.Config{
+		Host: fmt.Sprintf("https://%s:%d", n.Status.Addresses[0].Address, n.Status.DaemonEndpoints.KubeletEndpoint.Port),
+		TLSClientConfig: rest.TLSClientConfig{
+			Insecure: true, // the apiserver does not verify kubelets by default either
+			CertFile: filepath.Join(pkiDir, "apiserver-kubelet-client.crt"),
+			KeyFile:  filepath.Join(pkiDir, "apiserver-kubelet-client.key"),
+		},
+	}
+	url := cfg.Host + "/exec/" + ns + "/" + pod.Name + "/web?command=cat&command=/etc/web/greeting&output=1&error=1"
+	// The kubelet's streaming server speaks channel.k8s.io up to v4 over
+	// WebSocket (v5 is the apiserver's).
+	exec, err := remotecommand.NewWebSocketExecutorForProtocols(cfg, http.MethodGet, url, "v4.channel.k8s.io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr strings.Builder
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
+		t.Fatalf("WebSocket exec: %v (stderr %q)", err, stderr.String())
+	}
+	if stdout.String() != "hello" {
+		t.Errorf("WebSocket exec printed %q, want %q", stdout.String(), "hello")
+	}
 }
