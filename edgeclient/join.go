@@ -107,7 +107,7 @@ func Join(ctx context.Context, cfg JoinConfig) (*Joined, error) {
 		return nil, err
 	}
 
-	// 3. The certificate, over TLS verified against the pinned CA.
+	// 3. The certificate, over TLS verified against the pinned CA alone.
 	cc, err := grpc.NewClient(cfg.Server, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool})),
 	}, cfg.DialOptions...)...)
@@ -135,9 +135,11 @@ func Join(ctx context.Context, cfg JoinConfig) (*Joined, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
+	// The bundle as the verified server sent it (with a CA being rotated
+	// in, more than the pinned one).
 	caPEM := resp.GetCaBundlePem()
-	if len(caPEM) == 0 {
-		caPEM = bundle
+	if _, err := pinnedPool(caPEM, pinned); err != nil {
+		return nil, err
 	}
 	if err := writeFileAtomic(j.CAFile, caPEM); err != nil {
 		return nil, err
@@ -175,8 +177,10 @@ func fetchCA(ctx context.Context, cfg JoinConfig) ([]byte, error) {
 	return resp.GetCaBundlePem(), nil
 }
 
-// pinnedPool returns the bundle as a pool if one of its certificates has
-// the pinned hash.
+// pinnedPool returns a pool of the bundle's certificates that have the
+// pinned hash: only they may vouch for the server. (The rest of the bundle
+// came over an unverified connection; the node takes the bundle from the
+// verified answer to IssueCertificate.)
 func pinnedPool(bundle, pinned []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	var hashes []string
@@ -195,8 +199,8 @@ func pinnedPool(bundle, pinned []byte) (*x509.CertPool, error) {
 		hashes = append(hashes, "sha256:"+hex.EncodeToString(sum[:]))
 		if string(sum[:]) == string(pinned) {
 			match = true
+			pool.AddCert(cert)
 		}
-		pool.AddCert(cert)
 	}
 	if !match {
 		return nil, fmt.Errorf("join: %w: the server offers %s, the pin is sha256:%s; check the address, or the hash `edgesync-server token create` printed (no token was sent)",
