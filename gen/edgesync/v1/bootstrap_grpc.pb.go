@@ -47,11 +47,12 @@ const (
 // (edgeclient.Join) proceeds in this order, and other clients should too:
 //
 //  1. Dial without verifying the server, call GetCACertificate.
-//  2. Check that one certificate of the returned bundle has the pinned hash
-//     and that the server's certificate chains to the bundle; refuse
-//     otherwise. The token has not been sent.
+//  2. Check that a certificate of the returned bundle has the pinned hash;
+//     refuse otherwise. The token has not been sent.
 //  3. Generate a private key locally (it never leaves the node), dial again
-//     verifying the server against the bundle, and call IssueCertificate.
+//     verifying the server against the pinned CA certificate alone (not the
+//     rest of the bundle, which came unverified), and call IssueCertificate.
+//     Keep the bundle of its answer as the node's CA file.
 //
 // # Tokens
 //
@@ -157,11 +158,12 @@ func (c *bootstrapServiceClient) RenewCertificate(ctx context.Context, in *Renew
 // (edgeclient.Join) proceeds in this order, and other clients should too:
 //
 //  1. Dial without verifying the server, call GetCACertificate.
-//  2. Check that one certificate of the returned bundle has the pinned hash
-//     and that the server's certificate chains to the bundle; refuse
-//     otherwise. The token has not been sent.
+//  2. Check that a certificate of the returned bundle has the pinned hash;
+//     refuse otherwise. The token has not been sent.
 //  3. Generate a private key locally (it never leaves the node), dial again
-//     verifying the server against the bundle, and call IssueCertificate.
+//     verifying the server against the pinned CA certificate alone (not the
+//     rest of the bundle, which came unverified), and call IssueCertificate.
+//     Keep the bundle of its answer as the node's CA file.
 //
 // # Tokens
 //
