@@ -14,6 +14,12 @@
 // Options.Tunnel serves those streams on the same port (package
 // server/tunnel, which carries kubectl logs/exec/port-forward to edges).
 //
+// Options.Bootstrap serves BootstrapService on the same port (package
+// server/bootstrap: nodes join with a token and renew their certificates).
+// Its joining calls are the only ones answered without a client
+// certificate. The TLS files are re-read when they change (package
+// server/certreload), so replacing them drops no session.
+//
 //	srv, err := server.New(opts)
 //	ctrls := controllers.New(..., srv)
 //	err = srv.Serve(ctx, lis, ctrls) // until ctx ends, then drains
