@@ -23,14 +23,15 @@ const tunnelChunk = 32 << 10
 // as one connection, to an HTTP server running Config.TunnelHandler (see
 // api/edgesync/v1/tunnel.proto).
 type tunnels struct {
-	log    *zap.Logger
-	client edgesyncv1.TunnelServiceClient
-	ctx    context.Context
-	cancel context.CancelFunc
-	lis    *pipeListener
-	http   *http.Server
-	served chan struct{} // closed when http.Serve returns
-	wg     sync.WaitGroup
+	log     *zap.Logger
+	client  edgesyncv1.TunnelServiceClient
+	ctx     context.Context
+	cancel  context.CancelFunc
+	lis     *pipeListener
+	http    *http.Server
+	served  chan struct{} // closed when http.Serve returns
+	started bool          // http.Serve runs
+	wg      sync.WaitGroup
 }
 
 // noHandler answers every tunneled request of an agent without a
@@ -54,23 +55,30 @@ func (c *Client) newTunnels(ctx context.Context, cc grpc.ClientConnInterface) *t
 	t.http = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: zap.NewStdLog(t.log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
 	// One request per tunnel: answers carry "Connection: close".
 	t.http.SetKeepAlivesEnabled(false)
-	go func() {
-		defer close(t.served)
-		_ = t.http.Serve(t.lis)
-	}()
 	return t
 }
 
 // close ends every tunnel and waits for them.
 func (t *tunnels) close() {
 	t.cancel()
-	_ = t.http.Close()
-	<-t.served
+	if t.started {
+		_ = t.http.Close()
+		<-t.served
+	}
 	t.wg.Wait()
 }
 
-// open opens the tunnel id in the background.
+// open opens the tunnel id in the background. The HTTP server starts at
+// the session's first tunnel, so that sessions without any cost nothing.
+// open and close are called from one goroutine at a time.
 func (t *tunnels) open(id string) {
+	if !t.started {
+		t.started = true
+		go func() {
+			defer close(t.served)
+			_ = t.http.Serve(t.lis)
+		}()
+	}
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
