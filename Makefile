@@ -192,6 +192,26 @@ test: tools lint check-generate build image helm devcluster apt-deps generate-py
 	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
+# Every parser of bytes from outside, fuzzed (Go native fuzzing). `make test`
+# runs their seed corpora (the f.Add seeds and testdata/fuzz) as ordinary
+# tests; `make fuzz` explores each for FUZZTIME. A crash is written to the
+# package's testdata/fuzz/<target>: fix it and keep the file.
+FUZZTIME ?= 5m
+FUZZ_TARGETS := \
+	FuzzSyncRequest:./server \
+	FuzzCodec:./server/frame \
+	FuzzParseCA:./server/pki \
+	FuzzParseNodeCSR:./server/pki \
+	FuzzSyncResponse:./edgeclient \
+	FuzzLoadConfig:./cmd/edgesync-server
+
+.PHONY: fuzz
+fuzz: ## Fuzz every parser of outside bytes for FUZZTIME each (default 5m).
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== $${t%%:*} ($${t#*:}) for $(FUZZTIME)"; \
+	  go test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:}; \
+	done
+
 .PHONY: dev
 dev: tools build devcluster ## Run the whole product end to end until Ctrl-C.
 	@hack/dev.sh

@@ -224,6 +224,9 @@ func (s *session) recvLoop() {
 	defer s.srv.wg.Done()
 	first := new(edgesyncv1.SyncRequest)
 	err := s.stream.RecvMsg(first)
+	if err == nil {
+		err = decodeError(first)
+	}
 	if err != nil {
 		s.end(recvError(err))
 		return
@@ -247,7 +250,11 @@ func (s *session) recvLoop() {
 	}
 	for {
 		req := new(edgesyncv1.SyncRequest)
-		if err := s.stream.RecvMsg(req); err != nil {
+		err := s.stream.RecvMsg(req)
+		if err == nil {
+			err = decodeError(req)
+		}
+		if err != nil {
 			s.end(recvError(err))
 			return
 		}
@@ -267,6 +274,16 @@ func recvError(err error) error {
 		return errEdgeClosed
 	}
 	return err
+}
+
+// decodeError is the status for a message that did not decode (package
+// frame keeps it from gRPC, which would answer INTERNAL; found by
+// FuzzSyncRequest), nil for one that did.
+func decodeError(req *edgesyncv1.SyncRequest) error {
+	if err := frame.DecodeError(req); err != nil {
+		return status.Errorf(codes.InvalidArgument, "the message is not a valid edgesync.v1.SyncRequest (%v); encode it with the protobuf definitions in api/edgesync/v1", err)
+	}
+	return nil
 }
 
 func checkHello(req *edgesyncv1.SyncRequest, certNode string) (*edgesyncv1.Hello, error) {

@@ -7,10 +7,15 @@
 package frame
 
 import (
+	"sync"
+
 	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/encoding/proto"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
 // Frame is one SyncResponse: Sequence followed by Payload, an encoded
@@ -29,7 +34,7 @@ type Codec struct {
 
 // NewCodec returns the codec.
 func NewCodec() *Codec {
-	return &Codec{proto: encoding.GetCodecV2(proto.Name)}
+	return &Codec{proto: encoding.GetCodecV2(grpcproto.Name)}
 }
 
 // Marshal encodes v. The payload of a *Frame is shared, not copied: it must
@@ -45,10 +50,35 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(hdr), mem.SliceBuffer(f.Payload)}, nil
 }
 
-// Unmarshal decodes with the proto codec.
+// Unmarshal decodes with the proto codec. A SyncRequest that does not
+// decode is returned empty, without an error: DecodeError tells why.
 func (c *Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	return c.proto.Unmarshal(data, v)
+	err := c.proto.Unmarshal(data, v)
+	if req, ok := v.(*edgesyncv1.SyncRequest); ok && err != nil {
+		proto.Reset(req)
+		undecodable.Store(req, err)
+		return nil
+	}
+	return err
+}
+
+// undecodable holds, by message, why a received SyncRequest did not decode,
+// until DecodeError takes it.
+var undecodable sync.Map // *edgesyncv1.SyncRequest -> error
+
+// DecodeError returns why req, received through the codec, did not decode
+// (nil when it did), and forgets it. Call it once after every receive. The
+// reason: grpc-go answers a message its codec cannot decode with INTERNAL
+// and ends the stream before the handler can say anything, although bad
+// bytes from an edge are the edge's mistake (INVALID_ARGUMENT, with what was
+// wrong).
+func DecodeError(req *edgesyncv1.SyncRequest) error {
+	err, ok := undecodable.LoadAndDelete(req)
+	if !ok {
+		return nil
+	}
+	return err.(error)
 }
 
 // Name is "proto": on the wire a Frame is an ordinary protobuf message.
-func (c *Codec) Name() string { return proto.Name }
+func (c *Codec) Name() string { return grpcproto.Name }
