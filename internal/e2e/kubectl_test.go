@@ -382,7 +382,14 @@ func TestExecToDisconnectedNodeFails(t *testing.T) {
 	ns, pod, agent := edgePod(t, in, client, "--allow-exec")
 	in.mustKubectl(t, "-n", ns, "exec", pod.Name, "--", "true")
 	agent.proc.stop(t)
-	// The server notices at once: the agent's stream ended with its process.
+	// The agent closed its stream as it stopped; the server forgets the
+	// session at once.
+	eventually(t, 30*time.Second, "the server to forget the session of "+agent.node, func() error {
+		if out := in.grpcurl(t, "edgesync.v1.AdminService/ListSessions"); strings.Contains(out, agent.node) {
+			return fmt.Errorf("ListSessions still shows %s", agent.node)
+		}
+		return nil
+	}, in.server)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	for _, args := range [][]string{
