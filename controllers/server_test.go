@@ -128,6 +128,8 @@ func (e *edge) apply(msg *edgesyncv1.SyncResponse) {
 		kind, typ, meta = edgesyncv1.Kind_KIND_SERVICE, m.ServiceEvent.GetType(), m.ServiceEvent.GetService().GetMetadata()
 	case *edgesyncv1.SyncResponse_EndpointSliceEvent:
 		kind, typ, meta = edgesyncv1.Kind_KIND_ENDPOINT_SLICE, m.EndpointSliceEvent.GetType(), m.EndpointSliceEvent.GetEndpointSlice().GetMetadata()
+	case *edgesyncv1.SyncResponse_TokenEvent:
+		kind, typ, meta = edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, m.TokenEvent.GetType(), m.TokenEvent.GetToken().GetMetadata()
 	default:
 		return
 	}
@@ -183,6 +185,8 @@ func (e *edge) ref(key feed.Key) *edgesyncv1.ObjectRef {
 		meta = m.DeviceEvent.GetDevice().GetMetadata()
 	case *edgesyncv1.SyncResponse_NodeEvent:
 		meta = m.NodeEvent.GetNode().GetMetadata()
+	case *edgesyncv1.SyncResponse_TokenEvent:
+		meta = m.TokenEvent.GetToken().GetMetadata()
 	}
 	return &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()}
 }
@@ -368,7 +372,8 @@ func TestThroughServerResumeSendsOnlyTheDifference(t *testing.T) {
 	node1 := edgeNode(t, client, "edge-1")
 	_, env := startWithServer(t, controllers.Config{})
 	createConfig(t, client, ns, "app")
-	if _, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("web", node1, "app", "app"), metav1.CreateOptions{}); err != nil {
+	pod, err := client.CoreV1().Pods(ns).Create(t.Context(), podUsing("web", node1, "app", "app"), metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := dyn.Resource(devicesync.DeviceModels).Namespace(ns).Create(t.Context(), object(t, modelYAML), metav1.CreateOptions{}); err != nil {
@@ -387,6 +392,8 @@ func TestThroughServerResumeSendsOnlyTheDifference(t *testing.T) {
 	first.waitHeld(podKey(ns, "web"))
 	first.waitHeld(configMapKey(ns, "app"))
 	first.waitHeld(secretKey(ns, "app"))
+	// The pod's token: an edge that holds it is not sent it again.
+	first.waitHeld(apiAccessKey(t, pod))
 	firstNode := first.waitHeld(nodeKey(node1))
 	first.close()
 	// The edge lists everything it holds but the secret, and a secret it

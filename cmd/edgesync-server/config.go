@@ -97,6 +97,14 @@ type KubernetesConfig struct {
 	// below LeaseQPS.
 	LeaseQPS   float32 `json:"leaseQPS"`
 	LeaseBurst int     `json:"leaseBurst"`
+	// TokenQPS and TokenBurst bound TokenRequests for the ServiceAccount
+	// tokens of pods on edge nodes; EventQPS and EventBurst the writes of
+	// the events edges report. Each has a client of its own, so neither
+	// can delay status writes.
+	TokenQPS   float32 `json:"tokenQPS"`
+	TokenBurst int     `json:"tokenBurst"`
+	EventQPS   float32 `json:"eventQPS"`
+	EventBurst int     `json:"eventBurst"`
 }
 
 // ControllersConfig tunes the Kubernetes controllers.
@@ -109,6 +117,10 @@ type ControllersConfig struct {
 	LeaseRenewInterval metav1.Duration `json:"leaseRenewInterval"`
 	ResyncPeriod       metav1.Duration `json:"resyncPeriod"`
 	DisableDevices     bool            `json:"disableDevices"`
+	// NodeEventRate and NodeEventBurst are each node's budget of events
+	// (per second, and bursts); events beyond it are dropped and counted.
+	NodeEventRate  float64 `json:"nodeEventRate"`
+	NodeEventBurst int     `json:"nodeEventBurst"`
 }
 
 // OwnershipConfig makes replicas own nodes through Leases in Namespace, so
@@ -156,12 +168,15 @@ func defaultConfig() Config {
 		HelloTimeout:      d(30 * time.Second),
 		DrainTimeout:      d(10 * time.Second),
 		Keepalive:         KeepaliveConfig{Time: d(5 * time.Minute), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
-		Kubernetes:        KubernetesConfig{QPS: 50, Burst: 100, LeaseQPS: 500, LeaseBurst: 1000},
+		Kubernetes: KubernetesConfig{QPS: 50, Burst: 100, LeaseQPS: 500, LeaseBurst: 1000,
+			TokenQPS: 50, TokenBurst: 100, EventQPS: 20, EventBurst: 50},
 		Controllers: ControllersConfig{
 			EdgeLabel:          "node-role.kubernetes.io/edge",
 			Workers:            4,
 			LeaseDuration:      d(40 * time.Second),
 			LeaseRenewInterval: d(10 * time.Second),
+			NodeEventRate:      5,
+			NodeEventBurst:     50,
 		},
 		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 200, Burst: 400},
 		Bootstrap: BootstrapConfig{

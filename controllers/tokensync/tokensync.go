@@ -333,6 +333,8 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 			continue
 		}
 		c.issued.Inc()
+		c.log.Debug("token issued", zap.String("pod", key), zap.String("volume", s.volume), zap.String("path", s.path),
+			zap.String("version", t.obj.ResourceVersion), zap.Time("refresh_at", t.refreshAt))
 		c.mu.Lock()
 		if c.held[key] == cur && c.active[node] {
 			cur.tokens[t.obj.Key] = t

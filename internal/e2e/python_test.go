@@ -21,7 +21,8 @@ import (
 // TestPythonEdgeClient proves the protos are all another language needs: an
 // edge written in Python with only the generated client dials over mTLS as
 // its own node, completes Hello, receives a typed PodEvent for a pod bound to
-// it, and the NodeStatus it sends shows up in the apiserver.
+// it and that pod's ServiceAccount token (a TokenEvent), and the NodeStatus
+// it sends shows up in the apiserver.
 func TestPythonEdgeClient(t *testing.T) {
 	in := install(t)
 	client := testcluster.Client(t)
@@ -71,6 +72,8 @@ func TestPythonEdgeClient(t *testing.T) {
 		t.Fatalf("python client output lacks %q:\n%s", want, stdout.String())
 	}
 	for _, want := range []string{
+		// The pod's ServiceAccount token, in its kube-api-access volume.
+		fmt.Sprintf("token_event EVENT_TYPE_APPLY %s/sensor-reader/kube-api-access-", ns),
 		fmt.Sprintf("service_event EVENT_TYPE_APPLY %s/broker clusterIP=", ns),
 		fmt.Sprintf("endpoint_slice_event EVENT_TYPE_APPLY %s/broker-1 service=broker endpoints=192.0.2.30", ns),
 	} {

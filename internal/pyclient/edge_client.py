@@ -3,7 +3,8 @@ client (`make generate-python`): it dials over mTLS as its own node, says
 Hello, registers the node, waits for a typed PodEvent for the pod it is told
 about, then reports a NodeStatus and waits for the server's answer. Given a
 SERVICE, it also waits for that Service (in NAMESPACE) and an EndpointSlice
-of it, printing both.
+of it, printing both. It also waits for a ServiceAccount token of the pod
+(TokenEvent), printing where the pod mounts it but never the token.
 
 Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION [SERVICE]
 Exit code 0 when every step succeeded; the steps are printed on stdout.
@@ -22,6 +23,7 @@ def main():
     addr, ca, cert, key, node, namespace, pod_name, kubelet_version = sys.argv[1:9]
     service_name = sys.argv[9] if len(sys.argv) > 9 else ""
     saw_service = not service_name
+    saw_token = False
     with open(ca, "rb") as f:
         ca_pem = f.read()
     with open(cert, "rb") as f:
@@ -83,6 +85,15 @@ def main():
                 # A slice follows its Service on the stream.
                 if eps.metadata.namespace == namespace and eps.metadata.labels["kubernetes.io/service-name"] == service_name:
                     saw_service = True
+            elif kind == "token_event":
+                tok = response.token_event.token
+                print(f"token_event {sync_pb2.EventType.Name(response.token_event.type)} "
+                      f"{tok.metadata.namespace}/{tok.metadata.name} pod={tok.pod_name} volume={tok.volume_name} "
+                      f"path={tok.path} serviceAccount={tok.service_account_name} "
+                      f"audience={tok.audience or '(api server)'} bytes={len(tok.token)} "
+                      f"expires={tok.expiration_time.seconds}", flush=True)
+                if tok.metadata.namespace == namespace and tok.pod_name == pod_name and tok.token:
+                    saw_token = True
             elif kind == "status_result":
                 result = response.status_result
                 answered[result.request_id] = result
@@ -96,7 +107,7 @@ def main():
             elif kind == "sync_complete":
                 print(f"sync_complete sent={response.sync_complete.objects_sent}", flush=True)
             outbox.put(sync_pb2.SyncRequest(ack=sync_pb2.Ack(sequence=response.sequence)))
-            if sent_status_accepted and saw_service:
+            if sent_status_accepted and saw_service and saw_token:
                 return 0
     except grpc.RpcError as err:
         print(f"stream ended: {err.code().name}: {err.details()}", file=sys.stderr)
