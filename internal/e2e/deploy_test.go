@@ -16,6 +16,7 @@ func TestDeployManifestsAreAccepted(t *testing.T) {
 		"-f", filepath.Join(in.root, "deploy", "server"))
 	for _, want := range []string{
 		"deployment.apps/edgesync-server", "service/edgesync-server", "configmap/edgesync-server",
+		"poddisruptionbudget.policy/edgesync-server",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry run did not accept %s:\n%s", want, out)

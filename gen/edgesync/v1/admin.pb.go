@@ -27,7 +27,7 @@ type Session struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	NodeName  string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	SessionId string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	// server_id names the replica holding the session.
+	// server_id names the replica holding the session (the node's owner).
 	ServerId string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
 	// peer_address is the edge's remote address as the server sees it.
 	PeerAddress   string                 `protobuf:"bytes,4,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`

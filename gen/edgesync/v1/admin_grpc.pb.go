@@ -29,22 +29,33 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService lets operators inspect and steer the sessions of one server
-// replica, for example with grpcurl. It requires a client certificate whose
-// subject organization is "edgesync:admins"; node certificates are refused
-// with PERMISSION_DENIED.
+// AdminService lets operators inspect and steer edge sessions, for example
+// with grpcurl. It requires a client certificate whose subject organization
+// is "edgesync:admins"; node certificates are refused with
+// PERMISSION_DENIED.
+//
+// With several replicas (node ownership on), any replica answers for the
+// whole deployment: it knows which replica owns each node from the
+// ownership records in the API server. Sessions of other replicas are
+// described by node_name and server_id only; ask the owning replica for the
+// rest.
 type AdminServiceClient interface {
-	// ListSessions lists the sessions connected to this replica, ordered by
-	// node name.
+	// ListSessions lists the sessions connected to this replica in full and,
+	// with several replicas, every node owned by another replica (node_name
+	// and server_id), ordered by node name.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
-	// GetSession describes the session of one node. NOT_FOUND when the node is
-	// not connected to this replica.
+	// GetSession describes the session of one node: in full when it is
+	// connected to this replica, else its node_name and server_id (the
+	// replica owning it). NOT_FOUND when no replica owns the node.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 	// ResyncNode compares what the node should hold with what it acknowledged
-	// and queues the difference, as on a reconnect.
+	// and queues the difference, as on a reconnect. FAILED_PRECONDITION, naming
+	// the replica, when another replica owns the node.
 	ResyncNode(ctx context.Context, in *ResyncNodeRequest, opts ...grpc.CallOption) (*ResyncNodeResponse, error)
 	// DisconnectNode ends the node's stream with UNAVAILABLE and the given
-	// reason; the edge reconnects by itself.
+	// reason; the edge reconnects by itself. A node owned by another replica is
+	// released (its ownership record cleared), which makes that replica end
+	// the stream.
 	DisconnectNode(ctx context.Context, in *DisconnectNodeRequest, opts ...grpc.CallOption) (*DisconnectNodeResponse, error)
 }
 
@@ -100,22 +111,33 @@ func (c *adminServiceClient) DisconnectNode(ctx context.Context, in *DisconnectN
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService lets operators inspect and steer the sessions of one server
-// replica, for example with grpcurl. It requires a client certificate whose
-// subject organization is "edgesync:admins"; node certificates are refused
-// with PERMISSION_DENIED.
+// AdminService lets operators inspect and steer edge sessions, for example
+// with grpcurl. It requires a client certificate whose subject organization
+// is "edgesync:admins"; node certificates are refused with
+// PERMISSION_DENIED.
+//
+// With several replicas (node ownership on), any replica answers for the
+// whole deployment: it knows which replica owns each node from the
+// ownership records in the API server. Sessions of other replicas are
+// described by node_name and server_id only; ask the owning replica for the
+// rest.
 type AdminServiceServer interface {
-	// ListSessions lists the sessions connected to this replica, ordered by
-	// node name.
+	// ListSessions lists the sessions connected to this replica in full and,
+	// with several replicas, every node owned by another replica (node_name
+	// and server_id), ordered by node name.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
-	// GetSession describes the session of one node. NOT_FOUND when the node is
-	// not connected to this replica.
+	// GetSession describes the session of one node: in full when it is
+	// connected to this replica, else its node_name and server_id (the
+	// replica owning it). NOT_FOUND when no replica owns the node.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	// ResyncNode compares what the node should hold with what it acknowledged
-	// and queues the difference, as on a reconnect.
+	// and queues the difference, as on a reconnect. FAILED_PRECONDITION, naming
+	// the replica, when another replica owns the node.
 	ResyncNode(context.Context, *ResyncNodeRequest) (*ResyncNodeResponse, error)
 	// DisconnectNode ends the node's stream with UNAVAILABLE and the given
-	// reason; the edge reconnects by itself.
+	// reason; the edge reconnects by itself. A node owned by another replica is
+	// released (its ownership record cleared), which makes that replica end
+	// the stream.
 	DisconnectNode(context.Context, *DisconnectNodeRequest) (*DisconnectNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
