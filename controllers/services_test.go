@@ -374,7 +374,7 @@ func TestZoneHintsFilterPerNode(t *testing.T) {
 	client := testcluster.Client(t)
 	ns := testcluster.Namespace(t, client)
 	rec := newRecorder()
-	start(t, controllers.Config{DisableDevices: true}, rec)
+	ctrls := start(t, controllers.Config{DisableDevices: true}, rec)
 	zoned := func(prefix, zone string) string {
 		name := edgeNode(t, client, prefix)
 		patchNode(t.Context(), t, client, name, map[string]any{"metadata": map[string]any{"labels": map[string]any{corev1.LabelTopologyZone: zone}}})
@@ -404,7 +404,8 @@ func TestZoneHintsFilterPerNode(t *testing.T) {
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{hinted("192.0.2.1", "zone-a"), hinted("192.0.2.2", "zone-b")},
 	}
-	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(t.Context(), slice, metav1.CreateOptions{}); err != nil {
+	slice, err := client.DiscoveryV1().EndpointSlices(ns).Create(t.Context(), slice, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	key := feed.Key{Kind: edgesyncv1.Kind_KIND_ENDPOINT_SLICE, Namespace: ns, Name: "sensors-1"}
@@ -426,6 +427,26 @@ func TestZoneHintsFilterPerNode(t *testing.T) {
 	routed(c, "192.0.2.1", "192.0.2.2")
 	rec.waitApplied(t, c, serviceKey(ns, "sensors"), nil)
 
+	// A new endpoint in zone-b changes the views of zone-b and of nodes
+	// without hinted endpoints, not zone-a's: its nodes keep the version
+	// they hold, so they are not sent the slice again.
+	heldByA := rec.last(a1, key).ResourceVersion
+	slice.Endpoints = append(slice.Endpoints, hinted("192.0.2.3", "zone-b"))
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Update(t.Context(), slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	routed(b, "192.0.2.2", "192.0.2.3")
+	routed(c, "192.0.2.1", "192.0.2.2", "192.0.2.3")
+	desired, err := ctrls.Desired(a1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range desired {
+		if o.Key == key && o.ResourceVersion != heldByA {
+			t.Errorf("zone-a's view of the slice changed version (%s -> %s) though its endpoints did not", heldByA, o.ResourceVersion)
+		}
+	}
+
 	patchNode(t.Context(), t, client, c, map[string]any{"metadata": map[string]any{"labels": map[string]any{corev1.LabelTopologyZone: "zone-b"}}})
-	routed(c, "192.0.2.2")
+	routed(c, "192.0.2.2", "192.0.2.3")
 }

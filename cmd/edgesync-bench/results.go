@@ -428,8 +428,8 @@ func (r *results) kubeRow(id int) []row {
 		if v.Nodes < 1000 {
 			note = fmt.Sprintf(" (reduced: %d of 1000 nodes)", v.Nodes)
 		}
-		return []row{{name, goal, fmt.Sprintf("%d nodes%s in %d zones, %d endpoints in %d slices, %d readiness changes, EndpointSlice write → controllers → server → edge: p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.1f encodings per slice change (max %d, distinct versions at the edges)",
-			v.Nodes, note, v.Zones, v.Endpoints, v.Slices, v.Updates, v.Latency.P50Ms, v.Latency.P99Ms, v.Latency.MaxMs, v.EncodingsMean, v.EncodingsMax),
+		return []row{{name, goal, fmt.Sprintf("%d nodes%s in %d zones, %d endpoints in %d slices, %d readiness changes, each reaching the %d nodes of its zone (%d sends to other nodes), EndpointSlice write → controllers → server → edge: p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.1f encodings per slice change (max %d, distinct versions at the edges)",
+			v.Nodes, note, v.Zones, v.Endpoints, v.Slices, v.Updates, v.Receivers, v.OtherReceivers, v.Latency.P50Ms, v.Latency.P99Ms, v.Latency.MaxMs, v.EncodingsMean, v.EncodingsMax),
 			yesNo(v.Latency.P99Ms <= 250 && v.EncodingsMax <= v.Zones && v.Nodes >= 1000)}}
 	}
 	return nil

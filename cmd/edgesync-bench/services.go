@@ -31,11 +31,16 @@ type servicesResult struct {
 	Slices    int  `json:"slices"`
 	Updates   int  `json:"updates"`
 	// Latency is from the slice write to each node's receipt of the new
-	// version, over every node and update.
+	// version, over every node whose view changed and every update.
 	Latency measure.Summary `json:"latency"`
-	// Encodings per update are the distinct versions of the changed slice
-	// the edges hold afterwards: the controller encodes each distinct
-	// filtered view of a slice version once, so this is its encode count.
+	// Receivers per update are the nodes whose view of the slice changed
+	// (those of the changed endpoint's zone); OtherReceivers counts the
+	// other nodes that were sent the slice again anyway (should be none).
+	Receivers      int `json:"receivers_per_update"`
+	OtherReceivers int `json:"other_receivers"`
+	// Encodings per update are the distinct new versions of the changed
+	// slice those nodes hold: the controller encodes each distinct
+	// filtered view of a slice once, so this is its encode count.
 	EncodingsMean float64 `json:"encodings_per_update_mean"`
 	EncodingsMax  int     `json:"encodings_per_update_max"`
 }
@@ -113,8 +118,7 @@ func (b *bench) servicesScenario(ctx context.Context, cl *cluster.Cluster, fleet
 	}
 	for _, slice := range created {
 		if err := waitFor(ctx, serviceSettleDeadline, "every node holds "+slice.Name, func() bool {
-			at, _ := fleet.Arrivals(key(slice), slice.ResourceVersion+"/")
-			return len(at) == len(nodes)
+			return len(fleet.Arrivals(key(slice))) == len(nodes)
 		}); err != nil {
 			return err
 		}
@@ -124,28 +128,51 @@ func (b *bench) servicesScenario(ctx context.Context, cl *cluster.Cluster, fleet
 	var samples []time.Duration
 	var encodings []int
 	for u := range s.Updates {
-		slice := created[u%len(created)].DeepCopy()
-		ep := &slice.Endpoints[(u/len(created))%endpointsPerSlice]
+		k, j := u%len(created), (u/len(created))%endpointsPerSlice
+		slice := created[k].DeepCopy()
+		ep := &slice.Endpoints[j]
 		flipped := !*ep.Conditions.Ready
 		ep.Conditions.Ready = &flipped
+		// The nodes of the endpoint's zone see it come or go; the others'
+		// views of the slice stay as they are.
+		zone := (k*endpointsPerSlice + j) % serviceZones
+		before := fleet.Arrivals(key(slice))
+		var changing []string
+		for i, node := range nodes {
+			if i%serviceZones == zone {
+				changing = append(changing, node)
+			}
+		}
 		sentAt := time.Now()
 		got, err := client.DiscoveryV1().EndpointSlices(kubeNamespace).Update(ctx, slice, metav1.UpdateOptions{})
 		if err != nil {
 			return fmt.Errorf("update endpointslice: %w", err)
 		}
-		created[u%len(created)] = got
-		var at []time.Time
-		var versions int
-		if err := waitFor(ctx, time.Minute, fmt.Sprintf("slice update %d on every node", u+1), func() bool {
-			at, versions = fleet.Arrivals(key(got), got.ResourceVersion+"/")
-			return len(at) == len(nodes)
+		created[k] = got
+		var now map[string]edgesim.Arrival
+		if err := waitFor(ctx, time.Minute, fmt.Sprintf("slice update %d on the nodes of its zone", u+1), func() bool {
+			now = fleet.Arrivals(key(got))
+			for _, node := range changing {
+				if now[node].Version == before[node].Version {
+					return false
+				}
+			}
+			return true
 		}); err != nil {
 			return err
 		}
-		for _, t := range at {
-			samples = append(samples, t.Sub(sentAt))
+		versions := map[string]bool{}
+		for _, node := range changing {
+			samples = append(samples, now[node].At.Sub(sentAt))
+			versions[now[node].Version] = true
 		}
-		encodings = append(encodings, versions)
+		encodings = append(encodings, len(versions))
+		s.Receivers = len(changing)
+		for i, node := range nodes {
+			if i%serviceZones != zone && now[node].Version != before[node].Version {
+				s.OtherReceivers++
+			}
+		}
 	}
 	s.Latency = measure.Summarize(slices.Clone(samples))
 	total := 0

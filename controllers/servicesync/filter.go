@@ -28,7 +28,8 @@ type plan struct {
 }
 
 // view is one way of filtering a Service's slices: every node with the same
-// view receives the same slices. name is part of the slices' version.
+// view receives the same slices; name tells views apart while a Service
+// is synced.
 type view struct {
 	name string
 	keep func(ep *discoveryv1.Endpoint) bool

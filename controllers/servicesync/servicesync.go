@@ -9,9 +9,10 @@
 // filter.go): ready endpoints only (serving terminating ones when none is
 // ready), the node's own with internalTrafficPolicy Local, the node's
 // zone's when topology hints are in use. Each distinct filtered result of
-// a slice version is encoded once and shared by every node that receives
-// it, so a Service on 10,000 nodes in 10 zones costs 10 encodings per
-// slice change.
+// a slice is encoded once and shared by every node that receives it, so a
+// Service on 10,000 nodes in 10 zones costs at most 10 encodings per slice
+// change; a filtered slice's version is a digest of its content, so only
+// the nodes whose view changed receive it again.
 //
 // Event handlers only enqueue Service keys; workers decide what each node
 // gets and Publish it. The server's queues skip versions an edge already
@@ -22,6 +23,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,11 +132,12 @@ type sentService struct {
 	slices map[string]types.UID // by slice name
 }
 
-// encodings are the shared encodings of one object version, by view ("" for
-// a Service).
+// encodings are the shared encodings of one object (of one uid), by
+// version: a Service's resourceVersion, or the digest of a filtered
+// slice's content.
 type encodings struct {
-	uid, version string
-	views        map[string]*feed.Object
+	uid      string
+	versions map[string]*feed.Object
 }
 
 // New returns a controller that publishes through pub once Run is called.
@@ -374,7 +378,7 @@ func (c *Controller) syncService(key string) error {
 			}
 			c.pub.Publish(n.Name, obj)
 		}
-		c.forgetOtherViews(s, byView)
+		c.forgetOthers(sliceKey(s.Namespace, s.Name), byView)
 		next.slices[s.Name] = s.UID
 	}
 	if old != nil {
@@ -406,29 +410,34 @@ func (c *Controller) publishTombstone(nodes []*corev1.Node, key feed.Key, uid st
 	}
 }
 
-// forgetOtherViews keeps, of the encodings of s, only the views in use.
-// c.mu is held.
-func (c *Controller) forgetOtherViews(s *discoveryv1.EndpointSlice, inUse map[string]*feed.Object) {
-	e := c.encoded[sliceKey(s.Namespace, s.Name)]
+// forgetOthers keeps, of the encodings of key, only those in use (by
+// view). c.mu is held.
+func (c *Controller) forgetOthers(key feed.Key, inUse map[string]*feed.Object) {
+	e := c.encoded[key]
 	if e == nil {
 		return
 	}
-	for v := range e.views {
-		if inUse[v] == nil {
-			delete(e.views, v)
+	keep := make(map[string]bool, len(inUse))
+	for _, obj := range inUse {
+		keep[obj.ResourceVersion] = true
+	}
+	for version := range e.versions {
+		if !keep[version] {
+			delete(e.versions, version)
 		}
 	}
 }
 
-// cached returns the encoding of key's view at uid and version, calling
-// encode when there is none. c.mu is held.
-func (c *Controller) cached(key feed.Key, uid, version, view string, encode func() (*feed.Object, error)) (*feed.Object, error) {
+// cached returns the encoding of key at uid and version, calling encode
+// when there is none. With only, the key's other versions are forgotten.
+// c.mu is held.
+func (c *Controller) cached(key feed.Key, uid, version string, only bool, encode func() (*feed.Object, error)) (*feed.Object, error) {
 	e := c.encoded[key]
-	if e == nil || e.uid != uid || e.version != version {
-		e = &encodings{uid: uid, version: version, views: map[string]*feed.Object{}}
+	if e == nil || e.uid != uid {
+		e = &encodings{uid: uid, versions: map[string]*feed.Object{}}
 		c.encoded[key] = e
 	}
-	if obj := e.views[view]; obj != nil {
+	if obj := e.versions[version]; obj != nil {
 		return obj, nil
 	}
 	obj, err := encode()
@@ -436,14 +445,17 @@ func (c *Controller) cached(key feed.Key, uid, version, view string, encode func
 		return nil, err
 	}
 	c.encodings.Add(1)
-	e.views[view] = obj
+	if only {
+		clear(e.versions)
+	}
+	e.versions[version] = obj
 	return obj, nil
 }
 
 // encodeService returns the shared APPLY encoding of s. c.mu is held.
 func (c *Controller) encodeService(s *corev1.Service) (*feed.Object, error) {
 	key := feed.Key{Kind: edgesyncv1.Kind_KIND_SERVICE, Namespace: s.Namespace, Name: s.Name}
-	return c.cached(key, string(s.UID), s.ResourceVersion, "", func() (*feed.Object, error) {
+	return c.cached(key, string(s.UID), s.ResourceVersion, true, func() (*feed.Object, error) {
 		msg := &corev1pb.Service{}
 		if err := convert(s, msg); err != nil {
 			return nil, fmt.Errorf("encode service %s/%s: %w", s.Namespace, s.Name, err)
@@ -455,20 +467,31 @@ func (c *Controller) encodeService(s *corev1.Service) (*feed.Object, error) {
 	})
 }
 
-// encodeSlice returns the shared APPLY encoding of s filtered by v, at
-// resourceVersion "<slice version>/<view>". c.mu is held.
+// encodeSlice returns the shared APPLY encoding of s filtered by v. Its
+// resourceVersion is a digest of what the node receives (without the
+// slice's resourceVersion, generation and managed fields): nodes whose
+// views have the same content share one encoding, and a node is sent the
+// slice again only when its content changed. c.mu is held.
 func (c *Controller) encodeSlice(s *discoveryv1.EndpointSlice, v view) (*feed.Object, error) {
 	key := sliceKey(s.Namespace, s.Name)
-	return c.cached(key, string(s.UID), s.ResourceVersion, v.name, func() (*feed.Object, error) {
-		filtered := *s // the cache's object is not changed
-		filtered.ManagedFields = nil
-		filtered.Endpoints = v.filter(s.Endpoints)
-		filtered.ResourceVersion = s.ResourceVersion + "/" + v.name
+	filtered := *s // the cache's object is not changed
+	filtered.ManagedFields = nil
+	filtered.ResourceVersion, filtered.Generation = "", 0
+	filtered.Endpoints = v.filter(s.Endpoints)
+	b, err := filtered.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("encode endpointslice %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	digest := fnv.New64a()
+	_, _ = digest.Write(b)
+	version := strconv.FormatUint(digest.Sum64(), 36)
+	return c.cached(key, string(s.UID), version, false, func() (*feed.Object, error) {
 		msg := &discoveryv1pb.EndpointSlice{}
-		if err := convert(&filtered, msg); err != nil {
-			return nil, fmt.Errorf("encode endpointslice %s/%s: %w", s.Namespace, s.Name, err)
+		if err := proto.Unmarshal(b, msg); err != nil {
+			return nil, fmt.Errorf("convert endpointslice %s/%s: %w", s.Namespace, s.Name, err)
 		}
-		return feed.Encode(key, string(s.UID), filtered.ResourceVersion, false, &edgesyncv1.SyncResponse{
+		msg.Metadata.ResourceVersion = &version
+		return feed.Encode(key, string(s.UID), version, false, &edgesyncv1.SyncResponse{
 			Message: &edgesyncv1.SyncResponse_EndpointSliceEvent{EndpointSliceEvent: &edgesyncv1.EndpointSliceEvent{Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, EndpointSlice: msg}},
 		})
 	})

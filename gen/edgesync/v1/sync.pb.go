@@ -733,9 +733,8 @@ type ObjectRef struct {
 	// For KIND_DEVICE it is "<device version>/<model version>", so that a
 	// change to the model alone also reaches the edge. For KIND_NODE it is the
 	// Node's resourceVersion when the server sent it, which may be older than
-	// the cluster's (see NodeEvent). For KIND_ENDPOINT_SLICE it is
-	// "<slice version>/<view>", the filter applied for the node (see
-	// EndpointSliceEvent).
+	// the cluster's (see NodeEvent). For KIND_ENDPOINT_SLICE it is a digest
+	// of the slice as filtered for the node (see EndpointSliceEvent).
 	ResourceVersion string `protobuf:"bytes,5,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1940,11 +1939,12 @@ func (x *ServiceEvent) GetService() *v1.Service {
 //     the node's zone. Otherwise the zone does not matter.
 //
 // A slice may therefore arrive with no endpoints. The slice's
-// metadata.resourceVersion is "<slice resourceVersion>/<view>", where view
-// names the filter applied (for example "all", "zone=eu-1", "node=edge-1"
-// or "none"); it
-// is compared only for equality, like every resource_version, and changes
-// whenever what the node receives may change. The edge holds it as it was
+// metadata.resourceVersion is not the cluster's: it is a digest of what
+// the node receives (metadata.generation and managedFields are not sent).
+// It is compared only for equality, like every resource_version, and
+// changes exactly when what the node receives changes: a change to a slice
+// reaches only the nodes whose filtered view of it changed, and nodes with
+// the same view hold the same version. The edge holds it as it was
 // received and lists it in Hello.
 type EndpointSliceEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -251,20 +250,24 @@ func (f *Fleet) HeldVersion(key feed.Key, rv string) int {
 	return n
 }
 
-// Arrivals returns, for the edges holding key at a version that starts
-// with prefix, when that version arrived, and how many distinct versions
-// they hold.
-func (f *Fleet) Arrivals(key feed.Key, prefix string) (at []time.Time, versions int) {
-	seen := map[string]bool{}
+// Arrival is the version of an object an edge holds and when it arrived.
+type Arrival struct {
+	Version string
+	At      time.Time
+}
+
+// Arrivals returns, by edge name, the version of key each edge holds and
+// when it arrived.
+func (f *Fleet) Arrivals(key feed.Key) map[string]Arrival {
+	out := make(map[string]Arrival, len(f.edges))
 	for _, e := range f.edges {
 		e.mu.Lock()
-		if ref, ok := e.held[key]; ok && strings.HasPrefix(ref.GetResourceVersion(), prefix) {
-			at = append(at, e.at[key])
-			seen[ref.GetResourceVersion()] = true
+		if ref, ok := e.held[key]; ok {
+			out[e.name] = Arrival{Version: ref.GetResourceVersion(), At: e.at[key]}
 		}
 		e.mu.Unlock()
 	}
-	return at, len(seen)
+	return out
 }
 
 // HeldObjects returns the total number of objects held by all edges.
