@@ -188,9 +188,10 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 	return objs, nil
 }
 
-// Tombstone implements feed.Source.
+// Tombstone implements feed.Source as the controllers do: an error for a
+// kind without a DELETE event (an edge may claim to hold anything).
 func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	return Tombstone(key, uid), nil
+	return feed.Tombstone(key, uid)
 }
 
 // HandleReport implements feed.Reporter: it records the report and answers
