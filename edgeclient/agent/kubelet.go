@@ -1,26 +1,20 @@
 package agent
 
 import (
-	"path/filepath"
-
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/edgesync/edgesync/edgeclient/agent/simkubelet"
 )
 
-// ExecDir is the directory, under the store directory, where exec finds
-// each container's volume files (package simkubelet).
-const ExecDir = "exec"
-
 // kubeletHandler is the agent's kubelet API: kubectl logs, exec, attach
 // and port-forward for the simulated runtime.
 func (a *agent) kubeletHandler(cfg Config) *simkubelet.Handler {
-	dir := ""
-	if cfg.Client.StoreDir != "" {
-		dir = filepath.Join(cfg.Client.StoreDir, ExecDir)
+	var vols simkubelet.Volumes // exec runs in the pods' volume directories
+	if a.volumes != nil {
+		vols = a.volumes
 	}
 	return simkubelet.New(simkubelet.Config{
-		Node: a.node, Objects: heldObjects{a}, AllowExec: cfg.AllowExec, Dir: dir, Logger: a.log.Named("kubelet"),
+		Node: a.node, Objects: heldObjects{a}, AllowExec: cfg.AllowExec, Volumes: vols, Logger: a.log.Named("kubelet"),
 	})
 }
 

@@ -14,10 +14,10 @@
 //   - Exec (only with Config.AllowExec): the command runs on the edge host,
 //     with the container's environment (env and envFrom resolved from the
 //     configmaps and secrets the node holds, and the host's PATH), in the
-//     container's volume directory, where its configMap, secret and
-//     emptyDir volumes are written out at their mount paths; an argument
-//     that names a path under a mount path is rewritten to the file there,
-//     so `cat /etc/web/greeting` prints the configmap's value. A TTY is a
+//     pod's directory, where the runtime writes its volumes (Config.Volumes);
+//     an argument that names a path under one of the container's mount
+//     paths is rewritten to the file in that volume's directory, so `cat
+//     /etc/web/greeting` prints the configmap's value. A TTY is a
 //     pseudo-terminal.
 //   - Attach: the container's output as it is written, and what is typed to
 //     it echoed back.
@@ -71,6 +71,15 @@ type Objects interface {
 	Secret(namespace, name string) (*corev1.Secret, error)
 }
 
+// Volumes are where the runtime wrote each pod's volumes (a
+// *volumes.Dir).
+type Volumes interface {
+	// PodDir is the directory of the pod with uid.
+	PodDir(uid string) string
+	// VolumeDir is the directory of one volume of the pod with uid.
+	VolumeDir(uid, volume string) string
+}
+
 // Config configures a Handler.
 type Config struct {
 	// Node is the node's name, written in the logs.
@@ -80,8 +89,9 @@ type Config struct {
 	// AllowExec lets exec and /run run commands on the edge host. Off,
 	// they are refused.
 	AllowExec bool
-	// Dir holds each container's volume directory; required for exec.
-	Dir string
+	// Volumes are the pods' volume directories (package
+	// edgeclient/volumes); required for exec.
+	Volumes Volumes
 	// Logger receives the handler's logs. Default: none.
 	Logger *zap.Logger
 	// Now is the clock; time.Now when nil.
@@ -414,13 +424,18 @@ func (ct *container) ExecInContainer(ctx context.Context, _ string, _ types.UID,
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	root, err := ct.h.writeVolumes(ct.pod, ct.c)
-	if err != nil {
-		return err
+	vols := ct.h.cfg.Volumes
+	if vols == nil {
+		return errors.New("this agent keeps no pod volumes on disk (an in-memory store), so it cannot run commands")
+	}
+	uid := string(ct.pod.UID)
+	root := vols.PodDir(uid)
+	if err := os.MkdirAll(root, 0o755); err != nil { // a pod without volumes has none yet
+		return fmt.Errorf("pod directory: %w", err)
 	}
 	args := make([]string, len(cmd))
 	for i, a := range cmd {
-		args[i] = ct.h.hostPath(root, ct.c, a)
+		args[i] = hostPath(vols, uid, ct.c, a)
 	}
 	command := exec.CommandContext(ctx, args[0], args[1:]...)
 	command.Dir = root
@@ -429,6 +444,7 @@ func (ct *container) ExecInContainer(ctx context.Context, _ string, _ types.UID,
 	for _, e := range env {
 		command.Env = append(command.Env, e.Name+"="+e.Value)
 	}
+	var err error
 	if tty {
 		err = runTTY(command, in, out, resize)
 	} else {
@@ -698,49 +714,23 @@ func maps(mount string, data map[string][]byte, items []corev1.KeyToPath, secret
 	}
 }
 
-// writeVolumes writes the container's volume files under its directory
-// and returns the directory.
-func (h *Handler) writeVolumes(pod *corev1.Pod, c *corev1.Container) (string, error) {
-	if h.cfg.Dir == "" {
-		return "", errors.New("the agent has no directory for container volumes")
-	}
-	root := filepath.Join(h.cfg.Dir, pod.Namespace+"_"+pod.Name+"_"+string(pod.UID), c.Name)
-	for _, m := range c.VolumeMounts {
-		if err := os.MkdirAll(filepath.Join(root, filepath.FromSlash(m.MountPath)), 0o755); err != nil {
-			return "", fmt.Errorf("container volume directory: %w", err)
-		}
-	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return "", fmt.Errorf("container volume directory: %w", err)
-	}
-	for _, f := range h.files(pod, c) {
-		p := filepath.Join(root, filepath.FromSlash(f.path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return "", err
-		}
-		mode := os.FileMode(0o644)
-		if f.secret {
-			mode = 0o600
-		}
-		if err := os.WriteFile(p, f.data, mode); err != nil {
-			return "", fmt.Errorf("write volume file %s: %w", f.path, err)
-		}
-	}
-	return root, nil
-}
-
-// hostPath rewrites arg to the file under root when it names a path
-// under one of the container's mount paths.
-func (h *Handler) hostPath(root string, c *corev1.Container, arg string) string {
+// hostPath rewrites arg to the file in a volume's directory when it names
+// a path under one of the container's mount paths.
+func hostPath(vols Volumes, uid string, c *corev1.Container, arg string) string {
 	if !strings.HasPrefix(arg, "/") {
 		return arg
 	}
 	clean := path.Clean(arg)
 	for _, m := range c.VolumeMounts {
 		mp := path.Clean(m.MountPath)
-		if clean == mp || strings.HasPrefix(clean, mp+"/") {
-			return filepath.Join(root, filepath.FromSlash(clean))
+		if clean != mp && !strings.HasPrefix(clean, mp+"/") {
+			continue
 		}
+		dir := vols.VolumeDir(uid, m.Name)
+		if m.SubPath != "" {
+			dir = filepath.Join(dir, filepath.FromSlash(path.Clean("/"+m.SubPath)))
+		}
+		return filepath.Join(dir, filepath.FromSlash(strings.TrimPrefix(clean, mp)))
 	}
 	return arg
 }

@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/edgesync/edgesync/edgeclient/agent/simkubelet"
+	"github.com/edgesync/edgesync/edgeclient/volumes"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
 // held is what the node holds: one pod using a configmap volume and a
@@ -48,10 +50,29 @@ func (held) Secret(ns, name string) (*corev1.Secret, error) {
 	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"password": []byte("s3cret")}}, nil
 }
 
+// volumeSource is held as the runtime's volume writer reads it.
+type volumeSource struct{}
+
+func (volumeSource) ConfigMap(ns, name string) *corev1.ConfigMap {
+	cm, _ := held{}.ConfigMap(ns, name)
+	return cm
+}
+func (volumeSource) Secret(ns, name string) *corev1.Secret { s, _ := held{}.Secret(ns, name); return s }
+func (volumeSource) Token(_, _, _, _ string) *edgesyncv1.ServiceAccountToken {
+	return nil
+}
+
+// handler serves held, its pod's volumes written as the agent's runtime
+// writes them.
 func handler(t *testing.T, allowExec bool) http.Handler {
 	t.Helper()
+	vols := volumes.New(t.TempDir())
+	pod, _ := held{}.Pod("ns", "web")
+	if _, err := vols.Sync(pod, volumeSource{}); err != nil {
+		t.Fatal(err)
+	}
 	return simkubelet.New(simkubelet.Config{
-		Node: "edge-1", Objects: held{}, AllowExec: allowExec, Dir: t.TempDir(),
+		Node: "edge-1", Objects: held{}, AllowExec: allowExec, Volumes: vols,
 		Now: func() time.Time { return start.Add(5*time.Second + 500*time.Millisecond) },
 	})
 }
@@ -123,6 +144,13 @@ func TestRun(t *testing.T) {
 			if code, body := call(t, h, http.MethodPost, "/run/ns/web/web?cmd="+cmd); code != 200 || body != want {
 				t.Errorf("run %s: %d %q, want %q", cmd, code, body, want)
 			}
+		}
+	})
+	t.Run("no volumes on disk", func(t *testing.T) {
+		h := simkubelet.New(simkubelet.Config{Node: "edge-1", Objects: held{}, AllowExec: true})
+		code, body := call(t, h, http.MethodPost, "/run/ns/web/web?cmd=true")
+		if code != http.StatusInternalServerError || !strings.Contains(body, "in-memory store") {
+			t.Errorf("%d %q, want 500 saying why", code, body)
 		}
 	})
 	t.Run("exec not allowed", func(t *testing.T) {
