@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -24,6 +25,7 @@ import (
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // applyRBAC creates or replaces the RBAC objects in deploy/rbac.
@@ -128,6 +130,22 @@ func TestRBACIsEnough(t *testing.T) {
 
 	// The node's own Node.
 	rec.waitApplied(t, edge1, nodeKey(edge1), nil)
+
+	// A Service meant for edges and its EndpointSlice.
+	if _, err := client.CoreV1().Services(ns).Create(t.Context(), webService("web", true), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(t.Context(), &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-manual", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "web", discoveryv1.LabelManagedBy: "edgesync-test",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.40"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitApplied(t, edge1, serviceKey(ns, "web"), nil)
+	rec.waitApplied(t, edge1, feed.Key{Kind: edgesyncv1.Kind_KIND_ENDPOINT_SLICE, Namespace: ns, Name: "web-manual"}, nil)
 
 	// Pods, ConfigMaps, Secrets; pod status; deleting a terminated pod.
 	createConfig(t, client, ns, "app")
