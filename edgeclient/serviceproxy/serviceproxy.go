@@ -295,7 +295,7 @@ func (p *Proxy) carry(l *listener, c net.Conn) {
 	defer c.Close()
 	upstream, err := p.dial(l)
 	if err != nil {
-		p.log.Info("service proxy: no endpoint reachable", zap.String("service", l.namespace+"/"+l.name), zap.String("port", l.port), zap.Error(err))
+		p.log.Debug("service proxy: no endpoint reachable", zap.String("service", l.namespace+"/"+l.name), zap.String("port", l.port), zap.Error(err))
 		return
 	}
 	defer upstream.Close()
