@@ -31,7 +31,8 @@ type KubeletConfig struct {
 	// AdvertiseAddress is the IP the kube-apiserver dials: it is written as
 	// the only InternalIP of every edge node this replica holds, with the
 	// listen port as the kubelet port. Default: the listen address's IP,
-	// which must then be a specific one.
+	// or, when it listens on every address, the environment variable
+	// POD_IP (set it from the downward API's status.podIP).
 	AdvertiseAddress string `json:"advertiseAddress"`
 	// ClientCAFile is the CA of the kube-apiserver's kubelet client
 	// certificate (--kubelet-client-certificate); required.
@@ -85,10 +86,7 @@ func newKubeletEndpoint(cfg Config, reg prometheus.Registerer, log *zap.Logger, 
 	if err != nil {
 		return nil, fmt.Errorf("kubelet.listenAddress: %w", err)
 	}
-	host := kc.AdvertiseAddress
-	if host == "" {
-		host, _, _ = net.SplitHostPort(kc.ListenAddress)
-	}
+	host := kc.advertise()
 	_, portStr, _ := net.SplitHostPort(lis.Addr().String())
 	port, _ := strconv.Atoi(portStr)
 	return &kubeletEndpoint{
@@ -143,22 +141,30 @@ func (k *kubeletEndpoint) run(ctx context.Context, kube *rest.Config, serverID s
 	return nil
 }
 
+// advertise is the IP written into edge Nodes: AdvertiseAddress, else the
+// listen IP, else (listening on every address) $POD_IP.
+func (kc KubeletConfig) advertise() string {
+	if kc.AdvertiseAddress != "" {
+		return kc.AdvertiseAddress
+	}
+	host, _, _ := net.SplitHostPort(kc.ListenAddress)
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		return host
+	}
+	return os.Getenv("POD_IP")
+}
+
 // validateKubelet checks the kubelet section.
 func (c *Config) validateKubelet(bad func(field, format string, args ...any)) {
 	kc := c.Kubelet
 	if kc.ListenAddress == "" {
 		return
 	}
-	host, _, err := net.SplitHostPort(kc.ListenAddress)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(kc.ListenAddress); err != nil {
 		bad("kubelet.listenAddress", "want host:port, got %q", kc.ListenAddress)
 	}
-	adv := kc.AdvertiseAddress
-	if adv == "" {
-		adv = host
-	}
-	if ip := net.ParseIP(adv); ip == nil || ip.IsUnspecified() {
-		bad("kubelet.advertiseAddress", "must be the IP the kube-apiserver dials to reach this replica (the pod IP in a cluster); got %q", adv)
+	if adv := kc.advertise(); net.ParseIP(adv) == nil || net.ParseIP(adv).IsUnspecified() {
+		bad("kubelet.advertiseAddress", "must be the IP the kube-apiserver dials to reach this replica (in a cluster the pod IP: set POD_IP from the downward API, or this field); got %q", adv)
 	}
 	if kc.ClientCAFile == "" {
 		bad("kubelet.clientCAFile", "required with kubelet.listenAddress: the CA of the kube-apiserver's kubelet client certificate")

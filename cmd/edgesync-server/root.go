@@ -86,7 +86,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Bootstrap.CAKeyFile, "bootstrap-ca-key", d.Bootstrap.CAKeyFile, "key of the CA that signs node certificates for joining nodes; enables token join (bootstrap.caKeyFile)")
 	fs.DurationVar(&o.Bootstrap.NodeCertificateLifetime.Duration, "node-cert-lifetime", d.Bootstrap.NodeCertificateLifetime.Duration, "lifetime of node certificates issued at join and renewal (bootstrap.nodeCertificateLifetime)")
 	fs.StringVar(&o.Kubelet.ListenAddress, "kubelet-listen", d.Kubelet.ListenAddress, "address of the kubelet API of edge nodes (kubectl logs/exec/attach/port-forward through tunnels); empty disables (kubelet.listenAddress)")
-	fs.StringVar(&o.Kubelet.AdvertiseAddress, "kubelet-advertise-address", d.Kubelet.AdvertiseAddress, "IP the kube-apiserver dials for the kubelet API, written into edge Nodes' status; default the --kubelet-listen IP (kubelet.advertiseAddress)")
+	fs.StringVar(&o.Kubelet.AdvertiseAddress, "kubelet-advertise-address", d.Kubelet.AdvertiseAddress, "IP the kube-apiserver dials for the kubelet API, written into edge Nodes' status; default the --kubelet-listen IP, or $POD_IP when it listens on every address (kubelet.advertiseAddress)")
 	fs.StringVar(&o.Kubelet.ClientCAFile, "kubelet-client-ca", d.Kubelet.ClientCAFile, "CA of the kube-apiserver's kubelet client certificate (kubelet.clientCAFile)")
 	fs.StringVar(&o.Ownership.Namespace, "ownership-namespace", d.Ownership.Namespace, "namespace of the Leases that make one replica own each node; required with several replicas (ownership.namespace)")
 	fs.StringVar(&o.Ownership.Address, "ownership-address", d.Ownership.Address, "address other replicas and operators reach this replica at (ownership.address)")
