@@ -116,7 +116,7 @@ func New(opts Options) (*Broker, error) {
 		opts.Logger = zap.NewNop()
 	}
 	b := &Broker{opts: opts, log: opts.Logger, pending: map[string]*pending{}, open: map[string]int{}}
-	b.metrics = newMetrics(b)
+	b.metrics = newMetrics()
 	if opts.Registerer != nil {
 		if err := b.metrics.register(opts.Registerer); err != nil {
 			return nil, fmt.Errorf("tunnel metrics: %w", err)
@@ -342,7 +342,7 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 }
 
-func newMetrics(*Broker) metrics {
+func newMetrics() metrics {
 	m := metrics{
 		openNow: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgesync_tunnels_open",
