@@ -61,6 +61,8 @@ func newRootCommand() *cobra.Command {
 		cfg      = agent.Config{Version: build.Version}
 		c        = &cfg.Client
 		logLevel string
+		// forwardHost adds the host's name servers to the DNS upstreams.
+		forwardHost bool
 	)
 	root := &cobra.Command{
 		Use:           "edgesync-agent",
@@ -75,6 +77,12 @@ func newRootCommand() *cobra.Command {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // nothing to do about it at exit
+			if forwardHost {
+				dns := &cfg.Services.DNS
+				if dns.Forward, err = hostResolvers("/etc/resolv.conf", dns.Addr, dns.Forward); err != nil {
+					return err
+				}
+			}
 			c.Logger, cfg.Out = log, cmd.OutOrStdout()
 			return agent.Run(cmd.Context(), cfg)
 		},
@@ -95,6 +103,7 @@ func newRootCommand() *cobra.Command {
 	f.StringVar(&cfg.Services.DNS.Addr, "dns-address", "", "serve DNS for the Services the node holds on this host:port, UDP and TCP (for example 127.0.0.1:53; off when empty)")
 	f.StringVar(&cfg.Services.DNS.Domain, "cluster-domain", servicedns.DefaultDomain, "cluster domain of the Service names the DNS server answers")
 	f.StringSliceVar(&cfg.Services.DNS.Forward, "dns-forward", nil, "upstream DNS servers (host:port,...) for names outside the cluster domain; none: such queries are refused")
+	f.BoolVar(&forwardHost, "dns-forward-host", false, "also forward names outside the cluster domain to the host's name servers (/etc/resolv.conf), after --dns-forward's")
 	f.StringVar(&cfg.Services.ProxyCIDR, "proxy-cidr", "", "proxy the Services the node holds, each on its own local IP from this range and on its own ports (for example 127.100.0.0/16); DNS then answers with those IPs; off when empty")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
