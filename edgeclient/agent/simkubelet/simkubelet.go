@@ -644,9 +644,8 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // file is one file of a container's volumes, at its path in the container.
 type file struct {
-	path   string
-	data   []byte
-	secret bool
+	path string
+	data []byte
 }
 
 // files lists the files of the container's configMap, secret and
@@ -666,14 +665,14 @@ func (h *Handler) files(pod *corev1.Pod, c *corev1.Container) []file {
 		for k, v := range cm.Data {
 			data[k] = []byte(v)
 		}
-		maps(mount, data, items, false, &out)
+		maps(mount, data, items, &out)
 	}
 	addSecret := func(mount, name string, items []corev1.KeyToPath) {
 		s, _ := h.cfg.Objects.Secret(pod.Namespace, name)
 		if s == nil {
 			return
 		}
-		maps(mount, s.Data, items, true, &out)
+		maps(mount, s.Data, items, &out)
 	}
 	for _, m := range c.VolumeMounts {
 		v, ok := vols[m.Name]
@@ -700,16 +699,16 @@ func (h *Handler) files(pod *corev1.Pod, c *corev1.Container) []file {
 }
 
 // maps adds the keys of data (or the items chosen) as files under mount.
-func maps(mount string, data map[string][]byte, items []corev1.KeyToPath, secret bool, out *[]file) {
+func maps(mount string, data map[string][]byte, items []corev1.KeyToPath, out *[]file) {
 	if len(items) == 0 {
 		for _, k := range sortedKeys(data) {
-			*out = append(*out, file{path: path.Join(mount, k), data: data[k], secret: secret})
+			*out = append(*out, file{path: path.Join(mount, k), data: data[k]})
 		}
 		return
 	}
 	for _, it := range items {
 		if d, ok := data[it.Key]; ok {
-			*out = append(*out, file{path: path.Join(mount, it.Path), data: d, secret: secret})
+			*out = append(*out, file{path: path.Join(mount, it.Path), data: d})
 		}
 	}
 }
