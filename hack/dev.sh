@@ -138,6 +138,16 @@ wait_for "daemonset demo/edge-monitor to run on both edge nodes" 120 \
   bash -c "[ \"\$(kubectl -n demo get ds edge-monitor -o jsonpath='{.status.numberReady}')\" = 2 ]"
 kubectl -n demo get deploy,daemonset,pods -o wide
 
+step "each pod on edge-1 holds its ServiceAccount token (a Token line each), and the agents' events reach the cluster"
+for pod in $(kubectl -n demo get pods --field-selector spec.nodeName=edge-1 -o jsonpath='{.items[*].metadata.name}'); do
+  wait_for "edge-1's agent to hold the token of demo/$pod" 60 grep -q " Token  *demo/$pod/" "$DEV/agent-edge-1.events"
+  grep " Token  *demo/$pod/" "$DEV/agent-edge-1.events" | tail -1
+done
+wait_for "events reported by edge-1 in namespace demo" 60 \
+  bash -c "kubectl -n demo get events.events.k8s.io -o jsonpath='{.items[*].reportingInstance}' | grep -qw edge-1"
+kubectl -n demo get events.events.k8s.io -o custom-columns='REASON:.reason,OBJECT:.regarding.name,REPORTED BY:.reportingInstance,NOTE:.note' |
+  awk 'NR == 1 || $3 == "edge-1"'
+
 cat >"$DEV/env" <<ENV
 # source .dev/env: talk to the dev installation.
 export KUBECONFIG=$DEV/cluster/kubeconfig
@@ -159,6 +169,8 @@ cat <<TXT
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR list
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
   kubectl -n demo scale deploy web --replicas=4     # the scheduler spreads them over edge-1 and edge-2
+  kubectl -n demo get events                        # Pulled, Created, Started... reported by the agents
+  ls -l .dev/edge-1/pods/*/volumes/*/               # what edge-1's pods mount: token, ca.crt, namespace, config
   # edge-1's agent answers DNS for the Services meant for edges, from its store (also offline)
   dig @127.0.0.1 -p $DNS_PORT +short web.demo.svc.cluster.local      # edge-1's proxy address for demo/web
   dig @127.0.0.1 -p $DNS_PORT +short SRV _http._tcp.web.demo.svc.cluster.local

@@ -51,6 +51,9 @@ func WriteAtomic(dir string, payload map[string]File) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if err := os.Chmod(version, 0o755); err != nil { // readable like the files in it
+		return false, err
+	}
 	for p, f := range payload {
 		full := filepath.Join(version, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
