@@ -469,6 +469,9 @@ func (c *Controllers) nodeLifecycle(isEdge func(*corev1.Node) bool) cache.Resour
 				return
 			}
 			c.nodes.NodeDeleted(n.Name)
+			if c.owners != nil {
+				c.owners.NodeDeleted(n.Name)
+			}
 			c.pub.EndSession(n.Name, status.Errorf(codes.FailedPrecondition,
 				"Node %q was deleted; send NodeRegistration to register it again (until then the node's reports are refused NOT_FOUND)", n.Name))
 		},

@@ -142,6 +142,7 @@ type Manager struct {
 	informer cache.SharedIndexInformer
 	leases   coordinationlisters.LeaseNamespaceLister
 	handover workqueue.TypedRateLimitingInterface[string] // node records to give away
+	gone     workqueue.TypedInterface[string]             // nodes whose Node was deleted
 	ready    chan struct{}                                // closed once the replica Lease is held and the cache synced
 
 	mu        sync.Mutex // guards the fields below
@@ -186,6 +187,7 @@ func New(cfg Config) (*Manager, error) {
 		leases:   coordinationlisters.NewLeaseLister(inf.GetIndexer()).Leases(cfg.Namespace),
 		handover: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership"}),
+		gone:    workqueue.NewTyped[string](),
 		ready:   make(chan struct{}),
 		claimed: make(map[string]int64),
 		waiters: make(map[string]chan struct{}),
@@ -227,6 +229,7 @@ func (m *Manager) Ready() <-chan struct{} { return m.ready }
 // replicas may take its nodes at once.
 func (m *Manager) Run(ctx context.Context) {
 	defer m.handover.ShutDown()
+	defer m.gone.ShutDown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { m.informer.Run(ctx.Done()) })
@@ -234,7 +237,11 @@ func (m *Manager) Run(ctx context.Context) {
 		for m.handOverNext(ctx) {
 		}
 	})
-	go func() { <-ctx.Done(); m.handover.ShutDown() }()
+	wg.Go(func() {
+		for m.forgetNext(ctx) {
+		}
+	})
+	wg.Go(func() { <-ctx.Done(); m.handover.ShutDown(); m.gone.ShutDown() })
 
 	if !cache.WaitForCacheSync(ctx.Done(), m.informer.HasSynced) {
 		return
@@ -671,6 +678,40 @@ func (m *Manager) Release(ctx context.Context, node, reason string) error {
 	metav1.SetMetaDataAnnotation(&next.ObjectMeta, AnnotationReleased, reason)
 	_, err = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Update(ctx, next, metav1.UpdateOptions{})
 	return err
+}
+
+// NodeDeleted queues the deletion of node's record, its Node being gone,
+// so that records do not outlive their nodes. A node that registers again
+// is claimed anew.
+func (m *Manager) NodeDeleted(node string) { m.gone.Add(node) }
+
+// forgetNext deletes one queued record of a deleted node: the holder does,
+// or any replica when the holder is gone.
+func (m *Manager) forgetNext(ctx context.Context) bool {
+	node, quit := m.gone.Get()
+	if quit {
+		return false
+	}
+	defer m.gone.Done(node)
+	rec, err := m.leases.Get(RecordName(node))
+	if err != nil {
+		return true
+	}
+	if holder := ptr.Deref(rec.Spec.HolderIdentity, ""); holder != m.cfg.Replica && holder != "" && m.alive(holder) {
+		return true // the holder deletes it
+	}
+	m.mu.Lock()
+	delete(m.claimed, node)
+	m.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
+	defer cancel()
+	err = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Delete(wctx, rec.Name, metav1.DeleteOptions{
+		Preconditions: &metav1.Preconditions{ResourceVersion: &rec.ResourceVersion},
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		m.log.Info("cannot delete the ownership record of a deleted node", zap.String("node", node), zap.Error(err))
+	}
+	return true
 }
 
 var nodeSelector = labels.SelectorFromSet(labels.Set{LabelKind: KindNode})

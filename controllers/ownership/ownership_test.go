@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -226,6 +227,20 @@ func TestOneOwnerPerNode(t *testing.T) {
 	}
 	if got := holder(t, client, ns, "edge-3"); got != "replica-b" {
 		t.Fatalf("holder after taking over from %s = %q", dead, got)
+	}
+
+	// A deleted Node's record goes with it.
+	b.NodeDeleted("edge-3")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := client.CoordinationV1().Leases(ns).Get(t.Context(), ownership.RecordName("edge-3"), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the record of a deleted node is still there (%v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	history.Check(t)

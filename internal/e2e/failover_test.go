@@ -237,15 +237,42 @@ func edgeApp(t *testing.T, client kubernetes.Interface, ns string, nodeSelector 
 	}
 }
 
+// churner updates the ConfigMap every 200ms until stopped.
+type churner struct {
+	mu      sync.Mutex // guards updates and changed
+	updates int
+	changed chan struct{} // closed and replaced on every update
+	stop    func() (int, string)
+}
+
+// after waits until n more updates were made.
+func (c *churner) after(t *testing.T, n int) {
+	t.Helper()
+	c.mu.Lock()
+	target := c.updates + n
+	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		done, changed := c.updates >= target, c.changed
+		c.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-changed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the ConfigMap was not updated %d times within 30s", n)
+		}
+	}
+}
+
 // churn updates the ConfigMap until stop is called, which returns the
 // number of updates and the last resourceVersion.
-func churn(t *testing.T, client kubernetes.Interface, ns string) (stop func() (int, string)) {
+func churn(t *testing.T, client kubernetes.Interface, ns string) *churner {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	var (
-		updates int
-		last    string
-	)
+	c := &churner{changed: make(chan struct{})}
+	var last string
 	go func() {
 		defer close(done)
 		tick := time.NewTicker(200 * time.Millisecond)
@@ -260,16 +287,28 @@ func churn(t *testing.T, client kubernetes.Interface, ns string) (stop func() (i
 			if err != nil {
 				continue
 			}
-			cm.Data["generation"] = fmt.Sprint(updates + 1)
+			c.mu.Lock()
+			cm.Data["generation"] = fmt.Sprint(c.updates + 1)
+			c.mu.Unlock()
 			if cm, err = client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err == nil {
-				updates++
 				last = cm.ResourceVersion
+				c.mu.Lock()
+				c.updates++
+				close(c.changed)
+				c.changed = make(chan struct{})
+				c.mu.Unlock()
 			}
 		}
 	}()
-	stopped := sync.OnceValues(func() (int, string) { cancel(); <-done; return updates, last })
-	t.Cleanup(func() { stopped() })
-	return stopped
+	c.stop = sync.OnceValues(func() (int, string) {
+		cancel()
+		<-done
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.updates, last
+	})
+	t.Cleanup(func() { c.stop() })
+	return c
 }
 
 // leaseGaps records, per node, the longest time between renewals of its
@@ -423,8 +462,8 @@ func TestFailoverThreeReplicas(t *testing.T) {
 	}
 
 	gaps := watchLeaseGaps(t, client, nodes)
-	stopChurn := churn(t, client, ns)
-	time.Sleep(time.Second) // churn runs before, during and after the failure
+	changes := churn(t, client, ns)
+	changes.after(t, 5) // the ConfigMap changes before, during and after the failure
 	victim := rs.replicas[0]
 	for _, r := range rs.replicas {
 		if count[r.id] > count[victim.id] {
@@ -454,8 +493,8 @@ func TestFailoverThreeReplicas(t *testing.T) {
 		return nil
 	}, rs.procs()...)
 	resynced := time.Since(killed)
-	time.Sleep(2 * time.Second) // churn on after the failover
-	updates, last := stopChurn()
+	changes.after(t, 10)
+	updates, last := changes.stop()
 
 	eventually(t, time.Minute, "every edge to hold what the apiserver has", func() error {
 		for _, e := range edges {
@@ -503,7 +542,7 @@ func TestFlappingEdgeHasOneOwner(t *testing.T) {
 	nodes := []string{group + "-0", group + "-1"}
 	edges := rs.startEdges(t, client, nodes, nodeSelector, []string{proxy.addr})
 	gaps := watchLeaseGaps(t, client, nodes)
-	stopChurn := churn(t, client, ns)
+	changes := churn(t, client, ns)
 
 	// The workload: a cut every 1.5s for a minute.
 	cuts := time.NewTicker(1500 * time.Millisecond)
@@ -512,7 +551,7 @@ func TestFlappingEdgeHasOneOwner(t *testing.T) {
 		proxy.cut()
 	}
 	cuts.Stop()
-	updates, last := stopChurn()
+	updates, last := changes.stop()
 	eventually(t, time.Minute, "the edges to hold what the apiserver has", func() error {
 		for _, e := range edges {
 			if err := e.holdsCurrent(t.Context(), client, ns, last); err != nil {
