@@ -1,10 +1,15 @@
 package controllers_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -181,5 +186,67 @@ func TestServiceAccountTokensReachOnlyThePodsNode(t *testing.T) {
 	}
 	if !slices.Equal(held, []feed.Key{againKey}) {
 		t.Errorf("Desired(edge-1) tokens = %v, want only %v", held, againKey)
+	}
+}
+
+func TestFailedTokenRequestIsRetriedAndCounted(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	node := edgeNode(t, client, "edge-1")
+	rec := newRecorder()
+	reg := prometheus.NewRegistry()
+	core, logs := observer.New(zap.DebugLevel)
+	ctrls := start(t, controllers.Config{DisableDevices: true, Registerer: reg, Logger: zap.New(core)}, rec)
+
+	// A pod whose ServiceAccount is deleted after admission: its token
+	// cannot be requested until the ServiceAccount exists again.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "worker"}}
+	if _, err := client.CoreV1().ServiceAccounts(ns).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	spec := podUsing("job", node, "", "")
+	spec.Spec.ServiceAccountName = "worker"
+	pod, err := client.CoreV1().Pods(ns).Create(t.Context(), spec, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CoreV1().ServiceAccounts(ns).Delete(t.Context(), "worker", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrls.Desired(node); err != nil { // the node connects
+		t.Fatal(err)
+	}
+	eventually(t, "a failed TokenRequest to be counted", func() (bool, error) {
+		return metric(t, reg, "edgesync_token_refresh_failures_total", "") >= 1, nil
+	})
+	if _, err := client.CoreV1().ServiceAccounts(ns).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tok := tokenOf(rec.waitApplied(t, node, apiAccessKey(t, pod), nil))
+	if tok.GetServiceAccountName() != "worker" || tok.GetToken() == "" {
+		t.Fatalf("token for ServiceAccount %q (%d bytes), want worker's", tok.GetServiceAccountName(), len(tok.GetToken()))
+	}
+	if metric(t, reg, "edgesync_tokens_issued_total", "") < 1 {
+		t.Error("edgesync_tokens_issued_total did not count the token")
+	}
+	// The failure was logged, and no log line holds the token.
+	failed := false
+	for _, entry := range logs.All() {
+		line := entry.Message
+		for _, f := range entry.Context {
+			line += fmt.Sprintf(" %s=%v%s", f.Key, f.Interface, f.String)
+			if err, ok := f.Interface.(error); ok {
+				line += err.Error()
+			}
+		}
+		if strings.Contains(line, tok.GetToken()) {
+			t.Errorf("log line holds the token: %s", entry.Message)
+		}
+		if strings.Contains(line, "worker") && strings.Contains(entry.Message, "retrying") {
+			failed = true
+		}
+	}
+	if !failed {
+		t.Error("the failed TokenRequest was not logged")
 	}
 }
