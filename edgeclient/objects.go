@@ -147,6 +147,12 @@ func splitEvent(msg *edgesyncv1.SyncResponse) (ev objectEvent, ok bool, err erro
 		return ev, true, fmt.Errorf("encode %s: %w", ev.key, err)
 	}
 	ev.record = &store.Record{Key: ev.key, UID: meta.GetUid(), ResourceVersion: meta.GetResourceVersion(), Data: data}
+	// What the node holds must decode for the agent: an object that does
+	// not is refused (a Nack), never stored where it would break every
+	// List of its kind (found by FuzzSyncResponse).
+	if _, err := Decode(ev.record); err != nil {
+		return ev, true, fmt.Errorf("%s does not decode as a Kubernetes object: %w", ev.key, err)
+	}
 	return ev, true, nil
 }
 
