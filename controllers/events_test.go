@@ -113,6 +113,7 @@ func TestEdgeEventsBecomeKubernetesEvents(t *testing.T) {
 		}
 	}
 	edge1.mu.Unlock()
+	t.Logf("%d of %d flood events dropped (budget %g/s, bursts of %d)", dropped, flood, 2.0, 10)
 	if dropped == 0 || dropped == flood {
 		t.Errorf("%d of %d flood events dropped; want the budget to pass some and drop the rest", dropped, flood)
 	}

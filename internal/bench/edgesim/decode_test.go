@@ -56,6 +56,12 @@ func TestShallowCodecReadsWhatTheFullDecoderWould(t *testing.T) {
 		}}},
 		want: response{sequence: 11, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_NODE, Name: "edge-1", Uid: "u4", ResourceVersion: "77"}},
 	}, {
+		name: "token",
+		msg: &edgesyncv1.SyncResponse{Sequence: 12, Message: &edgesyncv1.SyncResponse_TokenEvent{TokenEvent: &edgesyncv1.TokenEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Token: &edgesyncv1.ServiceAccountToken{Metadata: meta("ns", "p/kube-api-access-x/token", "u5", "ab12"), Token: "jwt"},
+		}}},
+		want: response{sequence: 12, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, Namespace: "ns", Name: "p/kube-api-access-x/token", Uid: "u5", ResourceVersion: "ab12"}},
+	}, {
 		name: "status result",
 		msg:  &edgesyncv1.SyncResponse{Sequence: 9, Message: &edgesyncv1.SyncResponse_StatusResult{StatusResult: &edgesyncv1.StatusResult{RequestId: 3}}},
 		want: response{sequence: 9, statusResult: true},
