@@ -162,6 +162,16 @@ release: ## Cross-build the agent (amd64, arm64, armv7) and server (amd64, arm64
 	@cd $(RELEASE) && sha256sum edgesync-* > SHA256SUMS && echo "$(RELEASE)/SHA256SUMS"
 	@echo "$(VERSION)" > $(RELEASE)/VERSION
 
+# The chart's values.yaml ends with config:, every server setting with its
+# default; this rewrites it from the server after a setting is added.
+CHART := $(ROOT)/deploy/charts/edgesync
+
+.PHONY: chart-config
+chart-config: build ## Copy `edgesync-server --print-default-config` into the chart's values (config:).
+	@{ sed '/^config:$$/,$$d' $(CHART)/values.yaml; echo 'config:'; \
+	  $(BIN)/edgesync-server --print-default-config | sed 's/^/  /'; } > $(CHART)/values.yaml.new
+	@mv $(CHART)/values.yaml.new $(CHART)/values.yaml && git --no-pager diff --stat -- $(CHART)/values.yaml
+
 .PHONY: image
 image: release ## Build the server and agent images (OCI, linux/amd64+arm64, no Docker) into .build/images.
 	go run ./internal/release/mkimage --root $(ROOT) --version $(VERSION) --commit $(COMMIT)

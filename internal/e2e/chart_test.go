@@ -19,6 +19,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/edgesync/edgesync/internal/release"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
@@ -91,6 +92,8 @@ func TestChartRenders(t *testing.T) {
 		}
 		if sc := pod.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
 			t.Error("the server's pod may run as root")
+		} else if sc.FSGroup == nil || *sc.FSGroup != release.UID {
+			t.Errorf("the pod's fsGroup is %v, want %d: the non-root server could not read its certificate Secret (mode 0400)", sc.FSGroup, release.UID)
 		}
 	}
 	if len(byKind["ConfigMap"]) == 1 {
@@ -152,7 +155,7 @@ func TestChartMatchesTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(defaults, values.Config) {
-		t.Errorf("the chart's config (values.yaml, config:) is not `edgesync-server --print-default-config`; copy it there:\nchart:\n%s\nserver:\n%s",
+		t.Errorf("the chart's config (values.yaml, config:) is not `edgesync-server --print-default-config`; run `make chart-config`:\nchart:\n%s\nserver:\n%s",
 			toYAML(t, values.Config), toYAML(t, defaults))
 	}
 
