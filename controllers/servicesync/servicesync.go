@@ -163,7 +163,7 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 }
 
 // Encodings returns how many objects the controller has encoded: one per
-// Service version and one per distinct filtered result of a slice version.
+// Service version and one per distinct filtered content of a slice.
 func (c *Controller) Encodings() int64 { return c.encodings.Load() }
 
 // Run adds the controller's event handlers to the informers (which the
