@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +32,7 @@ import (
 	"github.com/edgesync/edgesync/edgeclient/agent"
 	"github.com/edgesync/edgesync/edgeclient/backoff"
 	"github.com/edgesync/edgesync/edgeclient/store"
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/internal/ownershiptest"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
@@ -116,6 +120,27 @@ func ready(httpAddr string) error {
 		return fmt.Errorf("readyz: %s: %s", resp.Status, body)
 	}
 	return nil
+}
+
+// admin dials r with an admin certificate.
+func (rs *replicaSet) admin(t *testing.T, r *replicaProc) edgesyncv1.AdminServiceClient {
+	t.Helper()
+	kp, err := rs.ca.IssueAdmin("failover-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := kp.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert}, RootCAs: rs.ca.Pool(), MinVersion: tls.VersionTLS12,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return edgesyncv1.NewAdminServiceClient(conn)
 }
 
 func (rs *replicaSet) addrs() []string {
@@ -520,6 +545,56 @@ func TestFailoverThreeReplicas(t *testing.T) {
 	if after[victim.id] != 0 {
 		t.Errorf("%d nodes still owned by the killed replica: %v", after[victim.id], after)
 	}
+	// Any replica answers AdminService for the whole deployment.
+	asked := rs.replicas[0]
+	if asked == victim {
+		asked = rs.replicas[1]
+	}
+	admin := rs.admin(t, asked)
+	list, err := admin.ListSessions(t.Context(), &edgesyncv1.ListSessionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, byNode, err = owners(t.Context(), client, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]string{}
+	for _, s := range list.GetSessions() {
+		listed[s.GetNodeName()] = s.GetServerId()
+	}
+	var elsewhere string
+	for _, n := range nodes {
+		if listed[n] != byNode[n] {
+			t.Errorf("%s lists node %s on %q, its ownership record says %q", asked.id, n, listed[n], byNode[n])
+		}
+		if byNode[n] != asked.id {
+			elsewhere = n
+		}
+	}
+	got, err := admin.GetSession(t.Context(), &edgesyncv1.GetSessionRequest{NodeName: elsewhere})
+	if err != nil || got.GetSession().GetServerId() != byNode[elsewhere] {
+		t.Errorf("%s: GetSession of %s (on %s) = %v, %v", asked.id, elsewhere, byNode[elsewhere], got, err)
+	}
+	// Disconnecting a node held by another replica ends its session there;
+	// the edge connects again.
+	var moving *edge
+	for _, e := range edges {
+		if e.node == elsewhere {
+			moving = e
+		}
+	}
+	before := moving.client.State().Connections
+	if _, err := admin.DisconnectNode(t.Context(), &edgesyncv1.DisconnectNodeRequest{NodeName: elsewhere, Reason: "failover test"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, elsewhere+" to connect again after DisconnectNode", func() error {
+		if st := moving.client.State(); st.Connections == before || !st.Connected {
+			return fmt.Errorf("connections %d (before %d), connected %v, last error %q", st.Connections, before, st.Connected, st.LastError)
+		}
+		return nil
+	}, rs.procs()...)
+
 	worst := gaps.check(t, nodes)
 	history.Check(t)
 	t.Logf("failover: %d edges moved in %s (all resynced); on reconnecting they were sent %d objects while holding %d; %d ConfigMap updates; longest node Lease gap %s; nodes per replica after: %v",
