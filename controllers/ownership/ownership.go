@@ -645,8 +645,15 @@ func (m *Manager) handOverNext(ctx context.Context) bool {
 		m.handover.Forget(name)
 		return true
 	}
-	// Stop serving the node before giving it away.
+	// Stop serving the node before giving it away, unless this replica
+	// claimed it again after the version asking for it (the edge came
+	// back): the next event says whether it is still wanted.
 	m.mu.Lock()
+	if v, ok := m.claimed[node]; ok && v > version(rec) {
+		m.mu.Unlock()
+		m.handover.Forget(name)
+		return true
+	}
 	delete(m.claimed, node)
 	m.mu.Unlock()
 	m.cfg.Sessions.EndSession(node, status.Errorf(codes.Aborted, "node %q connected to server %q; this stream is replaced", node, wanted))
