@@ -2,7 +2,9 @@ package e2e_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -260,4 +263,78 @@ func toYAML(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(bytes.TrimSpace(b))
+}
+
+// TestChartRunsTheServer runs edgesync-server as the chart's pod would: with
+// the configuration file it renders (every field must be one the server
+// knows) and the CA and serving certificate it generates, as the
+// ServiceAccount its RBAC binds; an admin certificate signed by that CA
+// finds it SERVING at the address the certificate was made for. Only the
+// mount paths and addresses are the test's.
+func TestChartRunsTheServer(t *testing.T) {
+	c := newChart(t)
+	testcluster.RESTConfig(t) // skips or fails when there is no devcluster
+	kubeconfig := os.Getenv(testcluster.KubeconfigEnv)
+	admin := []string{"KUBECONFIG=" + kubeconfig}
+	kubectl, server, grpcurl := repo.Binary(t, "kubectl"), repo.Binary(t, "edgesync-server"), repo.Binary(t, "grpcurl")
+
+	// One replica: node ownership (on with several) would join the Leases
+	// of the other tests' replicas.
+	objs := c.template(t, "edgesync-system", "--set", "replicas=1", "--set", "tls.generate.ipAddresses={127.0.0.1}")
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config.yaml")
+	pki := filepath.Join(dir, "pki")
+	if err := os.Mkdir(pki, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "ConfigMap":
+			data, _, _ := unstructured.NestedString(o.Object, "data", "config.yaml")
+			if err := os.WriteFile(config, []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		case "Secret":
+			data, _, _ := unstructured.NestedStringMap(o.Object, "data")
+			for name, b64 := range data {
+				b, err := base64.StdEncoding.DecodeString(b64)
+				if err != nil {
+					t.Fatalf("Secret key %s: %v", name, err)
+				}
+				if err := os.WriteFile(filepath.Join(pki, name), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+
+	// The chart's RBAC is deploy/rbac's (TestChartMatchesTheServer), bound
+	// to the ServiceAccount edgesync-server in edgesync-system.
+	run(t, admin, kubectl, "apply", "-f", filepath.Join(repo.Root(t), "deploy", "namespace.yaml"),
+		"-f", filepath.Join(repo.Root(t), "deploy", "rbac"))
+	token := strings.TrimSpace(run(t, admin, kubectl, "-n", "edgesync-system", "create", "token", "edgesync-server", "--duration=1h"))
+
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := start(t, "edgesync-server", nil, server,
+		"--config", config,
+		"--listen", addr,
+		"--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--tls-ca", filepath.Join(pki, "ca.crt"),
+		"--tls-cert", filepath.Join(pki, "server.crt"),
+		"--tls-key", filepath.Join(pki, "server.key"),
+		"--bootstrap-ca-key", filepath.Join(pki, "ca.key"),
+		"--kubeconfig", writeTokenKubeconfig(t, kubeconfig, token),
+		"--server-id", testcluster.UniqueName("chart"))
+	run(t, nil, server, "certs", "admin", "chart", "--dir", pki)
+	eventually(t, time.Minute, "the server to report SERVING", func() error {
+		out, err := tryRun(grpcurl,
+			"-cacert", filepath.Join(pki, "ca.crt"),
+			"-cert", filepath.Join(pki, "admin-chart.crt"),
+			"-key", filepath.Join(pki, "admin-chart.key"),
+			addr, "grpc.health.v1.Health/Check")
+		if err == nil && !strings.Contains(out, `"SERVING"`) {
+			err = fmt.Errorf("health: %s", out)
+		}
+		return err
+	}, p)
 }

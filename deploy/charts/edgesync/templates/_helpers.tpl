@@ -31,13 +31,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/*
 The server's configuration file: config from the values, except that
 several replicas own nodes through Leases in the release's namespace
-(ownership.namespace, required with more than one replica) and the
-namespace of bootstrap's CA Secret is the release's unless set otherwise.
+(ownership.namespace, required with more than one replica), the namespace
+of bootstrap's CA Secret is the release's unless set otherwise, and joining
+nodes are signed by the CA the chart generated unless bootstrap names
+another.
 */}}
 {{- define "edgesync.config" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- if and (gt (int .Values.replicas) 1) (not $config.ownership.namespace) -}}
 {{- $_ := set $config.ownership "namespace" .Release.Namespace -}}
+{{- end -}}
+{{- if and (not .Values.tls.existingSecret) (not $config.bootstrap.caKeyFile) (not $config.bootstrap.caSecret) -}}
+{{- $_ := set $config.bootstrap "caKeyFile" (printf "%s/ca.key" (dir $config.tls.caFile)) -}}
 {{- end -}}
 {{- if eq $config.bootstrap.namespace "edgesync-system" -}}
 {{- $_ := set $config.bootstrap "namespace" .Release.Namespace -}}
