@@ -84,9 +84,13 @@ type Controller struct {
 	cfg    Config
 	log    *zap.Logger
 	counts *prometheus.CounterVec // by result
-	queue  workqueue.TypedRateLimitingInterface[seriesKey]
+	// queueOnce creates queue on first use, so that a controller never
+	// run starts no goroutine.
+	queueOnce sync.Once
+	queue     workqueue.TypedRateLimitingInterface[seriesKey]
 
-	mu       sync.Mutex // guards limiters and series
+	mu       sync.Mutex // guards limiters, series and stopped
+	stopped  bool       // Run has returned: reports are answered UNAVAILABLE
 	limiters map[string]*rate.Limiter
 	series   map[seriesKey]*series
 }
@@ -130,8 +134,6 @@ func New(cfg Config) (*Controller, error) {
 			Name: "edgesync_edge_events_total",
 			Help: "Events reported by edges, by result: written (or added to a series), rate_limited (over the node's budget, dropped), refused (not the node's object or malformed), failed (the write failed).",
 		}, []string{"result"}),
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[seriesKey](),
-			workqueue.TypedRateLimitingQueueConfig[seriesKey]{Name: "eventsync"}),
 		limiters: make(map[string]*rate.Limiter),
 		series:   make(map[seriesKey]*series),
 	}
@@ -141,6 +143,15 @@ func New(cfg Config) (*Controller, error) {
 		}
 	}
 	return c, nil
+}
+
+// work returns the controller's work queue, creating it on first use.
+func (c *Controller) work() workqueue.TypedRateLimitingInterface[seriesKey] {
+	c.queueOnce.Do(func() {
+		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[seriesKey](),
+			workqueue.TypedRateLimitingQueueConfig[seriesKey]{Name: "eventsync"})
+	})
+	return c.queue
 }
 
 // Run writes events with workers until ctx ends. Reports still waiting
@@ -154,9 +165,10 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		})
 	}
 	<-ctx.Done()
-	c.queue.ShutDown()
+	c.work().ShutDown()
 	wg.Wait()
 	c.mu.Lock()
+	c.stopped = true
 	var waiting []func(error)
 	for _, s := range c.series {
 		waiting = append(waiting, s.answers...)
@@ -169,18 +181,18 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
+	key, quit := c.work().Get()
 	if quit {
 		return false
 	}
-	defer c.queue.Done(key)
+	defer c.work().Done(key)
 	if err := c.write(ctx, key); err != nil {
 		c.log.Warn("write event failed, retrying", zap.String("node", key.node), zap.String("reason", key.reason),
 			zap.String("object", key.namespace+"/"+key.name), zap.Error(err))
-		c.queue.AddRateLimited(key)
+		c.work().AddRateLimited(key)
 		return true
 	}
-	c.queue.Forget(key)
+	c.work().Forget(key)
 	return true
 }
 
@@ -196,6 +208,11 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		return
 	}
 	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		reply(status.Error(codes.Unavailable, "the server is shutting down; the event was not written"))
+		return
+	}
 	lim := c.limiters[node]
 	if lim == nil {
 		lim = rate.NewLimiter(rate.Limit(c.cfg.Rate), c.cfg.Burst)
@@ -229,7 +246,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		reply(err)
 	})
 	c.mu.Unlock()
-	c.queue.Add(key)
+	c.work().Add(key)
 }
 
 // SessionEnded forgets node's event budget.
@@ -290,7 +307,7 @@ func (c *Controller) write(ctx context.Context, key seriesKey) error {
 	for _, a := range answers {
 		a(nil)
 	}
-	c.queue.AddAfter(key, SeriesWindow+time.Second) // to forget it once idle
+	c.work().AddAfter(key, SeriesWindow+time.Second) // to forget it once idle
 	return nil
 }
 

@@ -95,7 +95,10 @@ type Controller struct {
 	nodes    corelisters.NodeLister
 	issued   prometheus.Counter
 	failures prometheus.Counter
-	queue    workqueue.TypedRateLimitingInterface[string] // created by New: Desired may enqueue before Run
+	// queueOnce creates queue on first use (Run, or Desired before it),
+	// so that a controller never run starts no goroutine.
+	queueOnce sync.Once
+	queue     workqueue.TypedRateLimitingInterface[string]
 
 	// mu guards active and held, and is held while publishing, so that
 	// what Desired answers and what is published agree.
@@ -162,8 +165,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		active: make(map[string]bool),
 		held:   make(map[string]*podTokens),
 	}
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokensync", Clock: cfg.Clock})
 	if cfg.Registerer != nil {
 		for _, m := range []prometheus.Collector{c.issued, c.failures} {
 			if err := cfg.Registerer.Register(m); err != nil {
@@ -174,17 +175,26 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	return c, nil
 }
 
+// work returns the controller's work queue, creating it on first use.
+func (c *Controller) work() workqueue.TypedRateLimitingInterface[string] {
+	c.queueOnce.Do(func() {
+		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokensync", Clock: c.clock})
+	})
+	return c.queue
+}
+
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
 func (c *Controller) Run(ctx context.Context, workers int) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer c.queue.ShutDown()
+	defer c.work().ShutDown()
 
 	var set handlers.Set
 	defer set.RemoveAll()
-	enqueue := func(obj any) { handlers.EnqueueKey(c.queue, obj) }
+	enqueue := func(obj any) { handlers.EnqueueKey(c.work(), obj) }
 	if err := set.Add(c.cfg.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue,
 		UpdateFunc: func(oldObj, newObj any) {
@@ -217,7 +227,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	}
 	for range workers {
 		wg.Go(func() {
-			for handlers.ProcessNext(c.queue, func(key string) error { return c.sync(ctx, key) }, c.log) {
+			for handlers.ProcessNext(c.work(), func(key string) error { return c.sync(ctx, key) }, c.log) {
 			}
 		})
 	}
@@ -349,7 +359,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	next := cur.earliestRefresh()
 	c.mu.Unlock()
 	if !next.IsZero() {
-		c.queue.AddAfter(key, next.Sub(now))
+		c.work().AddAfter(key, next.Sub(now))
 	}
 	return nil
 }
@@ -477,7 +487,7 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 			}
 		}
 		if !complete {
-			c.queue.Add(key)
+			c.work().Add(key)
 		}
 	}
 	return objs, nil
