@@ -3,9 +3,10 @@
 // with jittered exponential backoff), keeps every object the node holds in a
 // local store so that the node works offline and resumes with only the
 // difference, delivers typed events (k8s.io/api/core/v1 Pods, ConfigMaps and
-// Secrets, and Devices) to the agent, and carries the agent's reports
-// (node registration and status, heartbeats, pod and device status) until
-// the server answers them.
+// Secrets, Devices, and the pods' ServiceAccount tokens) to the agent, and
+// carries the agent's reports (node registration and status, heartbeats,
+// pod and device status) until the server answers them, and its events
+// (ReportEvent: buffered while offline, never blocking).
 // Requests that start in the cloud (kubectl logs, exec, attach,
 // port-forward) reach the node through tunnels the client opens when the
 // server asks, served by the agent's Config.TunnelHandler.

@@ -135,7 +135,7 @@ type Answer func(*edgesyncv1.StatusResult)
 // Reporter applies the reports edges send. Controllers implement it.
 type Reporter interface {
 	// HandleReport takes one report (node registration, node status,
-	// heartbeat, pod status, device status) from node, whose identity the
+	// heartbeat, pod status, device status, event) from node, whose identity the
 	// server has verified. It must not block on the API server: it queues
 	// the work and calls answer exactly once, from any goroutine.
 	HandleReport(node string, req *edgesyncv1.SyncRequest, answer Answer)
