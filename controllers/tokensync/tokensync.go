@@ -60,6 +60,8 @@ const (
 	// MaxAge is the age at which a token is refreshed whatever its
 	// lifetime.
 	MaxAge = 24 * time.Hour
+	// minRefresh is the shortest time between two tokens of a projection.
+	minRefresh = time.Minute
 )
 
 // Config is what the controller needs.
@@ -398,7 +400,9 @@ func (c *Controller) request(ctx context.Context, pod *corev1.Pod, s source) (*t
 		return nil, fmt.Errorf("request token of ServiceAccount %s/%s for pod %s volume %q path %q: %w", pod.Namespace, sa, pod.Name, s.volume, s.path, err)
 	}
 	expires := resp.Status.ExpirationTimestamp.Time
-	refreshAt := issued.Add(min(expires.Sub(issued)*8/10, MaxAge))
+	// A clock skewed against the API server's must not make every token
+	// due at once: refresh no sooner than minRefresh.
+	refreshAt := issued.Add(max(min(expires.Sub(issued)*8/10, MaxAge), minRefresh))
 	key := s.key(pod)
 	// The version is a digest of the token: new with every token, and
 	// telling nothing about it.
