@@ -80,7 +80,7 @@ func FuzzSyncRequest(f *testing.F) {
 	// first answer, with waitFirst) and reads until the server ends the
 	// stream; it returns the first message received and the final status.
 	exchange := func(t *testing.T, waitFirst bool, msgs ...[]byte) (first rawMessage, err error) {
-		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		stream, err := conn.NewStream(ctx, syncStream, "/edgesync.v1.SyncService/Sync")
 		if err != nil {
