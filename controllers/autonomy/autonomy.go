@@ -62,9 +62,14 @@ type Config struct {
 
 // Controller keeps the eviction tolerations of pods on edge nodes.
 type Controller struct {
-	cfg   Config
-	log   *zap.Logger
-	queue workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	cfg Config
+	log *zap.Logger
+
+	// The queue runs a goroutine of its own, so it is made on first use
+	// (the informers' first event, or Run) rather than in New: controllers
+	// built and never run leave nothing behind.
+	queueOnce sync.Once
+	queue     workqueue.TypedRateLimitingInterface[cache.ObjectName]
 }
 
 // New registers the controller's event handlers; Run starts its workers.
@@ -72,13 +77,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	c := &Controller{
-		cfg: cfg,
-		log: cfg.Logger,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName](),
-			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "autonomy"}),
-	}
+	c := &Controller{cfg: cfg, log: cfg.Logger}
 	if _, err := cfg.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueuePod,
 		UpdateFunc: func(_, obj any) { c.enqueuePod(obj) },
@@ -100,12 +99,21 @@ func New(cfg Config) (*Controller, error) {
 	return c, nil
 }
 
+func (c *Controller) workQueue() workqueue.TypedRateLimitingInterface[cache.ObjectName] {
+	c.queueOnce.Do(func() {
+		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName](),
+			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "autonomy"})
+	})
+	return c.queue
+}
+
 func (c *Controller) enqueuePod(obj any) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok || pod.Spec.NodeName == "" || pod.DeletionTimestamp != nil {
 		return
 	}
-	c.queue.Add(cache.MetaObjectToName(pod))
+	c.workQueue().Add(cache.MetaObjectToName(pod))
 }
 
 func (c *Controller) enqueueNodePods(obj any) {
@@ -126,9 +134,10 @@ func (c *Controller) enqueueNodePods(obj any) {
 // Run waits for the pod and node caches, runs workers until ctx ends and
 // returns once they have stopped.
 func (c *Controller) Run(ctx context.Context, workers int) {
+	queue := c.workQueue()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer c.queue.ShutDown()
+	defer queue.ShutDown()
 	if !cache.WaitForCacheSync(ctx.Done(), c.cfg.Pods.HasSynced, c.cfg.Nodes.HasSynced) {
 		return
 	}
@@ -142,17 +151,18 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
+	queue := c.workQueue()
+	key, quit := queue.Get()
 	if quit {
 		return false
 	}
-	defer c.queue.Done(key)
+	defer queue.Done(key)
 	if err := c.sync(ctx, key); err != nil {
 		c.log.Warn("could not set eviction tolerations; retrying", zap.String("pod", key.String()), zap.Error(err))
-		c.queue.AddRateLimited(key)
+		queue.AddRateLimited(key)
 		return true
 	}
-	c.queue.Forget(key)
+	queue.Forget(key)
 	return true
 }
 
