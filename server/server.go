@@ -8,7 +8,10 @@
 // feed.Publisher), and the server asks them what a node should hold and
 // hands them the node's reports (feed.Controllers, given to Serve). When the
 // controllers implement feed.Admitter, a node they refuse gets no session;
-// Server implements feed.SessionEnder so that they can end one.
+// Server implements feed.SessionEnder so that they can end one. With several
+// replicas the controllers also implement feed.Claimer (a session starts
+// only once this replica owns the node) and feed.Directory (AdminService
+// then answers for every replica's nodes).
 //
 // OpenTunnel asks a node, on its session, to open a TunnelService stream;
 // Options.Tunnel serves those streams on the same port (package
