@@ -187,6 +187,10 @@ func (e *edge) ref(key feed.Key) *edgesyncv1.ObjectRef {
 		meta = m.NodeEvent.GetNode().GetMetadata()
 	case *edgesyncv1.SyncResponse_TokenEvent:
 		meta = m.TokenEvent.GetToken().GetMetadata()
+	case *edgesyncv1.SyncResponse_ServiceEvent:
+		meta = m.ServiceEvent.GetService().GetMetadata()
+	case *edgesyncv1.SyncResponse_EndpointSliceEvent:
+		meta = m.EndpointSliceEvent.GetEndpointSlice().GetMetadata()
 	}
 	return &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, Uid: meta.GetUid(), ResourceVersion: meta.GetResourceVersion()}
 }
