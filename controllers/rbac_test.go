@@ -132,9 +132,7 @@ func TestRBACIsEnough(t *testing.T) {
 	rec.waitApplied(t, edge1, nodeKey(edge1), nil)
 
 	// A Service meant for edges and its EndpointSlice.
-	if _, err := client.CoreV1().Services(ns).Create(t.Context(), webService("web", true), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createService(t, client, ns, webService("web", true))
 	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(t.Context(), &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-manual", Labels: map[string]string{
 			discoveryv1.LabelServiceName: "web", discoveryv1.LabelManagedBy: "edgesync-test",

@@ -180,6 +180,23 @@ func (e *edge) knowsService(ns, svc string) bool {
 	return false
 }
 
+// createService creates svc in ns and deletes it when the test ends: a
+// Service meant for edges that outlived its test (namespaces are deleted
+// in the background) would reach the edge nodes of later tests.
+func createService(t *testing.T, client kubernetes.Interface, ns string, svc *corev1.Service) *corev1.Service {
+	t.Helper()
+	created, err := client.CoreV1().Services(ns).Create(t.Context(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service %s/%s: %v", ns, svc.Name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = client.CoreV1().Services(ns).Delete(ctx, svc.Name, metav1.DeleteOptions{})
+	})
+	return created
+}
+
 func serviceKey(ns, name string) feed.Key {
 	return feed.Key{Kind: edgesyncv1.Kind_KIND_SERVICE, Namespace: ns, Name: name}
 }
@@ -244,13 +261,8 @@ func TestServicesReachEdges(t *testing.T) {
 	}
 	ctx := t.Context()
 
-	if _, err := client.CoreV1().Services(ns).Create(ctx, webService("internal", false), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := client.CoreV1().Services(ns).Create(ctx, webService("web", true), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	createService(t, client, ns, webService("internal", false))
+	svc := createService(t, client, ns, webService("web", true))
 	if _, err := client.AppsV1().Deployments(ns).Create(ctx, webDeployment(group, 2), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -390,9 +402,7 @@ func TestZoneHintsFilterPerNode(t *testing.T) {
 			Ports:               []corev1.ServicePort{{Name: "mqtt", Port: 1883, Protocol: corev1.ProtocolTCP}},
 		},
 	}
-	if _, err := client.CoreV1().Services(ns).Create(t.Context(), svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createService(t, client, ns, svc)
 	// Endpoints outside the cluster, in a slice managed by hand.
 	hinted := func(ip, zone string) discoveryv1.Endpoint {
 		return discoveryv1.Endpoint{Addresses: []string{ip}, Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: zone}}}}

@@ -65,6 +65,9 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 		if _, err := kube.CoreV1().Services(ns).Create(t.Context(), svc, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// Deleted at once, not with the namespace in the background: a
+		// Service meant for edges reaches every edge node of later tests.
+		t.Cleanup(func() { _ = kube.CoreV1().Services(ns).Delete(context.Background(), svc.Name, metav1.DeleteOptions{}) })
 	}
 	yes := true
 	for svc, addrs := range map[string][]string{"web": {"192.0.2.10", "192.0.2.11"}, "db": {"192.0.2.20"}} {

@@ -49,6 +49,9 @@ func TestPythonEdgeClient(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Deleted at once, not with the namespace in the background: a Service
+	// meant for edges reaches every edge node of later tests.
+	t.Cleanup(func() { _ = client.CoreV1().Services(ns).Delete(context.Background(), "broker", metav1.DeleteOptions{}) })
 	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "broker-1", Labels: map[string]string{
 			discoveryv1.LabelServiceName: "broker", discoveryv1.LabelManagedBy: "edgesync-test",
