@@ -36,11 +36,15 @@ func patchNode(ctx context.Context, t *testing.T, client kubernetes.Interface, n
 }
 
 // withoutNodes drops the nodes' own Nodes from objs, for tests about
-// other kinds: every edge node is sent its Node.
+// other kinds: every edge node is sent its Node. It drops Services and
+// EndpointSlices too: every edge node is sent every Service meant for
+// edges, including those other tests (of other packages too) create.
 func withoutNodes(objs []*feed.Object) []*feed.Object {
 	var out []*feed.Object
 	for _, o := range objs {
-		if o.Key.Kind != edgesyncv1.Kind_KIND_NODE {
+		switch o.Key.Kind {
+		case edgesyncv1.Kind_KIND_NODE, edgesyncv1.Kind_KIND_SERVICE, edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
+		default:
 			out = append(out, o)
 		}
 	}
