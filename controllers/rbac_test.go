@@ -1,11 +1,6 @@
 package controllers_test
 
 import (
-	"bytes"
-	"errors"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,11 +8,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 
 	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/controllers/devicesync"
@@ -28,63 +19,10 @@ import (
 	"github.com/edgesync/edgesync/server/feed"
 )
 
-// applyRBAC creates or replaces the RBAC objects in deploy/rbac.
-func applyRBAC(t *testing.T, dyn dynamic.Interface) {
-	t.Helper()
-	resources := map[string]schema.GroupVersionResource{
-		"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-		"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-		"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
-		"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
-	}
-	files, _ := filepath.Glob(filepath.Join(repo.Root(t), "deploy", "rbac", "*.yaml"))
-	if len(files) == 0 {
-		t.Fatal("no RBAC files in deploy/rbac")
-	}
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			obj := &unstructured.Unstructured{}
-			if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
-				break
-			} else if err != nil {
-				t.Fatalf("decode %s: %v", file, err)
-			}
-			gvr, ok := resources[obj.GetKind()]
-			if !ok {
-				t.Fatalf("%s: unexpected kind %s in deploy/rbac", file, obj.GetKind())
-			}
-			if ns := obj.GetNamespace(); ns != "" {
-				// The server's own namespace (deploy/namespace.yaml) may not
-				// exist in a test cluster yet.
-				nsObj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
-				if _, err := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}).Create(t.Context(), nsObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-					t.Fatalf("create namespace %s: %v", ns, err)
-				}
-			}
-			ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
-			if _, err := ri.Create(t.Context(), obj, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-				existing, err := ri.Get(t.Context(), obj.GetName(), metav1.GetOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				obj.SetResourceVersion(existing.GetResourceVersion())
-				if _, err := ri.Update(t.Context(), obj, metav1.UpdateOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			} else if err != nil {
-				t.Fatalf("create %s %s: %v", obj.GetKind(), obj.GetName(), err)
-			}
-		}
-	}
-}
-
 // TestRBACIsEnough runs every flow as the server's ServiceAccount, bound
-// only by deploy/rbac: a missing permission fails a write or an informer.
+// only by what deploy/ grants it (deploy/rbac and deploy/namespace.yaml,
+// applied by testcluster.ApplyRBAC): a missing permission fails a write or
+// an informer.
 func TestRBACIsEnough(t *testing.T) {
 	admin := testcluster.RESTConfig(t)
 	client := testcluster.Client(t)
@@ -92,12 +30,8 @@ func TestRBACIsEnough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applyRBAC(t, dyn)
-	asServer := rest.CopyConfig(admin)
-	asServer.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:edgesync-system:edgesync-server",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:edgesync-system", "system:authenticated"},
-	}
+	testcluster.ApplyRBAC(t, admin, repo.Root(t))
+	asServer := testcluster.AsServer(admin)
 	// Without the binding, the ServiceAccount may not even list pods.
 	probe, err := dynamic.NewForConfig(asServer)
 	if err != nil {
