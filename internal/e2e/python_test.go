@@ -1,10 +1,8 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,18 +27,11 @@ func TestPythonEdgeClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	node := testcluster.UniqueName("py-edge")
-	certFile, keyFile := in.nodeCert(t, node)
-	ns := testcluster.Namespace(t, client)
-	if _, err := client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+	e := newGeneratedEdge(ctx, t, in, client, "python", &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sensor-reader"},
-		Spec: corev1.PodSpec{
-			NodeName:   node,
-			Containers: []corev1.Container{{Name: "reader", Image: "registry.example/sensor-reader:3.1"}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "reader", Image: "registry.example/sensor-reader:3.1"}}},
+	})
+	ns := e.ns
 
 	// A Service meant for edges, with an endpoint outside the cluster.
 	if _, err := client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -51,7 +42,9 @@ func TestPythonEdgeClient(t *testing.T) {
 	}
 	// Deleted at once, not with the namespace in the background: a Service
 	// meant for edges reaches every edge node of later tests.
-	t.Cleanup(func() { _ = client.CoreV1().Services(ns).Delete(context.Background(), "broker", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = client.CoreV1().Services(ns).Delete(context.Background(), "broker", metav1.DeleteOptions{})
+	})
 	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "broker-1", Labels: map[string]string{
 			discoveryv1.LabelServiceName: "broker", discoveryv1.LabelManagedBy: "edgesync-test",
@@ -62,17 +55,11 @@ func TestPythonEdgeClient(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	kubeletVersion := "python-edge-" + node
-	cmd := pyclient.Command(t, "edge_client.py", in.addr, filepath.Join(in.pki, "ca.crt"), certFile, keyFile,
-		node, ns, "sensor-reader", kubeletVersion, "broker")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("python edge client: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
+	out := e.run(t, pyclient.Command(t, "edge_client.py", in.addr, e.caFile, e.certFile, e.keyFile,
+		e.node, ns, "sensor-reader", e.kubeletVersion, "broker"))
 	want := fmt.Sprintf("pod_event EVENT_TYPE_APPLY %s/sensor-reader image=registry.example/sensor-reader:3.1", ns)
-	if !strings.Contains(stdout.String(), want) {
-		t.Fatalf("python client output lacks %q:\n%s", want, stdout.String())
+	if !strings.Contains(out, want) {
+		t.Fatalf("python client output lacks %q:\n%s", want, out)
 	}
 	for _, want := range []string{
 		// The pod's ServiceAccount token, in its kube-api-access volume.
@@ -80,19 +67,10 @@ func TestPythonEdgeClient(t *testing.T) {
 		fmt.Sprintf("service_event EVENT_TYPE_APPLY %s/broker clusterIP=", ns),
 		fmt.Sprintf("endpoint_slice_event EVENT_TYPE_APPLY %s/broker-1 service=broker endpoints=192.0.2.30", ns),
 	} {
-		if !strings.Contains(stdout.String(), want) {
-			t.Errorf("python client output lacks %q:\n%s", want, stdout.String())
+		if !strings.Contains(out, want) {
+			t.Errorf("python client output lacks %q:\n%s", want, out)
 		}
 	}
 
-	got, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the python client's node registration did not create node %s: %v", node, err)
-	}
-	if got.Status.NodeInfo.KubeletVersion != kubeletVersion {
-		t.Fatalf("node %s reports kubelet version %q, want %q from the python client", node, got.Status.NodeInfo.KubeletVersion, kubeletVersion)
-	}
-	if got.Labels["example.com/client"] != "python" {
-		t.Errorf("node labels %v lack the label the python client registered", got.Labels)
-	}
+	e.checkRegistered(ctx, t, client)
 }

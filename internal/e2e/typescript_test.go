@@ -1,10 +1,8 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,40 +26,15 @@ func TestTypeScriptEdgeClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	node := testcluster.UniqueName("ts-edge")
-	certFile, keyFile := in.nodeCert(t, node)
-	ns := testcluster.Namespace(t, client)
-	if _, err := client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+	e := newGeneratedEdge(ctx, t, in, client, "typescript", &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "gateway-ui"},
-		Spec: corev1.PodSpec{
-			NodeName:   node,
-			Containers: []corev1.Container{{Name: "ui", Image: "registry.example/gateway-ui:2.4"}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "ui", Image: "registry.example/gateway-ui:2.4"}}},
+	})
+	out := e.run(t, tsclient.Command(t, in.addr, e.caFile, e.certFile, e.keyFile,
+		e.node, e.ns, "gateway-ui", e.kubeletVersion))
+	want := fmt.Sprintf("pod_event APPLY %s/gateway-ui image=registry.example/gateway-ui:2.4", e.ns)
+	if !strings.Contains(out, want) {
+		t.Fatalf("typescript client output lacks %q:\n%s", want, out)
 	}
-
-	kubeletVersion := "typescript-edge-" + node
-	cmd := tsclient.Command(t, in.addr, filepath.Join(in.pki, "ca.crt"), certFile, keyFile,
-		node, ns, "gateway-ui", kubeletVersion)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("typescript edge client: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
-	}
-	want := fmt.Sprintf("pod_event APPLY %s/gateway-ui image=registry.example/gateway-ui:2.4", ns)
-	if !strings.Contains(stdout.String(), want) {
-		t.Fatalf("typescript client output lacks %q:\n%s", want, stdout.String())
-	}
-
-	got, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the typescript client's node registration did not create node %s: %v", node, err)
-	}
-	if got.Status.NodeInfo.KubeletVersion != kubeletVersion {
-		t.Fatalf("node %s reports kubelet version %q, want %q from the typescript client", node, got.Status.NodeInfo.KubeletVersion, kubeletVersion)
-	}
-	if got.Labels["example.com/client"] != "typescript" {
-		t.Errorf("node labels %v lack the label the typescript client registered", got.Labels)
-	}
+	e.checkRegistered(ctx, t, client)
 }
