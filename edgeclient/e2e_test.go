@@ -6,14 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/edgeclient"
-	"github.com/edgesync/edgesync/internal/servertest"
+	"github.com/edgesync/edgesync/internal/cloudtest"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -24,28 +21,8 @@ import (
 func TestEndToEndReportsMadeOfflineReachTheAPIServer(t *testing.T) {
 	kube := testcluster.Client(t)
 	ns := testcluster.Namespace(t, kube)
-	node := testcluster.UniqueName("edge")
-
-	ctrls, err := controllers.New(controllers.Config{
-		RESTConfig: testcluster.RESTConfig(t), DisableDevices: true,
-		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := servertest.Start(t, ctrls)
-	runCtx, stopCtrls := context.WithCancel(context.Background())
-	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopCtrls()
-		if err := <-ctrlsDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("controllers: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		_ = kube.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{})
-	})
+	node := cloudtest.Node(t, "edge")
+	env := cloudtest.Start(t)
 
 	p := newProxy(t, env.Addr)
 	certFile, keyFile := env.NodeCert(t, node)

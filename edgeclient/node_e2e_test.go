@@ -2,19 +2,15 @@ package edgeclient_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/edgeclient"
-	"github.com/edgesync/edgesync/internal/servertest"
+	"github.com/edgesync/edgesync/internal/cloudtest"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -24,28 +20,8 @@ import (
 // it again, into the store the agent reads.
 func TestEndToEndNodeObjectReachesItsEdge(t *testing.T) {
 	kube := testcluster.Client(t)
-	node := testcluster.UniqueName("edge-node-obj")
-
-	ctrls, err := controllers.New(controllers.Config{
-		RESTConfig: testcluster.RESTConfig(t), DisableDevices: true,
-		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := servertest.Start(t, ctrls)
-	runCtx, stopCtrls := context.WithCancel(context.Background())
-	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopCtrls()
-		if err := <-ctrlsDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("controllers: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		_ = kube.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{})
-	})
+	node := cloudtest.Node(t, "edge-node-obj")
+	env := cloudtest.Start(t)
 
 	certFile, keyFile := env.NodeCert(t, node)
 	c := newClient(t, env.Addr, env.CAFile, certFile, keyFile, node, t.TempDir())

@@ -2,7 +2,7 @@ package agent
 
 import (
 	"context"
-	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,91 +11,112 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
-	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/edgeclient"
+	"github.com/edgesync/edgesync/internal/cloudtest"
 	"github.com/edgesync/edgesync/internal/servertest"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
+
+// liveEdge is an agent for one node, connected to the real controllers
+// and server on the devcluster.
+type liveEdge struct {
+	kube     kubernetes.Interface
+	env      *servertest.Env // the sync server the agent dials
+	ns       string
+	node     string
+	storeDir string
+	out      *syncBuffer
+	client   atomic.Pointer[edgeclient.Client]
+	ctx      context.Context // ends at the test's deadline for waits
+}
+
+// startLiveEdge runs controllers, the server and an agent until the test
+// ends, and waits until the agent's node is registered. configure, if
+// given, changes the agent's Config before it starts.
+func startLiveEdge(t *testing.T, configure ...func(*Config)) *liveEdge {
+	t.Helper()
+	e := &liveEdge{kube: testcluster.Client(t), storeDir: t.TempDir(), out: &syncBuffer{}}
+	e.ns = testcluster.Namespace(t, e.kube)
+	e.node = cloudtest.Node(t, "edge")
+	e.env = cloudtest.Start(t)
+
+	certFile, keyFile := e.env.NodeCert(t, e.node)
+	cfg := Config{
+		Client: edgeclient.Config{
+			Server: e.env.Addr, CAFile: e.env.CAFile, CertFile: certFile, KeyFile: keyFile,
+			NodeName: e.node, StoreDir: e.storeDir, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		},
+		Version: "e2e", Out: e.out,
+		OnClient: func(c *edgeclient.Client) { e.client.Store(c) },
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	wctx, wcancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(wcancel)
+	e.ctx = wctx
+	e.poll(t, "the node to register", func() (bool, error) {
+		_, err := e.kube.CoreV1().Nodes().Get(wctx, e.node, metav1.GetOptions{})
+		return err == nil, notYet(err)
+	})
+	return e
+}
+
+// poll checks cond until it holds: the API server and the files the agent
+// writes tell nobody when they change.
+func (e *liveEdge) poll(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	for {
+		ok, err := cond()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-e.ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, e.ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// notYet treats NotFound as "not yet".
+func notYet(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
 
 // TestEndToEndPodLifecycle runs the agent against the real controllers,
 // server and kube-apiserver: the node registers itself, a pod bound to it
 // becomes Running and Ready in the API server, and a deleted pod goes away
 // once the agent reports it terminated.
 func TestEndToEndPodLifecycle(t *testing.T) {
-	kube := testcluster.Client(t)
-	ns := testcluster.Namespace(t, kube)
-	node := testcluster.UniqueName("edge")
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-
-	ctrls, err := controllers.New(controllers.Config{RESTConfig: testcluster.RESTConfig(t), DisableDevices: true, Logger: log}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := servertest.Start(t, ctrls)
-	runCtx, stopCtrls := context.WithCancel(context.Background())
-	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopCtrls()
-		if err := <-ctrlsDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("controllers: %v", err)
-		}
-	})
-	t.Cleanup(func() { _ = kube.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}) })
-
-	certFile, keyFile := env.NodeCert(t, node)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Client: edgeclient.Config{
-				Server: env.Addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
-				NodeName: node, StoreDir: t.TempDir(), Logger: log,
-			},
-			Version: "e2e", Out: &syncBuffer{},
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-
-	wctx, wcancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer wcancel()
-	// poll observes the API server, which tells nobody when it changes.
-	poll := func(what string, cond func() (bool, error)) {
-		t.Helper()
-		for {
-			ok, err := cond()
-			if err != nil {
-				t.Fatalf("%s: %v", what, err)
-			}
-			if ok {
-				return
-			}
-			select {
-			case <-wctx.Done():
-				t.Fatalf("waiting for %s: %v", what, wctx.Err())
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
-	poll("the node to register", func() (bool, error) {
-		_, err := kube.CoreV1().Nodes().Get(wctx, node, metav1.GetOptions{})
-		return err == nil, notYet(err)
-	})
+	e := startLiveEdge(t)
+	kube, ns := e.kube, e.ns
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "registry.k8s.io/pause:3.10"}}},
+		Spec:       corev1.PodSpec{NodeName: e.node, Containers: []corev1.Container{{Name: "main", Image: "registry.k8s.io/pause:3.10"}}},
 	}
-	if _, err := kube.CoreV1().Pods(ns).Create(wctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := kube.CoreV1().Pods(ns).Create(e.ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll("the pod to be Running and Ready", func() (bool, error) {
-		p, err := kube.CoreV1().Pods(ns).Get(wctx, "web", metav1.GetOptions{})
+	e.poll(t, "the pod to be Running and Ready", func() (bool, error) {
+		p, err := kube.CoreV1().Pods(ns).Get(e.ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -106,22 +127,14 @@ func TestEndToEndPodLifecycle(t *testing.T) {
 		}
 		return false, nil
 	})
-	if err := kube.CoreV1().Pods(ns).Delete(wctx, "web", metav1.DeleteOptions{}); err != nil {
+	if err := kube.CoreV1().Pods(ns).Delete(e.ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	poll("the deleted pod to go away", func() (bool, error) {
-		_, err := kube.CoreV1().Pods(ns).Get(wctx, "web", metav1.GetOptions{})
+	e.poll(t, "the deleted pod to go away", func() (bool, error) {
+		_, err := kube.CoreV1().Pods(ns).Get(e.ctx, "web", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return true, nil
 		}
 		return false, err
 	})
-}
-
-// notYet treats NotFound as "not yet".
-func notYet(err error) error {
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
 }

@@ -8,19 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/controllers/servicesync"
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/servicedns"
-	"github.com/edgesync/edgesync/internal/servertest"
-	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
 // TestServiceDNSFromTheStore: an agent with its DNS server and proxy on
@@ -31,25 +26,21 @@ import (
 // to an endpoint is in package serviceproxy: the API server refuses
 // loopback endpoint addresses.)
 func TestServiceDNSFromTheStore(t *testing.T) {
-	kube := testcluster.Client(t)
-	ns := testcluster.Namespace(t, kube)
-	node := testcluster.UniqueName("edge-dns")
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	ctrls, err := controllers.New(controllers.Config{RESTConfig: testcluster.RESTConfig(t), DisableDevices: true, Logger: log}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := servertest.Start(t, ctrls)
-	runCtx, stopCtrls := context.WithCancel(context.Background())
-	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopCtrls()
-		if err := <-ctrlsDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("controllers: %v", err)
+	dnsAddr := make(chan string, 1)
+	e := startLiveEdge(t, func(cfg *Config) {
+		cfg.Services = ServicesConfig{
+			DNS:       servicedns.Config{Addr: "127.0.0.1:0"},
+			ProxyCIDR: "127.100.0.0/16",
+			OnDNS:     func(addr string) { dnsAddr <- addr },
 		}
 	})
-	t.Cleanup(func() { _ = kube.CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{}) })
+	kube, ns, out := e.kube, e.ns, e.out
+	c := e.client.Load()
+	addr := <-dnsAddr
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
 
 	// Two Services meant for edges, with endpoints outside the cluster
 	// (slices managed by hand): web has a cluster IP, db is headless.
@@ -85,42 +76,7 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 		}
 	}
 
-	certFile, keyFile := env.NodeCert(t, node)
-	dnsAddr := make(chan string, 1)
-	clients := make(chan *edgeclient.Client, 1)
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Client: edgeclient.Config{
-				Server: env.Addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
-				NodeName: node, StoreDir: t.TempDir(), Logger: log,
-			},
-			Version: "e2e", Out: out,
-			Services: ServicesConfig{
-				DNS:       servicedns.Config{Addr: "127.0.0.1:0"},
-				ProxyCIDR: "127.100.0.0/16",
-				OnDNS:     func(addr string) { dnsAddr <- addr },
-			},
-			OnClient: func(c *edgeclient.Client) { clients <- c },
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-	c := <-clients
-	addr := <-dnsAddr
-	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}}
-
-	wctx, wcancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer wcancel()
+	wctx := e.ctx
 	name := "web." + ns + ".svc.cluster.local."
 	if _, err := c.WaitFor(wctx, func(edgeclient.State) bool {
 		web, err1 := c.Resolve(ns, "web", "")
@@ -179,7 +135,7 @@ func TestServiceDNSFromTheStore(t *testing.T) {
 		}
 	}
 
-	env.Stop()
+	e.env.Stop()
 	if _, err := c.WaitFor(wctx, func(s edgeclient.State) bool { return !s.Connected }); err != nil {
 		t.Fatal(err)
 	}

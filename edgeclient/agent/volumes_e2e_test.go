@@ -1,116 +1,19 @@
 package agent
 
 import (
-	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/edgesync/edgesync/controllers"
-	"github.com/edgesync/edgesync/edgeclient"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
-	"github.com/edgesync/edgesync/internal/servertest"
-	"github.com/edgesync/edgesync/internal/testcluster"
 )
-
-// liveEdge is an agent for one node, connected to the real controllers
-// and server on the devcluster.
-type liveEdge struct {
-	kube     kubernetes.Interface
-	ns       string
-	node     string
-	storeDir string
-	out      *syncBuffer
-	client   atomic.Pointer[edgeclient.Client]
-	ctx      context.Context // ends at the test's deadline for waits
-}
-
-// startLiveEdge runs controllers, the server and an agent until the test
-// ends, and waits until the agent's node is registered.
-func startLiveEdge(t *testing.T) *liveEdge {
-	t.Helper()
-	e := &liveEdge{kube: testcluster.Client(t), storeDir: t.TempDir(), out: &syncBuffer{}}
-	e.ns = testcluster.Namespace(t, e.kube)
-	e.node = testcluster.UniqueName("edge")
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-
-	ctrls, err := controllers.New(controllers.Config{RESTConfig: testcluster.RESTConfig(t), DisableDevices: true, Logger: log}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := servertest.Start(t, ctrls)
-	runCtx, stopCtrls := context.WithCancel(context.Background())
-	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopCtrls()
-		if err := <-ctrlsDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("controllers: %v", err)
-		}
-	})
-	t.Cleanup(func() { _ = e.kube.CoreV1().Nodes().Delete(context.Background(), e.node, metav1.DeleteOptions{}) })
-
-	certFile, keyFile := env.NodeCert(t, e.node)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			Client: edgeclient.Config{
-				Server: env.Addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
-				NodeName: e.node, StoreDir: e.storeDir, Logger: log,
-			},
-			Version: "e2e", Out: e.out,
-			OnClient: func(c *edgeclient.Client) { e.client.Store(c) },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
-	wctx, wcancel := context.WithTimeout(context.Background(), 90*time.Second)
-	t.Cleanup(wcancel)
-	e.ctx = wctx
-	e.poll(t, "the node to register", func() (bool, error) {
-		_, err := e.kube.CoreV1().Nodes().Get(wctx, e.node, metav1.GetOptions{})
-		return err == nil, notYet(err)
-	})
-	return e
-}
-
-// poll checks cond until it holds: the API server and the files the agent
-// writes tell nobody when they change.
-func (e *liveEdge) poll(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	for {
-		ok, err := cond()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if ok {
-			return
-		}
-		select {
-		case <-e.ctx.Done():
-			t.Fatalf("waiting for %s: %v", what, e.ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
 
 // fileIs waits until the file at path holds want (cond: any content when
 // want is "").
