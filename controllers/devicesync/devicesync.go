@@ -203,24 +203,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })
-	defer c.queue.ShutDown()
-
-	var set handlers.Set
-	defer set.RemoveAll()
-	if err := c.addHandlers(&set); err != nil {
-		return err
-	}
-	if !set.WaitSynced(ctx) {
-		return fmt.Errorf("devicesync: caches did not sync: %w", context.Cause(ctx))
-	}
-	for range workers {
-		wg.Go(func() {
-			for handlers.ProcessNext(c.queue, c.sync, c.log) {
-			}
-		})
-	}
-	<-ctx.Done()
-	return nil
+	return handlers.Run(ctx, "devicesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 
 // edgeNode returns name when it is an edge node, "" otherwise.

@@ -91,14 +91,13 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 func (c *Controller) Run(ctx context.Context, workers int) error {
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodesync"})
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer c.queue.ShutDown()
+	return handlers.Run(ctx, "nodesync", workers, c.queue, c.addHandlers, c.sync, c.log)
+}
 
-	var set handlers.Set
-	defer set.RemoveAll()
-	// Nodes that are not edge nodes (cloud kubelets' Nodes, which the
-	// informer may hold too) are never enqueued unless they were one.
+// addHandlers adds the node handler to set. Nodes that are not edge nodes
+// (cloud kubelets' Nodes, which the informer may hold too) are never
+// enqueued unless they were one.
+func (c *Controller) addHandlers(set *handlers.Set) error {
 	enqueue := func(obj any) { handlers.EnqueueKey(c.queue, obj) }
 	if err := set.Add(c.informer, cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
@@ -127,16 +126,6 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	}); err != nil {
 		return fmt.Errorf("nodesync: node handler: %w", err)
 	}
-	if !set.WaitSynced(ctx) {
-		return fmt.Errorf("nodesync: caches did not sync: %w", context.Cause(ctx))
-	}
-	for range workers {
-		wg.Go(func() {
-			for handlers.ProcessNext(c.queue, c.sync, c.log) {
-			}
-		})
-	}
-	<-ctx.Done()
 	return nil
 }
 

@@ -172,26 +172,7 @@ func (c *Controller) Encodings() int64 { return c.encodings.Load() }
 func (c *Controller) Run(ctx context.Context, workers int) error {
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "servicesync"})
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer c.queue.ShutDown()
-
-	var set handlers.Set
-	defer set.RemoveAll()
-	if err := c.addHandlers(&set); err != nil {
-		return err
-	}
-	if !set.WaitSynced(ctx) {
-		return fmt.Errorf("servicesync: caches did not sync: %w", context.Cause(ctx))
-	}
-	for range workers {
-		wg.Go(func() {
-			for handlers.ProcessNext(c.queue, c.sync, c.log) {
-			}
-		})
-	}
-	<-ctx.Done()
-	return nil
+	return handlers.Run(ctx, "servicesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 
 func (c *Controller) addHandlers(set *handlers.Set) error {

@@ -190,12 +190,13 @@ func (c *Controller) work() workqueue.TypedRateLimitingInterface[string] {
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
 func (c *Controller) Run(ctx context.Context, workers int) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer c.work().ShutDown()
+	syncKey := func(key string) error { return c.sync(ctx, key) }
+	return handlers.Run(ctx, "tokensync", workers, c.work(), c.addHandlers, syncKey, c.log)
+}
 
-	var set handlers.Set
-	defer set.RemoveAll()
+// addHandlers adds to set the pod handler and the node handler, which
+// enqueues a node's pods when it gains or loses the edge role.
+func (c *Controller) addHandlers(set *handlers.Set) error {
 	enqueue := func(obj any) { handlers.EnqueueKey(c.work(), obj) }
 	if err := set.Add(c.cfg.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue,
@@ -224,16 +225,6 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	if err := set.Add(c.cfg.Nodes, handlers.EdgeRoleChanges(c.isEdge, enqueueNodePods)); err != nil {
 		return fmt.Errorf("tokensync: node handler: %w", err)
 	}
-	if !set.WaitSynced(ctx) {
-		return fmt.Errorf("tokensync: caches did not sync: %w", context.Cause(ctx))
-	}
-	for range workers {
-		wg.Go(func() {
-			for handlers.ProcessNext(c.work(), func(key string) error { return c.sync(ctx, key) }, c.log) {
-			}
-		})
-	}
-	<-ctx.Done()
 	return nil
 }
 

@@ -1,11 +1,14 @@
 // Package handlers holds what every edgesync controller does around shared
 // informers: add its event handlers, wait until they have seen the caches'
 // contents, remove them on the way out, and drain a rate-limited work queue
-// (Forget on success, AddRateLimited on error).
+// (Forget on success, AddRateLimited on error); Run does all of it for a
+// controller with one work queue.
 package handlers
 
 import (
 	"context"
+	"fmt"
+	"sync"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -53,6 +56,37 @@ func (s *Set) RemoveAll() {
 		_ = r.informer.RemoveEventHandler(r.handle)
 	}
 	s.regs = nil
+}
+
+// Run is the life of a controller with one work queue: add adds its event
+// handlers (which fill queue) to the shared informers, Run waits until
+// they have seen the caches' contents, then runs workers goroutines that
+// sync keys from queue with syncKey until ctx ends. On every way out it
+// removes the handlers, shuts queue down and waits for the workers. name
+// (the controller's package) prefixes the error when the caches did not
+// sync.
+func Run[T comparable](ctx context.Context, name string, workers int, queue workqueue.TypedRateLimitingInterface[T],
+	add func(*Set) error, syncKey func(T) error, log *zap.Logger) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer queue.ShutDown()
+
+	var set Set
+	defer set.RemoveAll()
+	if err := add(&set); err != nil {
+		return err
+	}
+	if !set.WaitSynced(ctx) {
+		return fmt.Errorf("%s: caches did not sync: %w", name, context.Cause(ctx))
+	}
+	for range workers {
+		wg.Go(func() {
+			for ProcessNext(queue, syncKey, log) {
+			}
+		})
+	}
+	<-ctx.Done()
+	return nil
 }
 
 // ProcessNext syncs one key from queue and reports whether the queue is
