@@ -58,7 +58,11 @@ type kubeResult struct {
 	FromKillSeconds float64            `json:"resync_seconds_after_kill"`
 	ObjectsResent   int64              `json:"objects_resent"`
 	Redundant       int64              `json:"redundant_objects"`
-	ListGet         map[string]float64 `json:"list_get_during_resync"`
+	// ListGet counts the server's own LIST and GET requests during the
+	// resync (edgesync_kube_requests_total); ClusterListGet every client's
+	// (apiserver_request_total), the controller-manager's included.
+	ListGet        map[string]float64 `json:"list_get_during_resync"`
+	ClusterListGet map[string]float64 `json:"cluster_list_get_during_resync"`
 
 	Services servicesResult `json:"services"`
 }
@@ -218,6 +222,10 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		if err != nil {
 			return err
 		}
+		s0, err := srv.metrics(ctx)
+		if err != nil {
+			return err
+		}
 		b.prog.watch("kube storm", fleet, n)
 		if err := waitFor(ctx, 5*time.Minute, "every edge resynced", func() bool { return int(fleet.C.Synced.Load()) == n }); err != nil {
 			return fmt.Errorf("%w (%d synced; last error: %v)", err, fleet.C.Synced.Load(), fleet.LastError())
@@ -228,12 +236,20 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		if err != nil {
 			return err
 		}
+		s1, err := srv.metrics(ctx)
+		if err != nil {
+			return err
+		}
 		k.ObjectsResent = fleet.C.Objects.Load() - objects0
 		k.Redundant = fleet.RedundantObjects() - redundant0
-		k.ListGet = map[string]float64{}
-		for _, res := range []string{"nodes", "pods", "configmaps", "secrets", "leases"} {
+		k.ListGet, k.ClusterListGet = map[string]float64{}, map[string]float64{}
+		for _, res := range []string{"nodes", "pods", "configmaps", "secrets", "leases", "services", "endpointslices", "serviceaccounts"} {
 			for _, verb := range []string{"LIST", "GET"} {
 				if d := cluster.Requests(m1, verb, res, "") - cluster.Requests(m0, verb, res, ""); d > 0 {
+					k.ClusterListGet[verb+" "+res] = d
+				}
+				own := map[string]string{"verb": verb, "resource": res}
+				if d := s1.Sum("edgesync_kube_requests_total", own) - s0.Sum("edgesync_kube_requests_total", own); d > 0 {
 					k.ListGet[verb+" "+res] = d
 				}
 			}

@@ -392,12 +392,22 @@ func (r *results) kubeRow(id int) []row {
 			lg += n
 			parts = append(parts, fmt.Sprintf("%s %.0f", what, n))
 		}
+		slices.Sort(parts)
 		detail := ""
 		if len(parts) > 0 {
 			detail = " (" + strings.Join(parts, ", ") + ")"
 		}
-		return []row{{name, goal, fmt.Sprintf("%d edges%s: all resynced %.1f s after restart (%.1f s after kill); %.0f LIST/GET during resync%s; %d objects re-sent, %d already held",
-			k.Nodes, scaleNote, k.ResyncSeconds, k.FromKillSeconds, lg, detail, k.ObjectsResent, k.Redundant), yesNo(k.ResyncSeconds <= 30 && lg == 0 && k.Redundant == 0)}}
+		var cluster []string
+		for what, n := range k.ClusterListGet {
+			cluster = append(cluster, fmt.Sprintf("%s %.0f", what, n))
+		}
+		slices.Sort(cluster)
+		others := ""
+		if len(cluster) > 0 {
+			others = "; every client of the apiserver, the controller-manager included: " + strings.Join(cluster, ", ")
+		}
+		return []row{{name, goal, fmt.Sprintf("%d edges%s: all resynced %.1f s after restart (%.1f s after kill); %.0f LIST/GET by edgesync during resync%s%s; %d objects sent, %d of them already held",
+			k.Nodes, scaleNote, k.ResyncSeconds, k.FromKillSeconds, lg, detail, others, k.ObjectsResent, k.Redundant), yesNo(k.ResyncSeconds <= 30 && lg == 0 && k.Redundant == 0)}}
 	case 6:
 		if !k.HeartbeatsDone {
 			return nil

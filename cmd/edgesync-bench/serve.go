@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/netx"
@@ -172,6 +173,10 @@ func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat 
 	}
 	defer logger.Sync()
 	reg := prometheus.NewRegistry()
+	// The server's own API requests, apart from the control plane's.
+	if err := kubemetrics.Register(reg); err != nil {
+		return err
+	}
 	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, logger, reg)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server"
 )
@@ -215,6 +216,9 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := kubemetrics.Register(reg); err != nil {
+		return err
+	}
 	opts := server.Options{
 		Registerer:        reg,
 		Gatherer:          reg,
