@@ -53,11 +53,11 @@ type kubeResult struct {
 	Latency     measure.Summary `json:"latency"`
 	Samples     []time.Duration `json:"-"`
 
-	StormDone       bool               `json:"storm_done"`
-	ResyncSeconds   float64            `json:"resync_seconds_after_restart"`
-	FromKillSeconds float64            `json:"resync_seconds_after_kill"`
-	ObjectsResent   int64              `json:"objects_resent"`
-	Redundant       int64              `json:"redundant_objects"`
+	StormDone       bool    `json:"storm_done"`
+	ResyncSeconds   float64 `json:"resync_seconds_after_restart"`
+	FromKillSeconds float64 `json:"resync_seconds_after_kill"`
+	ObjectsResent   int64   `json:"objects_resent"`
+	Redundant       int64   `json:"redundant_objects"`
 	// ListGet counts the server's own LIST and GET requests during the
 	// resync (edgesync_kube_requests_total); ClusterListGet every client's
 	// (apiserver_request_total), the controller-manager's included.

@@ -23,12 +23,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/edgesync/edgesync/controllers"
-	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/netx"
 	"github.com/edgesync/edgesync/internal/bench/rawstream"
 	"github.com/edgesync/edgesync/internal/bench/simfeed"
+	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/server"
 	"github.com/edgesync/edgesync/server/feed"
 )
