@@ -142,7 +142,7 @@ type Manager struct {
 	informer cache.SharedIndexInformer
 	leases   coordinationlisters.LeaseNamespaceLister
 	handover workqueue.TypedRateLimitingInterface[string] // node records to give away
-	gone     workqueue.TypedInterface[string]             // nodes whose Node was deleted
+	gone     workqueue.TypedRateLimitingInterface[string] // nodes whose Node was deleted
 	ready    chan struct{}                                // closed once the replica Lease is held and the cache synced
 
 	mu        sync.Mutex // guards the fields below
@@ -187,7 +187,8 @@ func New(cfg Config) (*Manager, error) {
 		leases:   coordinationlisters.NewLeaseLister(inf.GetIndexer()).Leases(cfg.Namespace),
 		handover: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership"}),
-		gone:    workqueue.NewTyped[string](),
+		gone: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership-gone"}),
 		ready:   make(chan struct{}),
 		claimed: make(map[string]int64),
 		waiters: make(map[string]chan struct{}),
@@ -702,9 +703,17 @@ func (m *Manager) forgetNext(ctx context.Context) bool {
 	defer m.gone.Done(node)
 	rec, err := m.leases.Get(RecordName(node))
 	if err != nil {
+		// Not in the cache: there is no record, or the cache has not seen
+		// its creation yet (a claim just made it); look again a few times.
+		if m.gone.NumRequeues(node) < maxForgetRetries {
+			m.gone.AddRateLimited(node)
+		} else {
+			m.gone.Forget(node)
+		}
 		return true
 	}
 	if holder := ptr.Deref(rec.Spec.HolderIdentity, ""); holder != m.cfg.Replica && holder != "" && m.alive(holder) {
+		m.gone.Forget(node)
 		return true // the holder deletes it
 	}
 	m.mu.Lock()
@@ -715,11 +724,22 @@ func (m *Manager) forgetNext(ctx context.Context) bool {
 	err = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Delete(wctx, rec.Name, metav1.DeleteOptions{
 		Preconditions: &metav1.Preconditions{ResourceVersion: &rec.ResourceVersion},
 	})
-	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+	switch {
+	case err == nil || apierrors.IsNotFound(err):
+		m.gone.Forget(node)
+	case apierrors.IsConflict(err) && m.gone.NumRequeues(node) < maxForgetRetries:
+		// The cache held an older version (a claim just changed it).
+		m.gone.AddRateLimited(node)
+	default:
+		m.gone.Forget(node)
 		m.log.Info("cannot delete the ownership record of a deleted node", zap.String("node", node), zap.Error(err))
 	}
 	return true
 }
+
+// maxForgetRetries bounds how often the deletion of a deleted node's record
+// is tried again while the cache lags behind the record.
+const maxForgetRetries = 8
 
 var nodeSelector = labels.SelectorFromSet(labels.Set{LabelKind: KindNode})
 
