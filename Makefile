@@ -212,6 +212,7 @@ FUZZ_TARGETS := \
 	FuzzCodec:./server/frame \
 	FuzzParseCA:./server/pki \
 	FuzzParseNodeCSR:./server/pki \
+	FuzzIssueCertificate:./server/bootstrap \
 	FuzzSyncResponse:./edgeclient \
 	FuzzLoadConfig:./cmd/edgesync-server
 
