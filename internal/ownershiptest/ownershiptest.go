@@ -1,11 +1,12 @@
 // Package ownershiptest records the history of node ownership (package
-// controllers/ownership) from a watch of its Leases, so that tests can check
-// that no two replicas ever owned a node at once.
+// controllers/ownership) from a watch of its Leases, so that tests and
+// edgesync-bench can check that no two replicas ever owned a node at once.
 package ownershiptest
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ type History struct {
 	takeovers   int
 	violations  []string
 	done        chan struct{}
+	stop        func()
 }
 
 type replicaState struct {
@@ -41,11 +43,22 @@ type replicaState struct {
 // Watch records the ownership history of namespace ns until the test ends.
 func Watch(t testing.TB, client kubernetes.Interface, ns string) *History {
 	t.Helper()
-	h := &History{replicas: map[string]replicaState{}, holders: map[string]*coordinationv1.Lease{}, done: make(chan struct{})}
-	w, err := client.CoordinationV1().Leases(ns).Watch(context.Background(), metav1.ListOptions{LabelSelector: ownership.LabelKind})
+	h, err := Start(context.Background(), client, ns)
 	if err != nil {
 		t.Fatalf("watch ownership: %v", err)
 	}
+	t.Cleanup(h.Stop)
+	return h
+}
+
+// Start records the ownership history of namespace ns until Stop is called
+// or ctx ends. A record that exists already is seen as added first.
+func Start(ctx context.Context, client kubernetes.Interface, ns string) (*History, error) {
+	w, err := client.CoordinationV1().Leases(ns).Watch(ctx, metav1.ListOptions{LabelSelector: ownership.LabelKind})
+	if err != nil {
+		return nil, fmt.Errorf("watch ownership records in %s: %w", ns, err)
+	}
+	h := &History{replicas: map[string]replicaState{}, holders: map[string]*coordinationv1.Lease{}, done: make(chan struct{}), stop: w.Stop}
 	go func() {
 		defer close(h.done)
 		for ev := range w.ResultChan() {
@@ -54,9 +67,18 @@ func Watch(t testing.TB, client kubernetes.Interface, ns string) *History {
 			}
 		}
 	}()
-	t.Cleanup(func() { w.Stop(); <-h.done })
-	return h
+	return h, nil
 }
+
+// Stop ends the watch and waits for it.
+func (h *History) Stop() {
+	h.stop()
+	<-h.done
+}
+
+// Ended is closed when the watch has ended (Stop, ctx, or the apiserver
+// closed it): the history is complete only up to then.
+func (h *History) Ended() <-chan struct{} { return h.done }
 
 func (h *History) observe(typ watch.EventType, l *coordinationv1.Lease) {
 	h.mu.Lock()
@@ -71,7 +93,11 @@ func (h *History) observe(typ watch.EventType, l *coordinationv1.Lease) {
 		return
 	}
 	prev := h.holders[l.Name]
-	h.holders[l.Name] = l
+	if typ == watch.Deleted {
+		delete(h.holders, l.Name)
+	} else {
+		h.holders[l.Name] = l
+	}
 	if prev == nil || typ == watch.Deleted {
 		return
 	}
@@ -118,4 +144,36 @@ func (h *History) Transitions() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.transitions
+}
+
+// Violations describes every time a node record went from a live replica
+// to another without a handover: two owners at once.
+func (h *History) Violations() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.violations)
+}
+
+// Counts are the transitions a history saw.
+type Counts struct {
+	Transitions, Handovers, Takeovers int
+}
+
+// Counts returns the transitions seen so far.
+func (h *History) Counts() Counts {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Counts{Transitions: h.transitions, Handovers: h.handovers, Takeovers: h.takeovers}
+}
+
+// HeldBy returns how many node records each replica holds now ("" for
+// released ones).
+func (h *History) HeldBy() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]int{}
+	for _, l := range h.holders {
+		out[ptr.Deref(l.Spec.HolderIdentity, "")]++
+	}
+	return out
 }

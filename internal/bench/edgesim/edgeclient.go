@@ -59,7 +59,7 @@ func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 	f := e.fleet
 	ec := f.cfg.Edgeclient
 	cl, err := edgeclient.New(edgeclient.Config{
-		Server: f.cfg.Addr, CAFile: ec.CAFile, CertFile: e.certFile, KeyFile: e.keyFile,
+		Server: e.addrs[0], Servers: e.addrs[1:], CAFile: ec.CAFile, CertFile: e.certFile, KeyFile: e.keyFile,
 		NodeName: e.name, Store: store.NewMemory(), AgentVersion: "edgesync-bench/edgeclient",
 		Backoff: backoff.Config{Initial: 500 * time.Millisecond, Max: 5 * time.Second},
 		OnEvent: func(_ context.Context, ev edgeclient.Event) error {
@@ -88,6 +88,9 @@ func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 			} else {
 				f.C.Connected.Add(-1)
 			}
+		}
+		if st.Connected != prev.Connected || st.Synced != prev.Synced || st.ServerID != prev.ServerID {
+			e.setStream(st.ServerID, st.Connected, st.Connected && st.Synced)
 		}
 		if st.Synced != prev.Synced {
 			if st.Synced {

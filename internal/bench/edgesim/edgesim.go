@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/internal/bench/certs"
@@ -42,7 +45,12 @@ const SentAtKey = "edgesync-bench.sent-at"
 // Config configures a fleet.
 type Config struct {
 	// Addr is the server's host:port.
-	Addr  string
+	Addr string
+	// Addrs, when set, are the addresses of several replicas of one
+	// deployment (Addr is then ignored). Edge i tries them in order from
+	// i modulo their number, so that edges spread evenly, and when its
+	// replica refuses it moves on to the next.
+	Addrs []string
 	Roots *x509.CertPool
 	// Heartbeats makes every edge send Heartbeat on Welcome's interval.
 	Heartbeats bool
@@ -105,12 +113,27 @@ type edge struct {
 	fleet *Fleet
 	name  string
 	conn  *grpc.ClientConn // nil with edgeclient
+	addrs []string         // the server addresses in the order this edge tries them
 
 	certFile, keyFile string // with edgeclient
 
-	mu   sync.Mutex // guards held and at
+	mu   sync.Mutex // guards the fields below
 	held map[feed.Key]*edgesyncv1.ObjectRef
 	at   map[feed.Key]time.Time // when each held object's version arrived
+	// The current stream: the replica that welcomed it (Welcome's
+	// server_id), and whether it is welcomed and synced.
+	server            string
+	connected, synced bool
+}
+
+// addrs returns the addresses edge i tries, in order: Addrs rotated by i,
+// or Addr alone.
+func (c Config) addrs(i int) []string {
+	if len(c.Addrs) == 0 {
+		return []string{c.Addr}
+	}
+	k := i % len(c.Addrs)
+	return append(slices.Clone(c.Addrs[k:]), c.Addrs[:k]...)
 }
 
 // New builds a fleet of edges named names holding the matching certificates.
@@ -121,15 +144,29 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 	}
 	f := &Fleet{cfg: cfg}
 	for i, name := range names {
+		addrs := cfg.addrs(i)
 		if cfg.Edgeclient != nil {
 			certFile, keyFile, err := writeCert(cfg.Edgeclient.CertDir, name, certificates[i])
 			if err != nil {
 				return nil, err
 			}
-			f.edges = append(f.edges, &edge{fleet: f, name: name, certFile: certFile, keyFile: keyFile, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
+			f.edges = append(f.edges, &edge{fleet: f, name: name, addrs: addrs, certFile: certFile, keyFile: keyFile, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
 			continue
 		}
-		conn, err := grpc.NewClient(cfg.Addr, append(TransportOptions(),
+		target, opts := addrs[0], TransportOptions()
+		if len(addrs) > 1 {
+			// One connection over every replica: pick_first tries the
+			// addresses in order and, when one refuses, the next, so an
+			// edge whose replica died reconnects to another one.
+			r := manual.NewBuilderWithScheme("edgesim")
+			rs := resolver.State{}
+			for _, a := range addrs {
+				rs.Addresses = append(rs.Addresses, resolver.Address{Addr: a})
+			}
+			r.InitialState(rs)
+			target, opts = r.Scheme()+":///"+name, append(opts, grpc.WithResolvers(r))
+		}
+		conn, err := grpc.NewClient(target, append(opts,
 			grpc.WithTransportCredentials(credentials.NewTLS(certs.ClientTLS(cfg.Roots, certificates[i]))),
 			grpc.WithContextDialer(f.dialer.DialContext),
 			grpc.WithConnectParams(grpc.ConnectParams{
@@ -144,7 +181,7 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 			f.Close()
 			return nil, fmt.Errorf("edge %s: %w", name, err)
 		}
-		f.edges = append(f.edges, &edge{fleet: f, name: name, conn: conn, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
+		f.edges = append(f.edges, &edge{fleet: f, name: name, conn: conn, addrs: addrs, held: make(map[feed.Key]*edgesyncv1.ObjectRef)})
 	}
 	return f, nil
 }
@@ -270,6 +307,37 @@ func (f *Fleet) Arrivals(key feed.Key) map[string]Arrival {
 	return out
 }
 
+// Streams counts the edges of one server replica: those whose current
+// stream it welcomed, and those of them that received SyncComplete.
+type Streams struct {
+	Connected, Synced int
+}
+
+// ByServer returns, by server id (Welcome's server_id), how many edges hold
+// a stream to that replica.
+func (f *Fleet) ByServer() map[string]Streams {
+	out := map[string]Streams{}
+	for _, e := range f.edges {
+		e.mu.Lock()
+		if e.connected {
+			s := out[e.server]
+			s.Connected++
+			if e.synced {
+				s.Synced++
+			}
+			out[e.server] = s
+		}
+		e.mu.Unlock()
+	}
+	return out
+}
+
+func (e *edge) setStream(server string, connected, synced bool) {
+	e.mu.Lock()
+	e.server, e.connected, e.synced = server, connected, synced
+	e.mu.Unlock()
+}
+
 // HeldObjects returns the total number of objects held by all edges.
 func (f *Fleet) HeldObjects() int {
 	n := 0
@@ -304,7 +372,11 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 		return errors.New("first message is not Welcome")
 	}
 	c.Connected.Add(1)
-	defer c.Connected.Add(-1)
+	e.setStream(w.GetServerId(), true, false)
+	defer func() {
+		e.setStream("", false, false)
+		c.Connected.Add(-1)
+	}()
 	welcomed()
 	synced := false
 	defer func() {
@@ -334,6 +406,7 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 		case resp.syncComplete:
 			if !synced {
 				synced = true
+				e.setStream(w.GetServerId(), true, true)
 				c.Synced.Add(1)
 			}
 			continue

@@ -2,8 +2,10 @@ package edgesim
 
 import (
 	"context"
+	"maps"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +14,9 @@ import (
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/simfeed"
 	"github.com/edgesync/edgesync/server"
+	"github.com/edgesync/edgesync/server/feed"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -121,5 +126,94 @@ func testFleet(t *testing.T, useEdgeclient bool) {
 	}
 	if n := fleet.HeldObjects(); n != 3 {
 		t.Fatalf("fleet holds %d objects, want 3", n)
+	}
+}
+
+// startReplica serves names from a server with id on a loopback port until
+// the returned stop is called (or the test ends).
+func startReplica(t *testing.T, set *certs.Set, id string, names []string) (addr string, stop func()) {
+	t.Helper()
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Options{
+		HTTPListener:      httpLis,
+		ServerID:          id,
+		TLS:               server.TLSFiles{CAFile: set.Path(certs.CACert), CertFile: set.Path(certs.ServerCert), KeyFile: set.Path(certs.ServerKey)},
+		HeartbeatInterval: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrls := simfeed.New()
+	base, err := simfeed.ConfigMap("base", 1, 300, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrls.Put(names, base)
+	ctrls.SetPublisher(srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis, ctrls) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-served }) }
+	t.Cleanup(stop)
+	return lis.Addr().String(), stop
+}
+
+// TestLeanEdgesSpreadOverReplicasAndFailOver checks that edges given
+// several addresses spread over them by index and that, when one replica
+// goes away, its edges reconnect to the next address in their list.
+func TestLeanEdgesSpreadOverReplicasAndFailOver(t *testing.T) {
+	set, err := certs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"edge-0", "edge-1", "edge-2", "edge-3", "edge-4", "edge-5"}
+	ids := []string{"replica-a", "replica-b", "replica-c"}
+	var addrs []string
+	var stops []func()
+	for _, id := range ids {
+		addr, stop := startReplica(t, set, id, names)
+		addrs, stops = append(addrs, addr), append(stops, stop)
+	}
+	cs, err := set.IssueNodes(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := New(Config{Addrs: addrs, Roots: set.CA.Pool(), ConnectConcurrency: 6}, names, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	fleetDone := make(chan struct{})
+	go func() { fleet.Run(ctx); close(fleetDone) }()
+	defer func() {
+		cancel()
+		<-fleetDone
+		fleet.Close()
+	}()
+
+	// Edge i starts at address i mod 3: two edges per replica.
+	waitFor(t, "every edge synced", func() bool { return fleet.C.Synced.Load() == int64(len(names)) })
+	want := map[string]Streams{"replica-a": {2, 2}, "replica-b": {2, 2}, "replica-c": {2, 2}}
+	if got := fleet.ByServer(); !maps.Equal(got, want) {
+		t.Fatalf("edges by replica = %v, want %v", got, want)
+	}
+
+	// replica-a goes away: its edges (0 and 3) try b next.
+	stops[0]()
+	want = map[string]Streams{"replica-b": {4, 4}, "replica-c": {2, 2}}
+	waitFor(t, "replica-a's edges synced on replica-b", func() bool { return maps.Equal(fleet.ByServer(), want) })
+	if got := fleet.HeldVersion(feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: simfeed.Namespace, Name: "base"}, "1"); got != len(names) {
+		t.Fatalf("%d edges hold the base ConfigMap after failover, want %d", got, len(names))
+	}
+	if got := fleet.RedundantObjects(); got != 0 {
+		t.Fatalf("%d objects re-sent that an edge held", got)
 	}
 }
