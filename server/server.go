@@ -9,8 +9,9 @@
 // hands them the node's reports (feed.Controllers, given to Serve). When the
 // controllers implement feed.Admitter, a node they refuse gets no session;
 // Server implements feed.SessionEnder so that they can end one. With several
-// replicas the controllers also implement feed.Claimer (a session starts
-// only once this replica owns the node) and feed.Directory (AdminService
+// replicas the controllers also implement feed.Claimer (a session's
+// reports are handed over only once this replica owns the node; its
+// downstream sync does not wait) and feed.Directory (AdminService
 // then answers for every replica's nodes).
 //
 // OpenTunnel asks a node, on its session, to open a TunnelService stream;
@@ -391,18 +392,6 @@ func (s *Server) admit(node string) error {
 		return nil
 	}
 	if err := s.admitter.Admit(node); err != nil {
-		return controllerStatus(err).Err()
-	}
-	return nil
-}
-
-// claim makes this replica the node's owner when the controllers decide
-// ownership; the error refuses the stream.
-func (s *Server) claim(ctx context.Context, node string) error {
-	if s.claimer == nil {
-		return nil
-	}
-	if err := s.claimer.Claim(ctx, node); err != nil {
 		return controllerStatus(err).Err()
 	}
 	return nil

@@ -76,15 +76,13 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	if err := srv.admit(s.node); err != nil {
 		return err
 	}
-	// Owned before anything is written for the node; with several
-	// replicas, the previous owner ends its session of the node.
-	if err := srv.claim(s.ctx, s.node); err != nil {
-		return err
-	}
 	if err := srv.register(s); err != nil {
 		return err
 	}
 	defer srv.unregister(s)
+	// With several replicas this one takes the node's ownership while the
+	// initial sync runs; the node's reports wait for it (claim.go).
+	s.startClaim()
 	srv.log.Info("session started",
 		zap.String("node", s.node), zap.String("peer", s.peer), zap.String("session_id", s.id),
 		zap.String("agent_version", hello.GetAgentVersion()), zap.Int("held_objects", len(hello.GetHeldObjects())))
@@ -159,7 +157,7 @@ type session struct {
 	lastReceived atomic.Int64
 
 	mu             sync.Mutex // guards the fields below
-	answering      bool       // recvLoop is in report: it sends answers itself
+	answering      bool       // a goroutine is in report (recvLoop, or the claim releasing held reports): it sends answers itself
 	agentVersion   string
 	control        []*edgesyncv1.SyncResponse
 	inflight       []sentObject // object events sent and not acknowledged, by sequence
@@ -171,6 +169,10 @@ type session struct {
 	initialQueued  bool
 	syncComplete   bool
 	initialApplied uint32
+	// owned is set once this replica owns the node (at once with a single
+	// replica); until then reports wait in held (claim.go).
+	owned          bool
+	held           []heldReport
 	initialDeleted uint32
 	messagesSent   uint64
 	nacks          uint64
@@ -335,7 +337,7 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 	if kind != "event" && !s.limiter.Allow() {
 		return status.Errorf(codes.ResourceExhausted, "too many reports: more than %d per second (burst %d); send status only when it changes", s.srv.opts.ReportsPerSecond, s.srv.opts.ReportBurst)
 	}
-	return s.report(kind, req)
+	return s.reportWhenOwned(kind, req)
 }
 
 // report hands a report to the controllers; a panic there ends only this

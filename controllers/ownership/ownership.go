@@ -23,6 +23,11 @@
 //     itself as holder (one create or update);
 //   - held by this replica already (the edge reconnected here): nothing is
 //     written;
+//   - held by a replica whose Lease is valid but was last renewed more than
+//     half its duration ago (it missed a renewal: it has most likely died,
+//     and its edges are reconnecting to the other replicas): the claimer
+//     waits for that Lease to expire, then takes the record (one write), so
+//     that a replica's death costs one write per node, not three;
 //   - held by another live replica (the edge moved while its old stream is
 //     half open): the claimer asks for it (annotation edgesync.io/wanted-by)
 //     and waits. The holder's informer sees the request, ends its session of
@@ -40,7 +45,11 @@
 // The cost in API requests: one Lease update per replica per RenewInterval
 // (three replicas at the default 5s: 0.6 writes/s for any number of
 // nodes); per node, nothing while its edge stays, one write when it
-// connects to a new or dead owner, two when it moves from a live one. A
+// connects to a new or dead owner, two when it moves from a live one. The
+// server does not hold a session's downstream sync back for its claim, only
+// its reports (feed.Claimer), so an edge whose replica died has its
+// objects again within its reconnect, while its node changes owner when
+// the dead replica's Lease expires. A
 // watch of the records (label-selected, in one namespace) keeps every
 // replica's view current; claims are answered from that cache.
 //
@@ -125,7 +134,9 @@ type Config struct {
 	// LeaseDuration/3 when zero. It must be less than LeaseDuration/2.
 	RenewInterval time.Duration
 	// HandoverTimeout bounds how long Claim waits for a live holder to hand
-	// a node over. DefaultHandoverTimeout when zero.
+	// a node over (a holder that stopped renewing its Lease is waited for
+	// until the Lease expires, and HandoverTimeout beyond), and each write.
+	// DefaultHandoverTimeout when zero.
 	HandoverTimeout time.Duration
 	// Sessions ends this replica's session of a node it no longer owns.
 	Sessions feed.SessionEnder
@@ -466,10 +477,13 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 	default:
 		return status.Errorf(codes.Unavailable, "server %s is not holding its replica Lease yet; connect again shortly", m.cfg.Replica)
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.HandoverTimeout)
-	defer cancel()
+	// A live holder has HandoverTimeout to hand the node over; a holder
+	// that stopped renewing its Lease is waited for until the Lease
+	// expires, and HandoverTimeout beyond.
+	deadline := time.NewTimer(m.cfg.HandoverTimeout)
+	defer deadline.Stop()
+	waitUntil := time.Now().Add(m.cfg.HandoverTimeout)
 	name := RecordName(node)
-	leases := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace)
 	asked := false
 	for {
 		if !m.selfValid() {
@@ -480,7 +494,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		var written *coordinationv1.Lease
 		switch {
 		case apierrors.IsNotFound(err):
-			written, err = leases.Create(ctx, m.newRecord(node), metav1.CreateOptions{})
+			written, err = m.write(ctx, nil, m.newRecord(node))
 		case err != nil:
 			return status.Errorf(codes.Unavailable, "read ownership of node %q: %v", node, err)
 		default:
@@ -492,11 +506,20 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 				return nil
 			case holder == m.cfg.Replica, holder == "", !m.alive(holder):
 				// Ours with a stale request, released, or its holder died.
-				written, err = leases.Update(ctx, m.holdBy(rec, m.cfg.Replica), metav1.UpdateOptions{})
+				written, err = m.write(ctx, rec, m.holdBy(rec, m.cfg.Replica))
+			case m.unresponsive(holder):
+				// Its holder missed a renewal and has most likely died
+				// (its edges are reconnecting everywhere): asking would
+				// cost a write per node and be answered by nobody. Wait
+				// for its Lease to expire.
+				if until := time.Now().Add(m.untilExpiry(rec) + m.cfg.HandoverTimeout); until.After(waitUntil) {
+					waitUntil = until
+					deadline.Reset(time.Until(until))
+				}
 			case wanted != m.cfg.Replica:
 				req := rec.DeepCopy()
 				metav1.SetMetaDataAnnotation(&req.ObjectMeta, AnnotationWantedBy, m.cfg.Replica)
-				_, err = leases.Update(ctx, req, metav1.UpdateOptions{})
+				_, err = m.write(ctx, rec, req)
 				asked = asked || err == nil
 			default:
 				asked = true // asked before; wait for the holder
@@ -519,6 +542,9 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		select {
 		case <-changed:
 		case <-expiry.C:
+		case <-deadline.C:
+			expiry.Stop()
+			return m.timedOut(node, rec, asked)
 		case <-ctx.Done():
 			expiry.Stop()
 			return m.timedOut(node, rec, asked)
@@ -526,6 +552,34 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		expiry.Stop()
 	}
 }
+
+// write creates (cur nil) or updates a node record, within HandoverTimeout.
+func (m *Manager) write(ctx context.Context, cur, next *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.HandoverTimeout)
+	defer cancel()
+	leases := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace)
+	if cur == nil {
+		return leases.Create(ctx, next, metav1.CreateOptions{})
+	}
+	return leases.Update(ctx, next, metav1.UpdateOptions{})
+}
+
+// unresponsive reports whether replica's Lease, still valid, was last
+// renewed more than half its duration ago: a live replica renews it at
+// least twice per duration (New enforces it), so this one missed a
+// renewal and has most likely died.
+func (m *Manager) unresponsive(replica string) bool {
+	l, err := m.leases.Get(ReplicaLeaseName(replica))
+	if err != nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return false
+	}
+	late := time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second / 2
+	return m.cfg.Now().Sub(l.Spec.RenewTime.Time) > late+unresponsiveSlack
+}
+
+// unresponsiveSlack allows for a slow renewal write and for clocks that
+// differ between replicas.
+const unresponsiveSlack = time.Second
 
 func (m *Manager) timedOut(node string, rec *coordinationv1.Lease, asked bool) error {
 	holder := ""

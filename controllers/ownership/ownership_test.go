@@ -106,6 +106,12 @@ type replica struct {
 // of the test.
 func startReplica(t *testing.T, ns, id string, leaseDuration time.Duration) *replica {
 	t.Helper()
+	return startReplicaWith(t, ns, id, ownership.Config{LeaseDuration: leaseDuration})
+}
+
+// startReplicaWith is startReplica with more of the Manager's settings.
+func startReplicaWith(t *testing.T, ns, id string, settings ownership.Config) *replica {
+	t.Helper()
 	w := &writes{}
 	cfg := rest.CopyConfig(testcluster.RESTConfig(t))
 	cfg.Wrap(w.wrap)
@@ -116,7 +122,7 @@ func startReplica(t *testing.T, ns, id string, leaseDuration time.Duration) *rep
 	r := &replica{sessions: newSessions(), writes: w}
 	r.Manager, err = ownership.New(ownership.Config{
 		Client: client, Namespace: ns, Replica: id, Address: id + ".example:7443",
-		LeaseDuration: leaseDuration, Sessions: r.sessions, Logger: zaptest.NewLogger(t),
+		LeaseDuration: settings.LeaseDuration, HandoverTimeout: settings.HandoverTimeout, Sessions: r.sessions, Logger: zaptest.NewLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -331,4 +337,78 @@ func deadReplica(t *testing.T, client kubernetes.Interface, ns, id, node string)
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestDyingReplicasNodesWaitForItsLease: the edges of a replica that was
+// just killed reconnect to the others while its Lease is still valid. A
+// claim then takes the node once that Lease expires and not before, even
+// when that is longer than the handover timeout, and never writes a
+// handover request the dead replica could not answer: one write per node.
+func TestDyingReplicasNodesWaitForItsLease(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	history := ownershiptest.Watch(t, client, ns)
+	b := startReplicaWith(t, ns, "replica-b", ownership.Config{LeaseDuration: 30 * time.Second, HandoverTimeout: time.Second})
+
+	// replica-dying last renewed its 6s Lease 4.5s ago (a live replica
+	// renews at least every 3s): valid for 1.5s more.
+	const node = "edge-1"
+	renewed := time.Now().Add(-4500 * time.Millisecond)
+	expires := renewed.Add(6 * time.Second)
+	at := metav1.NewMicroTime(renewed)
+	leases := client.CoordinationV1().Leases(ns)
+	if _, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: ownership.ReplicaLeaseName("replica-dying"), Labels: map[string]string{ownership.LabelKind: ownership.KindReplica}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), LeaseDurationSeconds: ptr.To(int32(6)), RenewTime: &at},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        ownership.RecordName(node),
+			Labels:      map[string]string{ownership.LabelKind: ownership.KindNode},
+			Annotations: map[string]string{ownership.AnnotationNode: node},
+		},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), AcquireTime: &at},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := leases.Watch(t.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + rec.Name, ResourceVersion: rec.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	waitOwner(t, b.Manager, node, "replica-dying")
+
+	if err := b.Claim(t.Context(), node); err != nil {
+		t.Fatalf("b takes the node of a replica that stopped renewing: %v", err)
+	}
+	if now := time.Now(); now.Before(expires) {
+		t.Fatalf("b took the node %s before the dying replica's Lease expired", expires.Sub(now))
+	}
+	if got := holder(t, client, ns, node); got != "replica-b" {
+		t.Fatalf("holder = %q, want replica-b", got)
+	}
+	// Every version of the record b wrote: exactly the takeover.
+	var versions []*coordinationv1.Lease
+	for len(versions) == 0 || ptr.Deref(versions[len(versions)-1].Spec.HolderIdentity, "") != "replica-b" {
+		select {
+		case ev := <-w.ResultChan():
+			if l, ok := ev.Object.(*coordinationv1.Lease); ok {
+				versions = append(versions, l)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no watch event for b's takeover")
+		}
+	}
+	for _, v := range versions {
+		if by := v.Annotations[ownership.AnnotationWantedBy]; by != "" {
+			t.Errorf("b asked the dying replica for the node (wanted-by %q): a write nobody answers", by)
+		}
+	}
+	if len(versions) != 1 {
+		t.Errorf("b wrote the record %d times, want once", len(versions))
+	}
+	history.Check(t)
 }

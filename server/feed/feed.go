@@ -156,13 +156,18 @@ type Admitter interface {
 }
 
 // Claimer may be implemented by Controllers when several replicas serve
-// the same nodes. The server calls Claim once per session, after Admit and
-// before the session registers or anything is written for the node: the
-// controllers make this replica the node's only writer (a record in the API
-// server; the one call a connect may make) and, once another replica takes
-// the node over, end this replica's session of it through SessionEnder. A
-// non-nil error refuses the session with its gRPC status (UNAVAILABLE when
-// it has none).
+// the same nodes. The server calls Claim once per session, after Admit,
+// while the session's initial sync runs (Desired and sending need no
+// ownership: they write nothing to the API server), and hands the node's
+// reports to HandleReport only once Claim returned nil, in the order they
+// arrived: the controllers make this replica the node's only writer (a
+// record in the API server; the one call a connect may make) and, once
+// another replica takes the node over, end this replica's session of it
+// through SessionEnder. Claim may take as long as the previous owner needs
+// to hand the node over, or its ownership to expire when it died; ctx ends
+// with the session. A non-nil error ends the session with its gRPC status
+// (UNAVAILABLE when it has none); the reports it held were never answered,
+// so the edge sends them again on its next stream.
 type Claimer interface {
 	Claim(ctx context.Context, node string) error
 }
