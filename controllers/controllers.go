@@ -283,9 +283,15 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 	c.informers = append(c.informers, nodes, pods, configMaps, secrets)
 
+	// With several replicas, a write for a node is made only while this
+	// replica owns it, and a handover waits for the writes under way.
+	var guard reportqueue.Guard
+	if cfg.Ownership.Namespace != "" {
+		guard = c.beginWrite
+	}
 	if c.pods, err = podsync.New(podsync.Config{
 		Client: cfg.Client, Pods: pods, ConfigMaps: configMaps, Secrets: secrets, Nodes: nodes, IsEdge: isEdge,
-		FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("podsync"),
+		FieldManager: cfg.FieldManager, WriteGuard: guard, Logger: cfg.Logger.Named("podsync"),
 	}, &c.pub); err != nil {
 		return nil, err
 	}
@@ -309,7 +315,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		Client: cfg.Client, LeaseClient: cfg.LeaseClient, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
 		LeaseDuration: cfg.LeaseDuration, LeaseRenewInterval: cfg.LeaseRenewInterval, LeaseWorkers: cfg.LeaseWorkers,
 		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
-		KubeletEndpoint: cfg.KubeletEndpoint,
+		KubeletEndpoint: cfg.KubeletEndpoint, WriteGuard: guard,
 	}); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
@@ -339,7 +345,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		deviceIndex = devices.GetIndexer()
 		if c.devices, err = devicesync.New(devicesync.Config{
 			Dynamic: cfg.Dynamic, Devices: devices, Models: models, Nodes: nodes, IsEdge: isEdge,
-			FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("devicesync"),
+			FieldManager: cfg.FieldManager, WriteGuard: guard, Logger: cfg.Logger.Named("devicesync"),
 		}, &c.pub); err != nil {
 			return nil, err
 		}
@@ -665,6 +671,12 @@ func (c *Controllers) Claim(ctx context.Context, node string) error {
 	}
 	c.nodes.SessionStarted(node)
 	return nil
+}
+
+// beginWrite admits a write for node while this replica owns it
+// (reportqueue.Guard; set only with ownership on).
+func (c *Controllers) beginWrite(node string) (func(), error) {
+	return c.owners.BeginWrite(node)
 }
 
 // Owner returns the replica owning node: the one holding its session and

@@ -88,7 +88,10 @@ type Config struct {
 	IsEdge func(*corev1.Node) bool
 	// FieldManager names edgesync's writes.
 	FieldManager string
-	Logger       *zap.Logger
+	// WriteGuard, when set, admits each write for a node (with several
+	// replicas: only while this replica owns the node).
+	WriteGuard reportqueue.Guard
+	Logger     *zap.Logger
 }
 
 // Controller is the device controller.
@@ -145,7 +148,7 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		encoded:      encodecache.New(),
 		sent:         make(map[string]sentDevice),
 	}
-	c.reports = reportqueue.New(log.Named("reports"), c.writeStatus)
+	c.reports = reportqueue.New(log.Named("reports"), reportqueue.Guarded(cfg.WriteGuard, c.writeStatus))
 	return c, nil
 }
 

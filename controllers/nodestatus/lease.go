@@ -71,7 +71,7 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 			}
 		}
 	}
-	l.queue = reportqueue.New(log, l.write)
+	l.queue = reportqueue.New(log, reportqueue.Guarded(cfg.WriteGuard, l.write))
 	return l, nil
 }
 

@@ -95,7 +95,10 @@ type Config struct {
 	KubeletEndpoint KubeletEndpoint
 	// FieldManager names edgesync's writes.
 	FieldManager string
-	Logger       *zap.Logger
+	// WriteGuard, when set, admits each write for a node (with several
+	// replicas: only while this replica owns the node).
+	WriteGuard reportqueue.Guard
+	Logger     *zap.Logger
 	// Now returns the current time for Lease renewals; time.Now when nil.
 	Now func() time.Time
 }
@@ -149,7 +152,7 @@ func New(cfg Config) (*Controller, error) {
 	if c.leases, err = newLeases(&c.cfg, c.log.Named("leases")); err != nil {
 		return nil, err
 	}
-	c.reports = reportqueue.New(c.log.Named("reports"), c.write)
+	c.reports = reportqueue.New(c.log.Named("reports"), reportqueue.Guarded(cfg.WriteGuard, c.write))
 	return c, nil
 }
 

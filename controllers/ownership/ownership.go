@@ -160,6 +160,14 @@ type Manager struct {
 	renewedAt time.Time  // start of the last successful replica Lease write
 	claimed   map[string]int64
 	waiters   map[string]chan struct{} // per record name, closed on its next event
+	writing   map[string]*writes       // writes under way, per node (BeginWrite)
+}
+
+// writes counts the writes under way for one node; idle is closed when the
+// count falls to zero.
+type writes struct {
+	n    int
+	idle chan struct{}
 }
 
 // New validates cfg and builds a Manager; nothing talks to the API server
@@ -203,6 +211,7 @@ func New(cfg Config) (*Manager, error) {
 		ready:   make(chan struct{}),
 		claimed: make(map[string]int64),
 		waiters: make(map[string]chan struct{}),
+		writing: make(map[string]*writes),
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { m.observe(obj, false) },
@@ -351,6 +360,11 @@ func (m *Manager) update(ctx context.Context, cur *coordinationv1.Lease, now met
 func (m *Manager) selfValid() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.selfValidLocked()
+}
+
+// selfValidLocked is selfValid with m.mu held.
+func (m *Manager) selfValidLocked() bool {
 	return !m.renewedAt.IsZero() && m.cfg.Now().Sub(m.renewedAt) < m.cfg.LeaseDuration-m.cfg.RenewInterval
 }
 
@@ -465,6 +479,54 @@ func (m *Manager) Owns(node string) bool {
 	_, ok := m.claimed[node]
 	m.mu.Unlock()
 	return ok && m.selfValid()
+}
+
+// BeginWrite admits a write for node (its Lease, its status, its pods'
+// status) while this replica owns it, and returns the function to call
+// once the write is done: a node asked for by another replica is handed
+// over only after the writes under way for it finished, so that no write
+// of the old owner lands after the new owner's. A node this replica does
+// not own (any more) gets UNAVAILABLE.
+func (m *Manager) BeginWrite(node string) (done func(), err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.claimed[node]; !ok || !m.selfValidLocked() {
+		return nil, status.Errorf(codes.Unavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
+	}
+	w := m.writing[node]
+	if w == nil {
+		w = &writes{idle: make(chan struct{})}
+		m.writing[node] = w
+	}
+	w.n++
+	return sync.OnceFunc(func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if w.n--; w.n == 0 {
+			close(w.idle)
+			delete(m.writing, node)
+		}
+	}), nil
+}
+
+// awaitWrites waits until no write admitted by BeginWrite is under way for
+// node, at most timeout; it reports whether none is.
+func (m *Manager) awaitWrites(ctx context.Context, node string, timeout time.Duration) bool {
+	m.mu.Lock()
+	w := m.writing[node]
+	m.mu.Unlock()
+	if w == nil {
+		return true
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-w.idle:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // Claim makes this replica node's owner, taking the record over from a
@@ -712,6 +774,11 @@ func (m *Manager) handOverNext(ctx context.Context) bool {
 	delete(m.claimed, node)
 	m.mu.Unlock()
 	m.cfg.Sessions.EndSession(node, status.Errorf(codes.Aborted, "node %q connected to server %q; this stream is replaced", node, wanted))
+	// No write for the node begins from now on; the new owner's must not
+	// be followed by one of ours still under way.
+	if !m.awaitWrites(ctx, node, m.cfg.RenewInterval) {
+		m.log.Warn("handing a node over with a write for it still under way", zap.String("node", node), zap.String("to", wanted))
+	}
 	wctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
 	defer cancel()
 	if _, err := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Update(wctx, m.holdBy(rec, wanted), metav1.UpdateOptions{}); err != nil {

@@ -412,3 +412,55 @@ func TestDyingReplicasNodesWaitForItsLease(t *testing.T) {
 	}
 	history.Check(t)
 }
+
+// TestHandoverWaitsForWritesUnderWay: a write for a node (its Lease, its
+// status) that began while this replica owned it finishes before the node
+// is handed to the replica the edge moved to, and no write begins once the
+// handover started: the new owner's writes are never followed by the old
+// owner's.
+func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	history := ownershiptest.Watch(t, client, ns)
+	a := startReplica(t, ns, "replica-a", 30*time.Second)
+	b := startReplica(t, ns, "replica-b", 30*time.Second)
+	const node = "edge-1"
+	if err := a.Claim(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	done, err := a.BeginWrite(node)
+	if err != nil {
+		t.Fatalf("a may not write for the node it owns: %v", err)
+	}
+
+	claimed := make(chan error, 1)
+	go func() { claimed <- b.Claim(t.Context(), node) }()
+	a.sessions.waitEnded(t, node, codes.Aborted)
+	if _, err := a.BeginWrite(node); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a write began on a after its session was ended for a handover: %v", err)
+	}
+	// The handover waits for a's write: a second is far longer than a
+	// record update takes, so a handover that did not wait shows here.
+	select {
+	case err := <-claimed:
+		t.Fatalf("b took the node while a's write for it was under way (%v)", err)
+	case <-time.After(time.Second):
+	}
+	if got := holder(t, client, ns, node); got != "replica-a" {
+		t.Fatalf("holder = %q while a's write is under way, want replica-a", got)
+	}
+
+	done()
+	select {
+	case err := <-claimed:
+		if err != nil {
+			t.Fatalf("b's claim after a's write finished: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("b did not get the node after a's write finished")
+	}
+	if _, err := b.BeginWrite(node); err != nil {
+		t.Fatalf("b may not write for the node it now owns: %v", err)
+	}
+	history.Check(t)
+}

@@ -65,7 +65,10 @@ type Config struct {
 	IsEdge func(*corev1.Node) bool
 	// FieldManager names edgesync's writes.
 	FieldManager string
-	Logger       *zap.Logger
+	// WriteGuard, when set, admits each write for a node (with several
+	// replicas: only while this replica owns the node).
+	WriteGuard reportqueue.Guard
+	Logger     *zap.Logger
 }
 
 // Controller is the pod, ConfigMap and Secret controller.
@@ -133,7 +136,7 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		sent:         make(map[string]sentPod),
 		holders:      make(map[feed.Key]map[string]int),
 	}
-	c.reports = reportqueue.New(log.Named("reports"), c.writePodStatus)
+	c.reports = reportqueue.New(log.Named("reports"), reportqueue.Guarded(cfg.WriteGuard, c.writePodStatus))
 	return c, nil
 }
 
