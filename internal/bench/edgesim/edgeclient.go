@@ -130,8 +130,15 @@ func (e *edge) onClientEvent(ev edgeclient.Event) {
 	e.mu.Lock()
 	if ev.Type == edgeclient.Deleted {
 		delete(e.held, key)
+		delete(e.at, key)
 	} else {
 		f.C.clientChanges.Add(1)
+		if e.at == nil {
+			e.at = map[feed.Key]time.Time{}
+		}
+		if old, ok := e.held[key]; !ok || old.GetResourceVersion() != ev.ResourceVersion {
+			e.at[key] = time.Now()
+		}
 		e.held[key] = &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, Uid: ev.UID, ResourceVersion: ev.ResourceVersion}
 	}
 	e.mu.Unlock()

@@ -124,6 +124,8 @@ type edge struct {
 	// server_id), and whether it is welcomed and synced.
 	server            string
 	connected, synced bool
+	// When this edge last received Welcome and SyncComplete.
+	welcomedAt, syncedAt time.Time
 }
 
 // addrs returns the addresses edge i tries, in order: Addrs rotated by i,
@@ -311,6 +313,9 @@ func (f *Fleet) Arrivals(key feed.Key) map[string]Arrival {
 // stream it welcomed, and those of them that received SyncComplete.
 type Streams struct {
 	Connected, Synced int
+	// LastWelcome and LastSynced are the latest time one of these edges
+	// received Welcome and SyncComplete on its current stream.
+	LastWelcome, LastSynced time.Time
 }
 
 // ByServer returns, by server id (Welcome's server_id), how many edges hold
@@ -322,8 +327,14 @@ func (f *Fleet) ByServer() map[string]Streams {
 		if e.connected {
 			s := out[e.server]
 			s.Connected++
+			if e.welcomedAt.After(s.LastWelcome) {
+				s.LastWelcome = e.welcomedAt
+			}
 			if e.synced {
 				s.Synced++
+				if e.syncedAt.After(s.LastSynced) {
+					s.LastSynced = e.syncedAt
+				}
 			}
 			out[e.server] = s
 		}
@@ -333,7 +344,14 @@ func (f *Fleet) ByServer() map[string]Streams {
 }
 
 func (e *edge) setStream(server string, connected, synced bool) {
+	now := time.Now()
 	e.mu.Lock()
+	if connected && (!e.connected || server != e.server) {
+		e.welcomedAt = now
+	}
+	if synced && !e.synced {
+		e.syncedAt = now
+	}
 	e.server, e.connected, e.synced = server, connected, synced
 	e.mu.Unlock()
 }

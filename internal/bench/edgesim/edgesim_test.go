@@ -201,15 +201,27 @@ func TestLeanEdgesSpreadOverReplicasAndFailOver(t *testing.T) {
 
 	// Edge i starts at address i mod 3: two edges per replica.
 	waitFor(t, "every edge synced", func() bool { return fleet.C.Synced.Load() == int64(len(names)) })
-	want := map[string]Streams{"replica-a": {2, 2}, "replica-b": {2, 2}, "replica-c": {2, 2}}
-	if got := fleet.ByServer(); !maps.Equal(got, want) {
-		t.Fatalf("edges by replica = %v, want %v", got, want)
+	counts := func() map[string][2]int {
+		out := map[string][2]int{}
+		for id, s := range fleet.ByServer() {
+			out[id] = [2]int{s.Connected, s.Synced}
+		}
+		return out
+	}
+	want := map[string][2]int{"replica-a": {2, 2}, "replica-b": {2, 2}, "replica-c": {2, 2}}
+	if got := counts(); !maps.Equal(got, want) {
+		t.Fatalf("edges by replica (connected, synced) = %v, want %v", got, want)
 	}
 
 	// replica-a goes away: its edges (0 and 3) try b next.
+	stopped := time.Now()
 	stops[0]()
-	want = map[string]Streams{"replica-b": {4, 4}, "replica-c": {2, 2}}
-	waitFor(t, "replica-a's edges synced on replica-b", func() bool { return maps.Equal(fleet.ByServer(), want) })
+	want = map[string][2]int{"replica-b": {4, 4}, "replica-c": {2, 2}}
+	waitFor(t, "replica-a's edges synced on replica-b", func() bool { return maps.Equal(counts(), want) })
+	by := fleet.ByServer()
+	if b, c := by["replica-b"], by["replica-c"]; b.LastWelcome.Before(stopped) || b.LastSynced.Before(b.LastWelcome) || c.LastSynced.After(stopped) {
+		t.Errorf("last Welcome/SyncComplete: replica-b %v/%v, replica-c -/%v; want b's after the stop at %v, c's before", b.LastWelcome, b.LastSynced, c.LastSynced, stopped)
+	}
 	if got := fleet.HeldVersion(feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: simfeed.Namespace, Name: "base"}, "1"); got != len(names) {
 		t.Fatalf("%d edges hold the base ConfigMap after failover, want %d", got, len(names))
 	}
