@@ -34,6 +34,8 @@ type results struct {
 	Kube        kubeResult `json:"kube"`
 	KubeSkipped string     `json:"kube_skipped,omitempty"`
 	KubeFailed  string     `json:"kube_failed,omitempty"`
+	// Failover is scenario 8, also through a devcluster apiserver.
+	Failover failoverResult `json:"failover"`
 
 	// Skipped and Failed say why a scenario has no figures.
 	Skipped map[int]string `json:"skipped,omitempty"`
@@ -335,9 +337,16 @@ func (r *results) table() []row {
 	rows = append(rows, r.kubeRow(6)...)
 	rows = append(rows, r.kubeRow(7)...)
 
+	name, goal = "8 failover, via apiserver", "10,000 edges over 3 replicas, one killed: all resynced ≤ 15 s; 0 LIST/GET; 0 duplicate owners"
+	if r.KubeSkipped != "" && r.Skipped[8] == "" && r.Failed[8] == "" {
+		rows = append(rows, row{name, goal, r.KubeSkipped, "not run"})
+	} else if f := r.Failover; !missing(8, name, goal) && f.Done {
+		rows = append(rows, row{name, goal, f.measured(), yesNo(f.ResyncedSeconds <= 15 && f.EdgesyncListGet == 0 && f.DuplicateOwners == 0 && f.Edges >= 10000)})
+	}
+
 	// Every scenario has a row, even when nothing measured it.
-	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats", 7: "7 services to the edge"}
-	for id := 1; id <= 7; id++ {
+	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats", 7: "7 services to the edge", 8: "8 failover"}
+	for id := 1; id <= 8; id++ {
 		prefix := strconv.Itoa(id) + " "
 		if !slices.ContainsFunc(rows, func(r row) bool { return strings.HasPrefix(r.Scenario, prefix) }) {
 			why := "not selected with --scenarios"
@@ -443,6 +452,33 @@ func (r *results) kubeRow(id int) []row {
 			yesNo(v.Latency.P99Ms <= 250 && v.EncodingsMax <= v.Zones && v.Nodes >= 1000)}}
 	}
 	return nil
+}
+
+// measured is the failover row's figures.
+func (f failoverResult) measured() string {
+	note := ""
+	if f.Edges < 10000 {
+		note = fmt.Sprintf(" (reduced: %d of 10000)", f.Edges)
+	}
+	list := func(m map[string]float64) string {
+		var parts []string
+		for what, n := range m {
+			parts = append(parts, fmt.Sprintf("%s %.0f", what, n))
+		}
+		slices.Sort(parts)
+		if len(parts) == 0 {
+			return "none"
+		}
+		return strings.Join(parts, ", ")
+	}
+	return fmt.Sprintf("%d edges%s over %d replicas, %s killed with its %d edges (ownership Lease %s, QPS %s): "+
+		"all reconnected %.1f s after the kill (first %.1f s; a stream a survivor dropped again counts from its last), all resynced (SyncComplete and the ConfigMap written after the kill) %.1f s, every node owned by a survivor %.1f s; "+
+		"%.0f LIST/GET by edgesync in the %.0f s window (edgesync's requests: %s; every client's, the controller-manager and the benchmark's watches included: %s); "+
+		"%d duplicate owners (%d ownership transitions: %d takeovers from the dead replica, %d handovers); %d node Leases lapsed; %d objects sent, %d of them already held; %d edge streams ended",
+		f.Edges, note, f.Replicas, f.Killed, f.KilledEdges, f.OwnershipLease, f.OwnershipQPS,
+		f.ReconnectedSeconds, f.FirstReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds,
+		f.EdgesyncListGet, f.WindowSeconds, list(f.EdgesyncRequests), list(f.APIServerRequests),
+		f.DuplicateOwners, f.Transitions, f.Takeovers, f.Handovers, f.NodeLeasesLapsed, f.ObjectsResent, f.Redundant, f.StreamErrors)
 }
 
 func (r *results) printTable(w io.Writer) {

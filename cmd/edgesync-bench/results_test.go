@@ -20,7 +20,7 @@ func TestTableHasARowForEveryScenario(t *testing.T) {
 	for _, row := range rows {
 		byID[row.Scenario[0]] = append(byID[row.Scenario[0]], row)
 	}
-	for id := byte('1'); id <= '6'; id++ {
+	for id := byte('1'); id <= '8'; id++ {
 		if len(byID[id]) == 0 {
 			t.Errorf("no row for scenario %c in %+v", id, rows)
 		}
@@ -146,6 +146,47 @@ func TestEncodeOnceVerdicts(t *testing.T) {
 				}
 			}
 			t.Fatal("no row for scenario 4")
+		})
+	}
+}
+
+func TestFailoverRow(t *testing.T) {
+	done := failoverResult{Done: true, Edges: 10000, Replicas: 3, Killed: "replica-0", KilledEdges: 3334,
+		ResyncedSeconds: 9.5, OwnershipSeconds: 17, EdgesyncRequests: map[string]float64{"UPDATE leases": 3334}}
+	tests := []struct {
+		name          string
+		set           func(r *results)
+		met, measured string
+	}{
+		{"met", func(r *results) { r.Failover = done }, "yes", "all resynced (SyncComplete and the ConfigMap written after the kill) 9.5 s"},
+		{"slow", func(r *results) { r.Failover = done; r.Failover.ResyncedSeconds = 25 }, "no", "25.0 s"},
+		{"lists", func(r *results) {
+			r.Failover = done
+			r.Failover.EdgesyncListGet = 2
+			r.Failover.EdgesyncRequests = map[string]float64{"LIST pods": 2}
+		}, "no", "2 LIST/GET by edgesync"},
+		{"two owners", func(r *results) { r.Failover = done; r.Failover.DuplicateOwners = 1 }, "no", "1 duplicate owners"},
+		{"reduced", func(r *results) { r.Failover = done; r.Failover.Edges = 1000 }, "no", "(reduced: 1000 of 10000)"},
+		{"failed", func(r *results) { r.failed(8, errors.New("boom")) }, "not run", "boom"},
+		{"no devcluster", func(r *results) { r.KubeSkipped = "no devcluster" }, "not run", "no devcluster"},
+		{"not selected", func(r *results) { r.notRun(8, "not selected with --scenarios") }, "not run", "not selected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newResults(scales["full"], 1024)
+			tt.set(r)
+			var rows []row
+			for _, row := range r.table() {
+				if strings.HasPrefix(row.Scenario, "8 ") {
+					rows = append(rows, row)
+				}
+			}
+			if len(rows) != 1 {
+				t.Fatalf("%d rows for scenario 8, want 1: %+v", len(rows), rows)
+			}
+			if !strings.HasPrefix(rows[0].Met, tt.met) || !strings.Contains(rows[0].Measured, tt.measured) {
+				t.Errorf("row: met %q, measured %q; want met %q, measured containing %q", rows[0].Met, rows[0].Measured, tt.met, tt.measured)
+			}
 		})
 	}
 }

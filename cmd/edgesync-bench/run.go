@@ -92,7 +92,7 @@ func runMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	scaleName := fs.String("scale", "reduced", "smoke (seconds), reduced (make bench, minutes) or full (the issue's scales)")
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
-	which := fs.String("scenarios", "1,2,3,4,5,6,7", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only)")
+	which := fs.String("scenarios", "1,2,3,4,5,6,7,8", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only; 8 failover: three replicas, one killed, apiserver only)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
 	fanoutNodes := fs.Int("fanout-nodes", 0, "override the fan-out and encode-once node count")
 	tpSessions := fs.Int("throughput-sessions", 0, "override the throughput session count")
@@ -123,8 +123,8 @@ func runMain(ctx context.Context, args []string) error {
 	want := map[int]bool{}
 	for _, s := range strings.Split(*which, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 7 {
-			return fmt.Errorf("--scenarios: %q is not a scenario number 1-7", s)
+		if err != nil || n < 1 || n > 8 {
+			return fmt.Errorf("--scenarios: %q is not a scenario number 1-8", s)
 		}
 		want[n] = true
 	}
@@ -165,7 +165,7 @@ func runMain(ctx context.Context, args []string) error {
 	if want[2] || want[3] || want[4] {
 		need = max(need, sc.FanoutNodes, sc.ThroughputSessions)
 	}
-	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7]) {
+	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7] || want[8]) {
 		need = max(need, sc.KubeNodes)
 	}
 	if uint64(need)+256 > limit {
@@ -184,19 +184,24 @@ func runMain(ctx context.Context, args []string) error {
 	type scenario struct {
 		ids []int
 		run func(context.Context, map[int]bool) error
+		// kube: the group of scenarios 2, 5, 6 and 7 through the
+		// apiserver, whose rows are apart from the server-only ones.
+		kube bool
 	}
 	groups := []scenario{
-		{[]int{1, 5, 6}, b.densityStormHeartbeats},
-		{[]int{2, 4}, b.fanoutAndEncode},
-		{[]int{3}, b.throughput},
+		{[]int{1, 5, 6}, b.densityStormHeartbeats, false},
+		{[]int{2, 4}, b.fanoutAndEncode, false},
+		{[]int{3}, b.throughput, false},
 	}
 	if b.devcluster != "" {
-		groups = append(groups, scenario{[]int{2, 5, 6, 7}, b.kubeScenarios})
+		// The failover has a control plane of its own: scenario 5 kills
+		// the single server of the kube group.
+		groups = append(groups, scenario{[]int{2, 5, 6, 7}, b.kubeScenarios, true}, scenario{[]int{8}, b.failover, false})
 	} else {
 		b.result.KubeSkipped = fmt.Sprintf("no devcluster binary at %s (make devcluster) or --kube=off", *devcluster)
 	}
-	for gi, s := range groups {
-		isKube := gi == 3
+	for _, s := range groups {
+		isKube := s.kube
 		run := map[int]bool{}
 		for _, id := range s.ids {
 			if want[id] {
@@ -258,11 +263,17 @@ func (b *bench) startEdgesync(ctx context.Context, name, addr string, nodes, obj
 		"--nodes", strconv.Itoa(nodes), "--objects", strconv.Itoa(objects), "--size", strconv.Itoa(b.sc.Size))
 }
 
-// fleet builds n simulated edges for the server at addr.
-func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
+// fleet builds n simulated edges for the server at addrs (one address, or
+// several replicas that edge i tries from i modulo their number).
+func (b *bench) fleet(addrs []string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
 	cfg := edgesim.Config{
-		Addr: addr, Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
+		Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
 		ConnectConcurrency: connectConcurrency(),
+	}
+	if len(addrs) == 1 {
+		cfg.Addr = addrs[0]
+	} else {
+		cfg.Addrs = addrs
 	}
 	if b.edgeclient {
 		cfg.Edgeclient = &edgesim.EdgeclientConfig{CAFile: b.certs.Path(certs.CACert), CertDir: filepath.Join(b.out, "certs", "nodes")}
@@ -274,7 +285,12 @@ func (b *bench) fleet(addr string, n int, heartbeats, latency bool) (*edgesim.Fl
 // the background with progress shown under label, and returns a stop
 // function that ends them and waits.
 func (b *bench) startFleet(ctx context.Context, label, addr string, n int, heartbeats, latency bool) (*edgesim.Fleet, func(), error) {
-	fleet, err := b.fleet(addr, n, heartbeats, latency)
+	return b.startFleetAt(ctx, label, []string{addr}, n, heartbeats, latency)
+}
+
+// startFleetAt is startFleet for the servers at addrs (see fleet).
+func (b *bench) startFleetAt(ctx context.Context, label string, addrs []string, n int, heartbeats, latency bool) (*edgesim.Fleet, func(), error) {
+	fleet, err := b.fleet(addrs, n, heartbeats, latency)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -58,6 +58,10 @@ func serveMain(ctx context.Context, args []string) error {
 	burst := fs.Int("kube-burst", 100, "controllers' API-server burst (with --kubeconfig)")
 	leaseQPS := fs.Float64("kube-lease-qps", controllers.DefaultLeaseQPS, "controllers' Lease-renewal QPS (with --kubeconfig; burst is twice)")
 	leaseRenew := fs.Duration("kube-lease-renew", 0, "controllers' Lease renew interval (with --kubeconfig; 0: their default)")
+	replicaID := fs.String("replica-id", "edgesync-bench", "this server's id (Welcome's server_id; the replica's name in ownership records)")
+	ownershipNS := fs.String("ownership-namespace", "", "with --kubeconfig: claim each node in this namespace's ownership records before serving it, as one of several replicas (empty: a single replica)")
+	ownershipLease := fs.Duration("ownership-lease-duration", 0, "the replica Lease's duration (with --ownership-namespace; 0: the product default)")
+	ownershipQPS := fs.Float64("ownership-qps", 0, "ownership writes per second, burst twice (with --ownership-namespace; 0: the product default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,9 +77,13 @@ func serveMain(ctx context.Context, args []string) error {
 		return serveRaw(ctx, lis, *certDir)
 	case "edgesync":
 		if *kubeconfig != "" {
-			return serveKube(ctx, lis, *certDir, *heartbeat, *nodeLimit, *kubeconfig, kubeBudget{qps: *qps, burst: *burst, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew})
+			own := controllers.OwnershipConfig{
+				Namespace: *ownershipNS, Replica: *replicaID, Address: lis.Addr().String(),
+				LeaseDuration: *ownershipLease, QPS: float32(*ownershipQPS), Burst: int(2 * *ownershipQPS),
+			}
+			return serveKube(ctx, lis, *certDir, *replicaID, *heartbeat, *nodeLimit, *kubeconfig, kubeBudget{qps: *qps, burst: *burst, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew}, own)
 		}
-		return serveEdgesync(ctx, lis, *certDir, *heartbeat, *nodeLimit, *nodes, *objects, *size)
+		return serveEdgesync(ctx, lis, *certDir, *replicaID, *heartbeat, *nodeLimit, *nodes, *objects, *size)
 	default:
 		return fmt.Errorf("unknown --kind %q: use edgesync or raw", *kind)
 	}
@@ -126,14 +134,14 @@ func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
 }
 
 // newServer builds the server under test with pprof and Go runtime metrics.
-func newServer(certDir string, heartbeat time.Duration, nodeLimit int, logger *zap.Logger, reg *prometheus.Registry) (*server.Server, net.Listener, error) {
+func newServer(certDir, id string, heartbeat time.Duration, nodeLimit int, logger *zap.Logger, reg *prometheus.Registry) (*server.Server, net.Listener, error) {
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
 	reg.MustRegister(collectors.NewGoCollector())
 	srv, err := server.New(server.Options{
-		ServerID: "edgesync-bench",
+		ServerID: id,
 		TLS: server.TLSFiles{
 			CAFile:   filepath.Join(certDir, certs.CACert),
 			CertFile: filepath.Join(certDir, certs.ServerCert),
@@ -166,7 +174,7 @@ type kubeBudget struct {
 	leaseRenew time.Duration
 }
 
-func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit int, kubeconfig string, budget kubeBudget) error {
+func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartbeat time.Duration, nodeLimit int, kubeconfig string, budget kubeBudget, own controllers.OwnershipConfig) error {
 	logger, err := zap.NewProduction(zap.IncreaseLevel(zap.WarnLevel))
 	if err != nil {
 		return err
@@ -177,7 +185,7 @@ func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat 
 	if err := kubemetrics.Register(reg); err != nil {
 		return err
 	}
-	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, logger, reg)
+	srv, httpLis, err := newServer(certDir, id, heartbeat, nodeLimit, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -189,6 +197,7 @@ func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat 
 	ctrls, err := controllers.New(controllers.Config{
 		RESTConfig: cfg, DisableDevices: true, Logger: logger, Registerer: reg,
 		LeaseQPS: float32(budget.leaseQPS), LeaseBurst: int(2 * budget.leaseQPS), LeaseRenewInterval: budget.leaseRenew,
+		Ownership: own,
 	}, srv)
 	if err != nil {
 		return err
@@ -210,12 +219,12 @@ func serveKube(ctx context.Context, lis net.Listener, certDir string, heartbeat 
 	return errors.Join(serveErr, <-ctrlsDone)
 }
 
-func serveEdgesync(ctx context.Context, lis net.Listener, certDir string, heartbeat time.Duration, nodeLimit, nodes, objects, size int) error {
+func serveEdgesync(ctx context.Context, lis net.Listener, certDir, id string, heartbeat time.Duration, nodeLimit, nodes, objects, size int) error {
 	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	srv, httpLis, err := newServer(certDir, heartbeat, nodeLimit, nil, prometheus.NewRegistry())
+	srv, httpLis, err := newServer(certDir, id, heartbeat, nodeLimit, nil, prometheus.NewRegistry())
 	if err != nil {
 		return err
 	}

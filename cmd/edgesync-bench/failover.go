@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/internal/bench/cluster"
+	"github.com/edgesync/edgesync/internal/bench/measure"
+	"github.com/edgesync/edgesync/internal/ownershiptest"
+	"github.com/edgesync/edgesync/server/feed"
+
+	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+)
+
+// failoverResult is scenario 8: edges spread over three replicas with node
+// ownership, one replica killed.
+type failoverResult struct {
+	Done     bool `json:"done"`
+	Edges    int  `json:"edges"`
+	Replicas int  `json:"replicas"`
+	// Killed is the killed replica's id; KilledEdges the edges it held.
+	Killed      string `json:"killed"`
+	KilledEdges int    `json:"killed_edges"`
+	// The ownership settings: the product defaults unless said otherwise.
+	OwnershipLease string  `json:"ownership_lease_duration"`
+	OwnershipQPS   string  `json:"ownership_qps"`
+	SetupSeconds   float64 `json:"setup_seconds"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+
+	// From the kill: every edge has a stream to a surviving replica;
+	// every edge is synced on it and holds the ConfigMap version written
+	// right after the kill; every node record is held by a survivor.
+	ReconnectedSeconds float64 `json:"seconds_until_all_reconnected"`
+	// FirstReconnectedSeconds is when every edge first had a stream to a
+	// survivor (polled), before any was dropped again.
+	FirstReconnectedSeconds float64 `json:"seconds_until_all_first_reconnected"`
+	ResyncedSeconds         float64 `json:"seconds_until_all_resynced"`
+	OwnershipSeconds        float64 `json:"seconds_until_ownership_settled"`
+	WindowSeconds           float64 `json:"window_seconds"`
+
+	// Requests during the window, "VERB resource[/subresource]": every
+	// client of the apiserver (apiserver_request_total; the
+	// controller-manager's and the benchmark's own watches included), and
+	// the survivors' own (edgesync_kube_requests_total).
+	APIServerRequests map[string]float64 `json:"apiserver_requests"`
+	EdgesyncRequests  map[string]float64 `json:"edgesync_requests"`
+	EdgesyncListGet   float64            `json:"edgesync_list_get"`
+
+	// From the ownership records' history over the whole run.
+	DuplicateOwners int      `json:"duplicate_owners"`
+	Violations      []string `json:"violations,omitempty"`
+	Transitions     int      `json:"ownership_transitions"`
+	Takeovers       int      `json:"takeovers_from_dead_replicas"`
+	Handovers       int      `json:"handovers"`
+
+	// NodeLeasesLapsed counts nodes whose Lease (kube-node-lease) expired
+	// during the window before it was renewed.
+	NodeLeasesLapsed int   `json:"node_leases_lapsed"`
+	ObjectsResent    int64 `json:"objects_sent_during_resync"`
+	Redundant        int64 `json:"redundant_objects"`
+	// StreamErrors counts edge streams that ended in the window (each
+	// killed edge's first is one); LastStreamError is the last one's.
+	StreamErrors    int64  `json:"stream_errors"`
+	LastStreamError string `json:"last_stream_error,omitempty"`
+}
+
+const (
+	failoverReplicas  = 3
+	ownershipNS       = "edgesync-system"
+	failoverConfigMap = "base"
+)
+
+// failover runs scenario 8 on a control plane of its own: KubeNodes edges
+// over three replicas running the real controllers with node ownership,
+// then replica 0 killed with SIGKILL and a ConfigMap every node holds
+// updated right after.
+func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
+	f := &b.result.Failover
+	n := b.sc.KubeNodes
+	f.Edges, f.Replicas = n, failoverReplicas
+	f.OwnershipLease, f.OwnershipQPS = "default (15s)", "default (200, burst 400)"
+	setup := time.Now()
+	b.prog.say("failover: starting devcluster (etcd + kube-apiserver)")
+	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster-failover"))
+	if err != nil {
+		return err
+	}
+	defer cl.Stop()
+	b.prog.say("failover: creating %d edge nodes and pods", n)
+	if err := cl.Create(ctx, cluster.Workload{Namespace: kubeNamespace, Nodes: b.names[:n], Base: failoverConfigMap, Fanout: "fanout"}); err != nil {
+		return err
+	}
+	if _, err := cl.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ownershipNS}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ownershipNS, err)
+	}
+	// The recorders' watches read protobuf: 10,000 node Leases renew
+	// every 20 s or so.
+	rc, err := cl.RESTConfig()
+	if err != nil {
+		return err
+	}
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	watchClient, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	// The ownership history starts before any replica does, so it holds
+	// every transition.
+	history, err := ownershiptest.Start(ctx, watchClient, ownershipNS)
+	if err != nil {
+		return err
+	}
+	defer history.Stop()
+	leases, err := watchNodeLeases(ctx, watchClient)
+	if err != nil {
+		return err
+	}
+	defer leases.Stop()
+	f.SetupSeconds = time.Since(setup).Seconds()
+
+	ids := make([]string, failoverReplicas)
+	replicas := make([]*child, failoverReplicas)
+	defer func() {
+		for _, r := range replicas {
+			if r != nil {
+				r.kill()
+			}
+		}
+	}()
+	var addrs []string
+	for i := range replicas {
+		ids[i] = "replica-" + strconv.Itoa(i)
+		b.prog.say("failover: starting %s", ids[i])
+		r, err := startChild(ctx, filepath.Join(b.out, "server-failover-"+ids[i]+".log"),
+			"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", "127.0.0.1:0", "--replica-id", ids[i],
+			"--heartbeat", heartbeatInterval.String(), "--kubeconfig", cl.Kubeconfig,
+			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)),
+			"--kube-lease-qps", strconv.FormatFloat(b.leaseQPS, 'f', -1, 64), "--kube-lease-renew", b.leaseRenew.String(),
+			"--ownership-namespace", ownershipNS)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ids[i], err)
+		}
+		replicas[i] = r
+		addrs = append(addrs, r.ready.GRPC)
+	}
+	fleet, stopFleet, err := b.startFleetAt(ctx, "failover", addrs, n, true, false)
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
+	connect := time.Now()
+	heldBy := func(ids ...string) int {
+		held := history.HeldBy()
+		sum := 0
+		for _, id := range ids {
+			sum += held[id]
+		}
+		return sum
+	}
+	if err := waitFor(ctx, time.Duration(n/20+120)*time.Second, "edges synced over three replicas, each node owned", func() bool {
+		return int(fleet.C.Synced.Load()) == n && heldBy(ids...) == n
+	}); err != nil {
+		return fmt.Errorf("%w (%d of %d synced, records held %v; last error: %v)", err, fleet.C.Synced.Load(), n, history.HeldBy(), fleet.LastError())
+	}
+	f.ConnectSeconds = time.Since(connect).Seconds()
+	b.prog.say("failover: %d edges synced over %d replicas in %.1fs (by replica %v)", n, failoverReplicas, f.ConnectSeconds, fleet.ByServer())
+	// Every node's first heartbeat (which creates its Lease) falls within
+	// one interval of connecting.
+	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
+		return err
+	}
+
+	victim, survivors := replicas[0], replicas[1:]
+	f.Killed = ids[0]
+	f.KilledEdges = fleet.ByServer()[ids[0]].Connected
+	m0, err := cl.Metrics(ctx)
+	if err != nil {
+		return err
+	}
+	s0, err := scrapeAll(ctx, survivors)
+	if err != nil {
+		return err
+	}
+	objects0, redundant0, streams0 := fleet.C.Objects.Load(), fleet.RedundantObjects(), fleet.C.StreamsEnded.Load()
+	b.prog.watch("failover", fleet, n)
+	killed := time.Now()
+	victim.kill()
+	replicas[0] = nil
+	rv, err := cl.UpdateConfigMap(ctx, kubeNamespace, failoverConfigMap, "failover", strconv.FormatInt(killed.UnixNano(), 10))
+	if err != nil {
+		return err
+	}
+	key := feed.Key{Kind: edgesyncv1.Kind_KIND_CONFIG_MAP, Namespace: kubeNamespace, Name: failoverConfigMap}
+	// Every edge's last Welcome and SyncComplete, and when the new
+	// version reached it, tell the figures once all is done: an edge that
+	// a survivor dropped again after it had synced counts from its last
+	// stream.
+	var settled, firstBack time.Duration
+	done := func() bool {
+		if settled == 0 && heldBy(ids[1:]...) == n {
+			settled = time.Since(killed)
+		}
+		by := fleet.ByServer()
+		conn, sync := 0, 0
+		for _, id := range ids[1:] {
+			conn, sync = conn+by[id].Connected, sync+by[id].Synced
+		}
+		if firstBack == 0 && conn == n {
+			firstBack = time.Since(killed)
+		}
+		return sync == n && fleet.HeldVersion(key, rv) == n
+	}
+	err = waitFor(ctx, 5*time.Minute, "every edge resynced on a survivor and every node owned by one", func() bool { return done() && settled > 0 })
+	if err != nil {
+		return fmt.Errorf("%w (edges by replica %v, %d hold the new version, records held %v; last error: %v)", err, fleet.ByServer(), fleet.HeldVersion(key, rv), history.HeldBy(), fleet.LastError())
+	}
+	// Requests that follow the last of them (a retried write, a late
+	// claim) still belong to the failover, and so do streams dropped then.
+	if err := hold(ctx, 2*time.Second); err != nil {
+		return err
+	}
+	if !done() {
+		return fmt.Errorf("edges dropped again after all had resynced (edges by replica %v; last error: %v)", fleet.ByServer(), fleet.LastError())
+	}
+	var lastWelcome, lastSynced time.Time
+	for _, id := range ids[1:] {
+		s := fleet.ByServer()[id]
+		lastWelcome, lastSynced = latest(lastWelcome, s.LastWelcome), latest(lastSynced, s.LastSynced)
+	}
+	for _, a := range fleet.Arrivals(key) {
+		lastSynced = latest(lastSynced, a.At)
+	}
+	f.FirstReconnectedSeconds = firstBack.Seconds()
+	f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds = lastWelcome.Sub(killed).Seconds(), lastSynced.Sub(killed).Seconds(), settled.Seconds()
+	f.ObjectsResent = fleet.C.Objects.Load() - objects0
+	f.Redundant = fleet.RedundantObjects() - redundant0
+	f.StreamErrors = fleet.C.StreamsEnded.Load() - streams0
+	if err := fleet.LastError(); err != nil && f.StreamErrors > 0 {
+		f.LastStreamError = err.Error()
+	}
+	end := time.Now()
+	f.WindowSeconds = end.Sub(killed).Seconds()
+	m1, err := cl.Metrics(ctx)
+	if err != nil {
+		return err
+	}
+	s1, err := scrapeAll(ctx, survivors)
+	if err != nil {
+		return err
+	}
+	f.APIServerRequests = deltas(requestsBy(m0, "apiserver_request_total", "verb", "resource", "subresource"),
+		requestsBy(m1, "apiserver_request_total", "verb", "resource", "subresource"))
+	f.EdgesyncRequests = map[string]float64{}
+	for i := range survivors {
+		for what, d := range deltas(requestsBy(s0[i], "edgesync_kube_requests_total", "verb", "resource"),
+			requestsBy(s1[i], "edgesync_kube_requests_total", "verb", "resource")) {
+			f.EdgesyncRequests[what] += d
+		}
+	}
+	for what, d := range f.EdgesyncRequests {
+		if strings.HasPrefix(what, "LIST ") || strings.HasPrefix(what, "GET ") {
+			f.EdgesyncListGet += d
+		}
+	}
+	f.NodeLeasesLapsed = leases.lapsed(killed, end)
+	f.Violations = history.Violations()
+	f.DuplicateOwners = len(f.Violations)
+	if len(f.Violations) > 10 {
+		f.Violations = f.Violations[:10]
+	}
+	c := history.Counts()
+	f.Transitions, f.Takeovers, f.Handovers = c.Transitions, c.Takeovers, c.Handovers
+	f.Done = true
+	b.prog.say("failover: %d edges of %s reconnected in %.1fs, all resynced in %.1fs, ownership settled in %.1fs; %.0f LIST/GET by edgesync, %d duplicate owners, %d node Leases lapsed",
+		f.KilledEdges, f.Killed, f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds, f.EdgesyncListGet, f.DuplicateOwners, f.NodeLeasesLapsed)
+	return nil
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// scrapeAll scrapes every replica's /metrics.
+func scrapeAll(ctx context.Context, replicas []*child) ([]measure.Metrics, error) {
+	out := make([]measure.Metrics, len(replicas))
+	for i, r := range replicas {
+		m, err := r.metrics(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
+// requestsBy sums counter name by the values of labels, joined as "VERB
+// resource/subresource" (empty values left out).
+func requestsBy(m measure.Metrics, name string, labels ...string) map[string]float64 {
+	out := map[string]float64{}
+	fam, ok := m[name]
+	if !ok {
+		return out
+	}
+	for _, metric := range fam.GetMetric() {
+		values := make([]string, len(labels))
+		for _, lp := range metric.GetLabel() {
+			if i := slices.Index(labels, lp.GetName()); i >= 0 {
+				values[i] = lp.GetValue()
+			}
+		}
+		what := values[0]
+		if len(values) > 1 {
+			what += " " + strings.Join(slices.DeleteFunc(values[1:], func(v string) bool { return v == "" }), "/")
+		}
+		out[what] += metric.GetCounter().GetValue()
+	}
+	return out
+}
+
+// deltas returns after minus before for every key that grew.
+func deltas(before, after map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for what, v := range after {
+		if d := v - before[what]; d > 0 {
+			out[what] = d
+		}
+	}
+	return out
+}
+
+// nodeLeases records the nodes' Leases (kube-node-lease) from a watch, and
+// every time one expired before it was renewed.
+type nodeLeases struct {
+	mu     sync.Mutex // guards the fields below
+	last   map[string]leaseTerm
+	lapses []lapse
+	done   chan struct{}
+	stop   func()
+}
+
+type leaseTerm struct {
+	renewed  time.Time
+	duration time.Duration
+}
+
+type lapse struct {
+	node    string
+	expired time.Time
+}
+
+// watchNodeLeases starts recording until Stop.
+func watchNodeLeases(ctx context.Context, client kubernetes.Interface) (*nodeLeases, error) {
+	w, err := client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("watch node Leases: %w", err)
+	}
+	l := &nodeLeases{last: map[string]leaseTerm{}, done: make(chan struct{}), stop: w.Stop}
+	go func() {
+		defer close(l.done)
+		for ev := range w.ResultChan() {
+			if lease, ok := ev.Object.(*coordinationv1.Lease); ok && ev.Type != watch.Deleted && lease.Spec.RenewTime != nil {
+				l.observe(lease)
+			}
+		}
+	}()
+	return l, nil
+}
+
+func (l *nodeLeases) observe(lease *coordinationv1.Lease) {
+	term := leaseTerm{renewed: lease.Spec.RenewTime.Time, duration: time.Duration(ptr.Deref(lease.Spec.LeaseDurationSeconds, 0)) * time.Second}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if prev, ok := l.last[lease.Name]; ok {
+		if expiry := prev.renewed.Add(prev.duration); term.renewed.After(expiry) {
+			l.lapses = append(l.lapses, lapse{node: lease.Name, expired: expiry})
+		}
+	}
+	l.last[lease.Name] = term
+}
+
+// lapsed counts the nodes whose Lease expired between from and to: renewed
+// too late, or not renewed by to.
+func (l *nodeLeases) lapsed(from, to time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	nodes := map[string]bool{}
+	for _, lp := range l.lapses {
+		if !lp.expired.Before(from) && !lp.expired.After(to) {
+			nodes[lp.node] = true
+		}
+	}
+	for node, term := range l.last {
+		if expiry := term.renewed.Add(term.duration); !expiry.Before(from) && expiry.Before(to) {
+			nodes[node] = true
+		}
+	}
+	return len(nodes)
+}
+
+// Stop ends the watch and waits for it.
+func (l *nodeLeases) Stop() {
+	l.stop()
+	<-l.done
+}
