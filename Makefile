@@ -213,6 +213,7 @@ FUZZ_TARGETS := \
 	FuzzParseCA:./server/pki \
 	FuzzParseNodeCSR:./server/pki \
 	FuzzIssueCertificate:./server/bootstrap \
+	FuzzRenewCertificate:./server/bootstrap \
 	FuzzSyncResponse:./edgeclient \
 	FuzzLoadConfig:./cmd/edgesync-server
 

@@ -6,10 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +21,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -209,7 +213,7 @@ func FuzzIssueCertificate(f *testing.F) {
 		if !want {
 			t.Fatalf("issued a certificate for node %q to token %q with CSR error %v", node, req.GetToken(), csrErr)
 		}
-		checkNodeCertificate(t, ca, req, resp)
+		checkNodeCertificate(t, ca, node, req.GetCsrPem(), resp.GetCertificatePem(), resp.GetCaBundlePem(), resp.GetNotAfter().AsTime())
 		if tok.singleUse {
 			s, err := client.CoreV1().Secrets(metav1.NamespaceSystem).Get(t.Context(), bootstraputil.BootstrapTokenSecretName(tok.id), metav1.GetOptions{})
 			if err != nil {
@@ -218,7 +222,85 @@ func FuzzIssueCertificate(f *testing.F) {
 			if got := string(s.Data[bootstrap.UsedByKey]); got != node {
 				t.Fatalf("single-use token %s joined node %q but records used-by %q", tok.id, node, got)
 			}
+			if _, err := svc.IssueCertificate(t.Context(), req); status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("single-use token %s joined node %q twice: second answer %v", tok.id, node, err)
+			}
 		}
+	})
+}
+
+// FuzzRenewCertificate hands arbitrary RenewCertificateRequest bytes to the
+// real service as node edge-1 presenting its verified certificate. Whatever
+// they hold, a refusal is INVALID_ARGUMENT or PERMISSION_DENIED, and a
+// certificate is issued exactly when the CSR is edge-1's own: a node renews
+// only its own identity, for the key it proves it holds.
+func FuzzRenewCertificate(f *testing.F) {
+	ca, err := pki.NewCA("fuzz-ca")
+	if err != nil {
+		f.Fatal(err)
+	}
+	kp, err := ca.IssueNode(fuzzEdgeNode)
+	if err != nil {
+		f.Fatal(err)
+	}
+	block, _ := pem.Decode(kp.CertPEM)
+	callerCert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, req := range []*edgesyncv1.RenewCertificateRequest{
+		{CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
+		{CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzCloudNode)},
+		{CsrPem: fuzzCSR(f, pki.NodeCNPrefix+"edge-2")},
+		{CsrPem: []byte("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n")},
+		{},
+	} {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req := &edgesyncv1.RenewCertificateRequest{}
+		if err := proto.Unmarshal(b, req); err != nil {
+			t.Skip("not a RenewCertificateRequest")
+		}
+		svc, err := bootstrap.New(bootstrap.Config{
+			Client:    fake.NewClientset(fuzzObjects()...),
+			SigningCA: func(context.Context) (*pki.CA, error) { return ca, nil },
+			Bundle:    func() ([]byte, error) { return ca.CertPEM, nil },
+			EdgeLabel: edgeLabel,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := peer.NewContext(t.Context(), &peer.Peer{
+			Addr:     &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000},
+			AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{callerCert, ca.Cert}}}},
+		})
+		resp, err := svc.RenewCertificate(ctx, req)
+
+		_, csrErr := pki.ParseNodeCSR(req.GetCsrPem(), fuzzEdgeNode)
+		if err != nil {
+			switch status.Code(err) {
+			case codes.InvalidArgument, codes.PermissionDenied:
+			default:
+				t.Fatalf("refused with an undocumented code: %v", err)
+			}
+			if resp != nil {
+				t.Fatalf("answered %v with a certificate too", err)
+			}
+			if csrErr == nil {
+				t.Fatalf("refused node %q its own renewal: %v", fuzzEdgeNode, err)
+			}
+			return
+		}
+		if csrErr != nil {
+			t.Fatalf("renewed node %q with a CSR that is not its own: %v", fuzzEdgeNode, csrErr)
+		}
+		checkNodeCertificate(t, ca, fuzzEdgeNode, req.GetCsrPem(), resp.GetCertificatePem(), resp.GetCaBundlePem(), resp.GetNotAfter().AsTime())
 	})
 }
 
@@ -251,14 +333,14 @@ func checkNoSecret(t *testing.T, req *edgesyncv1.IssueCertificateRequest, where,
 	}
 }
 
-// checkNodeCertificate checks that resp is node's client certificate for
-// the CSR's key, signed by ca, and nothing more.
-func checkNodeCertificate(t *testing.T, ca *pki.CA, req *edgesyncv1.IssueCertificateRequest, resp *edgesyncv1.IssueCertificateResponse) {
+// checkNodeCertificate checks that certPEM is node's client certificate
+// for the key of csrPEM, signed by ca, and nothing more, and that the rest
+// of the answer goes with it.
+func checkNodeCertificate(t *testing.T, ca *pki.CA, node string, csrPEM, certPEM, bundle []byte, notAfter time.Time) {
 	t.Helper()
-	node := req.GetNodeName()
-	block, rest := pem.Decode(resp.GetCertificatePem())
+	block, rest := pem.Decode(certPEM)
 	if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) > 0 {
-		t.Fatalf("certificate_pem is not one PEM certificate: %q", resp.GetCertificatePem())
+		t.Fatalf("certificate_pem is not one PEM certificate: %q", certPEM)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
@@ -279,17 +361,17 @@ func checkNodeCertificate(t *testing.T, ca *pki.CA, req *edgesyncv1.IssueCertifi
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("node %q's certificate does not verify against the CA: %v", node, err)
 	}
-	csr, err := pki.ParseNodeCSR(req.GetCsrPem(), node)
+	csr, err := pki.ParseNodeCSR(csrPEM, node)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(cert.RawSubjectPublicKeyInfo, csr.RawSubjectPublicKeyInfo) {
 		t.Fatalf("node %q's certificate is not for the CSR's key", node)
 	}
-	if !cert.NotAfter.Equal(resp.GetNotAfter().AsTime()) {
-		t.Fatalf("not_after %s, the certificate says %s", resp.GetNotAfter().AsTime(), cert.NotAfter)
+	if !cert.NotAfter.Equal(notAfter) {
+		t.Fatalf("not_after %s, the certificate says %s", notAfter, cert.NotAfter)
 	}
-	if !bytes.Equal(resp.GetCaBundlePem(), ca.CertPEM) {
+	if !bytes.Equal(bundle, ca.CertPEM) {
 		t.Fatal("ca_bundle_pem is not the CA bundle")
 	}
 }
