@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -16,9 +17,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/internal/bench/cluster"
+	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/measure"
 	"github.com/edgesync/edgesync/internal/ownershiptest"
 	"github.com/edgesync/edgesync/server/feed"
@@ -174,10 +178,10 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	if err := waitFor(ctx, time.Duration(n/20+120)*time.Second, "edges synced over three replicas, each node owned", func() bool {
 		return int(fleet.C.Synced.Load()) == n && heldBy(ids...) == n
 	}); err != nil {
-		return fmt.Errorf("%w (%d of %d synced, records held %v; last error: %v)", err, fleet.C.Synced.Load(), n, history.HeldBy(), fleet.LastError())
+		return fmt.Errorf("%w (%d of %d synced, edges by replica: %s, records held %v (history error: %v); last error: %v)", err, fleet.C.Synced.Load(), n, spread(fleet), history.HeldBy(), history.Err(), fleet.LastError())
 	}
 	f.ConnectSeconds = time.Since(connect).Seconds()
-	b.prog.say("failover: %d edges synced over %d replicas in %.1fs (by replica %v)", n, failoverReplicas, f.ConnectSeconds, fleet.ByServer())
+	b.prog.say("failover: %d edges synced over %d replicas in %.1fs (%s)", n, failoverReplicas, f.ConnectSeconds, spread(fleet))
 	// Every node's first heartbeat (which creates its Lease) falls within
 	// one interval of connecting.
 	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
@@ -226,7 +230,7 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	}
 	err = waitFor(ctx, 5*time.Minute, "every edge resynced on a survivor and every node owned by one", func() bool { return done() && settled > 0 })
 	if err != nil {
-		return fmt.Errorf("%w (edges by replica %v, %d hold the new version, records held %v; last error: %v)", err, fleet.ByServer(), fleet.HeldVersion(key, rv), history.HeldBy(), fleet.LastError())
+		return fmt.Errorf("%w (edges by replica: %s, %d hold the new version, records held %v; last error: %v)", err, spread(fleet), fleet.HeldVersion(key, rv), history.HeldBy(), fleet.LastError())
 	}
 	// Requests that follow the last of them (a retried write, a late
 	// claim) still belong to the failover, and so do streams dropped then.
@@ -234,7 +238,7 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 		return err
 	}
 	if !done() {
-		return fmt.Errorf("edges dropped again after all had resynced (edges by replica %v; last error: %v)", fleet.ByServer(), fleet.LastError())
+		return fmt.Errorf("edges dropped again after all had resynced (edges by replica: %s; last error: %v)", spread(fleet), fleet.LastError())
 	}
 	var lastWelcome, lastSynced time.Time
 	for _, id := range ids[1:] {
@@ -277,6 +281,9 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 		}
 	}
 	f.NodeLeasesLapsed = leases.lapsed(killed, end)
+	if err := history.Err(); err != nil {
+		return fmt.Errorf("the ownership history is incomplete, so duplicate owners cannot be counted: %w", err)
+	}
 	f.Violations = history.Violations()
 	f.DuplicateOwners = len(f.Violations)
 	if len(f.Violations) > 10 {
@@ -288,6 +295,17 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	b.prog.say("failover: %d edges of %s reconnected in %.1fs, all resynced in %.1fs, ownership settled in %.1fs; %.0f LIST/GET by edgesync, %d duplicate owners, %d node Leases lapsed",
 		f.KilledEdges, f.Killed, f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds, f.EdgesyncListGet, f.DuplicateOwners, f.NodeLeasesLapsed)
 	return nil
+}
+
+// spread says how many edges each replica holds, such as "replica-0 334
+// connected, 334 synced; replica-1 ...".
+func spread(fleet *edgesim.Fleet) string {
+	by := fleet.ByServer()
+	var parts []string
+	for _, id := range slices.Sorted(maps.Keys(by)) {
+		parts = append(parts, fmt.Sprintf("%s %d connected, %d synced", id, by[id].Connected, by[id].Synced))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func latest(a, b time.Time) time.Time {
@@ -365,13 +383,30 @@ type lapse struct {
 	expired time.Time
 }
 
-// watchNodeLeases starts recording until Stop.
+// watchNodeLeases starts recording until Stop. The watch resumes where it
+// was when the apiserver closes it.
 func watchNodeLeases(ctx context.Context, client kubernetes.Interface) (*nodeLeases, error) {
-	w, err := client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Watch(ctx, metav1.ListOptions{})
+	leases := client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	list, err := leases.List(ctx, metav1.ListOptions{})
 	if err != nil {
+		return nil, fmt.Errorf("list node Leases: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return leases.Watch(ctx, opts)
+		},
+	})
+	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("watch node Leases: %w", err)
 	}
-	l := &nodeLeases{last: map[string]leaseTerm{}, done: make(chan struct{}), stop: w.Stop}
+	l := &nodeLeases{last: map[string]leaseTerm{}, done: make(chan struct{}), stop: func() { cancel(); w.Stop() }}
+	for i := range list.Items {
+		if list.Items[i].Spec.RenewTime != nil {
+			l.observe(&list.Items[i])
+		}
+	}
 	go func() {
 		defer close(l.done)
 		for ev := range w.ResultChan() {

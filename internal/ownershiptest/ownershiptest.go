@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/controllers/ownership"
@@ -30,6 +32,7 @@ type History struct {
 	handovers   int
 	takeovers   int
 	violations  []string
+	watchErr    error
 	done        chan struct{}
 	stop        func()
 }
@@ -52,22 +55,52 @@ func Watch(t testing.TB, client kubernetes.Interface, ns string) *History {
 }
 
 // Start records the ownership history of namespace ns until Stop is called
-// or ctx ends. A record that exists already is seen as added first.
+// or ctx ends. The records that exist already are seen as added first; the
+// watch resumes where it was when the apiserver closes it.
 func Start(ctx context.Context, client kubernetes.Interface, ns string) (*History, error) {
-	w, err := client.CoordinationV1().Leases(ns).Watch(ctx, metav1.ListOptions{LabelSelector: ownership.LabelKind})
+	leases := client.CoordinationV1().Leases(ns)
+	list, err := leases.List(ctx, metav1.ListOptions{LabelSelector: ownership.LabelKind})
 	if err != nil {
+		return nil, fmt.Errorf("list ownership records in %s: %w", ns, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			opts.LabelSelector = ownership.LabelKind
+			return leases.Watch(ctx, opts)
+		},
+	})
+	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("watch ownership records in %s: %w", ns, err)
 	}
-	h := &History{replicas: map[string]replicaState{}, holders: map[string]*coordinationv1.Lease{}, done: make(chan struct{}), stop: w.Stop}
+	h := &History{replicas: map[string]replicaState{}, holders: map[string]*coordinationv1.Lease{}, done: make(chan struct{}),
+		stop: func() { cancel(); w.Stop() }}
+	for i := range list.Items {
+		h.observe(watch.Added, &list.Items[i])
+	}
 	go func() {
 		defer close(h.done)
 		for ev := range w.ResultChan() {
-			if lease, ok := ev.Object.(*coordinationv1.Lease); ok {
-				h.observe(ev.Type, lease)
+			switch obj := ev.Object.(type) {
+			case *coordinationv1.Lease:
+				h.observe(ev.Type, obj)
+			case *metav1.Status:
+				h.mu.Lock()
+				h.watchErr = fmt.Errorf("watch ownership records in %s: %s", ns, obj.Message)
+				h.mu.Unlock()
 			}
 		}
 	}()
 	return h, nil
+}
+
+// Err says why the history is incomplete: the watch failed and could not
+// resume.
+func (h *History) Err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.watchErr
 }
 
 // Stop ends the watch and waits for it.
