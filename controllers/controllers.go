@@ -200,6 +200,7 @@ var (
 	_ feed.Controllers = (*Controllers)(nil)
 	_ feed.Admitter    = (*Controllers)(nil)
 	_ feed.Claimer     = (*Controllers)(nil)
+	_ feed.Adopter     = (*Controllers)(nil)
 	_ feed.Directory   = (*Controllers)(nil)
 )
 
@@ -645,6 +646,13 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 	default:
 		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "%T is not a report", req.GetMessage())))
 	}
+}
+
+// Adopt keeps the ServiceAccount tokens a connecting node holds that this
+// replica did not obtain, until they are due (feed.Adopter), instead of
+// requesting them again.
+func (c *Controllers) Adopt(node string, held []*edgesyncv1.ObjectRef) {
+	c.tokens.Adopt(node, held)
 }
 
 // Admit refuses a session to a node whose Node is not an edge node

@@ -250,3 +250,91 @@ func TestFailedTokenRequestIsRetriedAndCounted(t *testing.T) {
 		t.Error("the failed TokenRequest was not logged")
 	}
 }
+
+// A replica that restarted, or took a node over from another, adopts the
+// tokens the node reports holding (its Hello) instead of requesting them
+// again: nothing is sent for them and no TokenRequest is made until they
+// are due, when they are refreshed as usual. A token the node reports in a
+// form this replica cannot trust (no due time in its version) is
+// requested anew, and so is one the node no longer reports.
+func TestReplicaAdoptsTheTokensAnEdgeHolds(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	node := edgeNode(t, client, "edge-1")
+	clk := clocktesting.NewFakeClock(time.Now())
+	first := newRecorder()
+	ctrls := start(t, controllers.Config{DisableDevices: true, Clock: clk}, first)
+	if _, err := ctrls.Desired(node); err != nil {
+		t.Fatal(err)
+	}
+	vault, err := client.CoreV1().Pods(ns).Create(t.Context(), podWithAudience("vault", node, "vault.example.com"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultKey, apiKey := tokensync.Key(ns, "vault", "vault", "token"), apiAccessKey(t, vault)
+	held := func(rec *recorder, key feed.Key) *edgesyncv1.ObjectRef {
+		msg := tokenOf(rec.waitApplied(t, node, key, nil)).GetMetadata()
+		return &edgesyncv1.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, Uid: msg.GetUid(), ResourceVersion: msg.GetResourceVersion()}
+	}
+	vaultRef, apiRef := held(first, vaultKey), held(first, apiKey)
+
+	// The node moves to a second replica; it reports both tokens, one of
+	// them with a version from an older server.
+	reg := prometheus.NewRegistry()
+	second := newRecorder()
+	other := start(t, controllers.Config{DisableDevices: true, Clock: clk, Registerer: reg}, second)
+	oldForm := &edgesyncv1.ObjectRef{Kind: apiRef.Kind, Namespace: apiRef.Namespace, Name: apiRef.Name, Uid: apiRef.Uid, ResourceVersion: "3f2a9c0d11e4b5a6"}
+	other.Adopt(node, []*edgesyncv1.ObjectRef{vaultRef, oldForm})
+	objs, err := other.Desired(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range objs {
+		if obj.Key == vaultKey {
+			t.Errorf("Desired returned the adopted token %s: the node would be sent what it holds", vaultKey)
+		}
+	}
+	if tomb, err := other.Tombstone(vaultKey, vaultRef.Uid); err != nil || tomb != nil {
+		t.Fatalf("the adopted token would be deleted at the edge: %v, %v", tomb, err)
+	}
+	// The old-form token is replaced.
+	renewed := tokenOf(second.waitApplied(t, node, apiKey, nil))
+	reviewToken(t, client, renewed, "", vault)
+	if got := metric(t, reg, "edgesync_tokens_adopted_total", ""); got != 1 {
+		t.Errorf("edgesync_tokens_adopted_total = %v, want 1 (the vault token)", got)
+	}
+
+	// The adopted 600s token is due at 80 % of its life: refreshed then,
+	// by the second replica, and not before.
+	for _, obj := range second.sent(node) {
+		if obj.Key == vaultKey {
+			t.Fatalf("the second replica sent %s before it was due", vaultKey)
+		}
+	}
+	stepped := clk.Now().Add(500 * time.Second)
+	clk.Step(500 * time.Second)
+	refreshed := tokenOf(second.waitApplied(t, node, vaultKey, nil))
+	if refreshed.GetMetadata().GetResourceVersion() == vaultRef.ResourceVersion {
+		t.Fatal("the refresh sent the adopted version again")
+	}
+	if issued := refreshed.GetMetadata().GetCreationTimestamp().GetSeconds(); issued < stepped.Unix() {
+		t.Errorf("the second replica obtained %s at %s, before it was due (%s)", vaultKey, time.Unix(issued, 0), stepped)
+	}
+	reviewToken(t, client, refreshed, "vault.example.com", vault)
+
+	// A node that no longer reports an adopted token gets a new one.
+	third := newRecorder()
+	again := start(t, controllers.Config{DisableDevices: true, Clock: clk}, third)
+	refreshedRef := held(second, vaultKey)
+	again.Adopt(node, []*edgesyncv1.ObjectRef{refreshedRef})
+	if _, err := again.Desired(node); err != nil {
+		t.Fatal(err)
+	}
+	again.Adopt(node, nil) // the node reconnects with an empty store
+	if _, err := again.Desired(node); err != nil {
+		t.Fatal(err)
+	}
+	if tok := tokenOf(third.waitApplied(t, node, vaultKey, nil)); tok.GetToken() == "" {
+		t.Fatal("empty token")
+	}
+}

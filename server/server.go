@@ -397,6 +397,14 @@ func (s *Server) admit(node string) error {
 	return nil
 }
 
+// adopt offers the controllers what a connecting node holds, when they
+// can take some of it over (feed.Adopter).
+func (s *Server) adopt(node string, hello *edgesyncv1.Hello) {
+	if a, ok := s.ctrls.(feed.Adopter); ok {
+		a.Adopt(node, hello.GetHeldObjects())
+	}
+}
+
 // register makes sess the node's session, subscribing it to Publish. A
 // previous session of the node ends with ABORTED.
 func (s *Server) register(sess *session) error {

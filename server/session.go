@@ -99,6 +99,7 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 	srv.wg.Add(1)
 	go s.sendLoop()
 
+	srv.adopt(s.node, hello)
 	// Registered above, so every Publish from now on reaches the queue;
 	// Desired cannot miss a change. Reports are handled only once Desired
 	// succeeded: the controllers answer both from the same caches, and a

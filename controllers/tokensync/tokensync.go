@@ -14,6 +14,13 @@
 // session ended are kept until they would be refreshed, so that a node
 // that reconnects at once gets the same ones back, and then forgotten.
 //
+// A token's version says when it is due for refresh (and digests of what
+// it was asked for and of the token), so that a replica that did not
+// obtain it (it restarted, or took the node over from another replica)
+// adopts the tokens a connecting node reports holding (Adopt) until they
+// are due, instead of requesting every token of the node's pods again and
+// sending it as a new version.
+//
 // Tokens are per-pod values: they are encoded once per token and handed
 // only to the node the pod is bound to, never put in a cache another
 // node's objects come from. Nothing here logs a token.
@@ -25,6 +32,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -96,6 +104,7 @@ type Controller struct {
 	pods     corelisters.PodLister
 	nodes    corelisters.NodeLister
 	issued   prometheus.Counter
+	adopted  prometheus.Counter
 	failures prometheus.Counter
 	// queueOnce creates queue on first use (Run, or Desired before it),
 	// so that a controller never run starts no goroutine.
@@ -119,11 +128,14 @@ type podTokens struct {
 	tokens map[feed.Key]*token
 }
 
-// token is one token obtained, encoded for the pod's node only.
+// token is one token obtained, encoded for the pod's node only, or one
+// the node holds and this replica adopted (obj nil: only the node has it).
 type token struct {
 	src       source
 	obj       *feed.Object
+	version   string
 	refreshAt time.Time
+	adopted   bool
 }
 
 // source is one serviceAccountToken projection of a pod.
@@ -160,6 +172,10 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 			Name: "edgesync_tokens_issued_total",
 			Help: "ServiceAccount tokens obtained with the TokenRequest API for pods on edge nodes (first issues and refreshes).",
 		}),
+		adopted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgesync_tokens_adopted_total",
+			Help: "ServiceAccount tokens a connecting edge held that this replica kept until their refresh instead of requesting new ones.",
+		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgesync_token_refresh_failures_total",
 			Help: "TokenRequest calls for pods on edge nodes that failed (retried with backoff).",
@@ -168,7 +184,7 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		held:   make(map[string]*podTokens),
 	}
 	if cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.issued, c.failures} {
+		for _, m := range []prometheus.Collector{c.issued, c.adopted, c.failures} {
 			if err := cfg.Registerer.Register(m); err != nil {
 				return nil, fmt.Errorf("tokensync: register metrics: %w", err)
 			}
@@ -287,7 +303,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	c.mu.Lock()
 	cur := c.held[key]
 	if cur != nil && (pod == nil || cur.uid != pod.UID || cur.node != node) {
-		c.publishTombstones(cur.node, cur.tokens)
+		c.publishTombstones(cur.node, cur.uid, cur.tokens)
 		delete(c.held, key)
 		cur = nil
 	}
@@ -324,7 +340,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 			delete(cur.tokens, k)
 		}
 	}
-	c.publishTombstones(node, stale)
+	c.publishTombstones(node, cur.uid, stale)
 	c.mu.Unlock()
 
 	var errs []error
@@ -373,10 +389,7 @@ func (p *podTokens) earliestRefresh() time.Time {
 // encodes its event. Errors name the pod and the projection, never the
 // token.
 func (c *Controller) request(ctx context.Context, pod *corev1.Pod, s source) (*token, error) {
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
+	sa := serviceAccount(pod)
 	seconds := int64(s.expiration / time.Second)
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		ExpirationSeconds: &seconds,
@@ -395,10 +408,10 @@ func (c *Controller) request(ctx context.Context, pod *corev1.Pod, s source) (*t
 	// due at once: refresh no sooner than minRefresh.
 	refreshAt := issued.Add(max(min(expires.Sub(issued)*8/10, MaxAge), minRefresh))
 	key := s.key(pod)
-	// The version is a digest of the token: new with every token, and
-	// telling nothing about it.
+	// The version is new with every token and tells nothing about it;
+	// another replica reads from it when the token is due (Adopt).
 	sum := sha256.Sum256([]byte(resp.Status.Token))
-	version := hex.EncodeToString(sum[:8])
+	version := tokenVersion(refreshAt, s.digest(sa), hex.EncodeToString(sum[:8]))
 	msg := &edgesyncv1.ServiceAccountToken{
 		Metadata: &metav1pb.ObjectMeta{
 			Namespace:         proto.String(pod.Namespace),
@@ -421,13 +434,118 @@ func (c *Controller) request(ctx context.Context, pod *corev1.Pod, s source) (*t
 	if err != nil {
 		return nil, err
 	}
-	return &token{src: s, obj: obj, refreshAt: refreshAt}, nil
+	return &token{src: s, obj: obj, version: version, refreshAt: refreshAt}, nil
 }
 
-// publishTombstones publishes DELETE for tokens to node. c.mu must be held.
-func (c *Controller) publishTombstones(node string, tokens map[feed.Key]*token) {
-	for k, t := range tokens {
-		obj, err := feed.Tombstone(k, t.obj.UID)
+// serviceAccount is the ServiceAccount pod runs as.
+func serviceAccount(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName == "" {
+		return "default"
+	}
+	return pod.Spec.ServiceAccountName
+}
+
+// digest identifies what a token of s for ServiceAccount sa is asked for:
+// a token adopted from an edge must have been asked for the same.
+func (s source) digest(sa string) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d", sa, s.audience, int64(s.expiration/time.Second)))
+	return hex.EncodeToString(sum[:4])
+}
+
+// tokenVersion is a token's version: when it is due for refresh (Unix
+// seconds), the digest of what it was asked for, and a digest of the token.
+func tokenVersion(refreshAt time.Time, spec, token string) string {
+	return strconv.FormatInt(refreshAt.Unix(), 10) + "." + spec + "." + token
+}
+
+// parseTokenVersion returns when the token of version is due and the
+// digest of what it was asked for; false for a version in another form
+// (from an older server, or made up).
+func parseTokenVersion(version string) (refreshAt time.Time, spec string, ok bool) {
+	due, rest, ok1 := strings.Cut(version, ".")
+	spec, _, ok2 := strings.Cut(rest, ".")
+	secs, err := strconv.ParseInt(due, 10, 64)
+	if !ok1 || !ok2 || err != nil || spec == "" {
+		return time.Time{}, "", false
+	}
+	return time.Unix(secs, 0), spec, true
+}
+
+// Adopt keeps the tokens node reports holding (its Hello) that this
+// replica did not obtain: a token of a pod still bound to node (same uid),
+// for a projection the pod still mounts with the same audience, lifetime
+// and ServiceAccount, and not yet due, is kept until it is due (no
+// TokenRequest, nothing sent), then refreshed as usual. A token adopted at
+// an earlier session that node no longer reports is requested again. It
+// never calls the API server.
+func (c *Controller) Adopt(node string, held []*edgesyncv1.ObjectRef) {
+	reported := make(map[feed.Key]*edgesyncv1.ObjectRef)
+	for _, ref := range held {
+		if ref.GetKind() == edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN {
+			reported[feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}] = ref
+		}
+	}
+	now := c.clock.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if handlers.EdgeNode(c.nodes, c.isEdge, node) == "" {
+		return
+	}
+	items, err := c.podIndex.ByIndex(c.cfg.NodeIndex, node)
+	if err != nil {
+		return
+	}
+	for _, item := range items {
+		pod := item.(*corev1.Pod)
+		podKey := pod.Namespace + "/" + pod.Name
+		cur := c.held[podKey]
+		if cur != nil && (cur.uid != pod.UID || cur.node != node) {
+			continue // the worker replaces them
+		}
+		for _, s := range sources(pod) {
+			k := s.key(pod)
+			ref := reported[k]
+			if t := cur.token(k); t != nil {
+				if t.adopted && (ref == nil || ref.GetResourceVersion() != t.version) {
+					delete(cur.tokens, k) // the node lost it: Desired queues a new one
+				}
+				continue
+			}
+			if ref == nil || ref.GetUid() != string(pod.UID) {
+				continue
+			}
+			refreshAt, spec, ok := parseTokenVersion(ref.GetResourceVersion())
+			if !ok || spec != s.digest(serviceAccount(pod)) || !refreshAt.After(now) {
+				continue
+			}
+			// No later than a token obtained now would be due.
+			if limit := now.Add(max(min(s.expiration*8/10, MaxAge), minRefresh)); refreshAt.After(limit) {
+				refreshAt = limit
+			}
+			if cur == nil {
+				cur = &podTokens{node: node, uid: pod.UID, tokens: make(map[feed.Key]*token)}
+				c.held[podKey] = cur
+			}
+			cur.tokens[k] = &token{src: s, version: ref.GetResourceVersion(), refreshAt: refreshAt, adopted: true}
+			c.adopted.Inc()
+			c.work().AddAfter(podKey, refreshAt.Sub(now))
+		}
+	}
+}
+
+// token returns the token held under k; nil when p is nil or has none.
+func (p *podTokens) token(k feed.Key) *token {
+	if p == nil {
+		return nil
+	}
+	return p.tokens[k]
+}
+
+// publishTombstones publishes DELETE for tokens of the pod with uid to
+// node. c.mu must be held.
+func (c *Controller) publishTombstones(node string, uid types.UID, tokens map[feed.Key]*token) {
+	for k := range tokens {
+		obj, err := feed.Tombstone(k, string(uid))
 		if err != nil {
 			c.log.Error("encode tombstone", zap.Stringer("object", k), zap.Error(err))
 			continue
@@ -476,7 +594,11 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 				complete = false
 				continue
 			}
-			objs = append(objs, t.obj)
+			if !t.adopted {
+				// An adopted token is not returned: the node holds it,
+				// and Tombstone keeps it there.
+				objs = append(objs, t.obj)
+			}
 			if !t.refreshAt.After(now) {
 				complete = false
 			}

@@ -172,6 +172,18 @@ type Claimer interface {
 	Claim(ctx context.Context, node string) error
 }
 
+// Adopter may be implemented by Controllers that can take over what a
+// connecting node already holds instead of making it anew: ServiceAccount
+// tokens, which a replica that restarted or took the node over would
+// otherwise request again for every pod and send as new versions. The
+// server calls Adopt with the objects the Hello reports held, on every
+// session, before Desired; an object adopted this way need not be returned
+// by Desired (Tombstone must then keep it at the edge). It must not call
+// the API server.
+type Adopter interface {
+	Adopt(node string, held []*edgesyncv1.ObjectRef)
+}
+
 // Directory may be implemented by Controllers that know which replica owns
 // each node (the records Claimer keeps), so that AdminService answers for
 // every replica of a deployment.
