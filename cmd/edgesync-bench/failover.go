@@ -21,6 +21,7 @@ import (
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 
+	"github.com/edgesync/edgesync/controllers/ownership"
 	"github.com/edgesync/edgesync/internal/bench/cluster"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/measure"
@@ -96,7 +97,9 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	f := &b.result.Failover
 	n := b.sc.KubeNodes
 	f.Edges, f.Replicas = n, failoverReplicas
-	f.OwnershipLease, f.OwnershipQPS = "default (15s)", "default (200, burst 400)"
+	// The product's ownership settings (controllers.OwnershipConfig's
+	// zero values).
+	f.OwnershipLease, f.OwnershipQPS = "default ("+ownership.DefaultLeaseDuration.String()+")", "default (200, burst 400)"
 	setup := time.Now()
 	b.prog.say("failover: starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster-failover"))
