@@ -233,11 +233,11 @@ dev: tools build devcluster ## Run the whole product end to end until Ctrl-C.
 BENCH_OUT ?= $(ROOT)/.tmp/bench
 
 .PHONY: bench
-bench: devcluster ## Run the seven performance scenarios at reduced scale (< 10 min) and print goal vs measured.
+bench: devcluster ## Run the eight performance scenarios at reduced scale (< 12 min) and print goal vs measured.
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
 
 .PHONY: bench-full
-bench-full: devcluster ## Run the seven performance scenarios at the issue's scales (10,000 sessions).
+bench-full: devcluster ## Run the eight performance scenarios at the issue's scales (10,000 sessions).
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale full --out $(BENCH_OUT)-full
