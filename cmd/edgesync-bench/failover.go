@@ -79,8 +79,12 @@ type failoverResult struct {
 	Redundant        int64 `json:"redundant_objects"`
 	// StreamErrors counts edge streams that ended in the window (each
 	// killed edge's first is one); LastStreamError is the last one's.
-	StreamErrors    int64  `json:"stream_errors"`
-	LastStreamError string `json:"last_stream_error,omitempty"`
+	StreamErrors int64 `json:"stream_errors"`
+	// StreamErrorsBefore counts streams that ended before the kill, while
+	// the edges connected and held (a replica that could not renew its
+	// replica Lease in time ends all its sessions).
+	StreamErrorsBefore int64  `json:"stream_errors_before_kill"`
+	LastStreamError    string `json:"last_stream_error,omitempty"`
 }
 
 const (
@@ -255,7 +259,7 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds = lastWelcome.Sub(killed).Seconds(), lastSynced.Sub(killed).Seconds(), settled.Seconds()
 	f.ObjectsResent = fleet.C.Objects.Load() - objects0
 	f.Redundant = fleet.RedundantObjects() - redundant0
-	f.StreamErrors = fleet.C.StreamsEnded.Load() - streams0
+	f.StreamErrors, f.StreamErrorsBefore = fleet.C.StreamsEnded.Load()-streams0, streams0
 	if err := fleet.LastError(); err != nil && f.StreamErrors > 0 {
 		f.LastStreamError = err.Error()
 	}
