@@ -302,12 +302,12 @@ func (s *Service) consume(ctx context.Context, secret *corev1.Secret, tok *Token
 }
 
 // csrError is INVALID_ARGUMENT for a malformed CSR, PERMISSION_DENIED for
-// one that names another node.
-func csrError(err error, prefix string) error {
+// one that names another node (its message then starts with otherNode).
+func csrError(err error, otherNode string) error {
 	if errors.Is(err, pki.ErrOtherNode) {
-		return status.Error(codes.PermissionDenied, prefix+err.Error())
+		return status.Error(codes.PermissionDenied, otherNode+err.Error())
 	}
-	return status.Error(codes.InvalidArgument, prefix+err.Error())
+	return status.Error(codes.InvalidArgument, err.Error())
 }
 
 func (s *Service) limit(ctx context.Context) error {
