@@ -239,7 +239,9 @@ func (f *Fleet) Run(ctx context.Context) {
 				release()
 				return nil
 			}
+			failures := 0
 			for ctx.Err() == nil {
+				began := time.Now()
 				err := e.stream(ctx, release)
 				release()
 				if ctx.Err() != nil {
@@ -247,6 +249,19 @@ func (f *Fleet) Run(ctx context.Context) {
 				}
 				f.C.StreamsEnded.Add(1)
 				f.setErr(fmt.Errorf("edge %s: %w", e.name, err))
+				// A stream that synced ends when its server goes or
+				// drops it: the next one opens at once (the connection
+				// redials with its own backoff). One refused before it
+				// synced (a replica that cannot claim the node) waits,
+				// as edgeclient would, so that refusals do not spin.
+				if e.syncedSince(began) {
+					failures = 0
+					continue
+				}
+				failures++
+				if !sleepCtx(ctx, streamBackoff(failures)) {
+					break
+				}
 			}
 			return nil
 		})
@@ -341,6 +356,35 @@ func (f *Fleet) ByServer() map[string]Streams {
 		e.mu.Unlock()
 	}
 	return out
+}
+
+func (e *edge) syncedSince(t time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.syncedAt.Before(t)
+}
+
+// streamBackoff is the wait before the next stream after failures streams
+// in a row ended before they synced: 250 ms growing 1.6× to 5 s, each
+// with up to half of it as random jitter.
+func streamBackoff(failures int) time.Duration {
+	d := 250 * time.Millisecond
+	for range failures - 1 {
+		d = min(d*8/5, 5*time.Second)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 func (e *edge) setStream(server string, connected, synced bool) {

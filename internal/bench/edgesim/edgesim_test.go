@@ -233,3 +233,21 @@ func TestLeanEdgesSpreadOverReplicasAndFailOver(t *testing.T) {
 		t.Fatalf("%d objects re-sent that an edge held", got)
 	}
 }
+
+func TestStreamBackoffGrowsToFiveSecondsWithJitter(t *testing.T) {
+	tests := []struct {
+		failures int
+		min, max time.Duration
+	}{
+		{1, 125 * time.Millisecond, 250 * time.Millisecond},
+		{2, 200 * time.Millisecond, 400 * time.Millisecond},
+		{20, 2500 * time.Millisecond, 5 * time.Second},
+	}
+	for _, tt := range tests {
+		for range 100 {
+			if d := streamBackoff(tt.failures); d < tt.min || d > tt.max {
+				t.Fatalf("streamBackoff(%d) = %v, want within [%v, %v]", tt.failures, d, tt.min, tt.max)
+			}
+		}
+	}
+}
