@@ -249,12 +249,13 @@ func (f *Fleet) Run(ctx context.Context) {
 				}
 				f.C.StreamsEnded.Add(1)
 				f.setErr(fmt.Errorf("edge %s: %w", e.name, err))
-				// A stream that synced ends when its server goes or
-				// drops it: the next one opens at once (the connection
-				// redials with its own backoff). One refused before it
-				// synced (a replica that cannot claim the node) waits,
-				// as edgeclient would, so that refusals do not spin.
-				if e.syncedSince(began) {
+				// A stream that served a while ends when its server goes
+				// or drops it: the next one opens at once (the connection
+				// redials with its own backoff). One that ended within a
+				// second (refused: a replica that cannot claim the node
+				// or renew its replica Lease) waits, as edgeclient would,
+				// so that refusals do not spin.
+				if time.Since(began) >= time.Second {
 					failures = 0
 					continue
 				}
@@ -358,14 +359,8 @@ func (f *Fleet) ByServer() map[string]Streams {
 	return out
 }
 
-func (e *edge) syncedSince(t time.Time) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return !e.syncedAt.Before(t)
-}
-
 // streamBackoff is the wait before the next stream after failures streams
-// in a row ended before they synced: 250 ms growing 1.6× to 5 s, each
+// in a row ended within a second: 250 ms growing 1.6× to 5 s, each
 // with up to half of it as random jitter.
 func streamBackoff(failures int) time.Duration {
 	d := 250 * time.Millisecond
