@@ -356,8 +356,14 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		if err != nil {
 			return nil, fmt.Errorf("controllers: kubernetes ownership client: %w", err)
 		}
+		// The replica Lease is renewed through a client of its own: the
+		// claims after a failover must never delay it.
+		replicaClient, err := budgetClient(nil, cfg.RESTConfig, cfg.Client, 5, 10, 5, 10)
+		if err != nil {
+			return nil, fmt.Errorf("controllers: kubernetes replica Lease client: %w", err)
+		}
 		if c.owners, err = ownership.New(ownership.Config{
-			Client: client, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address,
+			Client: client, ReplicaClient: replicaClient, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address,
 			LeaseDuration: o.LeaseDuration, Sessions: &c.pub, Logger: cfg.Logger.Named("ownership"),
 		}); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)

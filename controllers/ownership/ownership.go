@@ -118,6 +118,11 @@ type Config struct {
 	// after a replica dies, its nodes are claimed by the others at once
 	// (one write each).
 	Client kubernetes.Interface
+	// ReplicaClient writes this replica's own Lease; Client when nil. Give
+	// it a budget apart from Client's, so that a burst of claims never
+	// delays a renewal (a replica whose renewal is late ends all its
+	// sessions).
+	ReplicaClient kubernetes.Interface
 	// Namespace holds the records: the server's own namespace.
 	Namespace string
 	// Replica is this replica's id (the server id; the pod name in
@@ -193,6 +198,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ReplicaClient == nil {
+		cfg.ReplicaClient = cfg.Client
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -290,7 +298,7 @@ func (m *Manager) renew(ctx context.Context) error {
 	// well before the others may consider its Lease expired.
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval/2)
 	defer cancel()
-	leases := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace)
+	leases := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace)
 	name := ReplicaLeaseName(m.cfg.Replica)
 	now := metav1.NewMicroTime(start)
 	cur, err := m.leases.Get(name)
@@ -351,7 +359,7 @@ func (m *Manager) update(ctx context.Context, cur *coordinationv1.Lease, now met
 		}
 		lease.Annotations[AnnotationAddress] = m.cfg.Address
 	}
-	_, err := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Update(ctx, lease, metav1.UpdateOptions{})
+	_, err := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace).Update(ctx, lease, metav1.UpdateOptions{})
 	return err
 }
 
@@ -396,7 +404,7 @@ func (m *Manager) resign() {
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Delete(ctx, ReplicaLeaseName(m.cfg.Replica), metav1.DeleteOptions{})
+	err := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace).Delete(ctx, ReplicaLeaseName(m.cfg.Replica), metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		m.log.Warn("cannot delete the replica Lease; its nodes move when it expires", zap.Error(err))
 	}
@@ -606,6 +614,13 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		case <-expiry.C:
 		case <-deadline.C:
 			expiry.Stop()
+			// A holder asked while it looked alive that has missed a
+			// renewal since will not answer: wait for its Lease instead.
+			if holder := holderOf(rec); holder != "" && m.unresponsive(holder) {
+				waitUntil = time.Now().Add(m.untilExpiry(rec) + m.cfg.HandoverTimeout)
+				deadline.Reset(time.Until(waitUntil))
+				continue
+			}
 			return m.timedOut(node, rec, asked)
 		case <-ctx.Done():
 			expiry.Stop()
@@ -613,6 +628,14 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		}
 		expiry.Stop()
 	}
+}
+
+// holderOf is rec's holder; "" for no record.
+func holderOf(rec *coordinationv1.Lease) string {
+	if rec == nil {
+		return ""
+	}
+	return ptr.Deref(rec.Spec.HolderIdentity, "")
 }
 
 // write creates (cur nil) or updates a node record, within HandoverTimeout.

@@ -353,27 +353,8 @@ func TestDyingReplicasNodesWaitForItsLease(t *testing.T) {
 	// replica-dying last renewed its 6s Lease 4.5s ago (a live replica
 	// renews at least every 3s): valid for 1.5s more.
 	const node = "edge-1"
-	renewed := time.Now().Add(-4500 * time.Millisecond)
-	expires := renewed.Add(6 * time.Second)
-	at := metav1.NewMicroTime(renewed)
+	rec, expires := dyingReplica(t, client, ns, node, 6*time.Second, 4500*time.Millisecond)
 	leases := client.CoordinationV1().Leases(ns)
-	if _, err := leases.Create(t.Context(), &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: ownership.ReplicaLeaseName("replica-dying"), Labels: map[string]string{ownership.LabelKind: ownership.KindReplica}},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), LeaseDurationSeconds: ptr.To(int32(6)), RenewTime: &at},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	rec, err := leases.Create(t.Context(), &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        ownership.RecordName(node),
-			Labels:      map[string]string{ownership.LabelKind: ownership.KindNode},
-			Annotations: map[string]string{ownership.AnnotationNode: node},
-		},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), AcquireTime: &at},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	w, err := leases.Watch(t.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + rec.Name, ResourceVersion: rec.ResourceVersion})
 	if err != nil {
 		t.Fatal(err)
@@ -461,6 +442,63 @@ func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
 	}
 	if _, err := b.BeginWrite(node); err != nil {
 		t.Fatalf("b may not write for the node it now owns: %v", err)
+	}
+	history.Check(t)
+}
+
+// dyingReplica writes the records of a replica that stopped renewing its
+// Lease of duration renewedAgo ago, holding node; it returns the record
+// and when the Lease expires.
+func dyingReplica(t *testing.T, client kubernetes.Interface, ns, node string, duration, renewedAgo time.Duration) (*coordinationv1.Lease, time.Time) {
+	t.Helper()
+	renewed := time.Now().Add(-renewedAgo)
+	at := metav1.NewMicroTime(renewed)
+	leases := client.CoordinationV1().Leases(ns)
+	if _, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: ownership.ReplicaLeaseName("replica-dying"), Labels: map[string]string{ownership.LabelKind: ownership.KindReplica}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), LeaseDurationSeconds: ptr.To(int32(duration / time.Second)), RenewTime: &at},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := leases.Create(t.Context(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        ownership.RecordName(node),
+			Labels:      map[string]string{ownership.LabelKind: ownership.KindNode},
+			Annotations: map[string]string{ownership.AnnotationNode: node},
+		},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("replica-dying"), AcquireTime: &at},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, renewed.Add(duration)
+}
+
+// TestClaimOutwaitsAReplicaThatDiesWhileAsked: the edges of a replica
+// killed just after it renewed its Lease reconnect while it still looks
+// alive, so the claim asks it for the node. When the handover timeout
+// passes and the holder has missed a renewal since, the claim waits for
+// its Lease to expire and takes the node, instead of failing (which would
+// end the edge's session, already synced, for nothing).
+func TestClaimOutwaitsAReplicaThatDiesWhileAsked(t *testing.T) {
+	client := testcluster.Client(t)
+	ns := testcluster.Namespace(t, client)
+	history := ownershiptest.Watch(t, client, ns)
+	b := startReplicaWith(t, ns, "replica-b", ownership.Config{LeaseDuration: 30 * time.Second, HandoverTimeout: 6 * time.Second})
+	// An 8s Lease renewed half a second ago: it looks alive for 4.5s more
+	// (missed renewal after 5s), and expires 7.5s from now, after the 6s
+	// handover timeout.
+	const node = "edge-1"
+	_, expires := dyingReplica(t, client, ns, node, 8*time.Second, 500*time.Millisecond)
+	waitOwner(t, b.Manager, node, "replica-dying")
+	if err := b.Claim(t.Context(), node); err != nil {
+		t.Fatalf("the claim gave up on a holder that died while asked: %v", err)
+	}
+	if now := time.Now(); now.Before(expires) {
+		t.Fatalf("b took the node %s before the dead replica's Lease expired", expires.Sub(now))
+	}
+	if got := holder(t, client, ns, node); got != "replica-b" {
+		t.Fatalf("holder = %q, want replica-b", got)
 	}
 	history.Check(t)
 }
