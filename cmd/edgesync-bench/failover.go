@@ -45,6 +45,11 @@ type failoverResult struct {
 	OwnershipQPS   string  `json:"ownership_qps"`
 	SetupSeconds   float64 `json:"setup_seconds"`
 	ConnectSeconds float64 `json:"connect_seconds"`
+	// SteadySeconds is how long after every edge synced the replicas'
+	// first writes (every node's Lease, every pod's token and
+	// tolerations) took to finish: the kill comes after them, as a
+	// replica's failure in production comes long after its start.
+	SteadySeconds float64 `json:"steady_seconds"`
 
 	// From the kill: every edge has a stream to a surviving replica;
 	// every edge is synced on it and holds the ConfigMap version written
@@ -103,7 +108,7 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	f.Edges, f.Replicas = n, failoverReplicas
 	// The product's ownership settings (controllers.OwnershipConfig's
 	// zero values).
-	f.OwnershipLease, f.OwnershipQPS = "default ("+ownership.DefaultLeaseDuration.String()+")", "default (200, burst 400)"
+	f.OwnershipLease, f.OwnershipQPS = "default ("+ownership.DefaultLeaseDuration.String()+")", "default (500, burst 1000)"
 	setup := time.Now()
 	b.prog.say("failover: starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster-failover"))
@@ -190,10 +195,16 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	f.ConnectSeconds = time.Since(connect).Seconds()
 	b.prog.say("failover: %d edges synced over %d replicas in %.1fs (%s)", n, failoverReplicas, f.ConnectSeconds, spread(fleet))
 	// Every node's first heartbeat (which creates its Lease) falls within
-	// one interval of connecting.
+	// one interval of connecting; then the replicas' first writes finish.
 	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
 		return err
 	}
+	steady := time.Now()
+	if err := waitSteady(ctx, replicas, time.Duration(n/25+120)*time.Second); err != nil {
+		return err
+	}
+	f.SteadySeconds = time.Since(steady).Seconds()
+	b.prog.say("failover: the replicas' first writes done %.1fs later", f.SteadySeconds)
 
 	victim, survivors := replicas[0], replicas[1:]
 	f.Killed = ids[0]
@@ -323,6 +334,45 @@ func latest(a, b time.Time) time.Time {
 }
 
 // scrapeAll scrapes every replica's /metrics.
+// waitSteady waits until the replicas have made no API write but Lease
+// renewals (node Leases, their own) for two samples two seconds apart.
+func waitSteady(ctx context.Context, replicas []*child, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	last, quiet := -1.0, 0
+	for quiet < 2 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		ms, err := scrapeAll(ctx, replicas)
+		if err != nil {
+			return err
+		}
+		writes := 0.0
+		for _, m := range ms {
+			for what, n := range requestsBy(m, "edgesync_kube_requests_total", "verb", "resource") {
+				verb, _, _ := strings.Cut(what, " ")
+				if verb != "GET" && verb != "LIST" && verb != "WATCH" && what != "PATCH leases" && what != "UPDATE leases" {
+					writes += n
+				}
+			}
+		}
+		if writes == last {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = writes
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the replicas were still writing (%.0f writes so far) %s after every edge synced", writes, timeout)
+		}
+	}
+	return nil
+}
+
 func scrapeAll(ctx context.Context, replicas []*child) ([]measure.Metrics, error) {
 	out := make([]measure.Metrics, len(replicas))
 	for i, r := range replicas {

@@ -178,7 +178,7 @@ func defaultConfig() Config {
 			NodeEventRate:      5,
 			NodeEventBurst:     50,
 		},
-		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 200, Burst: 400},
+		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 500, Burst: 1000},
 		Bootstrap: BootstrapConfig{
 			Namespace:               "edgesync-system",
 			NodeCertificateLifetime: d(365 * 24 * time.Hour),
@@ -282,7 +282,7 @@ func (c *Config) validate() error {
 	}
 	if c.Ownership.Namespace != "" {
 		if d := c.Ownership.LeaseDuration.Duration; d < 3*time.Second {
-			bad("ownership.leaseDuration", "must be at least 3s (it is renewed every third of it), got %s", d)
+			bad("ownership.leaseDuration", "must be at least 3s (it is renewed every fifth of it), got %s", d)
 		}
 		if c.Ownership.QPS <= 0 || c.Ownership.Burst <= 0 {
 			bad("ownership.qps", "qps and burst must be positive, got %g and %d", c.Ownership.QPS, c.Ownership.Burst)

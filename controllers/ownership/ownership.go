@@ -43,7 +43,7 @@
 // without waiting for it to expire.
 //
 // The cost in API requests: one Lease update per replica per RenewInterval
-// (three replicas at the default 5s: 0.6 writes/s for any number of
+// (three replicas at the default 3s: 1 write/s for any number of
 // nodes); per node, nothing while its edge stays, one write when it
 // connects to a new or dead owner, two when it moves from a live one. The
 // server does not hold a session's downstream sync back for its claim, only
@@ -136,7 +136,9 @@ type Config struct {
 	// take them. DefaultLeaseDuration when zero.
 	LeaseDuration time.Duration
 	// RenewInterval is how often the replica Lease is renewed;
-	// LeaseDuration/3 when zero. It must be less than LeaseDuration/2.
+	// LeaseDuration/5 when zero, so that a replica whose API server is slow
+	// has several tries (each bounded by RenewInterval) before its Lease
+	// may lapse. It must be less than LeaseDuration/2.
 	RenewInterval time.Duration
 	// HandoverTimeout bounds how long Claim waits for a live holder to hand
 	// a node over (a holder that stopped renewing its Lease is waited for
@@ -188,7 +190,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.LeaseDuration = DefaultLeaseDuration
 	}
 	if cfg.RenewInterval <= 0 {
-		cfg.RenewInterval = cfg.LeaseDuration / 3
+		cfg.RenewInterval = cfg.LeaseDuration / 5
 	}
 	if cfg.RenewInterval >= cfg.LeaseDuration/2 {
 		return nil, fmt.Errorf("ownership: renew interval %s must be less than half the lease duration %s", cfg.RenewInterval, cfg.LeaseDuration)
@@ -275,28 +277,36 @@ func (m *Manager) Run(ctx context.Context) {
 	if !cache.WaitForCacheSync(ctx.Done(), m.informer.HasSynced) {
 		return
 	}
-	tick := time.NewTicker(m.cfg.RenewInterval)
-	defer tick.Stop()
+	// Renewed every RenewInterval; a failed renewal (an API server slow
+	// under load, a conflict with a write that timed out but landed) is
+	// tried again every fifth of that, so that a replica does not end all
+	// its sessions (checkOwnLease) over one or two slow writes.
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		if err := m.renew(ctx); err != nil && ctx.Err() == nil {
-			m.log.Warn("cannot renew the replica Lease", zap.String("lease", ReplicaLeaseName(m.cfg.Replica)), zap.Error(err))
-		}
-		m.checkOwnLease()
 		select {
 		case <-ctx.Done():
 			m.resign()
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
+		next := m.cfg.RenewInterval
+		if err := m.renew(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("cannot renew the replica Lease; trying again", zap.String("lease", ReplicaLeaseName(m.cfg.Replica)), zap.Error(err))
+			next = m.cfg.RenewInterval / 3
+		}
+		m.checkOwnLease()
+		timer.Reset(next)
 	}
 }
 
 // renew writes the replica Lease: an update of renewTime, or a create.
 func (m *Manager) renew(ctx context.Context) error {
 	start := m.cfg.Now()
-	// Half an interval: a replica whose writes hang notices (checkOwnLease)
-	// well before the others may consider its Lease expired.
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval/2)
+	// A write that takes longer is given up and tried again; the Lease it
+	// writes says start, so a late one never extends the replica's claim
+	// past what it believes (checkOwnLease counts from start too).
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
 	defer cancel()
 	leases := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace)
 	name := ReplicaLeaseName(m.cfg.Replica)
