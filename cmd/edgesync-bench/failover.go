@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -219,6 +220,16 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	}
 	objects0, redundant0, streams0 := fleet.C.Objects.Load(), fleet.RedundantObjects(), fleet.C.StreamsEnded.Load()
 	b.prog.watch("failover", fleet, n)
+	// A survivor's CPU profile covers the failover.
+	profDone := make(chan error, 1)
+	go func() {
+		profDone <- survivors[0].profile(ctx, "profile", 20, filepath.Join(b.out, "failover-survivor-cpu.pprof"))
+	}()
+	defer func() {
+		if err := <-profDone; err != nil {
+			fmt.Fprintf(os.Stderr, "failover CPU profile: %v\n", err)
+		}
+	}()
 	killed := time.Now()
 	victim.kill()
 	replicas[0] = nil

@@ -61,6 +61,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -75,6 +76,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	coordinationinformers "k8s.io/client-go/informers/coordination/v1"
 	"k8s.io/client-go/kubernetes"
@@ -300,45 +302,46 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// renew writes the replica Lease: an update of renewTime, or a create.
+// renew writes the replica Lease: a merge patch of renewTime, or a create.
+// Nobody but this replica writes its Lease, so the patch carries no
+// resourceVersion and never conflicts (an update would, after a renewal
+// that timed out here but landed, until the cache caught up).
 func (m *Manager) renew(ctx context.Context) error {
 	start := m.cfg.Now()
-	// A write that takes longer is given up and tried again; the Lease it
-	// writes says start, so a late one never extends the replica's claim
-	// past what it believes (checkOwnLease counts from start too).
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
+	// A renewal may take until this replica would stop trusting its Lease
+	// (a slow API server answers late rather than never); the Lease it
+	// writes says start, so a late one never extends the claim past what
+	// this replica believes.
+	ctx, cancel := context.WithTimeout(ctx, m.renewTimeout(start))
 	defer cancel()
 	leases := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace)
 	name := ReplicaLeaseName(m.cfg.Replica)
 	now := metav1.NewMicroTime(start)
-	cur, err := m.leases.Get(name)
-	switch {
-	case apierrors.IsNotFound(err):
-		lease := &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: m.cfg.Namespace, Labels: map[string]string{LabelKind: KindReplica}},
-			Spec: coordinationv1.LeaseSpec{
-				HolderIdentity:       ptr.To(m.cfg.Replica),
-				LeaseDurationSeconds: ptr.To(int32(m.cfg.LeaseDuration / time.Second)),
-				AcquireTime:          &now,
-				RenewTime:            &now,
-			},
-		}
-		if m.cfg.Address != "" {
-			lease.Annotations = map[string]string{AnnotationAddress: m.cfg.Address}
-		}
-		_, err = leases.Create(ctx, lease, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			// Left by an earlier run of this replica and not yet in the
-			// cache: take it as it is.
-			var got *coordinationv1.Lease
-			if got, err = leases.Get(ctx, name, metav1.GetOptions{}); err == nil {
-				err = m.update(ctx, got, now)
-			}
-		}
-	case err != nil:
+	spec := coordinationv1.LeaseSpec{
+		HolderIdentity:       ptr.To(m.cfg.Replica),
+		LeaseDurationSeconds: ptr.To(int32(m.cfg.LeaseDuration / time.Second)),
+		RenewTime:            &now,
+	}
+	meta := metav1.ObjectMeta{Labels: map[string]string{LabelKind: KindReplica}}
+	if m.cfg.Address != "" {
+		meta.Annotations = map[string]string{AnnotationAddress: m.cfg.Address}
+	}
+	metaPatch := map[string]any{"labels": meta.Labels}
+	if meta.Annotations != nil {
+		metaPatch["annotations"] = meta.Annotations
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": metaPatch, "spec": spec})
+	if err != nil {
 		return err
-	default:
-		err = m.update(ctx, cur, now)
+	}
+	_, err = leases.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) {
+		meta.Name, meta.Namespace = name, m.cfg.Namespace
+		spec.AcquireTime = &now
+		_, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: meta, Spec: spec}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			_, err = leases.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+		}
 	}
 	if err != nil {
 		return err
@@ -355,22 +358,16 @@ func (m *Manager) renew(ctx context.Context) error {
 	return nil
 }
 
-func (m *Manager) update(ctx context.Context, cur *coordinationv1.Lease, now metav1.MicroTime) error {
-	lease := cur.DeepCopy()
-	lease.Spec.HolderIdentity = ptr.To(m.cfg.Replica)
-	lease.Spec.LeaseDurationSeconds = ptr.To(int32(m.cfg.LeaseDuration / time.Second))
-	lease.Spec.RenewTime = &now
-	if lease.Spec.AcquireTime == nil {
-		lease.Spec.AcquireTime = &now
+// renewTimeout is how long a renewal starting at start may take: until
+// this replica's Lease stops being surely valid, and at least a
+// RenewInterval.
+func (m *Manager) renewTimeout(start time.Time) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.renewedAt.IsZero() {
+		return m.cfg.RenewInterval
 	}
-	if m.cfg.Address != "" {
-		if lease.Annotations == nil {
-			lease.Annotations = map[string]string{}
-		}
-		lease.Annotations[AnnotationAddress] = m.cfg.Address
-	}
-	_, err := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace).Update(ctx, lease, metav1.UpdateOptions{})
-	return err
+	return max(m.renewedAt.Add(m.cfg.LeaseDuration-m.cfg.RenewInterval).Sub(start), m.cfg.RenewInterval)
 }
 
 // selfValid reports whether this replica's Lease is surely still valid for
