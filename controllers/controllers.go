@@ -164,9 +164,11 @@ type OwnershipConfig struct {
 	// that died wait before another may serve them. 15s when zero.
 	LeaseDuration time.Duration
 	// QPS and Burst bound ownership writes (one per node that changes
-	// replica; the replica Lease has a client of its own); 500 and 1000
-	// when zero: after a replica dies, the others take its nodes over as
-	// fast as this allows, and the nodes' reports wait for it.
+	// replica; the replica Lease has a client of its own); 200 and 400
+	// when zero: after a replica dies, the others take its nodes over at
+	// this rate, and the nodes' reports wait for it. Faster is not better
+	// on a busy API server: the failover benchmark saw a burst of 1,000
+	// claims per survivor slow it past the survivors' own Lease renewals.
 	QPS   float32
 	Burst int
 }
@@ -353,7 +355,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		}
 	}
 	if o := cfg.Ownership; o.Namespace != "" {
-		client, err := budgetClient(nil, cfg.RESTConfig, cfg.Client, o.QPS, o.Burst, 500, 1000)
+		client, err := budgetClient(nil, cfg.RESTConfig, cfg.Client, o.QPS, o.Burst, 200, 400)
 		if err != nil {
 			return nil, fmt.Errorf("controllers: kubernetes ownership client: %w", err)
 		}

@@ -109,7 +109,7 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	f.Edges, f.Replicas = n, failoverReplicas
 	// The product's ownership settings (controllers.OwnershipConfig's
 	// zero values).
-	f.OwnershipLease, f.OwnershipQPS = "default ("+ownership.DefaultLeaseDuration.String()+")", "default (500, burst 1000)"
+	f.OwnershipLease, f.OwnershipQPS = "default ("+ownership.DefaultLeaseDuration.String()+")", "default (200, burst 400)"
 	setup := time.Now()
 	b.prog.say("failover: starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster-failover"))

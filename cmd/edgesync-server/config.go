@@ -178,7 +178,7 @@ func defaultConfig() Config {
 			NodeEventRate:      5,
 			NodeEventBurst:     50,
 		},
-		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 500, Burst: 1000},
+		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 200, Burst: 400},
 		Bootstrap: BootstrapConfig{
 			Namespace:               "edgesync-system",
 			NodeCertificateLifetime: d(365 * 24 * time.Hour),
