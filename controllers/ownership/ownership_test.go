@@ -362,15 +362,7 @@ func TestDyingReplicasNodesWaitForItsLease(t *testing.T) {
 	defer w.Stop()
 	waitOwner(t, b.Manager, node, "replica-dying")
 
-	if err := b.Claim(t.Context(), node); err != nil {
-		t.Fatalf("b takes the node of a replica that stopped renewing: %v", err)
-	}
-	if now := time.Now(); now.Before(expires) {
-		t.Fatalf("b took the node %s before the dying replica's Lease expired", expires.Sub(now))
-	}
-	if got := holder(t, client, ns, node); got != "replica-b" {
-		t.Fatalf("holder = %q, want replica-b", got)
-	}
+	takeAfterExpiry(t, client, ns, b, node, expires)
 	// Every version of the record b wrote: exactly the takeover.
 	var versions []*coordinationv1.Lease
 	for len(versions) == 0 || ptr.Deref(versions[len(versions)-1].Spec.HolderIdentity, "") != "replica-b" {
@@ -491,14 +483,21 @@ func TestClaimOutwaitsAReplicaThatDiesWhileAsked(t *testing.T) {
 	const node = "edge-1"
 	_, expires := dyingReplica(t, client, ns, node, 8*time.Second, 500*time.Millisecond)
 	waitOwner(t, b.Manager, node, "replica-dying")
+	takeAfterExpiry(t, client, ns, b, node, expires)
+	history.Check(t)
+}
+
+// takeAfterExpiry has replica-b claim node from replica-dying and fails
+// unless the claim succeeds, not before the dying replica's Lease expires.
+func takeAfterExpiry(t *testing.T, client kubernetes.Interface, ns string, b *replica, node string, expires time.Time) {
+	t.Helper()
 	if err := b.Claim(t.Context(), node); err != nil {
-		t.Fatalf("the claim gave up on a holder that died while asked: %v", err)
+		t.Fatalf("b takes the node of a replica that stopped renewing: %v", err)
 	}
 	if now := time.Now(); now.Before(expires) {
-		t.Fatalf("b took the node %s before the dead replica's Lease expired", expires.Sub(now))
+		t.Fatalf("b took the node %s before the dying replica's Lease expired", expires.Sub(now))
 	}
 	if got := holder(t, client, ns, node); got != "replica-b" {
 		t.Fatalf("holder = %q, want replica-b", got)
 	}
-	history.Check(t)
 }

@@ -44,42 +44,19 @@ func testFleet(t *testing.T, useEdgeclient bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The server's HTTP listener is given because Serve without one
-	// returns at once (server bug at the time of writing).
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Options{
-		HTTPListener:      httpLis,
-		ServerID:          "test",
-		TLS:               server.TLSFiles{CAFile: set.Path(certs.CACert), CertFile: set.Path(certs.ServerCert), KeyFile: set.Path(certs.ServerKey)},
-		HeartbeatInterval: time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"edge-a", "edge-b", "edge-c"}
-	ctrls := simfeed.New()
+	addr, ctrls, _ := startReplica(t, set, "test", names)
 	base, err := simfeed.ConfigMap("base", 1, 300, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrls.Put(names, base)
-	ctrls.SetPublisher(srv)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(t.Context())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis, ctrls) }()
 
 	cs, err := set.IssueNodes(names)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Addr: lis.Addr().String(), Roots: set.CA.Pool(), Heartbeats: true, RecordLatency: true, ConnectConcurrency: 2}
+	cfg := Config{Addr: addr, Roots: set.CA.Pool(), Heartbeats: true, RecordLatency: true, ConnectConcurrency: 2}
 	if useEdgeclient {
 		cfg.Edgeclient = &EdgeclientConfig{CAFile: set.Path(certs.CACert), CertDir: t.TempDir()}
 	}
@@ -93,17 +70,9 @@ func testFleet(t *testing.T, useEdgeclient bool) {
 		cancel()
 		<-fleetDone
 		fleet.Close()
-		<-served
 	})
 
-	waitFor(t, "every edge synced", func() bool {
-		select {
-		case err := <-served:
-			t.Fatalf("server stopped: %v", err)
-		default:
-		}
-		return fleet.C.Synced.Load() == 3
-	})
+	waitFor(t, "every edge synced", func() bool { return fleet.C.Synced.Load() == 3 })
 	if got := fleet.HeldVersion(base.Key, "1"); got != 3 {
 		t.Fatalf("%d edges hold the initial object, want 3", got)
 	}
@@ -129,9 +98,10 @@ func testFleet(t *testing.T, useEdgeclient bool) {
 	}
 }
 
-// startReplica serves names from a server with id on a loopback port until
-// the returned stop is called (or the test ends).
-func startReplica(t *testing.T, set *certs.Set, id string, names []string) (addr string, stop func()) {
+// startReplica serves names from a server with id on a loopback port, each
+// holding the ConfigMap "base" at version 1, until the returned stop is
+// called (or the test ends); ctrls publish to it.
+func startReplica(t *testing.T, set *certs.Set, id string, names []string) (addr string, ctrls *simfeed.Controllers, stop func()) {
 	t.Helper()
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -146,7 +116,7 @@ func startReplica(t *testing.T, set *certs.Set, id string, names []string) (addr
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrls := simfeed.New()
+	ctrls = simfeed.New()
 	base, err := simfeed.ConfigMap("base", 1, 300, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +133,7 @@ func startReplica(t *testing.T, set *certs.Set, id string, names []string) (addr
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-served }) }
 	t.Cleanup(stop)
-	return lis.Addr().String(), stop
+	return lis.Addr().String(), ctrls, stop
 }
 
 // TestLeanEdgesSpreadOverReplicasAndFailOver checks that edges given
@@ -179,7 +149,7 @@ func TestLeanEdgesSpreadOverReplicasAndFailOver(t *testing.T) {
 	var addrs []string
 	var stops []func()
 	for _, id := range ids {
-		addr, stop := startReplica(t, set, id, names)
+		addr, _, stop := startReplica(t, set, id, names)
 		addrs, stops = append(addrs, addr), append(stops, stop)
 	}
 	cs, err := set.IssueNodes(names)
