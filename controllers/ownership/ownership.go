@@ -27,7 +27,7 @@
 //     half its duration ago (it missed a renewal: it has most likely died,
 //     and its edges are reconnecting to the other replicas): the claimer
 //     waits for that Lease to expire, then takes the record (one write), so
-//     that a replica's death costs one write per node, not three;
+//     that a replica's death costs one write per node, not two;
 //   - held by another live replica (the edge moved while its old stream is
 //     half open): the claimer asks for it (annotation edgesync.io/wanted-by)
 //     and waits. The holder's informer sees the request, ends its session of
@@ -139,8 +139,8 @@ type Config struct {
 	LeaseDuration time.Duration
 	// RenewInterval is how often the replica Lease is renewed;
 	// LeaseDuration/5 when zero, so that a replica whose API server is slow
-	// has several tries (each bounded by RenewInterval) before its Lease
-	// may lapse. It must be less than LeaseDuration/2.
+	// has several tries before it stops trusting its Lease. It must be less
+	// than LeaseDuration/2.
 	RenewInterval time.Duration
 	// HandoverTimeout bounds how long Claim waits for a live holder to hand
 	// a node over (a holder that stopped renewing its Lease is waited for
@@ -280,9 +280,9 @@ func (m *Manager) Run(ctx context.Context) {
 		return
 	}
 	// Renewed every RenewInterval; a failed renewal (an API server slow
-	// under load, a conflict with a write that timed out but landed) is
-	// tried again every fifth of that, so that a replica does not end all
-	// its sessions (checkOwnLease) over one or two slow writes.
+	// under load) is tried again after a third of that, so that a replica
+	// does not end all its sessions (checkOwnLease) over one or two slow
+	// writes.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
