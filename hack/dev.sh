@@ -43,7 +43,9 @@ wait_for() {
 }
 
 mkdir -p "$DEV"
-rm -f "$DEV/ready"
+# A run stopped uncleanly leaves the devcluster's ready file behind; the
+# wait below must see this run's.
+rm -f "$DEV/ready" "$DEV/cluster/ready"
 
 step "starting the devcluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)"
 "$BIN/devcluster" run --dir "$DEV/cluster" --crds "$ROOT/deploy/crds" >"$DEV/devcluster.log" 2>&1 &
