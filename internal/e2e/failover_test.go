@@ -392,6 +392,21 @@ func (g *leaseGaps) check(t *testing.T, nodes []string) time.Duration {
 	return worst
 }
 
+// waitHoldCurrent waits until every edge holds the ConfigMap at version rv
+// and exactly its node's pod (holdsCurrent), showing the replicas' logs
+// when it times out.
+func (rs *replicaSet) waitHoldCurrent(t *testing.T, timeout time.Duration, what string, client kubernetes.Interface, ns, rv string, edges []*edge) {
+	t.Helper()
+	eventually(t, timeout, what, func() error {
+		for _, e := range edges {
+			if err := e.holdsCurrent(t.Context(), client, ns, rv); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, rs.procs()...)
+}
+
 // holdsCurrent reports whether the edge holds the ConfigMap at version rv
 // and exactly the pod the apiserver has bound to its node.
 func (e *edge) holdsCurrent(ctx context.Context, client kubernetes.Interface, ns, rv string) error {
@@ -469,14 +484,7 @@ func TestFailoverThreeReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Minute, "every edge to hold its DaemonSet pod and the ConfigMap", func() error {
-		for _, e := range edges {
-			if err := e.holdsCurrent(t.Context(), client, ns, cm.ResourceVersion); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, rs.procs()...)
+	rs.waitHoldCurrent(t, 2*time.Minute, "every edge to hold its DaemonSet pod and the ConfigMap", client, ns, cm.ResourceVersion, edges)
 	count, byNode, err := owners(t.Context(), client, nodes)
 	if err != nil {
 		t.Fatal(err)
@@ -521,14 +529,7 @@ func TestFailoverThreeReplicas(t *testing.T) {
 	changes.after(t, 10)
 	updates, last := changes.stop()
 
-	eventually(t, time.Minute, "every edge to hold what the apiserver has", func() error {
-		for _, e := range edges {
-			if err := e.holdsCurrent(t.Context(), client, ns, last); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, rs.procs()...)
+	rs.waitHoldCurrent(t, time.Minute, "every edge to hold what the apiserver has", client, ns, last, edges)
 	var sent, held uint32
 	for _, e := range moved {
 		st := e.client.State()
@@ -635,14 +636,7 @@ func TestFlappingEdgeHasOneOwner(t *testing.T) {
 	}
 	cuts.Stop()
 	updates, last := changes.stop()
-	eventually(t, time.Minute, "the edges to hold what the apiserver has", func() error {
-		for _, e := range edges {
-			if err := e.holdsCurrent(t.Context(), client, ns, last); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, rs.procs()...)
+	rs.waitHoldCurrent(t, time.Minute, "the edges to hold what the apiserver has", client, ns, last, edges)
 	worst := gaps.check(t, nodes)
 	history.Check(t)
 	moves := history.Transitions()
