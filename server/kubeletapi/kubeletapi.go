@@ -105,9 +105,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cert := r.TLS.VerifiedChains[0][0]
 	user, groups := cert.Subject.CommonName, cert.Subject.Organization
 
+	if subresources, ok := nodeSubresources(r.URL.Path); ok {
+		h.serveNodePath(w, r, user, groups, subresources)
+		return
+	}
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	if len(parts) < 3 || !paths[parts[0]] || parts[1] == "" || parts[2] == "" {
-		writeError(w, r, fmt.Sprintf("edgesync serves only the kubelet paths that name a pod (/containerLogs, /exec, /attach, /portForward, /run); not %q", r.URL.Path), http.StatusNotFound)
+		writeError(w, r, fmt.Sprintf("edgesync serves only the kubelet paths that name a pod (/containerLogs, /exec, /attach, /portForward, /run) and /stats, /metrics, /pods and /healthz through the node proxy; not %q", r.URL.Path), http.StatusNotFound)
 		return
 	}
 	ns, name := parts[1], parts[2]
