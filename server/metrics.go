@@ -27,7 +27,7 @@ type metrics struct {
 }
 
 // kindCounters holds one counter of a vector per object kind.
-type kindCounters [edgesyncv1.Kind_KIND_ENDPOINT_SLICE + 1]prometheus.Counter
+type kindCounters [edgesyncv1.Kind_KIND_SUBSCRIPTION + 1]prometheus.Counter
 
 func newKindCounters(vec *prometheus.CounterVec) kindCounters {
 	var c kindCounters
@@ -114,6 +114,10 @@ func kindLabel(k edgesyncv1.Kind) string {
 		return "endpoint_slice"
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		return "service_account_token"
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		return "resource"
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		return "subscription"
 	default:
 		return "unknown"
 	}
@@ -135,6 +139,10 @@ func reportKind(req *edgesyncv1.SyncRequest) string {
 		return "device_status"
 	case *edgesyncv1.SyncRequest_EventReport:
 		return "event"
+	case *edgesyncv1.SyncRequest_Subscriptions:
+		return "subscriptions"
+	case *edgesyncv1.SyncRequest_ResourceWrite:
+		return "resource_write"
 	default:
 		return ""
 	}

@@ -403,6 +403,9 @@ func (s *Server) adopt(node string, hello *edgesyncv1.Hello) {
 	if a, ok := s.ctrls.(feed.Adopter); ok {
 		a.Adopt(node, hello.GetHeldObjects())
 	}
+	if sub, ok := s.ctrls.(feed.Subscriber); ok {
+		sub.Subscribe(node, hello.GetSubscriptions())
+	}
 }
 
 // register makes sess the node's session, subscribing it to Publish. A

@@ -17,6 +17,7 @@ package feed
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -90,10 +91,49 @@ func Tombstone(key Key, uid string) (*Object, error) {
 		msg.Message = &edgesyncv1.SyncResponse_ServiceEvent{ServiceEvent: &edgesyncv1.ServiceEvent{Type: del, Service: &corev1pb.Service{Metadata: meta}}}
 	case edgesyncv1.Kind_KIND_ENDPOINT_SLICE:
 		msg.Message = &edgesyncv1.SyncResponse_EndpointSliceEvent{EndpointSliceEvent: &edgesyncv1.EndpointSliceEvent{Type: del, EndpointSlice: &discoveryv1pb.EndpointSlice{Metadata: meta}}}
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		msg.Message = &edgesyncv1.SyncResponse_SubscriptionEvent{SubscriptionEvent: &edgesyncv1.SubscriptionEvent{Type: del, Metadata: meta}}
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		// The key's name is "<apiVersion>/<resource>/<name>": the event
+		// names the object by its own name and the resource apart.
+		gv, resource, name, ok := SplitResourceName(key.Name)
+		if !ok {
+			return nil, fmt.Errorf("no DELETE event for %s: the name is not <apiVersion>/<resource>/<name>", key)
+		}
+		meta.Name = proto.String(name)
+		group, version := "", gv
+		if i := strings.LastIndexByte(gv, '/'); i >= 0 {
+			group, version = gv[:i], gv[i+1:]
+		}
+		msg.Message = &edgesyncv1.SyncResponse_ResourceEvent{ResourceEvent: &edgesyncv1.ResourceEvent{Type: del, Metadata: meta, Group: group, Version: version, Resource: resource}}
 	default:
 		return nil, fmt.Errorf("no DELETE event for %s: unknown kind", key)
 	}
 	return Encode(key, uid, "", true, msg)
+}
+
+// ResourceName is the name of a KIND_RESOURCE key: the object's
+// "<apiVersion>/<resource>/<name>" ("apps/v1/deployments/web",
+// "v1/configmaps/settings").
+func ResourceName(group, version, resource, name string) string {
+	if group == "" {
+		return version + "/" + resource + "/" + name
+	}
+	return group + "/" + version + "/" + resource + "/" + name
+}
+
+// SplitResourceName takes a KIND_RESOURCE key's name apart into the
+// apiVersion, the resource and the object's name.
+func SplitResourceName(keyName string) (apiVersion, resource, name string, ok bool) {
+	i := strings.LastIndexByte(keyName, '/')
+	if i <= 0 {
+		return "", "", "", false
+	}
+	j := strings.LastIndexByte(keyName[:i], '/')
+	if j <= 0 || i-j < 2 || i == len(keyName)-1 {
+		return "", "", "", false
+	}
+	return keyName[:j], keyName[j+1 : i], keyName[i+1:], true
 }
 
 // Publisher delivers objects to the nodes connected to this replica. The
@@ -182,6 +222,18 @@ type Claimer interface {
 // the API server.
 type Adopter interface {
 	Adopt(node string, held []*edgesyncv1.ObjectRef)
+}
+
+// Subscriber may be implemented by Controllers that serve the resources
+// edges subscribe to (Hello.subscriptions). The server calls Subscribe
+// with the Hello's subscriptions on every session, before Desired (after
+// Adopt), and SessionEnded when the session is gone. Desired then returns
+// the objects of the subscriptions already known to be allowed, and
+// Tombstone keeps (nil) what the node holds for the others until they are
+// decided. It must not call the API server: what it must ask (a
+// SubjectAccessReview) it asks later and publishes the outcome.
+type Subscriber interface {
+	Subscribe(node string, subs []*edgesyncv1.Subscription)
 }
 
 // Directory may be implemented by Controllers that know which replica owns

@@ -89,6 +89,17 @@
 // would. Reports for a Node that exists without the edge-role label are
 // answered PERMISSION_DENIED.
 //
+// # Applications at the edge
+//
+// Besides the kinds a node needs to run its pods, an edge may subscribe to
+// any resource on behalf of a ServiceAccount one of its pods runs as
+// (Subscription, in Hello and in Subscriptions reports): the objects arrive
+// as ResourceEvent (KIND_RESOURCE) in the same keyed queue, so delivery,
+// acknowledgements, resume by difference and failover are those of every
+// kind, and each subscription's state as SubscriptionEvent
+// (KIND_SUBSCRIPTION). Writes go the other way as ResourceWrite reports,
+// made with the application's own token.
+//
 // # Errors
 //
 // The stream ends with a gRPC status a person can act on:
@@ -146,20 +157,31 @@ const (
 	// A discovery.k8s.io/v1 EndpointSlice of a Service opted in for edges,
 	// filtered for the node. See EndpointSliceEvent.
 	Kind_KIND_ENDPOINT_SLICE Kind = 8
+	// An object of any resource, sent because a subscription of the node
+	// covers it. The name is "<apiVersion>/<resource>/<object name>", for
+	// example "apps/v1/deployments/web" or "v1/configmaps/settings"; the
+	// namespace is the object's (empty for cluster-scoped resources). See
+	// ResourceEvent.
+	Kind_KIND_RESOURCE Kind = 9
+	// The state of one of the node's subscriptions; the name is the
+	// subscription's id, the namespace is empty. See SubscriptionEvent.
+	Kind_KIND_SUBSCRIPTION Kind = 10
 )
 
 // Enum value maps for Kind.
 var (
 	Kind_name = map[int32]string{
-		0: "KIND_UNSPECIFIED",
-		1: "KIND_POD",
-		2: "KIND_CONFIG_MAP",
-		3: "KIND_SECRET",
-		4: "KIND_DEVICE",
-		5: "KIND_NODE",
-		6: "KIND_SERVICE_ACCOUNT_TOKEN",
-		7: "KIND_SERVICE",
-		8: "KIND_ENDPOINT_SLICE",
+		0:  "KIND_UNSPECIFIED",
+		1:  "KIND_POD",
+		2:  "KIND_CONFIG_MAP",
+		3:  "KIND_SECRET",
+		4:  "KIND_DEVICE",
+		5:  "KIND_NODE",
+		6:  "KIND_SERVICE_ACCOUNT_TOKEN",
+		7:  "KIND_SERVICE",
+		8:  "KIND_ENDPOINT_SLICE",
+		9:  "KIND_RESOURCE",
+		10: "KIND_SUBSCRIPTION",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":           0,
@@ -171,6 +193,8 @@ var (
 		"KIND_SERVICE_ACCOUNT_TOKEN": 6,
 		"KIND_SERVICE":               7,
 		"KIND_ENDPOINT_SLICE":        8,
+		"KIND_RESOURCE":              9,
+		"KIND_SUBSCRIPTION":          10,
 	}
 )
 
@@ -253,11 +277,67 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{1}
 }
 
+// SubscriptionState is how a subscription stands.
+type SubscriptionState int32
+
+const (
+	SubscriptionState_SUBSCRIPTION_STATE_UNSPECIFIED SubscriptionState = 0
+	// The subscription is served: every object it covers has been sent
+	// before this event, and changes follow.
+	SubscriptionState_SUBSCRIPTION_STATE_ACTIVE SubscriptionState = 1
+	// The subscription ended; code and message say why. The server sends
+	// nothing more for it until the edge subscribes again (a new Hello or
+	// Subscriptions report).
+	SubscriptionState_SUBSCRIPTION_STATE_ENDED SubscriptionState = 2
+)
+
+// Enum value maps for SubscriptionState.
+var (
+	SubscriptionState_name = map[int32]string{
+		0: "SUBSCRIPTION_STATE_UNSPECIFIED",
+		1: "SUBSCRIPTION_STATE_ACTIVE",
+		2: "SUBSCRIPTION_STATE_ENDED",
+	}
+	SubscriptionState_value = map[string]int32{
+		"SUBSCRIPTION_STATE_UNSPECIFIED": 0,
+		"SUBSCRIPTION_STATE_ACTIVE":      1,
+		"SUBSCRIPTION_STATE_ENDED":       2,
+	}
+)
+
+func (x SubscriptionState) Enum() *SubscriptionState {
+	p := new(SubscriptionState)
+	*p = x
+	return p
+}
+
+func (x SubscriptionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SubscriptionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgesync_v1_sync_proto_enumTypes[2].Descriptor()
+}
+
+func (SubscriptionState) Type() protoreflect.EnumType {
+	return &file_edgesync_v1_sync_proto_enumTypes[2]
+}
+
+func (x SubscriptionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SubscriptionState.Descriptor instead.
+func (SubscriptionState) EnumDescriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{2}
+}
+
 // SyncRequest is one message from the edge to the cloud.
 type SyncRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request_id identifies a report (NodeRegistration, NodeStatus, Heartbeat,
-	// PodStatus, DeviceStatus, EventReport) so that its StatusResult can be matched to it.
+	// PodStatus, DeviceStatus, EventReport, Subscriptions, ResourceWrite) so
+	// that its StatusResult can be matched to it.
 	// It must be non-zero for reports and unique among the edge's unanswered
 	// reports. It is ignored for Hello, Ack and Nack.
 	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -275,6 +355,8 @@ type SyncRequest struct {
 	//	*SyncRequest_PodStatus
 	//	*SyncRequest_DeviceStatus
 	//	*SyncRequest_EventReport
+	//	*SyncRequest_Subscriptions
+	//	*SyncRequest_ResourceWrite
 	Message       isSyncRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -405,6 +487,24 @@ func (x *SyncRequest) GetEventReport() *EventReport {
 	return nil
 }
 
+func (x *SyncRequest) GetSubscriptions() *Subscriptions {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_Subscriptions); ok {
+			return x.Subscriptions
+		}
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetResourceWrite() *ResourceWrite {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_ResourceWrite); ok {
+			return x.ResourceWrite
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Message interface {
 	isSyncRequest_Message()
 }
@@ -445,6 +545,19 @@ type SyncRequest_EventReport struct {
 	EventReport *EventReport `protobuf:"bytes,18,opt,name=event_report,json=eventReport,proto3,oneof"`
 }
 
+type SyncRequest_Subscriptions struct {
+	// subscriptions replaces the node's set of subscriptions (see
+	// Subscription); answered OK once the server has taken the set, each
+	// subscription's outcome then arrives as a SubscriptionEvent.
+	Subscriptions *Subscriptions `protobuf:"bytes,19,opt,name=subscriptions,proto3,oneof"`
+}
+
+type SyncRequest_ResourceWrite struct {
+	// resource_write is one write an edge application makes to the API
+	// server through its edge (see ResourceWrite).
+	ResourceWrite *ResourceWrite `protobuf:"bytes,20,opt,name=resource_write,json=resourceWrite,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Message() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Message() {}
@@ -462,6 +575,10 @@ func (*SyncRequest_PodStatus) isSyncRequest_Message() {}
 func (*SyncRequest_DeviceStatus) isSyncRequest_Message() {}
 
 func (*SyncRequest_EventReport) isSyncRequest_Message() {}
+
+func (*SyncRequest_Subscriptions) isSyncRequest_Message() {}
+
+func (*SyncRequest_ResourceWrite) isSyncRequest_Message() {}
 
 // SyncResponse is one message from the cloud to the edge.
 type SyncResponse struct {
@@ -483,6 +600,8 @@ type SyncResponse struct {
 	//	*SyncResponse_ServiceEvent
 	//	*SyncResponse_EndpointSliceEvent
 	//	*SyncResponse_TunnelOpen
+	//	*SyncResponse_ResourceEvent
+	//	*SyncResponse_SubscriptionEvent
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -640,6 +759,24 @@ func (x *SyncResponse) GetTunnelOpen() *TunnelOpen {
 	return nil
 }
 
+func (x *SyncResponse) GetResourceEvent() *ResourceEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_ResourceEvent); ok {
+			return x.ResourceEvent
+		}
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetSubscriptionEvent() *SubscriptionEvent {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_SubscriptionEvent); ok {
+			return x.SubscriptionEvent
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -695,6 +832,18 @@ type SyncResponse_TunnelOpen struct {
 	TunnelOpen *TunnelOpen `protobuf:"bytes,22,opt,name=tunnel_open,json=tunnelOpen,proto3,oneof"`
 }
 
+type SyncResponse_ResourceEvent struct {
+	// resource_event carries one object of a resource the node subscribed
+	// to (KIND_RESOURCE); see ResourceEvent.
+	ResourceEvent *ResourceEvent `protobuf:"bytes,23,opt,name=resource_event,json=resourceEvent,proto3,oneof"`
+}
+
+type SyncResponse_SubscriptionEvent struct {
+	// subscription_event says how one subscription of the node stands
+	// (KIND_SUBSCRIPTION); see SubscriptionEvent.
+	SubscriptionEvent *SubscriptionEvent `protobuf:"bytes,24,opt,name=subscription_event,json=subscriptionEvent,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -718,6 +867,10 @@ func (*SyncResponse_ServiceEvent) isSyncResponse_Message() {}
 func (*SyncResponse_EndpointSliceEvent) isSyncResponse_Message() {}
 
 func (*SyncResponse_TunnelOpen) isSyncResponse_Message() {}
+
+func (*SyncResponse_ResourceEvent) isSyncResponse_Message() {}
+
+func (*SyncResponse_SubscriptionEvent) isSyncResponse_Message() {}
 
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
@@ -815,7 +968,13 @@ type Hello struct {
 	// "edgesync-agent/0.1.0".
 	AgentVersion string `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// held_objects lists every object the edge holds, at the version it holds.
-	HeldObjects   []*ObjectRef `protobuf:"bytes,3,rep,name=held_objects,json=heldObjects,proto3" json:"held_objects,omitempty"`
+	HeldObjects []*ObjectRef `protobuf:"bytes,3,rep,name=held_objects,json=heldObjects,proto3" json:"held_objects,omitempty"`
+	// subscriptions is the node's set of subscriptions (see Subscription),
+	// sent again on every stream: the server keeps none between streams. The
+	// objects they cover that the edge holds (KIND_RESOURCE and
+	// KIND_SUBSCRIPTION entries of held_objects) are kept while the server
+	// checks the subscriptions again, and only the difference is sent.
+	Subscriptions []*Subscription `protobuf:"bytes,4,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -867,6 +1026,13 @@ func (x *Hello) GetAgentVersion() string {
 func (x *Hello) GetHeldObjects() []*ObjectRef {
 	if x != nil {
 		return x.HeldObjects
+	}
+	return nil
+}
+
+func (x *Hello) GetSubscriptions() []*Subscription {
+	if x != nil {
+		return x.Subscriptions
 	}
 	return nil
 }
@@ -2771,7 +2937,11 @@ type StatusResult struct {
 	// code is a google.rpc.Code value: 0 (OK) when the write succeeded.
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// message explains a failure in words a person can act on.
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// write_result is the API server's answer to a ResourceWrite that
+	// reached it (code OK, whatever HTTP status it answered); unset
+	// otherwise.
+	WriteResult   *ResourceWriteResult `protobuf:"bytes,4,opt,name=write_result,json=writeResult,proto3" json:"write_result,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2827,11 +2997,574 @@ func (x *StatusResult) GetMessage() string {
 	return ""
 }
 
+func (x *StatusResult) GetWriteResult() *ResourceWriteResult {
+	if x != nil {
+		return x.WriteResult
+	}
+	return nil
+}
+
+// Subscription asks the cloud to send the node every object of one
+// resource that one ServiceAccount may list and watch, narrowed by
+// namespace and selectors: what KubeEdge's dynamiccontroller does for
+// applications that list and watch through their edge. The server keeps a
+// node's subscriptions only while its stream lasts: the edge sends its
+// whole set in Hello.subscriptions and, when it changes, in a
+// Subscriptions report.
+//
+// A subscription is served only while both hold:
+//
+//   - a pod bound to the node runs as the ServiceAccount
+//     (spec.serviceAccountName), so a node cannot subscribe for any
+//     ServiceAccount it likes;
+//   - a SubjectAccessReview for the ServiceAccount allows both list and
+//     watch of the resource in the namespace (all namespaces when empty).
+//
+// Both are checked again whenever the node's pods change and whenever an
+// RBAC object (Role, ClusterRole, RoleBinding, ClusterRoleBinding) changes,
+// and every five minutes for other authorizers. A subscription that stops
+// being allowed ends: its SubscriptionEvent says PERMISSION_DENIED and the
+// objects only it covered are deleted from the node.
+//
+// The server bounds each node's subscriptions and the objects they cover
+// (by default 64 and 20,000); a subscription beyond either ends with
+// RESOURCE_EXHAUSTED, naming the limit.
+type Subscription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the subscription among the node's: 1 to 63 characters of
+	// lower-case letters, digits and '-'. The Go edgeclient derives it from
+	// the other fields.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// service_account_namespace and service_account_name name the
+	// ServiceAccount the subscription acts for.
+	ServiceAccountNamespace string `protobuf:"bytes,2,opt,name=service_account_namespace,json=serviceAccountNamespace,proto3" json:"service_account_namespace,omitempty"`
+	ServiceAccountName      string `protobuf:"bytes,3,opt,name=service_account_name,json=serviceAccountName,proto3" json:"service_account_name,omitempty"`
+	// group, version and resource name the resource, for example "apps",
+	// "v1", "deployments"; the core group is "". The resource must be served
+	// by the API server and support list and watch.
+	Group    string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	Version  string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	Resource string `protobuf:"bytes,6,opt,name=resource,proto3" json:"resource,omitempty"`
+	// namespace limits the subscription to one namespace; empty means all
+	// namespaces (and must be empty for a cluster-scoped resource).
+	Namespace string `protobuf:"bytes,7,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// label_selector and field_selector narrow the objects, in the syntax of
+	// the Kubernetes list options (for example "app=web" and
+	// "metadata.name=x"). A field selector may name any field path of the
+	// object whose value is a string, number or boolean
+	// ("spec.nodeName=node-1").
+	LabelSelector string `protobuf:"bytes,8,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	FieldSelector string `protobuf:"bytes,9,opt,name=field_selector,json=fieldSelector,proto3" json:"field_selector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subscription) Reset() {
+	*x = Subscription{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subscription) ProtoMessage() {}
+
+func (x *Subscription) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
+func (*Subscription) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *Subscription) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Subscription) GetServiceAccountNamespace() string {
+	if x != nil {
+		return x.ServiceAccountNamespace
+	}
+	return ""
+}
+
+func (x *Subscription) GetServiceAccountName() string {
+	if x != nil {
+		return x.ServiceAccountName
+	}
+	return ""
+}
+
+func (x *Subscription) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Subscription) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Subscription) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *Subscription) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Subscription) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *Subscription) GetFieldSelector() string {
+	if x != nil {
+		return x.FieldSelector
+	}
+	return ""
+}
+
+// Subscriptions replaces the node's set of subscriptions. Subscriptions
+// no longer in the set end: the edge receives DELETE for their
+// SubscriptionEvent and for the objects no other subscription covers.
+type Subscriptions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subscriptions []*Subscription        `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subscriptions) Reset() {
+	*x = Subscriptions{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subscriptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subscriptions) ProtoMessage() {}
+
+func (x *Subscriptions) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subscriptions.ProtoReflect.Descriptor instead.
+func (*Subscriptions) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Subscriptions) GetSubscriptions() []*Subscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+// SubscriptionEvent says how one subscription of the node stands. It
+// travels in the node's keyed queue like an object (KIND_SUBSCRIPTION,
+// keyed by the subscription's id, latest wins), after the objects it
+// covers, so an edge that receives ACTIVE already holds them. The edge
+// holds it and lists it in Hello like any object; its resource_version
+// changes whenever the state, code or message does.
+//
+// DELETE (only metadata set) means the subscription is no longer in the
+// node's set.
+type SubscriptionEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	// metadata: name is the subscription's id, resource_version the
+	// version of this state.
+	Metadata *v12.ObjectMeta `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// subscription is the subscription as the edge sent it.
+	Subscription *Subscription     `protobuf:"bytes,3,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	State        SubscriptionState `protobuf:"varint,4,opt,name=state,proto3,enum=edgesync.v1.SubscriptionState" json:"state,omitempty"`
+	// code is a google.rpc.Code value: 0 (OK) while ACTIVE; for ENDED,
+	// PERMISSION_DENIED (not allowed or no longer allowed), INVALID_ARGUMENT
+	// (malformed: unknown resource, bad selector), RESOURCE_EXHAUSTED
+	// (beyond the node's limits) or UNAVAILABLE (the server cannot list the
+	// resource now; subscribe again later).
+	Code int32 `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
+	// message explains the state in words a person can act on.
+	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscriptionEvent) Reset() {
+	*x = SubscriptionEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscriptionEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscriptionEvent) ProtoMessage() {}
+
+func (x *SubscriptionEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscriptionEvent.ProtoReflect.Descriptor instead.
+func (*SubscriptionEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SubscriptionEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *SubscriptionEvent) GetMetadata() *v12.ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *SubscriptionEvent) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *SubscriptionEvent) GetState() SubscriptionState {
+	if x != nil {
+		return x.State
+	}
+	return SubscriptionState_SUBSCRIPTION_STATE_UNSPECIFIED
+}
+
+func (x *SubscriptionEvent) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SubscriptionEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// ResourceEvent carries one object of a subscribed resource, as the API
+// server serves it. The server watches each resource once, however many
+// nodes subscribe to it, and encodes each object version once for every
+// node it reaches. A node receives an object while at least one of its
+// ACTIVE subscriptions covers it, and DELETE when none does any more (the
+// object was deleted, stopped matching, or the subscriptions ended).
+type ResourceEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  EventType              `protobuf:"varint,1,opt,name=type,proto3,enum=edgesync.v1.EventType" json:"type,omitempty"`
+	// metadata: namespace, name, uid and resource_version of the object
+	// (the API server's resourceVersion, compared only for equality). The
+	// name is the object's own; the key of the event is
+	// "<apiVersion>/<resource>/<name>" (see KIND_RESOURCE).
+	Metadata *v12.ObjectMeta `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// group, version and resource name the resource the object belongs to.
+	Group    string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	Version  string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	// object is the object in JSON, as the API server serves it
+	// (application/json, apiVersion and kind set), without
+	// metadata.managedFields. Empty for DELETE.
+	Object        []byte `protobuf:"bytes,6,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceEvent) Reset() {
+	*x = ResourceEvent{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceEvent) ProtoMessage() {}
+
+func (x *ResourceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceEvent.ProtoReflect.Descriptor instead.
+func (*ResourceEvent) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ResourceEvent) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *ResourceEvent) GetMetadata() *v12.ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ResourceEvent) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *ResourceEvent) GetObject() []byte {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// ResourceWrite is one write an edge application makes to the API server
+// through its edge, as the ServiceAccount whose token it presented. The
+// server makes the request with that token, so the API server
+// authenticates and authorizes it as the application; the server first
+// checks that the token is bound to a pod on the node (PERMISSION_DENIED
+// otherwise). The answer is a StatusResult with write_result set.
+type ResourceWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// method is POST, PUT, PATCH or DELETE.
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// path is the API path, for example
+	// "/apis/apps/v1/namespaces/default/deployments/web"; query its query
+	// string without '?' (for example "fieldManager=app").
+	Path  string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Query string `protobuf:"bytes,3,opt,name=query,proto3" json:"query,omitempty"`
+	// content_type of body, for example "application/json" or
+	// "application/merge-patch+json".
+	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Body        []byte `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	// token is the ServiceAccount token the application presented. A
+	// credential: never logged.
+	Token         string `protobuf:"bytes,6,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceWrite) Reset() {
+	*x = ResourceWrite{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceWrite) ProtoMessage() {}
+
+func (x *ResourceWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceWrite.ProtoReflect.Descriptor instead.
+func (*ResourceWrite) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ResourceWrite) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ResourceWrite) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ResourceWrite) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *ResourceWrite) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *ResourceWrite) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *ResourceWrite) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// ResourceWriteResult is the API server's answer to a ResourceWrite.
+type ResourceWriteResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// http_status is the HTTP status the API server answered.
+	HttpStatus  int32  `protobuf:"varint,1,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	ContentType string `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// body is the answer's body: the object written or a Status.
+	Body          []byte `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceWriteResult) Reset() {
+	*x = ResourceWriteResult{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceWriteResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceWriteResult) ProtoMessage() {}
+
+func (x *ResourceWriteResult) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceWriteResult.ProtoReflect.Descriptor instead.
+func (*ResourceWriteResult) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ResourceWriteResult) GetHttpStatus() int32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *ResourceWriteResult) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *ResourceWriteResult) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 var File_edgesync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x18edgesync/v1/tunnel.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xae\x04\n" +
+	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x18edgesync/v1/tunnel.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xb7\x05\n" +
 	"\vSyncRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12*\n" +
@@ -2846,8 +3579,10 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
 	"pod_status\x18\x10 \x01(\v2\x16.edgesync.v1.PodStatusH\x00R\tpodStatus\x12@\n" +
 	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatus\x12=\n" +
-	"\fevent_report\x18\x12 \x01(\v2\x18.edgesync.v1.EventReportH\x00R\veventReportB\t\n" +
-	"\amessage\"\xb0\x06\n" +
+	"\fevent_report\x18\x12 \x01(\v2\x18.edgesync.v1.EventReportH\x00R\veventReport\x12B\n" +
+	"\rsubscriptions\x18\x13 \x01(\v2\x1a.edgesync.v1.SubscriptionsH\x00R\rsubscriptions\x12C\n" +
+	"\x0eresource_write\x18\x14 \x01(\v2\x1a.edgesync.v1.ResourceWriteH\x00R\rresourceWriteB\t\n" +
+	"\amessage\"\xc6\a\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -2865,18 +3600,21 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\rservice_event\x18\x13 \x01(\v2\x19.edgesync.v1.ServiceEventH\x00R\fserviceEvent\x12S\n" +
 	"\x14endpoint_slice_event\x18\x14 \x01(\v2\x1f.edgesync.v1.EndpointSliceEventH\x00R\x12endpointSliceEvent\x12:\n" +
 	"\vtunnel_open\x18\x16 \x01(\v2\x17.edgesync.v1.TunnelOpenH\x00R\n" +
-	"tunnelOpenB\t\n" +
+	"tunnelOpen\x12C\n" +
+	"\x0eresource_event\x18\x17 \x01(\v2\x1a.edgesync.v1.ResourceEventH\x00R\rresourceEvent\x12O\n" +
+	"\x12subscription_event\x18\x18 \x01(\v2\x1e.edgesync.v1.SubscriptionEventH\x00R\x11subscriptionEventB\t\n" +
 	"\amessage\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
 	"\x03uid\x18\x04 \x01(\tR\x03uid\x12)\n" +
-	"\x10resource_version\x18\x05 \x01(\tR\x0fresourceVersion\"\x84\x01\n" +
+	"\x10resource_version\x18\x05 \x01(\tR\x0fresourceVersion\"\xc5\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x129\n" +
-	"\fheld_objects\x18\x03 \x03(\v2\x16.edgesync.v1.ObjectRefR\vheldObjects\"!\n" +
+	"\fheld_objects\x18\x03 \x03(\v2\x16.edgesync.v1.ObjectRefR\vheldObjects\x12?\n" +
+	"\rsubscriptions\x18\x04 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\"j\n" +
 	"\x04Nack\x12\x1a\n" +
@@ -3019,12 +3757,51 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x04unit\x18\a \x01(\tR\x04unit\"Z\n" +
 	"\fSyncComplete\x12!\n" +
 	"\fobjects_sent\x18\x01 \x01(\rR\vobjectsSent\x12'\n" +
-	"\x0fobjects_deleted\x18\x02 \x01(\rR\x0eobjectsDeleted\"[\n" +
+	"\x0fobjects_deleted\x18\x02 \x01(\rR\x0eobjectsDeleted\"\xa0\x01\n" +
 	"\fStatusResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*\xbb\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12C\n" +
+	"\fwrite_result\x18\x04 \x01(\v2 .edgesync.v1.ResourceWriteResultR\vwriteResult\"\xc4\x02\n" +
+	"\fSubscription\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
+	"\x19service_account_namespace\x18\x02 \x01(\tR\x17serviceAccountNamespace\x120\n" +
+	"\x14service_account_name\x18\x03 \x01(\tR\x12serviceAccountName\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1a\n" +
+	"\bresource\x18\x06 \x01(\tR\bresource\x12\x1c\n" +
+	"\tnamespace\x18\a \x01(\tR\tnamespace\x12%\n" +
+	"\x0elabel_selector\x18\b \x01(\tR\rlabelSelector\x12%\n" +
+	"\x0efield_selector\x18\t \x01(\tR\rfieldSelector\"P\n" +
+	"\rSubscriptions\x12?\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\"\xb0\x02\n" +
+	"\x11SubscriptionEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12L\n" +
+	"\bmetadata\x18\x02 \x01(\v20.k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMetaR\bmetadata\x12=\n" +
+	"\fsubscription\x18\x03 \x01(\v2\x19.edgesync.v1.SubscriptionR\fsubscription\x124\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1e.edgesync.v1.SubscriptionStateR\x05state\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\"\xed\x01\n" +
+	"\rResourceEvent\x12*\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12L\n" +
+	"\bmetadata\x18\x02 \x01(\v20.k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMetaR\bmetadata\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1a\n" +
+	"\bresource\x18\x05 \x01(\tR\bresource\x12\x16\n" +
+	"\x06object\x18\x06 \x01(\fR\x06object\"\x9e\x01\n" +
+	"\rResourceWrite\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05query\x18\x03 \x01(\tR\x05query\x12!\n" +
+	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x12\x14\n" +
+	"\x05token\x18\x06 \x01(\tR\x05token\"m\n" +
+	"\x13ResourceWriteResult\x12\x1f\n" +
+	"\vhttp_status\x18\x01 \x01(\x05R\n" +
+	"httpStatus\x12!\n" +
+	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body*\xe5\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_POD\x10\x01\x12\x13\n" +
@@ -3034,11 +3811,18 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\tKIND_NODE\x10\x05\x12\x1e\n" +
 	"\x1aKIND_SERVICE_ACCOUNT_TOKEN\x10\x06\x12\x10\n" +
 	"\fKIND_SERVICE\x10\a\x12\x17\n" +
-	"\x13KIND_ENDPOINT_SLICE\x10\b*T\n" +
+	"\x13KIND_ENDPOINT_SLICE\x10\b\x12\x11\n" +
+	"\rKIND_RESOURCE\x10\t\x12\x15\n" +
+	"\x11KIND_SUBSCRIPTION\x10\n" +
+	"*T\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_TYPE_APPLY\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022N\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x02*t\n" +
+	"\x11SubscriptionState\x12\"\n" +
+	"\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1c\n" +
+	"\x18SUBSCRIPTION_STATE_ENDED\x10\x022N\n" +
 	"\vSyncService\x12?\n" +
 	"\x04Sync\x12\x18.edgesync.v1.SyncRequest\x1a\x19.edgesync.v1.SyncResponse(\x010\x01B\xa2\x01\n" +
 	"\x0fcom.edgesync.v1B\tSyncProtoP\x01Z7github.com/edgesync/edgesync/gen/edgesync/v1;edgesyncv1\xa2\x02\x03EXX\xaa\x02\vEdgesync.V1\xca\x02\vEdgesync\\V1\xe2\x02\x17Edgesync\\V1\\GPBMetadata\xea\x02\fEdgesync::V1b\x06proto3"
@@ -3055,136 +3839,156 @@ func file_edgesync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_edgesync_v1_sync_proto_rawDescData
 }
 
-var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_edgesync_v1_sync_proto_goTypes = []any{
 	(Kind)(0),                     // 0: edgesync.v1.Kind
 	(EventType)(0),                // 1: edgesync.v1.EventType
-	(*SyncRequest)(nil),           // 2: edgesync.v1.SyncRequest
-	(*SyncResponse)(nil),          // 3: edgesync.v1.SyncResponse
-	(*ObjectRef)(nil),             // 4: edgesync.v1.ObjectRef
-	(*Hello)(nil),                 // 5: edgesync.v1.Hello
-	(*Ack)(nil),                   // 6: edgesync.v1.Ack
-	(*Nack)(nil),                  // 7: edgesync.v1.Nack
-	(*NodeRegistration)(nil),      // 8: edgesync.v1.NodeRegistration
-	(*NodeStatus)(nil),            // 9: edgesync.v1.NodeStatus
-	(*Heartbeat)(nil),             // 10: edgesync.v1.Heartbeat
-	(*PodStatus)(nil),             // 11: edgesync.v1.PodStatus
-	(*DeviceStatus)(nil),          // 12: edgesync.v1.DeviceStatus
-	(*EventReport)(nil),           // 13: edgesync.v1.EventReport
-	(*Twin)(nil),                  // 14: edgesync.v1.Twin
-	(*TwinValue)(nil),             // 15: edgesync.v1.TwinValue
-	(*Welcome)(nil),               // 16: edgesync.v1.Welcome
-	(*PodEvent)(nil),              // 17: edgesync.v1.PodEvent
-	(*ConfigMapEvent)(nil),        // 18: edgesync.v1.ConfigMapEvent
-	(*SecretEvent)(nil),           // 19: edgesync.v1.SecretEvent
-	(*NodeEvent)(nil),             // 20: edgesync.v1.NodeEvent
-	(*ServiceEvent)(nil),          // 21: edgesync.v1.ServiceEvent
-	(*EndpointSliceEvent)(nil),    // 22: edgesync.v1.EndpointSliceEvent
-	(*TokenEvent)(nil),            // 23: edgesync.v1.TokenEvent
-	(*ServiceAccountToken)(nil),   // 24: edgesync.v1.ServiceAccountToken
-	(*DeviceEvent)(nil),           // 25: edgesync.v1.DeviceEvent
-	(*Device)(nil),                // 26: edgesync.v1.Device
-	(*DeviceProperty)(nil),        // 27: edgesync.v1.DeviceProperty
-	(*ProtocolConfig)(nil),        // 28: edgesync.v1.ProtocolConfig
-	(*DeviceMethod)(nil),          // 29: edgesync.v1.DeviceMethod
-	(*DeviceModel)(nil),           // 30: edgesync.v1.DeviceModel
-	(*ModelProperty)(nil),         // 31: edgesync.v1.ModelProperty
-	(*SyncComplete)(nil),          // 32: edgesync.v1.SyncComplete
-	(*StatusResult)(nil),          // 33: edgesync.v1.StatusResult
-	nil,                           // 34: edgesync.v1.NodeRegistration.LabelsEntry
-	nil,                           // 35: edgesync.v1.NodeRegistration.AnnotationsEntry
-	nil,                           // 36: edgesync.v1.TwinValue.MetadataEntry
-	(*TunnelOpen)(nil),            // 37: edgesync.v1.TunnelOpen
-	(*v1.Taint)(nil),              // 38: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 39: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 40: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 43: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 44: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 45: k8s.io.api.core.v1.Secret
-	(*v1.Node)(nil),               // 46: k8s.io.api.core.v1.Node
-	(*v1.Service)(nil),            // 47: k8s.io.api.core.v1.Service
-	(*v11.EndpointSlice)(nil),     // 48: k8s.io.api.discovery.v1.EndpointSlice
-	(*v12.ObjectMeta)(nil),        // 49: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 50: google.protobuf.Struct
+	(SubscriptionState)(0),        // 2: edgesync.v1.SubscriptionState
+	(*SyncRequest)(nil),           // 3: edgesync.v1.SyncRequest
+	(*SyncResponse)(nil),          // 4: edgesync.v1.SyncResponse
+	(*ObjectRef)(nil),             // 5: edgesync.v1.ObjectRef
+	(*Hello)(nil),                 // 6: edgesync.v1.Hello
+	(*Ack)(nil),                   // 7: edgesync.v1.Ack
+	(*Nack)(nil),                  // 8: edgesync.v1.Nack
+	(*NodeRegistration)(nil),      // 9: edgesync.v1.NodeRegistration
+	(*NodeStatus)(nil),            // 10: edgesync.v1.NodeStatus
+	(*Heartbeat)(nil),             // 11: edgesync.v1.Heartbeat
+	(*PodStatus)(nil),             // 12: edgesync.v1.PodStatus
+	(*DeviceStatus)(nil),          // 13: edgesync.v1.DeviceStatus
+	(*EventReport)(nil),           // 14: edgesync.v1.EventReport
+	(*Twin)(nil),                  // 15: edgesync.v1.Twin
+	(*TwinValue)(nil),             // 16: edgesync.v1.TwinValue
+	(*Welcome)(nil),               // 17: edgesync.v1.Welcome
+	(*PodEvent)(nil),              // 18: edgesync.v1.PodEvent
+	(*ConfigMapEvent)(nil),        // 19: edgesync.v1.ConfigMapEvent
+	(*SecretEvent)(nil),           // 20: edgesync.v1.SecretEvent
+	(*NodeEvent)(nil),             // 21: edgesync.v1.NodeEvent
+	(*ServiceEvent)(nil),          // 22: edgesync.v1.ServiceEvent
+	(*EndpointSliceEvent)(nil),    // 23: edgesync.v1.EndpointSliceEvent
+	(*TokenEvent)(nil),            // 24: edgesync.v1.TokenEvent
+	(*ServiceAccountToken)(nil),   // 25: edgesync.v1.ServiceAccountToken
+	(*DeviceEvent)(nil),           // 26: edgesync.v1.DeviceEvent
+	(*Device)(nil),                // 27: edgesync.v1.Device
+	(*DeviceProperty)(nil),        // 28: edgesync.v1.DeviceProperty
+	(*ProtocolConfig)(nil),        // 29: edgesync.v1.ProtocolConfig
+	(*DeviceMethod)(nil),          // 30: edgesync.v1.DeviceMethod
+	(*DeviceModel)(nil),           // 31: edgesync.v1.DeviceModel
+	(*ModelProperty)(nil),         // 32: edgesync.v1.ModelProperty
+	(*SyncComplete)(nil),          // 33: edgesync.v1.SyncComplete
+	(*StatusResult)(nil),          // 34: edgesync.v1.StatusResult
+	(*Subscription)(nil),          // 35: edgesync.v1.Subscription
+	(*Subscriptions)(nil),         // 36: edgesync.v1.Subscriptions
+	(*SubscriptionEvent)(nil),     // 37: edgesync.v1.SubscriptionEvent
+	(*ResourceEvent)(nil),         // 38: edgesync.v1.ResourceEvent
+	(*ResourceWrite)(nil),         // 39: edgesync.v1.ResourceWrite
+	(*ResourceWriteResult)(nil),   // 40: edgesync.v1.ResourceWriteResult
+	nil,                           // 41: edgesync.v1.NodeRegistration.LabelsEntry
+	nil,                           // 42: edgesync.v1.NodeRegistration.AnnotationsEntry
+	nil,                           // 43: edgesync.v1.TwinValue.MetadataEntry
+	(*TunnelOpen)(nil),            // 44: edgesync.v1.TunnelOpen
+	(*v1.Taint)(nil),              // 45: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 46: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 47: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 49: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 50: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 51: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 52: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 53: k8s.io.api.core.v1.Node
+	(*v1.Service)(nil),            // 54: k8s.io.api.core.v1.Service
+	(*v11.EndpointSlice)(nil),     // 55: k8s.io.api.discovery.v1.EndpointSlice
+	(*v12.ObjectMeta)(nil),        // 56: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 57: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
-	5,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
-	6,  // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
-	7,  // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
-	8,  // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
-	9,  // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
-	10, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
-	11, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
-	12, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
-	13, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
-	16, // 9: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
-	17, // 10: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
-	18, // 11: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
-	19, // 12: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
-	25, // 13: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
-	32, // 14: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
-	33, // 15: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
-	20, // 16: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
-	23, // 17: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
-	21, // 18: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
-	22, // 19: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
-	37, // 20: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
-	0,  // 21: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	4,  // 22: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	4,  // 23: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	34, // 24: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	35, // 25: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	38, // 26: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	39, // 27: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	39, // 28: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	40, // 29: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	14, // 30: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	41, // 31: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	4,  // 32: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
-	41, // 33: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
-	15, // 34: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	15, // 35: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	36, // 36: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	42, // 37: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 38: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	43, // 39: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 40: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	44, // 41: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 42: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	45, // 43: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 44: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
-	46, // 45: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
-	1,  // 46: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
-	47, // 47: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
-	1,  // 48: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
-	48, // 49: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
-	1,  // 50: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
-	24, // 51: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
-	49, // 52: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	41, // 53: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
-	1,  // 54: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	26, // 55: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	30, // 56: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	49, // 57: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	27, // 58: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	28, // 59: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	29, // 60: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	15, // 61: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	28, // 62: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	50, // 63: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	50, // 64: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	49, // 65: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	31, // 66: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	2,  // 67: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	3,  // 68: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	68, // [68:69] is the sub-list for method output_type
-	67, // [67:68] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	6,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
+	7,  // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
+	8,  // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
+	9,  // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
+	10, // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
+	11, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
+	12, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
+	13, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
+	14, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
+	36, // 9: edgesync.v1.SyncRequest.subscriptions:type_name -> edgesync.v1.Subscriptions
+	39, // 10: edgesync.v1.SyncRequest.resource_write:type_name -> edgesync.v1.ResourceWrite
+	17, // 11: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
+	18, // 12: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
+	19, // 13: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
+	20, // 14: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
+	26, // 15: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
+	33, // 16: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
+	34, // 17: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
+	21, // 18: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
+	24, // 19: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
+	22, // 20: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
+	23, // 21: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
+	44, // 22: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
+	38, // 23: edgesync.v1.SyncResponse.resource_event:type_name -> edgesync.v1.ResourceEvent
+	37, // 24: edgesync.v1.SyncResponse.subscription_event:type_name -> edgesync.v1.SubscriptionEvent
+	0,  // 25: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	5,  // 26: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	35, // 27: edgesync.v1.Hello.subscriptions:type_name -> edgesync.v1.Subscription
+	5,  // 28: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	41, // 29: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	42, // 30: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	45, // 31: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	46, // 32: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	46, // 33: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	47, // 34: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	15, // 35: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	48, // 36: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	5,  // 37: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
+	48, // 38: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
+	16, // 39: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	16, // 40: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	43, // 41: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	49, // 42: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 43: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	50, // 44: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 45: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	51, // 46: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 47: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	52, // 48: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 49: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	53, // 50: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 51: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
+	54, // 52: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
+	1,  // 53: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
+	55, // 54: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
+	1,  // 55: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
+	25, // 56: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
+	56, // 57: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	48, // 58: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
+	1,  // 59: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	27, // 60: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	31, // 61: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	56, // 62: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	28, // 63: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	29, // 64: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	30, // 65: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	16, // 66: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	29, // 67: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	57, // 68: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	57, // 69: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	56, // 70: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	32, // 71: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	40, // 72: edgesync.v1.StatusResult.write_result:type_name -> edgesync.v1.ResourceWriteResult
+	35, // 73: edgesync.v1.Subscriptions.subscriptions:type_name -> edgesync.v1.Subscription
+	1,  // 74: edgesync.v1.SubscriptionEvent.type:type_name -> edgesync.v1.EventType
+	56, // 75: edgesync.v1.SubscriptionEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	35, // 76: edgesync.v1.SubscriptionEvent.subscription:type_name -> edgesync.v1.Subscription
+	2,  // 77: edgesync.v1.SubscriptionEvent.state:type_name -> edgesync.v1.SubscriptionState
+	1,  // 78: edgesync.v1.ResourceEvent.type:type_name -> edgesync.v1.EventType
+	56, // 79: edgesync.v1.ResourceEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	3,  // 80: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	4,  // 81: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	81, // [81:82] is the sub-list for method output_type
+	80, // [80:81] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -3203,6 +4007,8 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncRequest_PodStatus)(nil),
 		(*SyncRequest_DeviceStatus)(nil),
 		(*SyncRequest_EventReport)(nil),
+		(*SyncRequest_Subscriptions)(nil),
+		(*SyncRequest_ResourceWrite)(nil),
 	}
 	file_edgesync_v1_sync_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Welcome)(nil),
@@ -3217,14 +4023,16 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_ServiceEvent)(nil),
 		(*SyncResponse_EndpointSliceEvent)(nil),
 		(*SyncResponse_TunnelOpen)(nil),
+		(*SyncResponse_ResourceEvent)(nil),
+		(*SyncResponse_SubscriptionEvent)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_sync_proto_rawDesc), len(file_edgesync_v1_sync_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   35,
+			NumEnums:      3,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -89,6 +89,17 @@
 // would. Reports for a Node that exists without the edge-role label are
 // answered PERMISSION_DENIED.
 //
+// # Applications at the edge
+//
+// Besides the kinds a node needs to run its pods, an edge may subscribe to
+// any resource on behalf of a ServiceAccount one of its pods runs as
+// (Subscription, in Hello and in Subscriptions reports): the objects arrive
+// as ResourceEvent (KIND_RESOURCE) in the same keyed queue, so delivery,
+// acknowledgements, resume by difference and failover are those of every
+// kind, and each subscription's state as SubscriptionEvent
+// (KIND_SUBSCRIPTION). Writes go the other way as ResourceWrite reports,
+// made with the application's own token.
+//
 // # Errors
 //
 // The stream ends with a gRPC status a person can act on:
