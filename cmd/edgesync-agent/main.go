@@ -4,7 +4,8 @@
 // runs pods with a simulated runtime: each pod it receives is reported
 // Running and Ready (and terminated once the cloud deletes it). With
 // --dns-address and --proxy-cidr it answers DNS for the Services the node
-// holds and proxies TCP to their endpoints.
+// holds and proxies TCP to their endpoints. With --devices dmi, KubeEdge
+// mappers drive the node's devices over DMI on --dmi-socket.
 // `edgesync-agent list --store DIR` prints what the local store holds.
 //
 // A node joins the cluster with a bootstrap token and then runs with the
@@ -27,6 +28,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/edgesync/edgesync/edgeclient/agent"
+	"github.com/edgesync/edgesync/edgeclient/dmi"
 	"github.com/edgesync/edgesync/edgeclient/servicedns"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	"github.com/edgesync/edgesync/internal/version"
@@ -105,6 +107,9 @@ func newRootCommand() *cobra.Command {
 	f.StringSliceVar(&cfg.Services.DNS.Forward, "dns-forward", nil, "upstream DNS servers (host:port,...) for names outside the cluster domain; none: such queries are refused")
 	f.BoolVar(&forwardHost, "dns-forward-host", false, "also forward names outside the cluster domain to the host's name servers (/etc/resolv.conf), after --dns-forward's")
 	f.StringVar(&cfg.Services.ProxyCIDR, "proxy-cidr", "", "proxy the Services the node holds, each on its own local IP from this range and on its own ports (for example 127.100.0.0/16); DNS then answers with those IPs; off when empty")
+	f.StringVar(&cfg.Devices.Mode, "devices", agent.DevicesSimulated, "what drives the devices the node holds: simulated (each takes its desired values at once) or dmi (KubeEdge mappers, which register on --dmi-socket)")
+	f.StringVar(&cfg.Devices.DMI.SocketPath, "dmi-socket", dmi.DefaultSocketPath, "with --devices dmi: the UNIX socket KubeEdge's DMI (DeviceManagerService) is served on, where mappers register")
+	f.DurationVar(&cfg.Devices.DMI.NoMapperGrace, "dmi-no-mapper-grace", dmi.DefaultNoMapperGrace, "with --devices dmi: how long after start a device waits for a mapper of its protocol before its status says there is none")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)

@@ -9,7 +9,8 @@
 // under <store>/pods/<uid> (see package volumes); each device reports online with its
 // desired values. What the runtime does is reported as Kubernetes Events
 // (the node starting; containers pulled, created, started, killed;
-// devices online or offline). It serves the Services the node holds to the node's
+// devices online or offline). With DevicesConfig.Mode "dmi" devices are
+// driven by KubeEdge mappers instead (package dmi). It serves the Services the node holds to the node's
 // applications when asked (ServicesConfig): a DNS server (package
 // servicedns) and an L4 proxy (package serviceproxy), both from the store,
 // so they keep working offline. Real container runtimes and device
@@ -40,6 +41,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/edgesync/edgesync/edgeclient"
+	"github.com/edgesync/edgesync/edgeclient/dmi"
 	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
 	"github.com/edgesync/edgesync/edgeclient/volumes"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -72,6 +74,27 @@ type Config struct {
 	// Services configures the DNS server and the proxy for the Services
 	// the node holds; both are off by default.
 	Services ServicesConfig
+	// Devices says what drives the devices the node holds: simulated
+	// (the default) or KubeEdge mappers over DMI.
+	Devices DevicesConfig
+}
+
+// Device modes.
+const (
+	// DevicesSimulated: every device takes its desired values at once.
+	DevicesSimulated = "simulated"
+	// DevicesDMI: KubeEdge mappers drive the devices over DMI (package
+	// dmi).
+	DevicesDMI = "dmi"
+)
+
+// DevicesConfig says what drives the devices the node holds.
+type DevicesConfig struct {
+	// Mode is DevicesSimulated (when empty) or DevicesDMI.
+	Mode string
+	// DMI configures the DMI server in DevicesDMI mode; its Node,
+	// NodeName and Logger are set by the agent.
+	DMI dmi.Config
 }
 
 // agent runs pods with a simulated runtime: every pod is Running and Ready
@@ -93,6 +116,8 @@ type agent struct {
 	proxy *serviceproxy.Proxy
 	// volumes holds the pods' volume files; nil without a store directory.
 	volumes *volumes.Dir
+	// dmi drives the devices in DevicesDMI mode; nil when simulated.
+	dmi *dmi.Manager
 }
 
 // nodeLabels are the labels a kubelet gives its Node (hostname, OS and
@@ -129,6 +154,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer c.Close()
 	a.client = c
+	switch cfg.Devices.Mode {
+	case "", DevicesSimulated:
+	case DevicesDMI:
+		dcfg := cfg.Devices.DMI
+		dcfg.Node, dcfg.NodeName, dcfg.Logger = c, a.node, log
+		if a.dmi, err = dmi.New(dcfg); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("devices mode %q: want %q or %q", cfg.Devices.Mode, DevicesSimulated, DevicesDMI)
+	}
 	if cfg.OnClient != nil {
 		cfg.OnClient(c)
 	}
@@ -144,7 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 			a.syncVolumes(obj.Pod)
 			a.reportPod(obj.Pod)
 		}
-		if obj.Device != nil {
+		if obj.Device != nil && a.dmi == nil {
 			a.reportDevice(obj.Device)
 		}
 	}
@@ -161,6 +197,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	g.Go(func() error { return c.Run(ctx) })
+	if a.dmi != nil {
+		g.Go(func() error { return a.dmi.Run(ctx) })
+	}
 	g.Go(func() error {
 		// A node status is refused until the Node exists: report it once
 		// the registration is answered (possibly after a reconnect).
@@ -193,6 +232,9 @@ func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
 	a.reportRuntimeEvents(ev)
 	a.servicesChanged(ev.Key)
+	if a.dmi != nil {
+		a.dmi.Changed(ev)
+	}
 	switch {
 	case ev.Type == edgeclient.Deleted:
 		delete(a.applied, ev.Key)
@@ -206,7 +248,7 @@ func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 		a.reportPod(ev.Object.Pod)
 	case ev.Object.ConfigMap != nil, ev.Object.Secret != nil, ev.Object.Token != nil:
 		a.syncAllVolumes(ev.Key.Namespace)
-	case ev.Object.Device != nil:
+	case ev.Object.Device != nil && a.dmi == nil:
 		a.reportDevice(ev.Object.Device)
 	}
 	return nil
