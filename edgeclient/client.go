@@ -327,6 +327,9 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// NodeName is the name of the node the client speaks for.
+func (c *Client) NodeName() string { return c.cfg.NodeName }
+
 // State returns a snapshot of the connection state and counters.
 func (c *Client) State() State {
 	c.mu.Lock()

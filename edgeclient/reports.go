@@ -287,6 +287,23 @@ func (c *Client) ReportDeviceStatus(st *edgesyncv1.DeviceStatus) (*Report, error
 	return c.submit("device/"+st.GetNamespace()+"/"+st.GetName(), &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_DeviceStatus{DeviceStatus: st}})
 }
 
+// Heartbeat queues a Heartbeat now, replacing an unanswered one, for an
+// agent whose node renews its liveness itself (a kubelet updating its
+// Lease through package localapi); the client also sends one every
+// interval the server asked for. While the node's registration is
+// unanswered it returns the registration's report instead: the server
+// refuses heartbeats for a Node that does not exist yet, and the first
+// heartbeat follows the registration's answer.
+func (c *Client) Heartbeat() (*Report, error) {
+	c.mu.Lock()
+	if r := c.reports[registrationKey]; r != nil {
+		c.mu.Unlock()
+		return r, nil
+	}
+	c.mu.Unlock()
+	return c.submit(heartbeatKey, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+}
+
 // heartbeat queues a Heartbeat, replacing an unanswered one. While the
 // node's registration is unanswered it sends none: the server refuses
 // heartbeats for a Node that does not exist yet (NOT_FOUND), so the first
