@@ -24,6 +24,7 @@ type metrics struct {
 	sentSyncComplete prometheus.Counter
 	sentStatusResult prometheus.Counter
 	sentTunnelOpen   prometheus.Counter
+	sentRoute        prometheus.Counter
 }
 
 // kindCounters holds one counter of a vector per object kind.
@@ -49,7 +50,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 	m := &metrics{
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_sent_total",
-			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, node, welcome, sync_complete, status_result, tunnel_open).",
+			Help: "Messages sent to edges, by kind (pod, config_map, secret, device, node, welcome, sync_complete, status_result, tunnel_open, route).",
 		}, []string{"kind"}),
 		acked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_messages_acked_total",
@@ -79,6 +80,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 	m.sentSyncComplete = m.sent.WithLabelValues("sync_complete")
 	m.sentStatusResult = m.sent.WithLabelValues("status_result")
 	m.sentTunnelOpen = m.sent.WithLabelValues("tunnel_open")
+	m.sentRoute = m.sent.WithLabelValues("route")
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgesync_sessions_connected",
 		Help: "Edge sessions connected to this replica.",
@@ -143,6 +145,8 @@ func reportKind(req *edgesyncv1.SyncRequest) string {
 		return "subscriptions"
 	case *edgesyncv1.SyncRequest_ResourceWrite:
 		return "resource_write"
+	case *edgesyncv1.SyncRequest_RouteMessage:
+		return "route_message"
 	default:
 		return ""
 	}

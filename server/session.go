@@ -327,15 +327,18 @@ func (s *session) receive(req *edgesyncv1.SyncRequest) error {
 		return s.ack(m.Ack.GetSequence())
 	case *edgesyncv1.SyncRequest_Nack:
 		return s.nack(m.Nack)
+	case *edgesyncv1.SyncRequest_RouteResult:
+		s.srv.routeResult(s.node, m.RouteResult)
+		return nil
 	}
 	kind := reportKind(req)
 	if req.GetRequestId() == 0 {
 		return status.Errorf(codes.InvalidArgument, "%s report has request_id 0; give every report a non-zero request_id", kind)
 	}
-	// Events have a budget of their own in the controllers, which drop
-	// what exceeds it: a flood of events must not end the stream and so
-	// stop the node's status reports.
-	if kind != "event" && !s.limiter.Allow() {
+	// Events and routed messages have budgets of their own in the
+	// controllers, which refuse what exceeds them: a flood of either must
+	// not end the stream and so stop the node's status reports.
+	if kind != "event" && kind != "route_message" && !s.limiter.Allow() {
 		return status.Errorf(codes.ResourceExhausted, "too many reports: more than %d per second (burst %d); send status only when it changes", s.srv.opts.ReportsPerSecond, s.srv.opts.ReportBurst)
 	}
 	return s.reportWhenOwned(kind, req)
@@ -604,6 +607,8 @@ func (s *session) popControl() (any, prometheus.Counter) {
 		counter = s.srv.metrics.sentWelcome
 	case msg.GetTunnelOpen() != nil:
 		counter = s.srv.metrics.sentTunnelOpen
+	case msg.GetRouteDelivery() != nil, msg.GetRouteSubscriptions() != nil:
+		counter = s.srv.metrics.sentRoute
 	}
 	return s.number(msg), counter
 }

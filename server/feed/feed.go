@@ -156,6 +156,25 @@ type SessionEnder interface {
 	EndSession(node string, reason error)
 }
 
+// Messenger may be implemented by a Publisher that holds sessions (the
+// server does). It carries messages that are not objects to a node's
+// session on this replica: routed application messages (RouteDelivery,
+// RouteSubscriptions; package controllers/router), which are ordered and
+// answered one by one rather than latest-wins.
+type Messenger interface {
+	// SendMessage queues msg on node's session here, ahead of objects and
+	// outside their window: the caller bounds how many it leaves
+	// unanswered. An error says node holds no session here.
+	SendMessage(node string, msg *edgesyncv1.SyncResponse) error
+}
+
+// RouteResulter may be implemented by Controllers that send RouteDelivery
+// through a Messenger: the server hands them every RouteResult a node
+// sends, with the node's verified name.
+type RouteResulter interface {
+	RouteResult(node string, res *edgesyncv1.RouteResult)
+}
+
 // Source answers what a node should hold, from informer caches and without
 // calling the API server. Controllers implement it.
 type Source interface {

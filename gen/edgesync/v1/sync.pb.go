@@ -66,7 +66,7 @@
 //
 // # Reports
 //
-// Every SyncRequest except Hello, Ack and Nack is a report. Each report
+// Every SyncRequest except Hello, Ack, Nack and RouteResult is a report. Each report
 // carries a request_id chosen by the edge, unique among its unanswered
 // reports. The server answers every report with a StatusResult carrying the
 // same request_id once the Kubernetes write has succeeded or failed for good.
@@ -99,6 +99,35 @@
 // kind, and each subscription's state as SubscriptionEvent
 // (KIND_SUBSCRIPTION). Writes go the other way as ResourceWrite reports,
 // made with the application's own token.
+//
+// # Routed messages
+//
+// KubeEdge's Rule and RuleEndpoint (rules.kubeedge.io/v1) route application
+// messages between the cloud and applications on edge nodes; the server
+// carries them as RouteDelivery, RouteResult, RouteMessage and
+// RouteSubscriptions. They are not objects: they are not latest-wins, and
+// they are not covered by Ack or the object window.
+//
+//   - Cloud to edge (a REST call in the cloud): the server sends
+//     RouteDelivery. Deliveries of one node are sent in the order they were
+//     accepted, at most 64 unanswered at a time; the edge handles those of
+//     one rule in the order received and answers each with RouteResult (id).
+//     A delivery not answered when its stream ends is sent again, in order,
+//     on the node's next stream: at least once. The edge drops a delivery
+//     whose id it has already handled, answering again with the outcome it
+//     sent first. A delivery whose ttl has run out is dropped unanswered.
+//   - Edge to cloud: the server sends RouteSubscriptions (the complete list,
+//     again whenever it changes and on every stream); the edge subscribes
+//     to those MQTT topics and sends each message published on them as a
+//     RouteMessage report. The server answers it once the rule's target has
+//     taken it (OK), or failed for good. The edge keeps it until answered
+//     and sends it again on its next stream; the server drops a RouteMessage
+//     id of the node it has already delivered.
+//
+// A node receives deliveries only for its own name in the request path, and
+// may send up only on topics of rules whose source names it: a RouteMessage
+// on another topic is answered NOT_FOUND, and a RouteResult for an id the
+// node was not sent is ignored.
 //
 // # Errors
 //
@@ -332,12 +361,67 @@ func (SubscriptionState) EnumDescriptor() ([]byte, []int) {
 	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{2}
 }
 
+// RouteTarget says what the edge does with a RouteDelivery.
+type RouteTarget int32
+
+const (
+	RouteTarget_ROUTE_TARGET_UNSPECIFIED RouteTarget = 0
+	// Publish body on the node's MQTT broker, on topic (RuleEndpoint type
+	// eventbus), at QoS 1.
+	RouteTarget_ROUTE_TARGET_EVENTBUS RouteTarget = 1
+	// Send an HTTP request to an application on the node (RuleEndpoint type
+	// servicebus): method, path and headers to 127.0.0.1:port; its answer goes
+	// back to the caller in RouteResult.
+	RouteTarget_ROUTE_TARGET_SERVICEBUS RouteTarget = 2
+)
+
+// Enum value maps for RouteTarget.
+var (
+	RouteTarget_name = map[int32]string{
+		0: "ROUTE_TARGET_UNSPECIFIED",
+		1: "ROUTE_TARGET_EVENTBUS",
+		2: "ROUTE_TARGET_SERVICEBUS",
+	}
+	RouteTarget_value = map[string]int32{
+		"ROUTE_TARGET_UNSPECIFIED": 0,
+		"ROUTE_TARGET_EVENTBUS":    1,
+		"ROUTE_TARGET_SERVICEBUS":  2,
+	}
+)
+
+func (x RouteTarget) Enum() *RouteTarget {
+	p := new(RouteTarget)
+	*p = x
+	return p
+}
+
+func (x RouteTarget) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RouteTarget) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgesync_v1_sync_proto_enumTypes[3].Descriptor()
+}
+
+func (RouteTarget) Type() protoreflect.EnumType {
+	return &file_edgesync_v1_sync_proto_enumTypes[3]
+}
+
+func (x RouteTarget) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RouteTarget.Descriptor instead.
+func (RouteTarget) EnumDescriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{3}
+}
+
 // SyncRequest is one message from the edge to the cloud.
 type SyncRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request_id identifies a report (NodeRegistration, NodeStatus, Heartbeat,
-	// PodStatus, DeviceStatus, EventReport, Subscriptions, ResourceWrite) so
-	// that its StatusResult can be matched to it.
+	// PodStatus, DeviceStatus, EventReport, Subscriptions, ResourceWrite,
+	// RouteMessage) so that its StatusResult can be matched to it.
 	// It must be non-zero for reports and unique among the edge's unanswered
 	// reports. It is ignored for Hello, Ack and Nack.
 	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -357,6 +441,8 @@ type SyncRequest struct {
 	//	*SyncRequest_EventReport
 	//	*SyncRequest_Subscriptions
 	//	*SyncRequest_ResourceWrite
+	//	*SyncRequest_RouteResult
+	//	*SyncRequest_RouteMessage
 	Message       isSyncRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -505,6 +591,24 @@ func (x *SyncRequest) GetResourceWrite() *ResourceWrite {
 	return nil
 }
 
+func (x *SyncRequest) GetRouteResult() *RouteResult {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_RouteResult); ok {
+			return x.RouteResult
+		}
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetRouteMessage() *RouteMessage {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_RouteMessage); ok {
+			return x.RouteMessage
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Message interface {
 	isSyncRequest_Message()
 }
@@ -558,6 +662,18 @@ type SyncRequest_ResourceWrite struct {
 	ResourceWrite *ResourceWrite `protobuf:"bytes,20,opt,name=resource_write,json=resourceWrite,proto3,oneof"`
 }
 
+type SyncRequest_RouteResult struct {
+	// route_result answers one RouteDelivery (see "Routed messages"). Not a
+	// report: it has no request_id and no StatusResult.
+	RouteResult *RouteResult `protobuf:"bytes,40,opt,name=route_result,json=routeResult,proto3,oneof"`
+}
+
+type SyncRequest_RouteMessage struct {
+	// route_message carries a message an edge application published on a
+	// topic of RouteSubscriptions. A report (request_id, StatusResult).
+	RouteMessage *RouteMessage `protobuf:"bytes,41,opt,name=route_message,json=routeMessage,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Message() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Message() {}
@@ -579,6 +695,10 @@ func (*SyncRequest_EventReport) isSyncRequest_Message() {}
 func (*SyncRequest_Subscriptions) isSyncRequest_Message() {}
 
 func (*SyncRequest_ResourceWrite) isSyncRequest_Message() {}
+
+func (*SyncRequest_RouteResult) isSyncRequest_Message() {}
+
+func (*SyncRequest_RouteMessage) isSyncRequest_Message() {}
 
 // SyncResponse is one message from the cloud to the edge.
 type SyncResponse struct {
@@ -602,6 +722,8 @@ type SyncResponse struct {
 	//	*SyncResponse_TunnelOpen
 	//	*SyncResponse_ResourceEvent
 	//	*SyncResponse_SubscriptionEvent
+	//	*SyncResponse_RouteDelivery
+	//	*SyncResponse_RouteSubscriptions
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -777,6 +899,24 @@ func (x *SyncResponse) GetSubscriptionEvent() *SubscriptionEvent {
 	return nil
 }
 
+func (x *SyncResponse) GetRouteDelivery() *RouteDelivery {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_RouteDelivery); ok {
+			return x.RouteDelivery
+		}
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRouteSubscriptions() *RouteSubscriptions {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_RouteSubscriptions); ok {
+			return x.RouteSubscriptions
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -844,6 +984,19 @@ type SyncResponse_SubscriptionEvent struct {
 	SubscriptionEvent *SubscriptionEvent `protobuf:"bytes,24,opt,name=subscription_event,json=subscriptionEvent,proto3,oneof"`
 }
 
+type SyncResponse_RouteDelivery struct {
+	// route_delivery carries one application message a Rule routes to the
+	// node (see "Routed messages"). A control message: the object window
+	// does not hold it back; it has a window of its own.
+	RouteDelivery *RouteDelivery `protobuf:"bytes,40,opt,name=route_delivery,json=routeDelivery,proto3,oneof"`
+}
+
+type SyncResponse_RouteSubscriptions struct {
+	// route_subscriptions lists the MQTT topics the edge sends up (see
+	// "Routed messages"). A control message.
+	RouteSubscriptions *RouteSubscriptions `protobuf:"bytes,41,opt,name=route_subscriptions,json=routeSubscriptions,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -871,6 +1024,10 @@ func (*SyncResponse_TunnelOpen) isSyncResponse_Message() {}
 func (*SyncResponse_ResourceEvent) isSyncResponse_Message() {}
 
 func (*SyncResponse_SubscriptionEvent) isSyncResponse_Message() {}
+
+func (*SyncResponse_RouteDelivery) isSyncResponse_Message() {}
+
+func (*SyncResponse_RouteSubscriptions) isSyncResponse_Message() {}
 
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
@@ -3560,11 +3717,387 @@ func (x *ResourceWriteResult) GetBody() []byte {
 	return nil
 }
 
+// RouteHeader is one HTTP header with its values.
+type RouteHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteHeader) Reset() {
+	*x = RouteHeader{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteHeader) ProtoMessage() {}
+
+func (x *RouteHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteHeader.ProtoReflect.Descriptor instead.
+func (*RouteHeader) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RouteHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteHeader) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// RouteDelivery is one application message for the node (see "Routed
+// messages" in the package comment).
+type RouteDelivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is unique for every message (random, 32 hex digits) and the same
+	// when the message is sent again.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// rule is the Rule routing it, "namespace/name".
+	Rule   string      `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Target RouteTarget `protobuf:"varint,3,opt,name=target,proto3,enum=edgesync.v1.RouteTarget" json:"target,omitempty"`
+	// topic is the MQTT topic to publish on (eventbus).
+	Topic string `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`
+	// port is the application's port on 127.0.0.1 (servicebus).
+	Port uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	// method and path (with its query) of the HTTP request (servicebus).
+	Method string `protobuf:"bytes,6,opt,name=method,proto3" json:"method,omitempty"`
+	Path   string `protobuf:"bytes,7,opt,name=path,proto3" json:"path,omitempty"`
+	// headers of the caller's request (servicebus), without those of the
+	// connection and of its authentication.
+	Headers []*RouteHeader `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty"`
+	Body    []byte         `protobuf:"bytes,9,opt,name=body,proto3" json:"body,omitempty"`
+	// ttl is how long the message stays valid from the moment it was sent
+	// on this stream: an edge that could not act on it within ttl drops it.
+	// For servicebus it is how long the caller waits for the answer.
+	Ttl           *durationpb.Duration `protobuf:"bytes,10,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteDelivery) Reset() {
+	*x = RouteDelivery{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteDelivery) ProtoMessage() {}
+
+func (x *RouteDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteDelivery.ProtoReflect.Descriptor instead.
+func (*RouteDelivery) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RouteDelivery) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RouteDelivery) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *RouteDelivery) GetTarget() RouteTarget {
+	if x != nil {
+		return x.Target
+	}
+	return RouteTarget_ROUTE_TARGET_UNSPECIFIED
+}
+
+func (x *RouteDelivery) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *RouteDelivery) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RouteDelivery) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RouteDelivery) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RouteDelivery) GetHeaders() []*RouteHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteDelivery) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *RouteDelivery) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// RouteResult answers one RouteDelivery.
+type RouteResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id of the RouteDelivery.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// error is empty when the edge delivered the message: published it
+	// (eventbus), or got an HTTP answer from the application (servicebus,
+	// whatever its status). Otherwise it says why not, for a person.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// status_code, headers and body are the application's answer
+	// (servicebus).
+	StatusCode    int32          `protobuf:"varint,3,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Headers       []*RouteHeader `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
+	Body          []byte         `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteResult) Reset() {
+	*x = RouteResult{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteResult) ProtoMessage() {}
+
+func (x *RouteResult) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteResult.ProtoReflect.Descriptor instead.
+func (*RouteResult) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RouteResult) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RouteResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RouteResult) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *RouteResult) GetHeaders() []*RouteHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteResult) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+// RouteMessage is a message an application on the node published on one of
+// the topics of RouteSubscriptions, for the rules whose source it is.
+type RouteMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is unique for every message (the edge chooses it) and the same when
+	// the report is sent again.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// topic is the MQTT topic it was published on.
+	Topic         string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	Body          []byte `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMessage) Reset() {
+	*x = RouteMessage{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMessage) ProtoMessage() {}
+
+func (x *RouteMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMessage.ProtoReflect.Descriptor instead.
+func (*RouteMessage) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RouteMessage) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RouteMessage) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *RouteMessage) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+// RouteSubscriptions is the complete list of MQTT topics whose messages
+// the edge sends up as RouteMessage. An empty list ends every subscription.
+type RouteSubscriptions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topics        []string               `protobuf:"bytes,1,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteSubscriptions) Reset() {
+	*x = RouteSubscriptions{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteSubscriptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteSubscriptions) ProtoMessage() {}
+
+func (x *RouteSubscriptions) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteSubscriptions.ProtoReflect.Descriptor instead.
+func (*RouteSubscriptions) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RouteSubscriptions) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
 var File_edgesync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x18edgesync/v1/tunnel.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xb7\x05\n" +
+	"\x16edgesync/v1/sync.proto\x12\vedgesync.v1\x1a\x18edgesync/v1/tunnel.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"k8s.io/api/core/v1/generated.proto\x1a'k8s.io/api/discovery/v1/generated.proto\x1a4k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto\"\xb8\x06\n" +
 	"\vSyncRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12*\n" +
@@ -3581,8 +4114,10 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\rdevice_status\x18\x11 \x01(\v2\x19.edgesync.v1.DeviceStatusH\x00R\fdeviceStatus\x12=\n" +
 	"\fevent_report\x18\x12 \x01(\v2\x18.edgesync.v1.EventReportH\x00R\veventReport\x12B\n" +
 	"\rsubscriptions\x18\x13 \x01(\v2\x1a.edgesync.v1.SubscriptionsH\x00R\rsubscriptions\x12C\n" +
-	"\x0eresource_write\x18\x14 \x01(\v2\x1a.edgesync.v1.ResourceWriteH\x00R\rresourceWriteB\t\n" +
-	"\amessage\"\xc6\a\n" +
+	"\x0eresource_write\x18\x14 \x01(\v2\x1a.edgesync.v1.ResourceWriteH\x00R\rresourceWrite\x12=\n" +
+	"\froute_result\x18( \x01(\v2\x18.edgesync.v1.RouteResultH\x00R\vrouteResult\x12@\n" +
+	"\rroute_message\x18) \x01(\v2\x19.edgesync.v1.RouteMessageH\x00R\frouteMessageB\t\n" +
+	"\amessage\"\xdf\b\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -3602,7 +4137,9 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\vtunnel_open\x18\x16 \x01(\v2\x17.edgesync.v1.TunnelOpenH\x00R\n" +
 	"tunnelOpen\x12C\n" +
 	"\x0eresource_event\x18\x17 \x01(\v2\x1a.edgesync.v1.ResourceEventH\x00R\rresourceEvent\x12O\n" +
-	"\x12subscription_event\x18\x18 \x01(\v2\x1e.edgesync.v1.SubscriptionEventH\x00R\x11subscriptionEventB\t\n" +
+	"\x12subscription_event\x18\x18 \x01(\v2\x1e.edgesync.v1.SubscriptionEventH\x00R\x11subscriptionEvent\x12C\n" +
+	"\x0eroute_delivery\x18( \x01(\v2\x1a.edgesync.v1.RouteDeliveryH\x00R\rrouteDelivery\x12R\n" +
+	"\x13route_subscriptions\x18) \x01(\v2\x1f.edgesync.v1.RouteSubscriptionsH\x00R\x12routeSubscriptionsB\t\n" +
 	"\amessage\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
@@ -3801,7 +4338,35 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\vhttp_status\x18\x01 \x01(\x05R\n" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body*\xe5\x01\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"9\n" +
+	"\vRouteHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\xb0\x02\n" +
+	"\rRouteDelivery\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x120\n" +
+	"\x06target\x18\x03 \x01(\x0e2\x18.edgesync.v1.RouteTargetR\x06target\x12\x14\n" +
+	"\x05topic\x18\x04 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\x12\x16\n" +
+	"\x06method\x18\x06 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\a \x01(\tR\x04path\x122\n" +
+	"\aheaders\x18\b \x03(\v2\x18.edgesync.v1.RouteHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\t \x01(\fR\x04body\x12+\n" +
+	"\x03ttl\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x9c\x01\n" +
+	"\vRouteResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1f\n" +
+	"\vstatus_code\x18\x03 \x01(\x05R\n" +
+	"statusCode\x122\n" +
+	"\aheaders\x18\x04 \x03(\v2\x18.edgesync.v1.RouteHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\"H\n" +
+	"\fRouteMessage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\",\n" +
+	"\x12RouteSubscriptions\x12\x16\n" +
+	"\x06topics\x18\x01 \x03(\tR\x06topics*\xe5\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bKIND_POD\x10\x01\x12\x13\n" +
@@ -3822,7 +4387,11 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x11SubscriptionState\x12\"\n" +
 	"\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1c\n" +
-	"\x18SUBSCRIPTION_STATE_ENDED\x10\x022N\n" +
+	"\x18SUBSCRIPTION_STATE_ENDED\x10\x02*c\n" +
+	"\vRouteTarget\x12\x1c\n" +
+	"\x18ROUTE_TARGET_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROUTE_TARGET_EVENTBUS\x10\x01\x12\x1b\n" +
+	"\x17ROUTE_TARGET_SERVICEBUS\x10\x022N\n" +
 	"\vSyncService\x12?\n" +
 	"\x04Sync\x12\x18.edgesync.v1.SyncRequest\x1a\x19.edgesync.v1.SyncResponse(\x010\x01B\xa2\x01\n" +
 	"\x0fcom.edgesync.v1B\tSyncProtoP\x01Z7github.com/edgesync/edgesync/gen/edgesync/v1;edgesyncv1\xa2\x02\x03EXX\xaa\x02\vEdgesync.V1\xca\x02\vEdgesync\\V1\xe2\x02\x17Edgesync\\V1\\GPBMetadata\xea\x02\fEdgesync::V1b\x06proto3"
@@ -3839,156 +4408,170 @@ func file_edgesync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_edgesync_v1_sync_proto_rawDescData
 }
 
-var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_edgesync_v1_sync_proto_goTypes = []any{
 	(Kind)(0),                     // 0: edgesync.v1.Kind
 	(EventType)(0),                // 1: edgesync.v1.EventType
 	(SubscriptionState)(0),        // 2: edgesync.v1.SubscriptionState
-	(*SyncRequest)(nil),           // 3: edgesync.v1.SyncRequest
-	(*SyncResponse)(nil),          // 4: edgesync.v1.SyncResponse
-	(*ObjectRef)(nil),             // 5: edgesync.v1.ObjectRef
-	(*Hello)(nil),                 // 6: edgesync.v1.Hello
-	(*Ack)(nil),                   // 7: edgesync.v1.Ack
-	(*Nack)(nil),                  // 8: edgesync.v1.Nack
-	(*NodeRegistration)(nil),      // 9: edgesync.v1.NodeRegistration
-	(*NodeStatus)(nil),            // 10: edgesync.v1.NodeStatus
-	(*Heartbeat)(nil),             // 11: edgesync.v1.Heartbeat
-	(*PodStatus)(nil),             // 12: edgesync.v1.PodStatus
-	(*DeviceStatus)(nil),          // 13: edgesync.v1.DeviceStatus
-	(*EventReport)(nil),           // 14: edgesync.v1.EventReport
-	(*Twin)(nil),                  // 15: edgesync.v1.Twin
-	(*TwinValue)(nil),             // 16: edgesync.v1.TwinValue
-	(*Welcome)(nil),               // 17: edgesync.v1.Welcome
-	(*PodEvent)(nil),              // 18: edgesync.v1.PodEvent
-	(*ConfigMapEvent)(nil),        // 19: edgesync.v1.ConfigMapEvent
-	(*SecretEvent)(nil),           // 20: edgesync.v1.SecretEvent
-	(*NodeEvent)(nil),             // 21: edgesync.v1.NodeEvent
-	(*ServiceEvent)(nil),          // 22: edgesync.v1.ServiceEvent
-	(*EndpointSliceEvent)(nil),    // 23: edgesync.v1.EndpointSliceEvent
-	(*TokenEvent)(nil),            // 24: edgesync.v1.TokenEvent
-	(*ServiceAccountToken)(nil),   // 25: edgesync.v1.ServiceAccountToken
-	(*DeviceEvent)(nil),           // 26: edgesync.v1.DeviceEvent
-	(*Device)(nil),                // 27: edgesync.v1.Device
-	(*DeviceProperty)(nil),        // 28: edgesync.v1.DeviceProperty
-	(*ProtocolConfig)(nil),        // 29: edgesync.v1.ProtocolConfig
-	(*DeviceMethod)(nil),          // 30: edgesync.v1.DeviceMethod
-	(*DeviceModel)(nil),           // 31: edgesync.v1.DeviceModel
-	(*ModelProperty)(nil),         // 32: edgesync.v1.ModelProperty
-	(*SyncComplete)(nil),          // 33: edgesync.v1.SyncComplete
-	(*StatusResult)(nil),          // 34: edgesync.v1.StatusResult
-	(*Subscription)(nil),          // 35: edgesync.v1.Subscription
-	(*Subscriptions)(nil),         // 36: edgesync.v1.Subscriptions
-	(*SubscriptionEvent)(nil),     // 37: edgesync.v1.SubscriptionEvent
-	(*ResourceEvent)(nil),         // 38: edgesync.v1.ResourceEvent
-	(*ResourceWrite)(nil),         // 39: edgesync.v1.ResourceWrite
-	(*ResourceWriteResult)(nil),   // 40: edgesync.v1.ResourceWriteResult
-	nil,                           // 41: edgesync.v1.NodeRegistration.LabelsEntry
-	nil,                           // 42: edgesync.v1.NodeRegistration.AnnotationsEntry
-	nil,                           // 43: edgesync.v1.TwinValue.MetadataEntry
-	(*TunnelOpen)(nil),            // 44: edgesync.v1.TunnelOpen
-	(*v1.Taint)(nil),              // 45: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 46: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 47: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 49: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 50: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 51: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 52: k8s.io.api.core.v1.Secret
-	(*v1.Node)(nil),               // 53: k8s.io.api.core.v1.Node
-	(*v1.Service)(nil),            // 54: k8s.io.api.core.v1.Service
-	(*v11.EndpointSlice)(nil),     // 55: k8s.io.api.discovery.v1.EndpointSlice
-	(*v12.ObjectMeta)(nil),        // 56: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 57: google.protobuf.Struct
+	(RouteTarget)(0),              // 3: edgesync.v1.RouteTarget
+	(*SyncRequest)(nil),           // 4: edgesync.v1.SyncRequest
+	(*SyncResponse)(nil),          // 5: edgesync.v1.SyncResponse
+	(*ObjectRef)(nil),             // 6: edgesync.v1.ObjectRef
+	(*Hello)(nil),                 // 7: edgesync.v1.Hello
+	(*Ack)(nil),                   // 8: edgesync.v1.Ack
+	(*Nack)(nil),                  // 9: edgesync.v1.Nack
+	(*NodeRegistration)(nil),      // 10: edgesync.v1.NodeRegistration
+	(*NodeStatus)(nil),            // 11: edgesync.v1.NodeStatus
+	(*Heartbeat)(nil),             // 12: edgesync.v1.Heartbeat
+	(*PodStatus)(nil),             // 13: edgesync.v1.PodStatus
+	(*DeviceStatus)(nil),          // 14: edgesync.v1.DeviceStatus
+	(*EventReport)(nil),           // 15: edgesync.v1.EventReport
+	(*Twin)(nil),                  // 16: edgesync.v1.Twin
+	(*TwinValue)(nil),             // 17: edgesync.v1.TwinValue
+	(*Welcome)(nil),               // 18: edgesync.v1.Welcome
+	(*PodEvent)(nil),              // 19: edgesync.v1.PodEvent
+	(*ConfigMapEvent)(nil),        // 20: edgesync.v1.ConfigMapEvent
+	(*SecretEvent)(nil),           // 21: edgesync.v1.SecretEvent
+	(*NodeEvent)(nil),             // 22: edgesync.v1.NodeEvent
+	(*ServiceEvent)(nil),          // 23: edgesync.v1.ServiceEvent
+	(*EndpointSliceEvent)(nil),    // 24: edgesync.v1.EndpointSliceEvent
+	(*TokenEvent)(nil),            // 25: edgesync.v1.TokenEvent
+	(*ServiceAccountToken)(nil),   // 26: edgesync.v1.ServiceAccountToken
+	(*DeviceEvent)(nil),           // 27: edgesync.v1.DeviceEvent
+	(*Device)(nil),                // 28: edgesync.v1.Device
+	(*DeviceProperty)(nil),        // 29: edgesync.v1.DeviceProperty
+	(*ProtocolConfig)(nil),        // 30: edgesync.v1.ProtocolConfig
+	(*DeviceMethod)(nil),          // 31: edgesync.v1.DeviceMethod
+	(*DeviceModel)(nil),           // 32: edgesync.v1.DeviceModel
+	(*ModelProperty)(nil),         // 33: edgesync.v1.ModelProperty
+	(*SyncComplete)(nil),          // 34: edgesync.v1.SyncComplete
+	(*StatusResult)(nil),          // 35: edgesync.v1.StatusResult
+	(*Subscription)(nil),          // 36: edgesync.v1.Subscription
+	(*Subscriptions)(nil),         // 37: edgesync.v1.Subscriptions
+	(*SubscriptionEvent)(nil),     // 38: edgesync.v1.SubscriptionEvent
+	(*ResourceEvent)(nil),         // 39: edgesync.v1.ResourceEvent
+	(*ResourceWrite)(nil),         // 40: edgesync.v1.ResourceWrite
+	(*ResourceWriteResult)(nil),   // 41: edgesync.v1.ResourceWriteResult
+	(*RouteHeader)(nil),           // 42: edgesync.v1.RouteHeader
+	(*RouteDelivery)(nil),         // 43: edgesync.v1.RouteDelivery
+	(*RouteResult)(nil),           // 44: edgesync.v1.RouteResult
+	(*RouteMessage)(nil),          // 45: edgesync.v1.RouteMessage
+	(*RouteSubscriptions)(nil),    // 46: edgesync.v1.RouteSubscriptions
+	nil,                           // 47: edgesync.v1.NodeRegistration.LabelsEntry
+	nil,                           // 48: edgesync.v1.NodeRegistration.AnnotationsEntry
+	nil,                           // 49: edgesync.v1.TwinValue.MetadataEntry
+	(*TunnelOpen)(nil),            // 50: edgesync.v1.TunnelOpen
+	(*v1.Taint)(nil),              // 51: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 52: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 53: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 54: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 55: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 56: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 57: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 58: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 59: k8s.io.api.core.v1.Node
+	(*v1.Service)(nil),            // 60: k8s.io.api.core.v1.Service
+	(*v11.EndpointSlice)(nil),     // 61: k8s.io.api.discovery.v1.EndpointSlice
+	(*v12.ObjectMeta)(nil),        // 62: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 63: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
-	6,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
-	7,  // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
-	8,  // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
-	9,  // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
-	10, // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
-	11, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
-	12, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
-	13, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
-	14, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
-	36, // 9: edgesync.v1.SyncRequest.subscriptions:type_name -> edgesync.v1.Subscriptions
-	39, // 10: edgesync.v1.SyncRequest.resource_write:type_name -> edgesync.v1.ResourceWrite
-	17, // 11: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
-	18, // 12: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
-	19, // 13: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
-	20, // 14: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
-	26, // 15: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
-	33, // 16: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
-	34, // 17: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
-	21, // 18: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
-	24, // 19: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
-	22, // 20: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
-	23, // 21: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
-	44, // 22: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
-	38, // 23: edgesync.v1.SyncResponse.resource_event:type_name -> edgesync.v1.ResourceEvent
-	37, // 24: edgesync.v1.SyncResponse.subscription_event:type_name -> edgesync.v1.SubscriptionEvent
-	0,  // 25: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	5,  // 26: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	35, // 27: edgesync.v1.Hello.subscriptions:type_name -> edgesync.v1.Subscription
-	5,  // 28: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	41, // 29: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	42, // 30: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	45, // 31: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	46, // 32: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	46, // 33: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	47, // 34: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	15, // 35: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	48, // 36: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	5,  // 37: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
-	48, // 38: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
-	16, // 39: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	16, // 40: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	43, // 41: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	49, // 42: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 43: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	50, // 44: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 45: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	51, // 46: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 47: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	52, // 48: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 49: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
-	53, // 50: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
-	1,  // 51: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
-	54, // 52: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
-	1,  // 53: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
-	55, // 54: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
-	1,  // 55: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
-	25, // 56: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
-	56, // 57: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	48, // 58: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
-	1,  // 59: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	27, // 60: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	31, // 61: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	56, // 62: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	28, // 63: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	29, // 64: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	30, // 65: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	16, // 66: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	29, // 67: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	57, // 68: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	57, // 69: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	56, // 70: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	32, // 71: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	40, // 72: edgesync.v1.StatusResult.write_result:type_name -> edgesync.v1.ResourceWriteResult
-	35, // 73: edgesync.v1.Subscriptions.subscriptions:type_name -> edgesync.v1.Subscription
-	1,  // 74: edgesync.v1.SubscriptionEvent.type:type_name -> edgesync.v1.EventType
-	56, // 75: edgesync.v1.SubscriptionEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	35, // 76: edgesync.v1.SubscriptionEvent.subscription:type_name -> edgesync.v1.Subscription
-	2,  // 77: edgesync.v1.SubscriptionEvent.state:type_name -> edgesync.v1.SubscriptionState
-	1,  // 78: edgesync.v1.ResourceEvent.type:type_name -> edgesync.v1.EventType
-	56, // 79: edgesync.v1.ResourceEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	3,  // 80: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	4,  // 81: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	81, // [81:82] is the sub-list for method output_type
-	80, // [80:81] is the sub-list for method input_type
-	80, // [80:80] is the sub-list for extension type_name
-	80, // [80:80] is the sub-list for extension extendee
-	0,  // [0:80] is the sub-list for field type_name
+	7,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
+	8,  // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
+	9,  // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
+	10, // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
+	11, // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
+	12, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
+	13, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
+	14, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
+	15, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
+	37, // 9: edgesync.v1.SyncRequest.subscriptions:type_name -> edgesync.v1.Subscriptions
+	40, // 10: edgesync.v1.SyncRequest.resource_write:type_name -> edgesync.v1.ResourceWrite
+	44, // 11: edgesync.v1.SyncRequest.route_result:type_name -> edgesync.v1.RouteResult
+	45, // 12: edgesync.v1.SyncRequest.route_message:type_name -> edgesync.v1.RouteMessage
+	18, // 13: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
+	19, // 14: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
+	20, // 15: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
+	21, // 16: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
+	27, // 17: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
+	34, // 18: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
+	35, // 19: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
+	22, // 20: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
+	25, // 21: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
+	23, // 22: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
+	24, // 23: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
+	50, // 24: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
+	39, // 25: edgesync.v1.SyncResponse.resource_event:type_name -> edgesync.v1.ResourceEvent
+	38, // 26: edgesync.v1.SyncResponse.subscription_event:type_name -> edgesync.v1.SubscriptionEvent
+	43, // 27: edgesync.v1.SyncResponse.route_delivery:type_name -> edgesync.v1.RouteDelivery
+	46, // 28: edgesync.v1.SyncResponse.route_subscriptions:type_name -> edgesync.v1.RouteSubscriptions
+	0,  // 29: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	6,  // 30: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	36, // 31: edgesync.v1.Hello.subscriptions:type_name -> edgesync.v1.Subscription
+	6,  // 32: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	47, // 33: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	48, // 34: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	51, // 35: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	52, // 36: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	52, // 37: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	53, // 38: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	16, // 39: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	54, // 40: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	6,  // 41: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
+	54, // 42: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
+	17, // 43: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	17, // 44: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	49, // 45: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	55, // 46: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 47: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	56, // 48: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 49: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	57, // 50: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 51: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	58, // 52: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 53: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	59, // 54: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 55: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
+	60, // 56: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
+	1,  // 57: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
+	61, // 58: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
+	1,  // 59: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
+	26, // 60: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
+	62, // 61: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	54, // 62: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
+	1,  // 63: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	28, // 64: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	32, // 65: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	62, // 66: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	29, // 67: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	30, // 68: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	31, // 69: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	17, // 70: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	30, // 71: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	63, // 72: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	63, // 73: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	62, // 74: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	33, // 75: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	41, // 76: edgesync.v1.StatusResult.write_result:type_name -> edgesync.v1.ResourceWriteResult
+	36, // 77: edgesync.v1.Subscriptions.subscriptions:type_name -> edgesync.v1.Subscription
+	1,  // 78: edgesync.v1.SubscriptionEvent.type:type_name -> edgesync.v1.EventType
+	62, // 79: edgesync.v1.SubscriptionEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	36, // 80: edgesync.v1.SubscriptionEvent.subscription:type_name -> edgesync.v1.Subscription
+	2,  // 81: edgesync.v1.SubscriptionEvent.state:type_name -> edgesync.v1.SubscriptionState
+	1,  // 82: edgesync.v1.ResourceEvent.type:type_name -> edgesync.v1.EventType
+	62, // 83: edgesync.v1.ResourceEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	3,  // 84: edgesync.v1.RouteDelivery.target:type_name -> edgesync.v1.RouteTarget
+	42, // 85: edgesync.v1.RouteDelivery.headers:type_name -> edgesync.v1.RouteHeader
+	55, // 86: edgesync.v1.RouteDelivery.ttl:type_name -> google.protobuf.Duration
+	42, // 87: edgesync.v1.RouteResult.headers:type_name -> edgesync.v1.RouteHeader
+	4,  // 88: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	5,  // 89: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	89, // [89:90] is the sub-list for method output_type
+	88, // [88:89] is the sub-list for method input_type
+	88, // [88:88] is the sub-list for extension type_name
+	88, // [88:88] is the sub-list for extension extendee
+	0,  // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -4009,6 +4592,8 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncRequest_EventReport)(nil),
 		(*SyncRequest_Subscriptions)(nil),
 		(*SyncRequest_ResourceWrite)(nil),
+		(*SyncRequest_RouteResult)(nil),
+		(*SyncRequest_RouteMessage)(nil),
 	}
 	file_edgesync_v1_sync_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Welcome)(nil),
@@ -4025,14 +4610,16 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_TunnelOpen)(nil),
 		(*SyncResponse_ResourceEvent)(nil),
 		(*SyncResponse_SubscriptionEvent)(nil),
+		(*SyncResponse_RouteDelivery)(nil),
+		(*SyncResponse_RouteSubscriptions)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_sync_proto_rawDesc), len(file_edgesync_v1_sync_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   41,
+			NumEnums:      4,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -66,7 +66,7 @@
 //
 // # Reports
 //
-// Every SyncRequest except Hello, Ack and Nack is a report. Each report
+// Every SyncRequest except Hello, Ack, Nack and RouteResult is a report. Each report
 // carries a request_id chosen by the edge, unique among its unanswered
 // reports. The server answers every report with a StatusResult carrying the
 // same request_id once the Kubernetes write has succeeded or failed for good.
@@ -99,6 +99,35 @@
 // kind, and each subscription's state as SubscriptionEvent
 // (KIND_SUBSCRIPTION). Writes go the other way as ResourceWrite reports,
 // made with the application's own token.
+//
+// # Routed messages
+//
+// KubeEdge's Rule and RuleEndpoint (rules.kubeedge.io/v1) route application
+// messages between the cloud and applications on edge nodes; the server
+// carries them as RouteDelivery, RouteResult, RouteMessage and
+// RouteSubscriptions. They are not objects: they are not latest-wins, and
+// they are not covered by Ack or the object window.
+//
+//   - Cloud to edge (a REST call in the cloud): the server sends
+//     RouteDelivery. Deliveries of one node are sent in the order they were
+//     accepted, at most 64 unanswered at a time; the edge handles those of
+//     one rule in the order received and answers each with RouteResult (id).
+//     A delivery not answered when its stream ends is sent again, in order,
+//     on the node's next stream: at least once. The edge drops a delivery
+//     whose id it has already handled, answering again with the outcome it
+//     sent first. A delivery whose ttl has run out is dropped unanswered.
+//   - Edge to cloud: the server sends RouteSubscriptions (the complete list,
+//     again whenever it changes and on every stream); the edge subscribes
+//     to those MQTT topics and sends each message published on them as a
+//     RouteMessage report. The server answers it once the rule's target has
+//     taken it (OK), or failed for good. The edge keeps it until answered
+//     and sends it again on its next stream; the server drops a RouteMessage
+//     id of the node it has already delivered.
+//
+// A node receives deliveries only for its own name in the request path, and
+// may send up only on topics of rules whose source names it: a RouteMessage
+// on another topic is answered NOT_FOUND, and a RouteResult for an id the
+// node was not sent is ignored.
 //
 // # Errors
 //
