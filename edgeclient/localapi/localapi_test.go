@@ -40,7 +40,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, repo.ClientGoLeakOptions()...)
+	goleak.VerifyTestMain(m, append(repo.ClientGoLeakOptions(),
+		// The controllers' work queues, in the end-to-end tests, end their
+		// metrics loop shortly after shutdown.
+		goleak.IgnoreAnyFunction("k8s.io/client-go/util/workqueue.(*Typed[...]).updateUnfinishedWorkLoop"))...)
 }
 
 // fakeReporter stands in for the edgeclient: what the node holds, and the
