@@ -10,14 +10,15 @@
 //
 // Wiring:
 //
+//	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, Logger: log})
 //	srv, err := server.New(opts)
-//	ctrls, err := controllers.New(controllers.Config{RESTConfig: cfg, Logger: log}, srv)
-//	go ctrls.Run(ctx)             // informers, workers; returns when ctx ends
+//	go ctrls.Run(ctx, srv)        // informers, workers; returns when ctx ends
 //	err = srv.Serve(ctx, lis, ctrls)
 //
-// When the server must be built after the controllers, pass a nil
-// publisher and call SetPublisher before the server serves. Until the
-// caches have synced (Synced), Desired and reports are answered UNAVAILABLE.
+// Dependencies run one way: the controllers are built without the server
+// and are handed it, as the feed.Publisher their workers publish through,
+// when they run. Until the caches have synced (Synced), Desired and
+// reports are answered UNAVAILABLE.
 package controllers
 
 import (
@@ -181,7 +182,9 @@ type Controllers struct {
 	synced    chan struct{} // closed once every cache has synced
 	started   atomic.Bool   // Run was called
 
-	pub latePublisher
+	// pub receives what nodes should get; set by Run before anything
+	// that publishes starts.
+	pub feed.Publisher
 
 	pods    *podsync.Controller
 	devices *devicesync.Controller // nil when disabled
@@ -208,9 +211,8 @@ var (
 )
 
 // New builds the controllers and their informers; nothing talks to the API
-// server before Run. pub receives what each node should get; it may be nil
-// when the publisher is set later with SetPublisher.
-func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
+// server before Run.
+func New(cfg Config) (*Controllers, error) {
 	if cfg.EdgeLabel == "" {
 		cfg.EdgeLabel = DefaultEdgeLabel
 	}
@@ -267,9 +269,6 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	}
 
 	c := &Controllers{cfg: cfg, log: cfg.Logger, synced: make(chan struct{})}
-	if pub != nil {
-		c.SetPublisher(pub)
-	}
 	label := cfg.EdgeLabel
 	isEdge := func(n *corev1.Node) bool { _, ok := n.Labels[label]; return ok }
 
@@ -296,12 +295,12 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if c.pods, err = podsync.New(podsync.Config{
 		Client: cfg.Client, Pods: pods, ConfigMaps: configMaps, Secrets: secrets, Nodes: nodes, IsEdge: isEdge,
 		FieldManager: cfg.FieldManager, WriteGuard: guard, Logger: cfg.Logger.Named("podsync"),
-	}, &c.pub); err != nil {
+	}); err != nil {
 		return nil, err
 	}
 	if c.nodeObj, err = nodesync.New(nodesync.Config{
 		Nodes: nodes, IsEdge: isEdge, Logger: cfg.Logger.Named("nodesync"),
-	}, &c.pub); err != nil {
+	}); err != nil {
 		return nil, err
 	}
 	services := coreinformers.NewServiceInformer(cfg.Client, metav1.NamespaceAll, cfg.ResyncPeriod, cache.Indexers{})
@@ -312,7 +311,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	c.informers = append(c.informers, services, slices)
 	if c.services, err = servicesync.New(servicesync.Config{
 		Services: services, EndpointSlices: slices, Nodes: nodes, IsEdge: isEdge, Logger: cfg.Logger.Named("servicesync"),
-	}, &c.pub); err != nil {
+	}); err != nil {
 		return nil, err
 	}
 	if c.nodes, err = nodestatus.New(nodestatus.Config{
@@ -332,7 +331,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 	if c.tokens, err = tokensync.New(tokensync.Config{
 		Client: cfg.TokenClient, Pods: pods, NodeIndex: podsync.NodeIndex, Nodes: nodes, IsEdge: isEdge,
 		Registerer: cfg.Registerer, Clock: cfg.Clock, Logger: cfg.Logger.Named("tokensync"),
-	}, &c.pub); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("controllers: %w", err)
 	}
 	if _, err := nodes.AddEventHandler(c.nodeLifecycle(isEdge)); err != nil {
@@ -350,7 +349,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		if c.devices, err = devicesync.New(devicesync.Config{
 			Dynamic: cfg.Dynamic, Devices: devices, Models: models, Nodes: nodes, IsEdge: isEdge,
 			FieldManager: cfg.FieldManager, WriteGuard: guard, Logger: cfg.Logger.Named("devicesync"),
-		}, &c.pub); err != nil {
+		}); err != nil {
 			return nil, err
 		}
 	}
@@ -367,7 +366,7 @@ func New(cfg Config, pub feed.Publisher) (*Controllers, error) {
 		}
 		if c.owners, err = ownership.New(ownership.Config{
 			Client: client, ReplicaClient: replicaClient, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address,
-			LeaseDuration: o.LeaseDuration, Sessions: &c.pub, Logger: cfg.Logger.Named("ownership"),
+			LeaseDuration: o.LeaseDuration, Logger: cfg.Logger.Named("ownership"),
 		}); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)
 		}
@@ -413,32 +412,11 @@ func budgetClient(client kubernetes.Interface, restConfig *rest.Config, fallback
 	return kubernetes.NewForConfig(own)
 }
 
-// SetPublisher sets where published objects go, for servers that are built
-// after the controllers. Call it before any node can connect; objects
-// published before are dropped (nodes get them from Desired).
-func (c *Controllers) SetPublisher(pub feed.Publisher) {
-	c.pub.v.Store(&pub)
-}
-
-// latePublisher forwards to a publisher set after construction. Objects
-// published before it is set are dropped: no node is connected yet, and
-// nodes get them from Desired when they connect.
-type latePublisher struct {
-	v atomic.Pointer[feed.Publisher]
-}
-
-func (l *latePublisher) Publish(node string, obj *feed.Object) {
-	if p := l.v.Load(); p != nil {
-		(*p).Publish(node, obj)
-	}
-}
-
-// EndSession ends node's session when the publisher holds sessions.
-func (l *latePublisher) EndSession(node string, reason error) {
-	if p := l.v.Load(); p != nil {
-		if e, ok := (*p).(feed.SessionEnder); ok {
-			e.EndSession(node, reason)
-		}
+// EndSession ends node's session when the publisher holds sessions
+// (feed.SessionEnder); the ownership manager ends sessions through it.
+func (c *Controllers) EndSession(node string, reason error) {
+	if e, ok := c.pub.(feed.SessionEnder); ok {
+		e.EndSession(node, reason)
 	}
 }
 
@@ -452,7 +430,7 @@ func (l *latePublisher) EndSession(node string, reason error) {
 func (c *Controllers) nodeLifecycle(isEdge func(*corev1.Node) bool) cache.ResourceEventHandlerFuncs {
 	notEdge := func(n *corev1.Node) {
 		c.nodes.NodeDeleted(n.Name)
-		c.pub.EndSession(n.Name, c.nodes.NotEdge(n.Name))
+		c.EndSession(n.Name, c.nodes.NotEdge(n.Name))
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
@@ -488,7 +466,7 @@ func (c *Controllers) nodeLifecycle(isEdge func(*corev1.Node) bool) cache.Resour
 			if c.owners != nil {
 				c.owners.NodeDeleted(n.Name)
 			}
-			c.pub.EndSession(n.Name, status.Errorf(codes.FailedPrecondition,
+			c.EndSession(n.Name, status.Errorf(codes.FailedPrecondition,
 				"Node %q was deleted; send NodeRegistration to register it again (until then the node's reports are refused NOT_FOUND)", n.Name))
 		},
 	}
@@ -517,13 +495,19 @@ func dropManagedFields(obj any) (any, error) {
 }
 
 // Run starts the informers, waits for their caches, runs the controllers'
-// workers until ctx ends, and returns once everything it started has
-// stopped. It returns an error only when ctx ended before the caches
-// synced.
-func (c *Controllers) Run(ctx context.Context) error {
+// workers, which publish through pub (the server; a feed.SessionEnder too
+// when it holds sessions), until ctx ends, and returns once everything it
+// started has stopped. It returns an error only when ctx ended before the
+// caches synced.
+func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
+	if pub == nil {
+		return errors.New("controllers: Run needs a publisher")
+	}
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("controllers: Run called twice")
 	}
+	// Before any informer or worker starts: they read it without a lock.
+	c.pub = pub
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -552,17 +536,17 @@ func (c *Controllers) Run(ctx context.Context) error {
 
 	errs := make(chan error, 8) // at least one slot per controller below
 	if c.owners != nil {
-		wg.Go(func() { c.owners.Run(ctx) })
+		wg.Go(func() { c.owners.Run(ctx, c) })
 	}
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.events.Run(ctx, c.cfg.Workers) })
-	wg.Go(func() { errs <- c.nodeObj.Run(ctx, c.cfg.Workers) })
-	wg.Go(func() { errs <- c.pods.Run(ctx, c.cfg.Workers) })
-	wg.Go(func() { errs <- c.tokens.Run(ctx, c.cfg.Workers) })
-	wg.Go(func() { errs <- c.services.Run(ctx, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.nodeObj.Run(ctx, pub, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.pods.Run(ctx, pub, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.tokens.Run(ctx, pub, c.cfg.Workers) })
+	wg.Go(func() { errs <- c.services.Run(ctx, pub, c.cfg.Workers) })
 	if c.devices != nil {
-		wg.Go(func() { errs <- c.devices.Run(ctx, c.cfg.Workers) })
+		wg.Go(func() { errs <- c.devices.Run(ctx, pub, c.cfg.Workers) })
 	}
 	<-ctx.Done()
 	cancel()

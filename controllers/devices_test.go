@@ -172,7 +172,7 @@ func TestDevices(t *testing.T) {
 	} {
 		t.Run(set.name, func(t *testing.T) {
 			if _, err := os.Stat(set.dir); err != nil {
-				t.Skipf("no CRDs at %s: %v", set.dir, err)
+				repo.Missing(t, "CRDs at "+set.dir, "the KubeEdge CRDs come from ../shared/kubeedge-crds beside the repository")
 			}
 			installCRDs(t.Context(), t, dyn, set.dir)
 			testDeviceFlow(t, dyn, edgeNode(t, client, "edge-1"), edgeNode(t, client, "edge-2"))

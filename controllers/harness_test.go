@@ -149,13 +149,13 @@ func start(t *testing.T, cfg controllers.Config, pub feed.Publisher) *controller
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	ctrls, err := controllers.New(cfg, pub)
+	ctrls, err := controllers.New(cfg)
 	if err != nil {
 		t.Fatalf("controllers.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ctrls.Run(ctx) }()
+	go func() { done <- ctrls.Run(ctx, pub) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {

@@ -255,7 +255,7 @@ func TestNodeRegistrationStatusAndHeartbeat(t *testing.T) {
 }
 
 func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
-	ctrls, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, DisableDevices: true}, newRecorder())
+	ctrls, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, DisableDevices: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +270,7 @@ func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
 }
 
 func TestNewRejectsAnEdgeLabelThatIsNotALabelKey(t *testing.T) {
-	_, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, EdgeLabel: "not a label!"}, newRecorder())
+	_, err := controllers.New(controllers.Config{RESTConfig: &rest.Config{Host: "https://127.0.0.1:1"}, EdgeLabel: "not a label!"})
 	if err == nil || !strings.Contains(err.Error(), "not a label!") {
 		t.Fatalf("New with a bad edge label: %v, want an error naming it", err)
 	}

@@ -2,12 +2,9 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/edgesync/edgesync/server/pki"
@@ -27,23 +24,11 @@ type nodeKey struct{}
 
 // peerIdentity reads the verified client certificate of the call.
 func peerIdentity(ctx context.Context) (identity, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
+	node, cert := pki.PeerNode(ctx)
+	if cert == nil {
 		return identity{}, false
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return identity{}, false
-	}
-	return identify(info.State.VerifiedChains[0][0]), true
-}
-
-func identify(cert *x509.Certificate) identity {
-	id := identity{admin: pki.IsAdmin(cert), subject: cert.Subject.CommonName}
-	if name, ok := pki.NodeName(cert); ok {
-		id.node = name
-	}
-	return id
+	return identity{node: node, admin: pki.IsAdmin(cert), subject: cert.Subject.CommonName}, true
 }
 
 // authenticated is the default rule (health, reflection): any verified
@@ -61,7 +46,7 @@ func authorizeNode(ctx context.Context) (context.Context, error) {
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the server's CA is required")
 	}
-	if id.node == "" || id.admin {
+	if id.node == "" {
 		return nil, status.Errorf(codes.PermissionDenied, "Sync needs a node certificate (common name %q followed by the node name); certificate %q is not one", pki.NodeCNPrefix, id.subject)
 	}
 	return context.WithValue(ctx, nodeKey{}, id.node), nil
@@ -90,7 +75,7 @@ func logFields(ctx context.Context) logging.Fields {
 	switch {
 	case !ok:
 		return nil
-	case id.node != "" && !id.admin:
+	case id.node != "":
 		return []any{"node", id.node}
 	default:
 		return []any{"client", id.subject}

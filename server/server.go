@@ -24,8 +24,9 @@
 // certificate. The TLS files are re-read when they change (package
 // server/certreload), so replacing them drops no session.
 //
+//	ctrls := controllers.New(...)
 //	srv, err := server.New(opts)
-//	ctrls := controllers.New(..., srv)
+//	go ctrls.Run(ctx, srv)           // the controllers publish to srv
 //	err = srv.Serve(ctx, lis, ctrls) // until ctx ends, then drains
 //
 // # Metrics

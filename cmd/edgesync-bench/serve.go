@@ -198,14 +198,14 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 		RESTConfig: cfg, DisableDevices: true, Logger: logger, Registerer: reg,
 		LeaseQPS: float32(budget.leaseQPS), LeaseBurst: int(2 * budget.leaseQPS), LeaseRenewInterval: budget.leaseRenew,
 		Ownership: own,
-	}, srv)
+	})
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ctrlsDone := make(chan error, 1)
-	go func() { ctrlsDone <- ctrls.Run(ctx) }()
+	go func() { ctrlsDone <- ctrls.Run(ctx, srv) }()
 	select {
 	case <-ctrls.Synced():
 	case err := <-ctrlsDone:

@@ -292,7 +292,7 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 			Namespace: cfg.Ownership.Namespace, Replica: srv.ID(), Address: cfg.Ownership.Address,
 			LeaseDuration: cfg.Ownership.LeaseDuration.Duration, QPS: cfg.Ownership.QPS, Burst: cfg.Ownership.Burst,
 		},
-	}, srv)
+	})
 	if err != nil {
 		return fmt.Errorf("controllers: %w", err)
 	}
@@ -301,7 +301,7 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := ctrls.Run(gctx); err != nil && ctx.Err() == nil {
+		if err := ctrls.Run(gctx, srv); err != nil && ctx.Err() == nil {
 			return fmt.Errorf("controllers: %w", err)
 		}
 		return nil

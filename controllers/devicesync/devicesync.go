@@ -125,11 +125,11 @@ type sentDevice struct {
 	uid  types.UID
 }
 
-// New returns a controller that publishes through pub once Run is called.
+// New returns a controller; Run is given the publisher it publishes through.
 // It starts nothing.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
-	if cfg.Dynamic == nil || cfg.Devices == nil || cfg.Models == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
-		return nil, errors.New("devicesync: Dynamic, Devices, Models, Nodes, IsEdge and a publisher are required")
+func New(cfg Config) (*Controller, error) {
+	if cfg.Dynamic == nil || cfg.Devices == nil || cfg.Models == nil || cfg.Nodes == nil || cfg.IsEdge == nil {
+		return nil, errors.New("devicesync: Dynamic, Devices, Models, Nodes, IsEdge are required")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -138,7 +138,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	c := &Controller{
 		dynamic:      cfg.Dynamic,
 		log:          log,
-		pub:          pub,
 		fieldManager: cfg.FieldManager,
 		isEdge:       cfg.IsEdge,
 		devices:      cfg.Devices.GetIndexer(),
@@ -200,7 +199,11 @@ func (c *Controller) enqueue(obj any) { handlers.EnqueueKey(c.queue, obj) }
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
+	if pub == nil {
+		return errors.New("devicesync: Run needs a publisher")
+	}
+	c.pub = pub // before anything that publishes starts
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "devicesync"})
 	var wg sync.WaitGroup

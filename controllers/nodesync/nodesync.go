@@ -64,11 +64,11 @@ type Controller struct {
 	sent map[string]*corev1.Node
 }
 
-// New returns a controller that publishes through pub once Run is called.
+// New returns a controller; Run is given the publisher it publishes through.
 // It starts nothing.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
-	if cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
-		return nil, errors.New("nodesync: Nodes, IsEdge and a publisher are required")
+func New(cfg Config) (*Controller, error) {
+	if cfg.Nodes == nil || cfg.IsEdge == nil {
+		return nil, errors.New("nodesync: Nodes, IsEdge are required")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -76,7 +76,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	}
 	return &Controller{
 		log:      log,
-		pub:      pub,
 		isEdge:   cfg.IsEdge,
 		informer: cfg.Nodes,
 		nodes:    corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
@@ -88,7 +87,11 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 // Run adds the controller's event handler to the node informer (which the
 // caller starts), waits until it has seen the cache's contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
+	if pub == nil {
+		return errors.New("nodesync: Run needs a publisher")
+	}
+	c.pub = pub // before anything that publishes starts
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodesync"})
 	return handlers.Run(ctx, "nodesync", workers, c.queue, c.addHandlers, c.sync, c.log)

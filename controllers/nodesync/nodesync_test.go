@@ -53,10 +53,11 @@ func newController(t *testing.T) (*Controller, cache.Indexer, *recorder) {
 	t.Helper()
 	inf := cache.NewSharedIndexInformer(&cache.ListWatch{}, &corev1.Node{}, 0, cache.Indexers{})
 	rec := &recorder{got: map[string][]*feed.Object{}}
-	c, err := New(Config{Nodes: inf, IsEdge: func(n *corev1.Node) bool { _, ok := n.Labels[edgeLabel]; return ok }}, rec)
+	c, err := New(Config{Nodes: inf, IsEdge: func(n *corev1.Node) bool { _, ok := n.Labels[edgeLabel]; return ok }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.pub = rec // as Run sets it
 	return c, inf.GetIndexer(), rec
 }
 

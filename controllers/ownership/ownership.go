@@ -61,7 +61,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -73,10 +72,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	coordinationinformers "k8s.io/client-go/informers/coordination/v1"
 	"k8s.io/client-go/kubernetes"
@@ -147,8 +144,6 @@ type Config struct {
 	// until the Lease expires, and HandoverTimeout beyond), and each write.
 	// DefaultHandoverTimeout when zero.
 	HandoverTimeout time.Duration
-	// Sessions ends this replica's session of a node it no longer owns.
-	Sessions feed.SessionEnder
 	// Now tells the time; time.Now when nil.
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -158,6 +153,7 @@ type Config struct {
 // replica. Create it with New and call Run.
 type Manager struct {
 	cfg      Config
+	sessions feed.SessionEnder // set by Run
 	log      *zap.Logger
 	informer cache.SharedIndexInformer
 	leases   coordinationlisters.LeaseNamespaceLister
@@ -182,8 +178,8 @@ type writes struct {
 // New validates cfg and builds a Manager; nothing talks to the API server
 // before Run.
 func New(cfg Config) (*Manager, error) {
-	if cfg.Client == nil || cfg.Namespace == "" || cfg.Replica == "" || cfg.Sessions == nil {
-		return nil, errors.New("ownership: Client, Namespace, Replica and Sessions are required")
+	if cfg.Client == nil || cfg.Namespace == "" || cfg.Replica == "" {
+		return nil, errors.New("ownership: Client, Namespace and Replica are required")
 	}
 	if errs := validation.IsDNS1123Subdomain(replicaPrefix + cfg.Replica); len(errs) > 0 {
 		return nil, fmt.Errorf("ownership: replica id %q cannot name a Lease: %s", cfg.Replica, strings.Join(errs, "; "))
@@ -259,8 +255,10 @@ func (m *Manager) Ready() <-chan struct{} { return m.ready }
 
 // Run keeps the replica Lease renewed, watches the records and hands nodes
 // over until ctx ends; then it deletes the replica Lease so that other
-// replicas may take its nodes at once.
-func (m *Manager) Run(ctx context.Context) {
+// replicas may take its nodes at once. sessions ends this replica's
+// session of a node it no longer owns.
+func (m *Manager) Run(ctx context.Context, sessions feed.SessionEnder) {
+	m.sessions = sessions // before anything that ends sessions starts
 	defer m.handover.ShutDown()
 	defer m.gone.ShutDown()
 	var wg sync.WaitGroup
@@ -300,151 +298,6 @@ func (m *Manager) Run(ctx context.Context) {
 		m.checkOwnLease()
 		timer.Reset(next)
 	}
-}
-
-// renew writes the replica Lease: a merge patch of renewTime, or a create.
-// Nobody but this replica writes its Lease, so the patch carries no
-// resourceVersion and never conflicts (an update would, after a renewal
-// that timed out here but landed, until the cache caught up).
-func (m *Manager) renew(ctx context.Context) error {
-	start := m.cfg.Now()
-	// A renewal may take until this replica would stop trusting its Lease
-	// (a slow API server answers late rather than never); the Lease it
-	// writes says start, so a late one never extends the claim past what
-	// this replica believes.
-	ctx, cancel := context.WithTimeout(ctx, m.renewTimeout(start))
-	defer cancel()
-	leases := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace)
-	name := ReplicaLeaseName(m.cfg.Replica)
-	now := metav1.NewMicroTime(start)
-	spec := coordinationv1.LeaseSpec{
-		HolderIdentity:       ptr.To(m.cfg.Replica),
-		LeaseDurationSeconds: ptr.To(int32(m.cfg.LeaseDuration / time.Second)),
-		RenewTime:            &now,
-	}
-	meta := metav1.ObjectMeta{Labels: map[string]string{LabelKind: KindReplica}}
-	if m.cfg.Address != "" {
-		meta.Annotations = map[string]string{AnnotationAddress: m.cfg.Address}
-	}
-	metaPatch := map[string]any{"labels": meta.Labels}
-	if meta.Annotations != nil {
-		metaPatch["annotations"] = meta.Annotations
-	}
-	patch, err := json.Marshal(map[string]any{"metadata": metaPatch, "spec": spec})
-	if err != nil {
-		return err
-	}
-	_, err = leases.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
-	if apierrors.IsNotFound(err) {
-		meta.Name, meta.Namespace = name, m.cfg.Namespace
-		spec.AcquireTime = &now
-		_, err = leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: meta, Spec: spec}, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			_, err = leases.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
-		}
-	}
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	m.renewedAt = start
-	m.mu.Unlock()
-	select {
-	case <-m.ready:
-	default:
-		m.log.Info("holding the replica Lease", zap.String("lease", name), zap.Duration("duration", m.cfg.LeaseDuration))
-		close(m.ready)
-	}
-	return nil
-}
-
-// renewTimeout is how long a renewal starting at start may take: until
-// this replica's Lease stops being surely valid, and at least a
-// RenewInterval.
-func (m *Manager) renewTimeout(start time.Time) time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.renewedAt.IsZero() {
-		return m.cfg.RenewInterval
-	}
-	return max(m.renewedAt.Add(m.cfg.LeaseDuration-m.cfg.RenewInterval).Sub(start), m.cfg.RenewInterval)
-}
-
-// selfValid reports whether this replica's Lease is surely still valid for
-// every other replica: renewed less than LeaseDuration - RenewInterval ago.
-func (m *Manager) selfValid() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.selfValidLocked()
-}
-
-// selfValidLocked is selfValid with m.mu held.
-func (m *Manager) selfValidLocked() bool {
-	return !m.renewedAt.IsZero() && m.cfg.Now().Sub(m.renewedAt) < m.cfg.LeaseDuration-m.cfg.RenewInterval
-}
-
-// checkOwnLease ends every session this replica holds once its own Lease
-// may have lapsed: other replicas may take its nodes from then on.
-func (m *Manager) checkOwnLease() {
-	if m.selfValid() {
-		return
-	}
-	m.mu.Lock()
-	lapsed := m.claimed
-	m.claimed = make(map[string]int64)
-	m.mu.Unlock()
-	if len(lapsed) == 0 {
-		return
-	}
-	m.log.Warn("replica Lease not renewed in time; ending every session so that other replicas may take the nodes", zap.Int("sessions", len(lapsed)))
-	for node := range lapsed {
-		m.cfg.Sessions.EndSession(node, status.Errorf(codes.Unavailable,
-			"server %s cannot renew its ownership of nodes with the Kubernetes API server; connect again (possibly to another replica)", m.cfg.Replica))
-	}
-}
-
-// resign deletes the replica Lease after a clean stop.
-func (m *Manager) resign() {
-	m.mu.Lock()
-	m.renewedAt = time.Time{} // owns nothing from now on
-	m.claimed = make(map[string]int64)
-	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	err := m.cfg.ReplicaClient.CoordinationV1().Leases(m.cfg.Namespace).Delete(ctx, ReplicaLeaseName(m.cfg.Replica), metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		m.log.Warn("cannot delete the replica Lease; its nodes move when it expires", zap.Error(err))
-	}
-}
-
-// alive reports whether replica's Lease is valid now, from the cache (this
-// replica's own from its last renewal).
-func (m *Manager) alive(replica string) bool {
-	if replica == m.cfg.Replica {
-		return m.selfValid()
-	}
-	l, err := m.leases.Get(ReplicaLeaseName(replica))
-	if err != nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil || ptr.Deref(l.Spec.HolderIdentity, "") != replica {
-		return false
-	}
-	expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
-	return m.cfg.Now().Before(expires)
-}
-
-// untilExpiry is how long until the Lease of rec's holder expires (a
-// moment after, for clocks' sake); an hour when there is nothing to wait
-// for.
-func (m *Manager) untilExpiry(rec *coordinationv1.Lease) time.Duration {
-	if rec == nil {
-		return time.Hour
-	}
-	holder := ptr.Deref(rec.Spec.HolderIdentity, "")
-	l, err := m.leases.Get(ReplicaLeaseName(holder))
-	if holder == "" || holder == m.cfg.Replica || err != nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
-		return time.Hour
-	}
-	expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second + 100*time.Millisecond)
-	return max(expires.Sub(m.cfg.Now()), 10*time.Millisecond)
 }
 
 // Owner returns the replica that owns node, from the cache: the holder of
@@ -496,227 +349,6 @@ func (m *Manager) Owns(node string) bool {
 	return ok && m.selfValid()
 }
 
-// BeginWrite admits a write for node (its Lease, its status, its pods'
-// status) while this replica owns it, and returns the function to call
-// once the write is done: a node asked for by another replica is handed
-// over only after the writes under way for it finished, so that no write
-// of the old owner lands after the new owner's. A node this replica does
-// not own (any more) gets UNAVAILABLE.
-func (m *Manager) BeginWrite(node string) (done func(), err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.claimed[node]; !ok || !m.selfValidLocked() {
-		return nil, status.Errorf(codes.Unavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
-	}
-	w := m.writing[node]
-	if w == nil {
-		w = &writes{idle: make(chan struct{})}
-		m.writing[node] = w
-	}
-	w.n++
-	return sync.OnceFunc(func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if w.n--; w.n == 0 {
-			close(w.idle)
-			delete(m.writing, node)
-		}
-	}), nil
-}
-
-// awaitWrites waits until no write admitted by BeginWrite is under way for
-// node, at most timeout; it reports whether none is.
-func (m *Manager) awaitWrites(ctx context.Context, node string, timeout time.Duration) bool {
-	m.mu.Lock()
-	w := m.writing[node]
-	m.mu.Unlock()
-	if w == nil {
-		return true
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-w.idle:
-		return true
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	return false
-}
-
-// Claim makes this replica node's owner, taking the record over from a
-// dead holder or asking a live one to hand it over, and returns once the
-// record names this replica. Its error is a gRPC status the edge can act
-// on (UNAVAILABLE: connect again).
-func (m *Manager) Claim(ctx context.Context, node string) error {
-	select {
-	case <-m.ready:
-	default:
-		return status.Errorf(codes.Unavailable, "server %s is not holding its replica Lease yet; connect again shortly", m.cfg.Replica)
-	}
-	// A live holder has HandoverTimeout to hand the node over; a holder
-	// that stopped renewing its Lease is waited for until the Lease
-	// expires, and HandoverTimeout beyond.
-	deadline := time.NewTimer(m.cfg.HandoverTimeout)
-	defer deadline.Stop()
-	waitUntil := time.Now().Add(m.cfg.HandoverTimeout)
-	name := RecordName(node)
-	asked := false
-	for {
-		if !m.selfValid() {
-			return status.Errorf(codes.Unavailable, "server %s cannot renew its replica Lease; connect again (possibly to another replica)", m.cfg.Replica)
-		}
-		changed := m.nextEvent(name)
-		rec, err := m.leases.Get(name)
-		var written *coordinationv1.Lease
-		switch {
-		case apierrors.IsNotFound(err):
-			written, err = m.write(ctx, nil, m.newRecord(node))
-		case err != nil:
-			return status.Errorf(codes.Unavailable, "read ownership of node %q: %v", node, err)
-		default:
-			holder := ptr.Deref(rec.Spec.HolderIdentity, "")
-			wanted := rec.Annotations[AnnotationWantedBy]
-			switch {
-			case holder == m.cfg.Replica && wanted == "":
-				m.claim(node, rec)
-				return nil
-			case holder == m.cfg.Replica, holder == "", !m.alive(holder):
-				// Ours with a stale request, released, or its holder died.
-				written, err = m.write(ctx, rec, m.holdBy(rec, m.cfg.Replica))
-			case m.unresponsive(holder):
-				// Its holder missed a renewal and has most likely died
-				// (its edges are reconnecting everywhere): asking would
-				// cost a write per node and be answered by nobody. Wait
-				// for its Lease to expire.
-				if until := time.Now().Add(m.untilExpiry(rec) + m.cfg.HandoverTimeout); until.After(waitUntil) {
-					waitUntil = until
-					deadline.Reset(time.Until(until))
-				}
-			case wanted != m.cfg.Replica:
-				req := rec.DeepCopy()
-				metav1.SetMetaDataAnnotation(&req.ObjectMeta, AnnotationWantedBy, m.cfg.Replica)
-				_, err = m.write(ctx, rec, req)
-				asked = asked || err == nil
-			default:
-				asked = true // asked before; wait for the holder
-			}
-		}
-		switch {
-		case err == nil && written != nil:
-			m.claim(node, written)
-			return nil
-		case err != nil && !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err):
-			if ctx.Err() != nil {
-				return m.timedOut(node, rec, asked)
-			}
-			return status.Errorf(codes.Unavailable, "take ownership of node %q: %v", node, err)
-		}
-		// Conflict, or waiting for a handover: retry on the record's next
-		// event (the cache then holds a newer version), or when the
-		// holder's Lease expires (a dead holder hands nothing over).
-		expiry := time.NewTimer(m.untilExpiry(rec))
-		select {
-		case <-changed:
-		case <-expiry.C:
-		case <-deadline.C:
-			expiry.Stop()
-			// A holder asked while it looked alive that has missed a
-			// renewal since will not answer: wait for its Lease instead.
-			if holder := holderOf(rec); holder != "" && m.unresponsive(holder) {
-				waitUntil = time.Now().Add(m.untilExpiry(rec) + m.cfg.HandoverTimeout)
-				deadline.Reset(time.Until(waitUntil))
-				continue
-			}
-			return m.timedOut(node, rec, asked)
-		case <-ctx.Done():
-			expiry.Stop()
-			return m.timedOut(node, rec, asked)
-		}
-		expiry.Stop()
-	}
-}
-
-// holderOf is rec's holder; "" for no record.
-func holderOf(rec *coordinationv1.Lease) string {
-	if rec == nil {
-		return ""
-	}
-	return ptr.Deref(rec.Spec.HolderIdentity, "")
-}
-
-// write creates (cur nil) or updates a node record, within HandoverTimeout.
-func (m *Manager) write(ctx context.Context, cur, next *coordinationv1.Lease) (*coordinationv1.Lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.HandoverTimeout)
-	defer cancel()
-	leases := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace)
-	if cur == nil {
-		return leases.Create(ctx, next, metav1.CreateOptions{})
-	}
-	return leases.Update(ctx, next, metav1.UpdateOptions{})
-}
-
-// unresponsive reports whether replica's Lease, still valid, was last
-// renewed more than half its duration ago: a live replica renews it at
-// least twice per duration (New enforces it), so this one missed a
-// renewal and has most likely died.
-func (m *Manager) unresponsive(replica string) bool {
-	l, err := m.leases.Get(ReplicaLeaseName(replica))
-	if err != nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
-		return false
-	}
-	late := time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second / 2
-	return m.cfg.Now().Sub(l.Spec.RenewTime.Time) > late+unresponsiveSlack
-}
-
-// unresponsiveSlack allows for a slow renewal write and for clocks that
-// differ between replicas.
-const unresponsiveSlack = time.Second
-
-func (m *Manager) timedOut(node string, rec *coordinationv1.Lease, asked bool) error {
-	holder := ""
-	if rec != nil {
-		holder = ptr.Deref(rec.Spec.HolderIdentity, "")
-	}
-	if asked && holder != "" {
-		return status.Errorf(codes.Unavailable, "node %q is held by server %s, which did not hand it over within %s; connect again", node, holder, m.cfg.HandoverTimeout)
-	}
-	return status.Errorf(codes.Unavailable, "could not take ownership of node %q within %s; connect again", node, m.cfg.HandoverTimeout)
-}
-
-func (m *Manager) newRecord(node string) *coordinationv1.Lease {
-	now := metav1.NewMicroTime(m.cfg.Now())
-	return &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: RecordName(node), Namespace: m.cfg.Namespace,
-			Labels:      map[string]string{LabelKind: KindNode},
-			Annotations: map[string]string{AnnotationNode: node},
-		},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(m.cfg.Replica), AcquireTime: &now, LeaseTransitions: ptr.To(int32(0))},
-	}
-}
-
-// holdBy returns rec with holder as its holder and no request pending.
-func (m *Manager) holdBy(rec *coordinationv1.Lease, holder string) *coordinationv1.Lease {
-	next := rec.DeepCopy()
-	delete(next.Annotations, AnnotationWantedBy)
-	delete(next.Annotations, AnnotationReleased)
-	if ptr.Deref(next.Spec.HolderIdentity, "") != holder {
-		now := metav1.NewMicroTime(m.cfg.Now())
-		next.Spec.HolderIdentity = ptr.To(holder)
-		next.Spec.AcquireTime = &now
-		next.Spec.LeaseTransitions = ptr.To(ptr.Deref(next.Spec.LeaseTransitions, 0) + 1)
-	}
-	return next
-}
-
-// claim records that this replica owns node as of rec's version.
-func (m *Manager) claim(node string, rec *coordinationv1.Lease) {
-	m.mu.Lock()
-	m.claimed[node] = version(rec)
-	m.mu.Unlock()
-}
-
 // nextEvent returns a channel closed on the next event of the record name.
 func (m *Manager) nextEvent(name string) <-chan struct{} {
 	m.mu.Lock()
@@ -762,9 +394,9 @@ func (m *Manager) observe(obj any, deleted bool) {
 	switch {
 	case !lost:
 	case holder == "" && !deleted:
-		m.cfg.Sessions.EndSession(node, status.Errorf(codes.Unavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
+		m.sessions.EndSession(node, status.Errorf(codes.Unavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
 	default:
-		m.cfg.Sessions.EndSession(node, status.Errorf(codes.Aborted,
+		m.sessions.EndSession(node, status.Errorf(codes.Aborted,
 			"node %q is now served by server %q; this stream is replaced", node, holder))
 	}
 	if !deleted && holder == m.cfg.Replica {
@@ -773,124 +405,6 @@ func (m *Manager) observe(obj any, deleted bool) {
 		}
 	}
 }
-
-// handOverNext gives one requested record to the replica asking for it,
-// after ending this replica's session of the node.
-func (m *Manager) handOverNext(ctx context.Context) bool {
-	name, quit := m.handover.Get()
-	if quit {
-		return false
-	}
-	defer m.handover.Done(name)
-	rec, err := m.leases.Get(name)
-	if err != nil {
-		m.handover.Forget(name)
-		return true
-	}
-	node, holder, wanted := rec.Annotations[AnnotationNode], ptr.Deref(rec.Spec.HolderIdentity, ""), rec.Annotations[AnnotationWantedBy]
-	if holder != m.cfg.Replica || wanted == "" || wanted == m.cfg.Replica {
-		m.handover.Forget(name)
-		return true
-	}
-	// Stop serving the node before giving it away, unless this replica
-	// claimed it again after the version asking for it (the edge came
-	// back): the next event says whether it is still wanted.
-	m.mu.Lock()
-	if v, ok := m.claimed[node]; ok && v > version(rec) {
-		m.mu.Unlock()
-		m.handover.Forget(name)
-		return true
-	}
-	delete(m.claimed, node)
-	m.mu.Unlock()
-	m.cfg.Sessions.EndSession(node, status.Errorf(codes.Aborted, "node %q connected to server %q; this stream is replaced", node, wanted))
-	// No write for the node begins from now on; the new owner's must not
-	// be followed by one of ours still under way.
-	if !m.awaitWrites(ctx, node, m.cfg.RenewInterval) {
-		m.log.Warn("handing a node over with a write for it still under way", zap.String("node", node), zap.String("to", wanted))
-	}
-	wctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
-	defer cancel()
-	if _, err := m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Update(wctx, m.holdBy(rec, wanted), metav1.UpdateOptions{}); err != nil {
-		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-			m.log.Warn("cannot hand node over", zap.String("node", node), zap.String("to", wanted), zap.Error(err))
-		}
-		m.handover.AddRateLimited(name)
-		return true
-	}
-	m.handover.Forget(name)
-	m.log.Debug("handed node over", zap.String("node", node), zap.String("to", wanted))
-	return true
-}
-
-// Release clears node's holder (an operator's disconnect): the owner ends
-// its session with reason, and the node goes to whichever replica it
-// connects to next.
-func (m *Manager) Release(ctx context.Context, node, reason string) error {
-	rec, err := m.leases.Get(RecordName(node))
-	if err != nil {
-		return err
-	}
-	next := rec.DeepCopy()
-	next.Spec.HolderIdentity = nil
-	delete(next.Annotations, AnnotationWantedBy)
-	metav1.SetMetaDataAnnotation(&next.ObjectMeta, AnnotationReleased, reason)
-	_, err = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Update(ctx, next, metav1.UpdateOptions{})
-	return err
-}
-
-// NodeDeleted queues the deletion of node's record, its Node being gone,
-// so that records do not outlive their nodes. A node that registers again
-// is claimed anew.
-func (m *Manager) NodeDeleted(node string) { m.gone.Add(node) }
-
-// forgetNext deletes one queued record of a deleted node: the holder does,
-// or any replica when the holder is gone.
-func (m *Manager) forgetNext(ctx context.Context) bool {
-	node, quit := m.gone.Get()
-	if quit {
-		return false
-	}
-	defer m.gone.Done(node)
-	rec, err := m.leases.Get(RecordName(node))
-	if err != nil {
-		// Not in the cache: there is no record, or the cache has not seen
-		// its creation yet (a claim just made it); look again a few times.
-		if m.gone.NumRequeues(node) < maxForgetRetries {
-			m.gone.AddRateLimited(node)
-		} else {
-			m.gone.Forget(node)
-		}
-		return true
-	}
-	if holder := ptr.Deref(rec.Spec.HolderIdentity, ""); holder != m.cfg.Replica && holder != "" && m.alive(holder) {
-		m.gone.Forget(node)
-		return true // the holder deletes it
-	}
-	m.mu.Lock()
-	delete(m.claimed, node)
-	m.mu.Unlock()
-	wctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
-	defer cancel()
-	err = m.cfg.Client.CoordinationV1().Leases(m.cfg.Namespace).Delete(wctx, rec.Name, metav1.DeleteOptions{
-		Preconditions: &metav1.Preconditions{ResourceVersion: &rec.ResourceVersion},
-	})
-	switch {
-	case err == nil || apierrors.IsNotFound(err):
-		m.gone.Forget(node)
-	case apierrors.IsConflict(err) && m.gone.NumRequeues(node) < maxForgetRetries:
-		// The cache held an older version (a claim just changed it).
-		m.gone.AddRateLimited(node)
-	default:
-		m.gone.Forget(node)
-		m.log.Info("cannot delete the ownership record of a deleted node", zap.String("node", node), zap.Error(err))
-	}
-	return true
-}
-
-// maxForgetRetries bounds how often the deletion of a deleted node's record
-// is tried again while the cache lags behind the record.
-const maxForgetRetries = 8
 
 var nodeSelector = labels.SelectorFromSet(labels.Set{LabelKind: KindNode})
 

@@ -122,14 +122,14 @@ func startReplicaWith(t *testing.T, ns, id string, settings ownership.Config) *r
 	r := &replica{sessions: newSessions(), writes: w}
 	r.Manager, err = ownership.New(ownership.Config{
 		Client: client, Namespace: ns, Replica: id, Address: id + ".example:7443",
-		LeaseDuration: settings.LeaseDuration, HandoverTimeout: settings.HandoverTimeout, Sessions: r.sessions, Logger: zaptest.NewLogger(t),
+		LeaseDuration: settings.LeaseDuration, HandoverTimeout: settings.HandoverTimeout, Logger: zaptest.NewLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
+	go func() { r.Run(ctx, r.sessions); close(done) }()
 	r.stop = sync.OnceFunc(func() { cancel(); <-done })
 	t.Cleanup(r.stop)
 	select {

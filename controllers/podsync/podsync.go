@@ -110,11 +110,11 @@ type sentPod struct {
 	refs []feed.Key
 }
 
-// New returns a controller that publishes through pub once Run is called.
+// New returns a controller; Run is given the publisher it publishes through.
 // It starts nothing.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
-	if cfg.Client == nil || cfg.Pods == nil || cfg.ConfigMaps == nil || cfg.Secrets == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
-		return nil, errors.New("podsync: Client, Pods, ConfigMaps, Secrets, Nodes, IsEdge and a publisher are required")
+func New(cfg Config) (*Controller, error) {
+	if cfg.Client == nil || cfg.Pods == nil || cfg.ConfigMaps == nil || cfg.Secrets == nil || cfg.Nodes == nil || cfg.IsEdge == nil {
+		return nil, errors.New("podsync: Client, Pods, ConfigMaps, Secrets, Nodes, IsEdge are required")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -123,7 +123,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	c := &Controller{
 		client:       cfg.Client,
 		log:          log,
-		pub:          pub,
 		fieldManager: cfg.FieldManager,
 		isEdge:       cfg.IsEdge,
 		informers:    cfg,
@@ -218,7 +217,11 @@ func onlyStatusChanged(oldPod, newPod *corev1.Pod) bool {
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
+	if pub == nil {
+		return errors.New("podsync: Run needs a publisher")
+	}
+	c.pub = pub // before anything that publishes starts
 	c.podQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "podsync-pods"})
 	c.refQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[feed.Key](),

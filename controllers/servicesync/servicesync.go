@@ -140,18 +140,17 @@ type encodings struct {
 	versions map[string]*feed.Object
 }
 
-// New returns a controller that publishes through pub once Run is called.
+// New returns a controller; Run is given the publisher it publishes through.
 // It starts nothing.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
-	if cfg.Services == nil || cfg.EndpointSlices == nil || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
-		return nil, errors.New("servicesync: Services, EndpointSlices, Nodes, IsEdge and a publisher are required")
+func New(cfg Config) (*Controller, error) {
+	if cfg.Services == nil || cfg.EndpointSlices == nil || cfg.Nodes == nil || cfg.IsEdge == nil {
+		return nil, errors.New("servicesync: Services, EndpointSlices, Nodes, IsEdge are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
 	return &Controller{
 		log:      cfg.Logger,
-		pub:      pub,
 		isEdge:   cfg.IsEdge,
 		cfg:      cfg,
 		services: corelisters.NewServiceLister(cfg.Services.GetIndexer()),
@@ -169,7 +168,11 @@ func (c *Controller) Encodings() int64 { return c.encodings.Load() }
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then
 // runs workers until ctx ends, and returns once they have all stopped.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
+	if pub == nil {
+		return errors.New("servicesync: Run needs a publisher")
+	}
+	c.pub = pub // before anything that publishes starts
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "servicesync"})
 	return handlers.Run(ctx, "servicesync", workers, c.queue, c.addHandlers, c.sync, c.log)

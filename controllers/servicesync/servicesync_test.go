@@ -46,10 +46,11 @@ func TestOneEncodingPerDistinctView(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{last: map[string]map[feed.Key]*feed.Object{}}
-	c, err := New(Config{Services: services, EndpointSlices: slices, Nodes: nodes, IsEdge: func(*corev1.Node) bool { return true }}, rec)
+	c, err := New(Config{Services: services, EndpointSlices: slices, Nodes: nodes, IsEdge: func(*corev1.Node) bool { return true }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.pub = rec // as Run sets it
 	zoneOf := func(i int) string { return fmt.Sprintf("zone-%d", i%10) }
 	for i := range 100 {
 		_ = nodes.GetIndexer().Add(&corev1.Node{ObjectMeta: metav1.ObjectMeta{

@@ -146,11 +146,11 @@ type source struct {
 	expiration time.Duration
 }
 
-// New returns a controller that publishes through pub once Run is called.
+// New returns a controller; Run is given the publisher it publishes through.
 // It starts nothing.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
-	if cfg.Client == nil || cfg.Pods == nil || cfg.NodeIndex == "" || cfg.Nodes == nil || cfg.IsEdge == nil || pub == nil {
-		return nil, errors.New("tokensync: Client, Pods, NodeIndex, Nodes, IsEdge and a publisher are required")
+func New(cfg Config) (*Controller, error) {
+	if cfg.Client == nil || cfg.Pods == nil || cfg.NodeIndex == "" || cfg.Nodes == nil || cfg.IsEdge == nil {
+		return nil, errors.New("tokensync: Client, Pods, NodeIndex, Nodes, IsEdge are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -161,7 +161,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	c := &Controller{
 		client:   cfg.Client,
 		log:      cfg.Logger,
-		pub:      pub,
 		clock:    cfg.Clock,
 		isEdge:   cfg.IsEdge,
 		cfg:      cfg,
@@ -205,7 +204,11 @@ func (c *Controller) work() workqueue.TypedRateLimitingInterface[string] {
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
+	if pub == nil {
+		return errors.New("tokensync: Run needs a publisher")
+	}
+	c.pub = pub // before anything that publishes starts
 	syncKey := func(key string) error { return c.sync(ctx, key) }
 	return handlers.Run(ctx, "tokensync", workers, c.work(), c.addHandlers, syncKey, c.log)
 }

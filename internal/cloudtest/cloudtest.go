@@ -34,14 +34,14 @@ func Start(t testing.TB) *servertest.Env {
 	ctrls, err := controllers.New(controllers.Config{
 		RESTConfig: testcluster.RESTConfig(t), DisableDevices: true,
 		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-	}, nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := servertest.Start(t, ctrls)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ctrls.Run(ctx) }()
+	go func() { done <- ctrls.Run(ctx, env.Server) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {

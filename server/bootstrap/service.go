@@ -31,7 +31,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -323,15 +322,12 @@ func (s *Service) count(method string, err error) {
 
 // callerNode returns the node of the verified client certificate.
 func callerNode(ctx context.Context) (string, error) {
-	p, ok := peer.FromContext(ctx)
-	if ok {
-		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 && len(info.State.VerifiedChains[0]) > 0 {
-			cert := info.State.VerifiedChains[0][0]
-			if name, ok := pki.NodeName(cert); ok && !pki.IsAdmin(cert) {
-				return name, nil
-			}
-			return "", status.Errorf(codes.PermissionDenied, "RenewCertificate needs a node certificate (common name %q followed by the node name); certificate %q is not one", pki.NodeCNPrefix, cert.Subject.CommonName)
-		}
+	node, cert := pki.PeerNode(ctx)
+	switch {
+	case node != "":
+		return node, nil
+	case cert != nil:
+		return "", status.Errorf(codes.PermissionDenied, "RenewCertificate needs a node certificate (common name %q followed by the node name); certificate %q is not one", pki.NodeCNPrefix, cert.Subject.CommonName)
 	}
 	return "", status.Error(codes.Unauthenticated, "RenewCertificate needs the node's current client certificate; a node without one joins with IssueCertificate and a token")
 }

@@ -6,6 +6,7 @@
 package pki
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -24,6 +25,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 )
 
 const (
@@ -231,10 +235,40 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// NodeName returns the node a verified client certificate belongs to.
+// NodeName returns the node a verified client certificate belongs to:
+// its common name is NodeCNPrefix followed by the name, and it is not an
+// admin certificate (which may not act as a node).
 func NodeName(cert *x509.Certificate) (string, bool) {
 	name, ok := strings.CutPrefix(cert.Subject.CommonName, NodeCNPrefix)
-	return name, ok && name != ""
+	return name, ok && name != "" && !IsAdmin(cert)
+}
+
+// PeerCertificate returns the verified client certificate of a gRPC call,
+// or nil when the call has none (no TLS, or no certificate the server
+// verified).
+func PeerCertificate(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
+}
+
+// PeerNode is the one place a call's node is read from its certificate:
+// the node of the verified client certificate, with the certificate (nil
+// when there is none; node is then empty, and empty too for a
+// certificate that is not a node's).
+func PeerNode(ctx context.Context) (node string, cert *x509.Certificate) {
+	cert = PeerCertificate(ctx)
+	if cert == nil {
+		return "", nil
+	}
+	node, _ = NodeName(cert)
+	return node, cert
 }
 
 // IsAdmin reports whether a verified client certificate may call AdminService.

@@ -36,8 +36,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -227,17 +225,11 @@ func (*Broker) AuthFuncOverride(ctx context.Context, _ string) (context.Context,
 
 // callerNode is the node of the call's verified client certificate.
 func callerNode(ctx context.Context) (string, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
+	node, cert := pki.PeerNode(ctx)
+	if cert == nil {
 		return "", status.Error(codes.Unauthenticated, "a node certificate signed by the server's CA is required")
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return "", status.Error(codes.Unauthenticated, "a node certificate signed by the server's CA is required")
-	}
-	cert := info.State.VerifiedChains[0][0]
-	node, ok := pki.NodeName(cert)
-	if !ok || pki.IsAdmin(cert) {
+	if node == "" {
 		return "", status.Errorf(codes.PermissionDenied, "Tunnel needs a node certificate (common name %q followed by the node name); certificate %q is not one", pki.NodeCNPrefix, cert.Subject.CommonName)
 	}
 	return node, nil
