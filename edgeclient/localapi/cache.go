@@ -219,6 +219,15 @@ func (c *objectCache) watch(resource string, from uint64, initial bool, namespac
 	return w, state, from, nil
 }
 
+// quiet returns the latest version when w has received every change so
+// far, for a bookmark: a bookmark at a version whose changes are still on
+// their way to the client would let it resume past them.
+func (c *objectCache) quiet(w *watcher) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rv, len(w.ch) == 0
+}
+
 // stopWatch removes w, if the cache has not already ended it.
 func (c *objectCache) stopWatch(w *watcher) {
 	c.mu.Lock()

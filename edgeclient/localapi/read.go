@@ -284,7 +284,7 @@ func (s *Server) watch(w http.ResponseWriter, req *Request, opts metav1.ListOpti
 		case <-end.C:
 			return
 		case <-bookmarks:
-			if !bookmark(max(last, s.cache.version()), false) {
+			if rv, ok := s.cache.quiet(wt); ok && !bookmark(max(last, rv), false) {
 				return
 			}
 		case ch, ok := <-wt.ch:

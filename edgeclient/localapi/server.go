@@ -163,7 +163,7 @@ func (s *Server) AddResource(r *Resource) {
 // call it from edgeclient.Config.OnEvent.
 func (s *Server) OnEvent(ev edgeclient.Event) {
 	if ev.Type == edgeclient.Deleted {
-		s.forget(ev.Key, types.UID(ev.UID))
+		s.forget(ev.Key)
 		return
 	}
 	s.hold(ev.Object)
@@ -208,7 +208,7 @@ func (s *Server) hold(obj edgeclient.Object) {
 }
 
 // forget stops serving an object the node no longer holds.
-func (s *Server) forget(key edgeclient.Key, uid types.UID) {
+func (s *Server) forget(key edgeclient.Key) {
 	switch key.Kind {
 	case edgesyncv1.Kind_KIND_POD:
 		s.mu.Lock()
@@ -236,7 +236,6 @@ func (s *Server) forget(key edgeclient.Key, uid types.UID) {
 		delete(s.tokens, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
 		s.mu.Unlock()
 	}
-	_ = uid
 }
 
 // servedPod is pod with the status the kubelet last wrote for it. Called
