@@ -47,7 +47,18 @@
 //	certificatesigningrequests  POST: 403 (the agent renews the node's certificate itself).
 //
 // Anything else is 404, as for a group or resource a cluster does not
-// serve. The table of resources is extensible (Server.AddResource).
+// serve.
+//
+// # Extending it
+//
+// What is served is a table of Resources (builtinResources): each names
+// its group, version and kind, its selectable fields, who may read what
+// (Read) and a Handler per write verb. Server.AddResource adds or replaces
+// one; its objects are put in the same cache (and so listed and watched
+// at the same versions). Callers other than the kubelet (edge
+// applications with ServiceAccount tokens, say) are identified by
+// Options.Authenticators and admitted per resource by Resource.Allow;
+// the kubelet's resources admit nobody else.
 //
 // # Offline
 //

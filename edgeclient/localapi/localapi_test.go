@@ -25,6 +25,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -689,5 +690,56 @@ func TestOnlyTheNodesKubeletIsServed(t *testing.T) {
 	f.srv.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/namespaces/app/secrets/used", nil))
 	if rec.Code != http.StatusUnauthorized {
 		t.Errorf("request without TLS: %d, want 401", rec.Code)
+	}
+}
+
+// TestOtherCallersNeedAnAuthenticatorAndAnAllow: a caller with no client
+// certificate is served only when an authenticator knows it, and then
+// only what a resource's Allow admits (none of the kubelet's resources).
+func TestOtherCallersNeedAnAuthenticatorAndAnAllow(t *testing.T) {
+	fake := &fakeReporter{held: []edgeclient.Object{{Pod: pod("app", "web")}}}
+	srv, err := newServer(testNode, fake, Options{Authenticators: []Authenticator{func(r *http.Request) (string, bool, error) {
+		switch r.Header.Get("Authorization") {
+		case "Bearer app":
+			return "system:serviceaccount:app:reader", true, nil
+		case "":
+			return "", false, nil
+		}
+		return "", false, errors.New("bad token")
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		auth string
+		code int
+	}{{"", http.StatusUnauthorized}, {"Bearer forged", http.StatusUnauthorized}, {"Bearer app", http.StatusForbidden}} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/api/v1/namespaces/app/pods/web", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != tc.code {
+			t.Errorf("%q: %d %s, want %d", tc.auth, rec.Code, rec.Body, tc.code)
+		}
+	}
+	// A resource that admits the application.
+	srv.AddResource(&Resource{
+		GroupVersion: coreV1, Plural: "pods", Kind: "Pod", Namespaced: true,
+		New: func() runtime.Object { return &corev1.Pod{} }, NewList: func() runtime.Object { return &corev1.PodList{} },
+		Allow: func(_ *Server, req *Request) error {
+			if req.Verb == "get" && req.Namespace == "app" {
+				return nil
+			}
+			return forbidden(req, "not this")
+		},
+	})
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/namespaces/app/pods/web", nil)
+	req.Header.Set("Authorization", "Bearer app")
+	srv.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Errorf("admitted application: %d %s", rec.Code, rec.Body)
 	}
 }

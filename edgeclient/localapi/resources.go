@@ -38,6 +38,10 @@ type Resource struct {
 	// "create", "update", "patch", "delete", "patch/status",
 	// "create/token".
 	Writes map[string]Handler
+	// Allow, when set, decides whether a caller other than the node's
+	// kubelet (see Options.Authenticators) may make the request; nil
+	// refuses them all (403). The kubelet needs no Allow.
+	Allow func(s *Server, req *Request) error
 	// NoReads: the resource has no get, list or watch (a kind the node
 	// only writes, such as events).
 	NoReads bool

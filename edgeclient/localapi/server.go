@@ -2,6 +2,7 @@ package localapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -43,7 +44,18 @@ type Options struct {
 	// TokenWait is how long a TokenRequest for a pod the node holds waits
 	// for the cloud to push the token; default DefaultTokenWait.
 	TokenWait time.Duration
+	// Authenticators identify callers that present no client
+	// certificate (for example edge applications with ServiceAccount
+	// tokens), tried in order. With any set, Serve accepts connections
+	// without a client certificate; such callers may use only the
+	// resources whose Allow admits them.
+	Authenticators []Authenticator
 }
+
+// Authenticator returns the user a request authenticates as, or ok false
+// when it carries no credentials this authenticator knows. An error
+// refuses the request (401).
+type Authenticator func(r *http.Request) (user string, ok bool, err error)
 
 // waiter is a report on its way: edgeclient.Report.
 type waiter interface {
@@ -282,6 +294,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err != nil {
 		return err
 	}
+	if len(s.opts.Authenticators) > 0 {
+		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsCfg,
@@ -338,8 +353,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req.User = user
 	if user != NodeUser(s.node) {
-		writeError(w, r, forbidden(req, fmt.Sprintf("only node %q's kubelet may use this API", s.node)))
-		return
+		allow := req.Resource.Allow
+		if allow == nil {
+			writeError(w, r, forbidden(req, fmt.Sprintf("only node %q's kubelet may use this resource", s.node)))
+			return
+		}
+		if err := allow(s, req); err != nil {
+			writeError(w, r, err)
+			return
+		}
 	}
 	switch req.Verb {
 	case "get", "list", "watch":
@@ -352,10 +374,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // authenticate returns the caller's user name from its verified client
 // certificate.
 func (s *Server) authenticate(r *http.Request) (string, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return "", false
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		return r.TLS.VerifiedChains[0][0].Subject.CommonName, true
 	}
-	return r.TLS.VerifiedChains[0][0].Subject.CommonName, true
+	for _, a := range s.opts.Authenticators {
+		user, ok, err := a(r)
+		if err != nil {
+			return "", false
+		}
+		if ok {
+			return user, true
+		}
+	}
+	return "", false
 }
 
 // parse finds the resource, namespace, name and verb of a request path:
