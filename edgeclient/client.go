@@ -115,6 +115,13 @@ type Config struct {
 	// node is offline (the oldest are dropped beyond it); default
 	// DefaultEventBuffer.
 	EventBuffer int
+	// NodeStatusReportFrequency is how long ReportNodeStatus may hold back
+	// a node status equal to the last one sent: past it the status is sent
+	// in full again, as the kubelet does every nodeStatusReportFrequency,
+	// so that a Node the cloud changed behind the edge's back is repaired
+	// even if no reconnect happened. Zero means
+	// DefaultNodeStatusReportFrequency.
+	NodeStatusReportFrequency time.Duration
 	// MaxRecvMessageBytes bounds one message from the server; default 16 MiB.
 	MaxRecvMessageBytes int
 	// DialOptions are added to the client's own (for example keepalive).
@@ -228,18 +235,24 @@ type Client struct {
 
 	runMu sync.Mutex // held by Run, so that it runs once at a time
 
-	mu        sync.Mutex // guards the fields below
-	closed    bool
-	state     State
-	changed   chan struct{}      // closed and replaced on every state change
-	reports   map[string]*Report // unanswered reports, latest per object
-	byID      map[uint64]*Report // the same reports by request id
-	lastID    uint64
-	events    eventQueue         // events waiting for the server (events.go)
-	wake      func()             // wakes the current stream's sender; nil when none
-	conn      *grpc.ClientConn   // the current stream's connection; nil when none
-	nodeStat  *corev1.NodeStatus // last reported node status, normalized
-	nodeStatR *Report            // its report
+	mu         sync.Mutex // guards the fields below
+	closed     bool
+	state      State
+	changed    chan struct{}      // closed and replaced on every state change
+	reports    map[string]*Report // unanswered reports, latest per object
+	byID       map[uint64]*Report // the same reports by request id
+	lastID     uint64
+	events     eventQueue         // events waiting for the server (events.go)
+	wake       func()             // wakes the current stream's sender; nil when none
+	conn       *grpc.ClientConn   // the current stream's connection; nil when none
+	nodeStat   *corev1.NodeStatus // last reported node status, normalized
+	nodeStatR  *Report            // its report
+	nodeStatAt time.Time          // when it was submitted
+	// podStats is the last status report of each pod, by report key; they
+	// are sent again after a reconnect (restate.go).
+	podStats map[string]*edgesyncv1.SyncRequest
+	// syncs counts completed initial syncs, over all streams.
+	syncs uint64
 	// registration is the last NodeRegistration asked for, sent again when
 	// the server says the Node does not exist.
 	registration *edgesyncv1.NodeRegistration
@@ -267,12 +280,16 @@ func New(cfg Config) (*Client, error) {
 	if cfg.AckDelay <= 0 {
 		cfg.AckDelay = DefaultAckDelay
 	}
+	if cfg.NodeStatusReportFrequency <= 0 {
+		cfg.NodeStatusReportFrequency = DefaultNodeStatusReportFrequency
+	}
 	c := &Client{
-		cfg:     cfg,
-		log:     cfg.Logger.With(zap.String("node", cfg.NodeName)),
-		changed: make(chan struct{}),
-		reports: make(map[string]*Report),
-		byID:    make(map[uint64]*Report),
+		cfg:      cfg,
+		log:      cfg.Logger.With(zap.String("node", cfg.NodeName)),
+		changed:  make(chan struct{}),
+		reports:  make(map[string]*Report),
+		byID:     make(map[uint64]*Report),
+		podStats: make(map[string]*edgesyncv1.SyncRequest),
 	}
 	c.events.limit = cmp.Or(max(cfg.EventBuffer, 0), DefaultEventBuffer)
 	if _, err := loadCAPool(cfg.CAFile); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -239,15 +240,19 @@ func (c *Client) RegisterNode(reg NodeRegistration) (*Report, error) {
 }
 
 // ReportNodeStatus reports the node's status when it differs from the last
-// one reported (ignoring conditions' lastHeartbeatTime), as the kubelet
-// does. When nothing changed it returns the previous report.
+// one reported (ignoring conditions' lastHeartbeatTime), or when that one
+// was sent more than Config.NodeStatusReportFrequency ago, as the kubelet
+// does. Otherwise it returns the previous report. After a reconnect the
+// client sends the last status again by itself (see restate.go).
 func (c *Client) ReportNodeStatus(st *corev1.NodeStatus) (*Report, error) {
 	norm := st.DeepCopy()
 	for i := range norm.Conditions {
 		norm.Conditions[i].LastHeartbeatTime = metav1.Time{}
 	}
+	now := time.Now()
 	c.mu.Lock()
-	if prev := c.nodeStatR; prev != nil && !prev.failed() && equality.Semantic.DeepEqual(norm, c.nodeStat) {
+	if prev := c.nodeStatR; prev != nil && !prev.failed() && equality.Semantic.DeepEqual(norm, c.nodeStat) &&
+		now.Sub(c.nodeStatAt) < c.cfg.NodeStatusReportFrequency {
 		c.mu.Unlock()
 		return prev, nil
 	}
@@ -261,22 +266,30 @@ func (c *Client) ReportNodeStatus(st *corev1.NodeStatus) (*Report, error) {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.nodeStat, c.nodeStatR = norm, r
+	c.nodeStat, c.nodeStatR, c.nodeStatAt = norm, r, now
 	c.mu.Unlock()
 	return r, nil
 }
 
 // ReportPodStatus reports the status of a pod bound to the node. uid must
-// be the uid of the pod as the node received it.
+// be the uid of the pod as the node received it. The client keeps the last
+// status of each pod it holds and reports it again after a reconnect.
 func (c *Client) ReportPodStatus(namespace, name, uid string, st *corev1.PodStatus) (*Report, error) {
 	msg := &corev1pb.PodStatus{}
 	if err := toProto(st, msg); err != nil {
 		return nil, fmt.Errorf("encode status of pod %s/%s: %w", namespace, name, err)
 	}
-	return c.submit("pod/"+namespace+"/"+name, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_PodStatus{PodStatus: &edgesyncv1.PodStatus{
+	key := podReportKey(namespace, name)
+	req := &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_PodStatus{PodStatus: &edgesyncv1.PodStatus{
 		Namespace: namespace, Name: name, Uid: uid, Status: msg,
-	}}})
+	}}}
+	c.mu.Lock()
+	c.podStats[key] = req
+	c.mu.Unlock()
+	return c.submit(key, proto.CloneOf(req))
 }
+
+func podReportKey(namespace, name string) string { return "pod/" + namespace + "/" + name }
 
 // ReportDeviceStatus reports the observed state of a device bound to the
 // node. The client owns st after the call.

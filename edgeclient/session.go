@@ -467,6 +467,7 @@ func (s *session) control(msg *edgesyncv1.SyncResponse) {
 			st.LastSyncSent, st.LastSyncDeleted = m.SyncComplete.GetObjectsSent(), m.SyncComplete.GetObjectsDeleted()
 		})
 		c.log.Debug("initial sync complete", zap.Uint32("sent", m.SyncComplete.GetObjectsSent()), zap.Uint32("deleted", m.SyncComplete.GetObjectsDeleted()))
+		c.restate()
 	case *edgesyncv1.SyncResponse_StatusResult:
 		c.answer(m.StatusResult)
 	case *edgesyncv1.SyncResponse_TunnelOpen:

@@ -29,6 +29,11 @@
 // edgesync_lease_* metrics show whether it keeps up, and a warning is
 // logged when a Lease went unrenewed for more than three quarters of its
 // duration.
+//
+// A heartbeat also repairs a Node whose Ready condition the cloud changed
+// behind the edge's back (the node lifecycle controller, while the edge was
+// unreachable): the conditions the edge last reported are written again
+// (repair.go).
 package nodestatus
 
 import (
@@ -118,6 +123,9 @@ type Controller struct {
 	reports *reportqueue.Queue // registrations and node status
 	leases  *leases
 	cached  waiters // registrations waiting for their Node in the cache
+	// reported and repairs: see repair.go.
+	reported reportedConditions
+	repairs  prometheus.Counter
 }
 
 // New returns a controller; call Run to apply reports.
@@ -152,6 +160,15 @@ func New(cfg Config) (*Controller, error) {
 	if c.leases, err = newLeases(&c.cfg, c.log.Named("leases")); err != nil {
 		return nil, err
 	}
+	c.repairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "edgesync_node_status_repairs_total",
+		Help: "Heartbeats that found a Node's Ready condition changed by the cloud (the node lifecycle controller, while the node was unreachable) and queued a write of the conditions the node last reported.",
+	})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(c.repairs); err != nil {
+			return nil, fmt.Errorf("nodestatus: register repair metric: %w", err)
+		}
+	}
 	c.reports = reportqueue.New(c.log.Named("reports"), reportqueue.Guarded(cfg.WriteGuard, c.write))
 	return c, nil
 }
@@ -184,10 +201,12 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		}
 		kind = "status"
 	case *edgesyncv1.SyncRequest_Heartbeat:
-		if _, err := edgeNode(&c.cfg, node); err != nil {
+		n, err := edgeNode(&c.cfg, node)
+		if err != nil {
 			answer(reportqueue.Result(req.GetRequestId(), err))
 			return
 		}
+		c.repairIfDiverged(n)
 		c.leases.heartbeat(node, req, answer)
 		return
 	default:
@@ -205,11 +224,13 @@ func (c *Controller) SessionEnded(node string) {
 	c.leases.queue.Drop(node, status.Errorf(codes.Aborted, "the session of node %q ended before its lease was renewed", node))
 }
 
-// NodeDeleted forgets the time of node's last Lease renewal; call it when
+// NodeDeleted forgets the time of node's last Lease renewal and the
+// conditions it last reported; call it when
 // the Node is deleted or stops being an edge node. Renewals still queued
 // check the cache again and are refused.
 func (c *Controller) NodeDeleted(node string) {
 	c.leases.forget(node)
+	c.reported.forget(node)
 }
 
 func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.SyncRequest) error {
@@ -221,6 +242,8 @@ func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.Syn
 		return c.register(ctx, node, m.NodeRegistration)
 	case *edgesyncv1.SyncRequest_NodeStatus:
 		return c.patchStatus(ctx, node, m.NodeStatus.GetStatus())
+	case *edgesyncv1.SyncRequest_Heartbeat: // queued by repairIfDiverged
+		return c.repair(ctx, node)
 	}
 	return status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())
 }
@@ -274,6 +297,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	if err != nil {
 		return fmt.Errorf("create node %q: %w", node, err)
 	}
+	c.reported.set(node, n.Status.Conditions)
 	c.log.Info("registered node", zap.String("node", node))
 	// Nodes accept their status on create, but write it through the status
 	// subresource too in case an admission step dropped it.
@@ -309,6 +333,7 @@ func (c *Controller) patchStatusFrom(ctx context.Context, node string, st *corev
 	if err != nil {
 		return fmt.Errorf("patch status of node %q: %w", node, err)
 	}
+	c.reported.set(node, st.Conditions)
 	return nil
 }
 

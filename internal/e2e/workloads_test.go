@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,9 +32,15 @@ type edgeAgent struct {
 
 // startAgent starts edgesync-agent for a new node with the given labels
 // and waits until its Node is Ready in the apiserver.
-// agentArgs are added to the agent's flags.
+// agentArgs are added to the agent's flags; "--server ADDR" among them
+// replaces the server's address (a proxy in front of it, say).
 func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, node string, nodeLabels map[string]string, agentArgs ...string) *edgeAgent {
 	t.Helper()
+	server := in.addr
+	if i := slices.Index(agentArgs, "--server"); i >= 0 && i+1 < len(agentArgs) {
+		server = agentArgs[i+1]
+		agentArgs = slices.Delete(slices.Clone(agentArgs), i, i+2)
+	}
 	certFile, keyFile := in.nodeCert(t, node)
 	var pairs []string
 	for k, v := range nodeLabels {
@@ -41,7 +48,7 @@ func (in *installation) startAgent(t *testing.T, client kubernetes.Interface, no
 	}
 	a := &edgeAgent{node: node, store: filepath.Join(t.TempDir(), "store-"+node)}
 	a.args = []string{
-		"--server", in.addr, "--node", node,
+		"--server", server, "--node", node,
 		"--ca", filepath.Join(in.pki, "ca.crt"), "--cert", certFile, "--key", keyFile,
 		"--store", a.store, "--labels", strings.Join(pairs, ","),
 	}
