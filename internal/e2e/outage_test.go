@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,6 +87,16 @@ func nodeRecoversAfter(t *testing.T, in *installation, mode outage) {
 		return podAndEndpointReady(t, ns, pod, false)
 	}, in.server, online.proc, flaky.proc)
 	t.Logf("%s: %s Unknown, tainted, its pod not Ready %s after the link went down", mode, flaky.node, time.Since(downAt).Round(time.Second))
+	// As in the field, the link stays down until both ends gave up on it:
+	// the agent notices a dead link, the server ends the silent session.
+	link.waitClientsGaveUp(t, 2*time.Minute)
+	eventually(t, 2*time.Minute, "the server to end the session of "+flaky.node, func() error {
+		if out := in.grpcurl(t, "edgesync.v1.AdminService/ListSessions"); strings.Contains(out, flaky.node) {
+			return fmt.Errorf("the server still lists a session of %s", flaky.node)
+		}
+		return nil
+	}, in.server, online.proc, flaky.proc)
+	t.Logf("%s: both ends gave up on the link %s after it went down", mode, time.Since(downAt).Round(time.Second))
 
 	link.up()
 	reconnected := link.waitForwarding(t, 2*time.Minute)
@@ -204,11 +215,17 @@ type linkProxy struct {
 	lis       net.Listener
 	open      chan struct{} // closed while the link is up
 	conns     map[net.Conn]struct{}
+	pairs     map[*linkPair]struct{} // forwarded connections
+	cut       []*linkPair            // those open when the link went down
 	upSince   time.Time
 	forwarded time.Time     // first connection forwarded since upSince
-	changed   chan struct{} // closed and replaced when forwarded is set
+	changed   chan struct{} // closed and replaced on every change above
 	closed    bool
 }
+
+// linkPair is one forwarded connection; clientLeft says its client (the
+// agent) closed it (guarded by linkProxy.mu).
+type linkPair struct{ clientLeft bool }
 
 func startLinkProxy(t *testing.T, backend string) *linkProxy {
 	t.Helper()
@@ -217,7 +234,7 @@ func startLinkProxy(t *testing.T, backend string) *linkProxy {
 		t.Fatal(err)
 	}
 	p := &linkProxy{addr: lis.Addr().String(), backend: backend, lis: lis, open: make(chan struct{}),
-		conns: map[net.Conn]struct{}{}, changed: make(chan struct{})}
+		conns: map[net.Conn]struct{}{}, pairs: map[*linkPair]struct{}{}, changed: make(chan struct{})}
 	close(p.open)
 	p.serve(lis)
 	t.Cleanup(func() {
@@ -252,6 +269,12 @@ func (p *linkProxy) serve(lis net.Listener) {
 	})
 }
 
+// notify wakes the waiters; the caller holds mu.
+func (p *linkProxy) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
 // track adds c to the open connections, or reports that the proxy closed.
 func (p *linkProxy) track(c net.Conn) bool {
 	p.mu.Lock()
@@ -276,6 +299,15 @@ func (p *linkProxy) gate() chan struct{} {
 	return p.open
 }
 
+func (p *linkProxy) isUp() bool {
+	select {
+	case <-p.gate():
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *linkProxy) forward(in net.Conn) {
 	if !p.track(in) {
 		_ = in.Close()
@@ -288,20 +320,24 @@ func (p *linkProxy) forward(in net.Conn) {
 		return
 	}
 	defer p.untrack(out)
+	pair := &linkPair{}
 	p.mu.Lock()
+	p.pairs[pair] = struct{}{}
 	if p.forwarded.IsZero() && !p.upSince.IsZero() {
 		p.forwarded = time.Now()
-		close(p.changed)
-		p.changed = make(chan struct{})
+		p.notify()
 	}
 	p.mu.Unlock()
-	var wg sync.WaitGroup
-	pump := func(dst, src net.Conn) {
+	defer func() {
+		p.mu.Lock()
+		delete(p.pairs, pair)
+		p.mu.Unlock()
+	}()
+	pump := func(dst, src net.Conn, fromClient bool) {
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
-			if n > 0 {
-				<-p.gate() // a silent link holds what it read
+			if n > 0 && p.isUp() { // a silent link loses what it carries
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
 				}
@@ -310,11 +346,17 @@ func (p *linkProxy) forward(in net.Conn) {
 				break
 			}
 		}
+		p.mu.Lock()
+		pair.clientLeft = pair.clientLeft || fromClient
+		p.notify()
+		p.mu.Unlock()
+		<-p.gate() // a silent link tells neither end that the other left
 		_ = in.Close()
 		_ = out.Close()
 	}
-	wg.Go(func() { pump(out, in) })
-	wg.Go(func() { pump(in, out) })
+	var wg sync.WaitGroup
+	wg.Go(func() { pump(out, in, true) })
+	wg.Go(func() { pump(in, out, false) })
 	wg.Wait()
 }
 
@@ -324,6 +366,10 @@ func (p *linkProxy) down(mode outage) {
 	defer p.mu.Unlock()
 	p.open = make(chan struct{})
 	p.upSince, p.forwarded = time.Time{}, time.Time{}
+	p.cut = p.cut[:0]
+	for pair := range p.pairs {
+		p.cut = append(p.cut, pair)
+	}
 	if mode == outageRefused {
 		_ = p.lis.Close()
 		p.lis = nil
@@ -332,6 +378,31 @@ func (p *linkProxy) down(mode outage) {
 				_ = tc.SetLinger(0) // reset, not a clean close
 			}
 			_ = c.Close()
+		}
+	}
+}
+
+// waitClientsGaveUp waits until the clients of every connection the outage
+// cut have closed it: the agent noticed the dead link.
+func (p *linkProxy) waitClientsGaveUp(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		alive, ch := 0, p.changed
+		for _, pair := range p.cut {
+			if !pair.clientLeft {
+				alive++
+			}
+		}
+		p.mu.Unlock()
+		if alive == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("the agent still holds %d connections the outage cut after %s", alive, timeout)
 		}
 	}
 }
