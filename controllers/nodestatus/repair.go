@@ -38,7 +38,7 @@ import (
 
 // reportedConditions remembers the conditions each node last reported.
 type reportedConditions struct {
-	mu    sync.Mutex                       // guards nodes
+	mu    sync.Mutex                        // guards nodes
 	nodes map[string][]corev1.NodeCondition // never mutated once stored
 }
 
