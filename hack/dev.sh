@@ -120,6 +120,8 @@ start_agent() {
   if [ "$node" = edge-1 ]; then
     # DNS and a TCP proxy for the Services meant for edges, from its store.
     args+=(--dns-address "127.0.0.1:$DNS_PORT" --proxy-cidr 127.100.0.0/16)
+    # Its devices are driven by KubeEdge mappers over DMI (the demo mapper).
+    args+=(--devices dmi --dmi-socket "$DEV/edge-1-dmi.sock")
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" > >(tee "$DEV/agent-$node.events") &
   else
     edgesync-agent "${args[@]}" 2>"$DEV/agent-$node.log" >"$DEV/agent-$node.events" &
@@ -128,6 +130,11 @@ start_agent() {
 }
 start_agent edge-1
 start_agent edge-2
+
+step "starting edgesync-demo-mapper, a KubeEdge DMI mapper for the modbus devices of edge-1 (log in .dev/demo-mapper.log)"
+edgesync-demo-mapper --manager "$DEV/edge-1-dmi.sock" --socket "$DEV/demo-mapper.sock" --protocol modbus \
+  >"$DEV/demo-mapper.log" 2>&1 &
+pids+=($!)
 wait_for "nodes edge-1 and edge-2 to register" 60 kubectl get node edge-1 edge-2
 
 step "creating the demo: a Deployment (with a Service meant for edges) and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
@@ -149,6 +156,12 @@ wait_for "events reported by edge-1 in namespace demo" 60 \
   bash -c "kubectl -n demo get events.events.k8s.io -o jsonpath='{.items[*].reportingInstance}' | grep -qw edge-1"
 kubectl -n demo get events.events.k8s.io -o custom-columns='REASON:.reason,OBJECT:.regarding.name,REPORTED BY:.reportingInstance,NOTE:.note' |
   awk 'NR == 1 || $3 == "edge-1"'
+
+step "the demo mapper drives device demo/thermometer-1 on edge-1: its readings reach the DeviceStatus"
+wait_for "the demo mapper's readings in DeviceStatus demo/thermometer-1" 60 \
+  bash -c "kubectl -n demo get devicestatus thermometer-1 -o jsonpath='{.status.twins[*].reported.value}' | grep -q ."
+kubectl -n demo get devicestatus thermometer-1 \
+  -o custom-columns='DEVICE:.metadata.name,STATE:.status.state,PROPERTY:.status.twins[*].propertyName,REPORTED:.status.twins[*].reported.value'
 
 cat >"$DEV/env" <<ENV
 # source .dev/env: talk to the dev installation.
@@ -172,6 +185,9 @@ cat <<TXT
   grpcurl -cacert \$EDGESYNC_CA -cert \$EDGESYNC_ADMIN_CERT -key \$EDGESYNC_ADMIN_KEY \$EDGESYNC_ADDR edgesync.v1.AdminService/ListSessions
   kubectl -n demo scale deploy web --replicas=4     # the scheduler spreads them over edge-1 and edge-2
   kubectl -n demo get events                        # Pulled, Created, Started... reported by the agents
+  # the demo mapper (KubeEdge DMI, .dev/demo-mapper.log) reports demo/thermometer-1; set its target with kubectl
+  kubectl -n demo get devicestatus thermometer-1 -o yaml -w
+  kubectl -n demo patch device thermometer-1 --type=json -p '[{"op":"replace","path":"/spec/properties/1/desired/value","value":"23"}]'
   ls -l .dev/edge-1/pods/*/volumes/*/               # what edge-1's pods mount: token, ca.crt, namespace, config
   # edge-1's agent answers DNS for the Services meant for edges, from its store (also offline)
   dig @127.0.0.1 -p $DNS_PORT +short web.demo.svc.cluster.local      # edge-1's proxy address for demo/web

@@ -43,7 +43,7 @@ func (a *agent) reportRuntimeEvents(ev edgeclient.Event) {
 				a.containerEvent(pod, c, "Started", fmt.Sprintf("Started container %s", c.Name))
 			}
 		}
-	case ev.Object.Device != nil:
+	case ev.Object.Device != nil && a.dmi == nil: // with DMI, mappers know
 		online := ev.Object.Device.Model != nil
 		if ev.Old != nil && ev.Old.Device != nil && (ev.Old.Device.Model != nil) == online {
 			return // no change

@@ -25,9 +25,10 @@ import (
 	dmiv1beta1 "github.com/edgesync/edgesync/gen/dmi/v1beta1"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
+	"github.com/edgesync/edgesync/internal/repo"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, repo.ClientGoLeakOptions()...) }
 
 // fakeNode is a node's store and the reports it got.
 type fakeNode struct {

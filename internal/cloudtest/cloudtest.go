@@ -31,8 +31,20 @@ import (
 // an error they end with fails the test.
 func Start(t testing.TB) *servertest.Env {
 	t.Helper()
+	return start(t, true)
+}
+
+// StartWithDevices is Start with the device controller too: the
+// devices.kubeedge.io CRDs must be installed (testcluster.InstallCRDs).
+func StartWithDevices(t testing.TB) *servertest.Env {
+	t.Helper()
+	return start(t, false)
+}
+
+func start(t testing.TB, disableDevices bool) *servertest.Env {
+	t.Helper()
 	ctrls, err := controllers.New(controllers.Config{
-		RESTConfig: testcluster.RESTConfig(t), DisableDevices: true,
+		RESTConfig: testcluster.RESTConfig(t), DisableDevices: disableDevices,
 		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 	})
 	if err != nil {
