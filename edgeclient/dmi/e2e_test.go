@@ -184,7 +184,7 @@ func testMapper(t *testing.T, dyn dynamic.Interface, command func(t *testing.T, 
 	}
 	create(models, modelYAML)
 	create(devices, device("thermo-1", node, "modbus"))
-	create(devices, device("valve-1", node, "opcua"))       // no mapper for it
+	create(devices, device("valve-1", node, "opcua"))          // no mapper for it
 	create(devices, device("thermo-9", "elsewhere", "modbus")) // another node's
 	prefix := ns + "/"
 
@@ -369,6 +369,7 @@ func (m *mapper) waitLine(ctx context.Context, t *testing.T, prefix string, cont
 				all = all && strings.Contains(line, c)
 			}
 			if all {
+				t.Logf("mapper: %s", line)
 				return line
 			}
 		case <-ctx.Done():
