@@ -199,7 +199,9 @@ func start(t *testing.T, node *fakeNode, grace time.Duration) *env {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient("unix://"+m.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Calls wait until Run serves the socket.
+	conn, err := grpc.NewClient("unix://"+m.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
 		t.Fatal(err)
 	}
