@@ -442,3 +442,40 @@ func ExampleManager() {
 	_ = m.Changed // from edgeclient.Config.OnEvent
 	_ = m.Run     // next to c.Run
 }
+
+// BenchmarkReportDeviceStatus measures one mapper reporting a changing
+// value over the socket: check, merge and hand-off to the client.
+func BenchmarkReportDeviceStatus(b *testing.B) {
+	node := newFakeNode()
+	node.reports = make(chan *edgesyncv1.DeviceStatus, b.N+10)
+	node.put(device("thermo-1", "modbus", "1", "20"))
+	dir, err := os.MkdirTemp("", "dmi")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	m, err := New(Config{Node: node, NodeName: "edge-1", SocketPath: filepath.Join(dir, "dmi.sock"), NoMapperGrace: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	conn, err := grpc.NewClient("unix://"+m.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client := dmiv1beta1.NewDeviceManagerServiceClient(conn)
+	b.ResetTimer()
+	for i := range b.N {
+		_, err := client.ReportDeviceStatus(ctx, &dmiv1beta1.ReportDeviceStatusRequest{DeviceName: "thermo-1", DeviceNamespace: "ns",
+			ReportedDevice: &dmiv1beta1.DeviceStatus{Twins: []*dmiv1beta1.Twin{{PropertyName: "temperature",
+				Reported: &dmiv1beta1.TwinProperty{Value: fmt.Sprint(i % 100)}}}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
