@@ -139,9 +139,17 @@ func decode(t testing.TB, obj *feed.Object) *edgesyncv1.SyncResponse {
 	return msg
 }
 
-// start runs controllers for the devcluster until the test ends and waits
-// for their caches.
+// start runs controllers for the devcluster, publishing to pub, until the
+// test ends and waits for their caches.
 func start(t *testing.T, cfg controllers.Config, pub feed.Publisher) *controllers.Controllers {
+	t.Helper()
+	ctrls := build(t, cfg)
+	run(t, ctrls, pub)
+	return ctrls
+}
+
+// build builds controllers for the devcluster.
+func build(t *testing.T, cfg controllers.Config) *controllers.Controllers {
 	t.Helper()
 	if cfg.RESTConfig == nil {
 		cfg.RESTConfig = testcluster.RESTConfig(t)
@@ -153,23 +161,35 @@ func start(t *testing.T, cfg controllers.Config, pub feed.Publisher) *controller
 	if err != nil {
 		t.Fatalf("controllers.New: %v", err)
 	}
+	return ctrls
+}
+
+// run runs ctrls, publishing to pub, until the test ends and waits for
+// their caches.
+func run(t *testing.T, ctrls *controllers.Controllers, pub feed.Publisher) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ctrls.Run(ctx, pub) }()
+	var runErr error
+	ended := false
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
+		if !ended {
+			runErr = <-done
+		}
+		if runErr != nil && !errors.Is(runErr, context.Canceled) {
+			t.Errorf("Run: %v", runErr)
 		}
 	})
 	select {
 	case <-ctrls.Synced():
-	case err := <-done:
-		t.Fatalf("Run returned before the caches synced: %v", err)
+	case runErr = <-done:
+		ended = true
+		t.Fatalf("Run returned before the caches synced: %v", runErr)
 	case <-time.After(60 * time.Second):
 		t.Fatal("caches did not sync within 60s")
 	}
-	return ctrls
 }
 
 // edgeNode creates an edge Node and deletes it when the test ends.

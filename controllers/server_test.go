@@ -229,8 +229,10 @@ func (e *edge) report(req *edgesyncv1.SyncRequest) *edgesyncv1.StatusResult {
 // startWithServer runs controllers behind a real server with mTLS.
 func startWithServer(t *testing.T, cfg controllers.Config) (*controllers.Controllers, *servertest.Env) {
 	t.Helper()
-	ctrls := start(t, cfg, nil)
-	return ctrls, servertest.Start(t, ctrls)
+	ctrls := build(t, cfg)
+	env := servertest.Start(t, ctrls)
+	run(t, ctrls, env.Server)
+	return ctrls, env
 }
 
 func TestThroughServerPodsAndReports(t *testing.T) {
