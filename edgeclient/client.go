@@ -98,6 +98,14 @@ type Config struct {
 	// request is answered 501 Not Implemented.
 	TunnelHandler http.Handler
 
+	// HeartbeatWhile, when set, gates the heartbeats the client sends by
+	// itself (every interval, and after a registration): they are sent
+	// only while it returns true. An agent whose node has a liveness of
+	// its own (a kubelet renewing its Lease through package localapi,
+	// which calls Heartbeat) sets it so that the node's Lease lapses when
+	// that liveness stops, as in any cluster. Heartbeat is not gated.
+	HeartbeatWhile func() bool
+
 	// LivenessTimeout ends a stream on which nothing has arrived for this
 	// long (heartbeats are answered, so a live stream is never silent for
 	// long). Zero means four heartbeat intervals, at least a minute.

@@ -322,6 +322,9 @@ func (c *Client) Heartbeat() (*Report, error) {
 // heartbeats for a Node that does not exist yet (NOT_FOUND), so the first
 // heartbeat follows the registration's answer instead (see answer).
 func (c *Client) heartbeat() {
+	if c.cfg.HeartbeatWhile != nil && !c.cfg.HeartbeatWhile() {
+		return
+	}
 	c.mu.Lock()
 	registering := c.reports[registrationKey] != nil
 	c.mu.Unlock()

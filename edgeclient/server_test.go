@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,14 +116,18 @@ type agent struct {
 	done   chan error
 }
 
-func newClient(t *testing.T, addr, caFile, certFile, keyFile, node, storeDir string) *agent {
+func newClient(t *testing.T, addr, caFile, certFile, keyFile, node, storeDir string, configure ...func(*edgeclient.Config)) *agent {
 	t.Helper()
-	c, err := edgeclient.New(edgeclient.Config{
+	cfg := edgeclient.Config{
 		Server: addr, CAFile: caFile, CertFile: certFile, KeyFile: keyFile, NodeName: node,
 		StoreDir: storeDir, AgentVersion: "edgeclient-test",
 		Logger:  zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		Backoff: backoff.Config{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
-	})
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	c, err := edgeclient.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,5 +487,65 @@ func TestServerLargeInitialSync(t *testing.T) {
 	s := wait(t, c.Client, "initial sync", func(s edgeclient.State) bool { return s.Synced })
 	if s.ObjectsHeld != n || s.LastSyncSent != n {
 		t.Errorf("after the initial sync: %d held, server sent %d; want %d", s.ObjectsHeld, s.LastSyncSent, n)
+	}
+}
+
+// TestHeartbeatWhileGatesTheClientsOwnHeartbeats: with HeartbeatWhile
+// closed the client sends no heartbeat of its own (the node's Lease lapses
+// when, say, its kubelet stops renewing it), Heartbeat still sends one,
+// and once the gate opens the periodic heartbeats resume.
+func TestHeartbeatWhileGatesTheClientsOwnHeartbeats(t *testing.T) {
+	const node = "edge-gated"
+	ctrls := feedtest.New()
+	env := servertest.Start(t, ctrls, func(o *server.Options) { o.HeartbeatInterval = 20 * time.Millisecond })
+	certFile, keyFile := env.NodeCert(t, node)
+	var (
+		open    atomic.Bool
+		checked atomic.Int64
+		ticked  = make(chan struct{}, 1)
+	)
+	c := newClient(t, env.Addr, env.CAFile, certFile, keyFile, node, t.TempDir(), func(cfg *edgeclient.Config) {
+		cfg.HeartbeatWhile = func() bool {
+			checked.Add(1)
+			select {
+			case ticked <- struct{}{}:
+			default:
+			}
+			return open.Load()
+		}
+	})
+	c.start()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	beats := func() int {
+		n := 0
+		for _, r := range ctrls.Reports() {
+			if r.Request.GetHeartbeat() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	// Five intervals with the gate closed: none.
+	for checked.Load() < 5 {
+		select {
+		case <-ticked:
+		case <-ctx.Done():
+			t.Fatal("the client never consulted HeartbeatWhile")
+		}
+	}
+	r, err := c.Heartbeat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := beats(); n != 1 {
+		t.Fatalf("%d heartbeats with the gate closed and one asked for, want 1", n)
+	}
+	open.Store(true)
+	if _, err := ctrls.WaitReports(ctx, 4); err != nil {
+		t.Fatalf("heartbeats after the gate opened: %v", err)
 	}
 }

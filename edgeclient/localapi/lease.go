@@ -2,6 +2,9 @@ package localapi
 
 import (
 	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,7 +29,7 @@ func createLease(s *Server, req *Request) (int, runtime.Object, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := s.heartbeat(req); err != nil {
+	if err := s.heartbeat(req, obj); err != nil {
 		return 0, nil, err
 	}
 	return code, obj, nil
@@ -36,20 +39,29 @@ func updateLease(s *Server, req *Request) (int, runtime.Object, error) {
 	if err := readOwnLease(s, req); err != nil {
 		return 0, nil, err
 	}
-	return s.updateLocal(req, func(runtime.Object) error { return s.heartbeat(req) })
+	return s.updateLocal(req, func(obj runtime.Object) error { return s.heartbeat(req, obj) })
 }
 
 func patchLease(s *Server, req *Request) (int, runtime.Object, error) {
 	if err := readOwnLease(s, req); err != nil {
 		return 0, nil, err
 	}
-	return s.patchLocal(req, func(runtime.Object) error { return s.heartbeat(req) })
+	return s.patchLocal(req, func(obj runtime.Object) error { return s.heartbeat(req, obj) })
 }
 
 // heartbeat sends a Heartbeat for a Lease renewal. The cloud's NOT_FOUND
 // (the Node does not exist yet) is no error of the Lease's: the client
 // registers the node again by itself.
-func (s *Server) heartbeat(req *Request) error {
+func (s *Server) heartbeat(req *Request, lease runtime.Object) error {
+	if l, ok := lease.(*coordinationv1.Lease); ok {
+		d := 40 * time.Second // the kubelet's default nodeLeaseDurationSeconds
+		if l.Spec.LeaseDurationSeconds != nil && *l.Spec.LeaseDurationSeconds > 0 {
+			d = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+		}
+		s.mu.Lock()
+		s.leaseUntil = time.Now().Add(d)
+		s.mu.Unlock()
+	}
 	w, err := s.client.Heartbeat()
 	err = s.awaitReport(req, w, err)
 	if apierrors.IsNotFound(err) {

@@ -458,9 +458,15 @@ func TestNodeRegistrationStatusAndLease(t *testing.T) {
 
 	leases := f.protobuf.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: testNode}, Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(testNode), LeaseDurationSeconds: ptr.To[int32](40)}}
+	if f.srv.KubeletAlive() {
+		t.Error("the kubelet is alive before it created its Lease")
+	}
 	created, err := leases.Create(ctx, lease, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !f.srv.KubeletAlive() {
+		t.Error("the kubelet is not alive after it created its Lease")
 	}
 	created.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
 	updated, err := leases.Update(ctx, created, metav1.UpdateOptions{})

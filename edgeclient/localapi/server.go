@@ -126,6 +126,18 @@ type Server struct {
 	// tokensChanged is closed and replaced when they change.
 	tokens        map[types.NamespacedName]*edgesyncv1.ServiceAccountToken
 	tokensChanged chan struct{}
+	// leaseUntil is when the kubelet's last Lease renewal runs out.
+	leaseUntil time.Time
+}
+
+// KubeletAlive reports whether the kubelet's Lease, as it last renewed it
+// here, has not run out: set edgeclient.Config.HeartbeatWhile to it, so
+// that the cloud's Lease of the node lapses when the kubelet stops, as it
+// would in any cluster, rather than being kept alive by the agent.
+func (s *Server) KubeletAlive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Now().Before(s.leaseUntil)
 }
 
 // New makes the local API of the node client speaks for, serving what its
