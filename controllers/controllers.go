@@ -50,6 +50,7 @@ import (
 
 	"github.com/edgesync/edgesync/controllers/autonomy"
 	"github.com/edgesync/edgesync/controllers/devicesync"
+	"github.com/edgesync/edgesync/controllers/dynamicsync"
 	"github.com/edgesync/edgesync/controllers/eventsync"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
@@ -148,7 +149,23 @@ type Config struct {
 	// DisableDevices turns the device controller off, for clusters
 	// without the devices.kubeedge.io CRDs.
 	DisableDevices bool
+	// Subscriptions configures the resources edge applications subscribe
+	// to (package dynamicsync); off when neither Dynamic nor RESTConfig
+	// is set.
+	Subscriptions SubscriptionsConfig
 	Logger         *zap.Logger
+}
+
+// SubscriptionsConfig bounds what edges subscribe to (package
+// dynamicsync); zero values take its defaults.
+type SubscriptionsConfig struct {
+	// MaxPerNode bounds each node's subscriptions, MaxObjectsPerNode the
+	// objects they cover.
+	MaxPerNode        int
+	MaxObjectsPerNode int
+	// IdleTimeout keeps a resource's informer running this long after the
+	// last subscription to it ended; negative stops it at once.
+	IdleTimeout time.Duration
 }
 
 // OwnershipConfig configures node ownership between replicas (package
@@ -200,6 +217,8 @@ type Controllers struct {
 	events *eventsync.Controller
 	// owners decides which replica owns each node; nil with one replica.
 	owners *ownership.Manager
+	// dynamic serves the resources edges subscribe to; nil when off.
+	dynamic *dynamicsync.Controller
 }
 
 var (
@@ -208,6 +227,7 @@ var (
 	_ feed.Claimer     = (*Controllers)(nil)
 	_ feed.Adopter     = (*Controllers)(nil)
 	_ feed.Directory   = (*Controllers)(nil)
+	_ feed.Subscriber  = (*Controllers)(nil)
 )
 
 // New builds the controllers and their informers; nothing talks to the API
@@ -262,7 +282,7 @@ func New(cfg Config) (*Controllers, error) {
 	if cfg.EventClient, err = budgetClient(cfg.EventClient, cfg.RESTConfig, cfg.Client, cfg.EventQPS, cfg.EventBurst, 20, 50); err != nil {
 		return nil, fmt.Errorf("controllers: kubernetes event client: %w", err)
 	}
-	if cfg.Dynamic == nil && !cfg.DisableDevices {
+	if cfg.Dynamic == nil && cfg.RESTConfig != nil {
 		if cfg.Dynamic, err = dynamic.NewForConfig(cfg.RESTConfig); err != nil {
 			return nil, fmt.Errorf("controllers: dynamic client: %w", err)
 		}
@@ -351,6 +371,15 @@ func New(cfg Config) (*Controllers, error) {
 			FieldManager: cfg.FieldManager, WriteGuard: guard, Logger: cfg.Logger.Named("devicesync"),
 		}); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.Dynamic != nil {
+		if c.dynamic, err = dynamicsync.New(dynamicsync.Config{
+			Dynamic: cfg.Dynamic, Client: cfg.Client, Pods: pods, NodeIndex: podsync.NodeIndex,
+			MaxSubscriptions: cfg.Subscriptions.MaxPerNode, MaxObjects: cfg.Subscriptions.MaxObjectsPerNode,
+			IdleTimeout: cfg.Subscriptions.IdleTimeout, Registerer: cfg.Registerer, Logger: cfg.Logger.Named("dynamicsync"),
+		}, &c.pub); err != nil {
+			return nil, fmt.Errorf("controllers: %w", err)
 		}
 	}
 	if o := cfg.Ownership; o.Namespace != "" {
@@ -534,7 +563,7 @@ func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
 		close(c.synced)
 	})
 
-	errs := make(chan error, 8) // at least one slot per controller below
+	errs := make(chan error, 9) // at least one slot per controller below
 	if c.owners != nil {
 		wg.Go(func() { c.owners.Run(ctx, c) })
 	}
@@ -547,6 +576,9 @@ func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
 	wg.Go(func() { errs <- c.services.Run(ctx, pub, c.cfg.Workers) })
 	if c.devices != nil {
 		wg.Go(func() { errs <- c.devices.Run(ctx, pub, c.cfg.Workers) })
+	}
+	if c.dynamic != nil {
+		wg.Go(func() { errs <- c.dynamic.Run(ctx, c.cfg.Workers) })
 	}
 	<-ctx.Done()
 	cancel()
@@ -597,13 +629,25 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 		}
 		objs = append(objs, devs...)
 	}
+	if c.dynamic != nil {
+		subs, err := c.dynamic.Desired(node)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, subs...)
+	}
 	return objs, nil
 }
 
 // Tombstone returns the DELETE event for an object a node should not hold.
 func (c *Controllers) Tombstone(key feed.Key, uid string) (*feed.Object, error) {
-	if key.Kind == edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN {
+	switch key.Kind {
+	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		return c.tokens.Tombstone(key, uid)
+	case edgesyncv1.Kind_KIND_RESOURCE, edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		if c.dynamic != nil {
+			return c.dynamic.Tombstone(key, uid)
+		}
 	}
 	return feed.Tombstone(key, uid)
 }
@@ -630,6 +674,12 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		c.pods.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_EventReport:
 		c.events.HandleReport(node, req, answer)
+	case *edgesyncv1.SyncRequest_Subscriptions:
+		if c.dynamic == nil {
+			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "subscriptions are disabled on this server")))
+			return
+		}
+		c.dynamic.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_DeviceStatus:
 		if c.devices == nil {
 			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "device support is disabled on this server")))
@@ -646,7 +696,21 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 // requesting them again.
 func (c *Controllers) Adopt(node string, held []*edgesyncv1.ObjectRef) {
 	c.tokens.Adopt(node, held)
+	if c.dynamic != nil {
+		c.dynamic.Adopt(node, held)
+	}
 }
+
+// Subscribe takes the subscriptions of a connecting node's Hello
+// (feed.Subscriber; package dynamicsync).
+func (c *Controllers) Subscribe(node string, subs []*edgesyncv1.Subscription) {
+	if c.dynamic != nil {
+		c.dynamic.Subscribe(node, subs)
+	}
+}
+
+// Dynamic returns the controller serving subscriptions, nil when off.
+func (c *Controllers) Dynamic() *dynamicsync.Controller { return c.dynamic }
 
 // Admit refuses a session to a node whose Node is not an edge node
 // (feed.Admitter), from the cache; a node with no Node yet is admitted so
@@ -722,4 +786,7 @@ func (c *Controllers) SessionEnded(node string) {
 	c.nodes.SessionEnded(node)
 	c.tokens.SessionEnded(node)
 	c.events.SessionEnded(node)
+	if c.dynamic != nil {
+		c.dynamic.SessionEnded(node)
+	}
 }
