@@ -153,7 +153,7 @@ type Config struct {
 	// to (package dynamicsync); off when neither Dynamic nor RESTConfig
 	// is set.
 	Subscriptions SubscriptionsConfig
-	Logger         *zap.Logger
+	Logger        *zap.Logger
 }
 
 // SubscriptionsConfig bounds what edges subscribe to (package
