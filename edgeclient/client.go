@@ -264,6 +264,8 @@ type Client struct {
 	// registration is the last NodeRegistration asked for, sent again when
 	// the server says the Node does not exist.
 	registration *edgesyncv1.NodeRegistration
+
+	subs subscriptions // the node's subscriptions (subscriptions.go)
 }
 
 // New checks the configuration, loads the certificate and opens the store.

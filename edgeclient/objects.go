@@ -39,6 +39,11 @@ type Object struct {
 	// Token is a ServiceAccount token a pod on the node mounts. It is a
 	// credential: never log Token.Token.
 	Token *edgesyncv1.ServiceAccountToken
+	// Resource is an object of a resource the node subscribed to, its
+	// JSON in Resource.Object (see Client.Subscribe).
+	Resource *edgesyncv1.ResourceEvent
+	// Subscription is the state of one of the node's subscriptions.
+	Subscription *edgesyncv1.SubscriptionEvent
 }
 
 // k8sMessage is a k8s.io/api type, which encodes to the same protobuf bytes
@@ -75,6 +80,18 @@ func Decode(r *store.Record) (Object, error) {
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		obj.Token = &edgesyncv1.ServiceAccountToken{}
 		if err := proto.Unmarshal(r.Data, obj.Token); err != nil {
+			return Object{}, fmt.Errorf("decode %s: %w", r.Key, err)
+		}
+		return obj, nil
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		obj.Resource = &edgesyncv1.ResourceEvent{}
+		if err := proto.Unmarshal(r.Data, obj.Resource); err != nil {
+			return Object{}, fmt.Errorf("decode %s: %w", r.Key, err)
+		}
+		return obj, nil
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		obj.Subscription = &edgesyncv1.SubscriptionEvent{}
+		if err := proto.Unmarshal(r.Data, obj.Subscription); err != nil {
 			return Object{}, fmt.Errorf("decode %s: %w", r.Key, err)
 		}
 		return obj, nil
@@ -128,10 +145,21 @@ func splitEvent(msg *edgesyncv1.SyncResponse) (ev objectEvent, ok bool, err erro
 		kind, typ, meta, object = edgesyncv1.Kind_KIND_ENDPOINT_SLICE, m.EndpointSliceEvent.GetType(), m.EndpointSliceEvent.GetEndpointSlice().GetMetadata(), m.EndpointSliceEvent.GetEndpointSlice()
 	case *edgesyncv1.SyncResponse_TokenEvent:
 		kind, typ, meta, object = edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, m.TokenEvent.GetType(), m.TokenEvent.GetToken().GetMetadata(), m.TokenEvent.GetToken()
+	case *edgesyncv1.SyncResponse_ResourceEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_RESOURCE, m.ResourceEvent.GetType(), m.ResourceEvent.GetMetadata(), m.ResourceEvent
+	case *edgesyncv1.SyncResponse_SubscriptionEvent:
+		kind, typ, meta, object = edgesyncv1.Kind_KIND_SUBSCRIPTION, m.SubscriptionEvent.GetType(), m.SubscriptionEvent.GetMetadata(), m.SubscriptionEvent
 	default:
 		return objectEvent{}, false, nil
 	}
 	ev.key = store.Key{Kind: kind, Namespace: meta.GetNamespace(), Name: meta.GetName()}
+	if r := msg.GetResourceEvent(); r != nil && meta.GetName() != "" {
+		// Held under "<apiVersion>/<resource>/<name>", as the cloud keys it.
+		ev.key = ResourceKey(r.GetGroup(), r.GetVersion(), r.GetResource(), meta.GetNamespace(), meta.GetName())
+		if r.GetVersion() == "" || r.GetResource() == "" {
+			return ev, true, fmt.Errorf("%s event without version and resource", store.KindName(kind))
+		}
+	}
 	if ev.key.Name == "" {
 		return ev, true, fmt.Errorf("%s event without metadata.name", store.KindName(kind))
 	}

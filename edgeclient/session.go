@@ -185,6 +185,7 @@ func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint)
 	}
 	hello := &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{
 		NodeName: c.cfg.NodeName, AgentVersion: c.cfg.AgentVersion, HeldObjects: refs,
+		Subscriptions: c.subscriptionSet(),
 	}}}
 	if err := stream.Send(hello); err != nil {
 		if errors.Is(err, io.EOF) {

@@ -46,6 +46,10 @@ func KindName(kind edgesyncv1.Kind) string {
 		return "EndpointSlice"
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		return "Token"
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		return "Resource"
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		return "Subscription"
 	}
 	return kind.String()
 }
@@ -54,7 +58,7 @@ func KindName(kind edgesyncv1.Kind) string {
 // a k8s.io/api/core/v1 Pod, ConfigMap, Secret, Node or Service, a
 // k8s.io/api/discovery/v1 EndpointSlice, an edgesync.v1 DeviceEvent
 // carrying the device and its model, or an edgesync.v1
-// ServiceAccountToken.
+// ServiceAccountToken, ResourceEvent or SubscriptionEvent.
 type Record struct {
 	Key             Key
 	UID             string

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/edgesync/edgesync/controllers/servicesync"
@@ -55,8 +56,29 @@ func TestPythonEdgeClient(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A ConfigMap an application of the edge reads through a subscription
+	// (ResourceEvent): the pod's ServiceAccount may list and watch it.
+	if _, err := client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "edge-settings"}, Data: map[string]string{"mode": "eco"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "read-configmaps"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"list", "watch"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "default-reads-configmaps"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "read-configmaps"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "default", Namespace: ns}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	out := e.run(t, pyclient.Command(t, "edge_client.py", in.addr, e.caFile, e.certFile, e.keyFile,
-		e.node, ns, "sensor-reader", e.kubeletVersion, "broker"))
+		e.node, ns, "sensor-reader", e.kubeletVersion, "broker", "edge-settings"))
 	want := fmt.Sprintf("pod_event EVENT_TYPE_APPLY %s/sensor-reader image=registry.example/sensor-reader:3.1", ns)
 	if !strings.Contains(out, want) {
 		t.Fatalf("python client output lacks %q:\n%s", want, out)
@@ -66,6 +88,9 @@ func TestPythonEdgeClient(t *testing.T) {
 		fmt.Sprintf("token_event EVENT_TYPE_APPLY %s/sensor-reader/kube-api-access-", ns),
 		fmt.Sprintf("service_event EVENT_TYPE_APPLY %s/broker clusterIP=", ns),
 		fmt.Sprintf("endpoint_slice_event EVENT_TYPE_APPLY %s/broker-1 service=broker endpoints=192.0.2.30", ns),
+		// The generic object, its JSON decoded, and its subscription.
+		fmt.Sprintf(`resource_event EVENT_TYPE_APPLY v1/configmaps %s/edge-settings kind=ConfigMap data={"mode": "eco"}`, ns),
+		"subscription_event python-configmaps SUBSCRIPTION_STATE_ACTIVE code=0",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("python client output lacks %q:\n%s", want, out)

@@ -4,11 +4,16 @@ Hello, registers the node, waits for a typed PodEvent for the pod it is told
 about, then reports a NodeStatus and waits for the server's answer. Given a
 SERVICE, it also waits for that Service (in NAMESPACE) and an EndpointSlice
 of it, printing both. It also waits for a ServiceAccount token of the pod
-(TokenEvent), printing where the pod mounts it but never the token.
+(TokenEvent), printing where the pod mounts it but never the token. Given a
+CONFIGMAP too, it subscribes in its Hello, as the pod's ServiceAccount
+("default"), to the ConfigMaps of NAMESPACE named CONFIGMAP and waits for
+that generic object (ResourceEvent, the object in JSON) and its
+subscription's state (SubscriptionEvent), printing both.
 
-Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION [SERVICE]
+Usage: edge_client.py ADDR CA CERT KEY NODE NAMESPACE POD KUBELET_VERSION [SERVICE [CONFIGMAP]]
 Exit code 0 when every step succeeded; the steps are printed on stdout.
 """
+import json
 import queue
 import sys
 
@@ -24,6 +29,8 @@ def main():
     service_name = sys.argv[9] if len(sys.argv) > 9 else ""
     saw_service = not service_name
     saw_token = False
+    configmap_name = sys.argv[10] if len(sys.argv) > 10 else ""
+    saw_resource = not configmap_name
     with open(ca, "rb") as f:
         ca_pem = f.read()
     with open(cert, "rb") as f:
@@ -44,7 +51,13 @@ def main():
                 return
             yield item
 
-    outbox.put(sync_pb2.SyncRequest(hello=sync_pb2.Hello(node_name=node, agent_version="python-edge/0.1")))
+    hello = sync_pb2.Hello(node_name=node, agent_version="python-edge/0.1")
+    if configmap_name:
+        hello.subscriptions.add(
+            id="python-configmaps", service_account_namespace=namespace, service_account_name="default",
+            group="", version="v1", resource="configmaps", namespace=namespace,
+            field_selector=f"metadata.name={configmap_name}")
+    outbox.put(sync_pb2.SyncRequest(hello=hello))
     registration = sync_pb2.SyncRequest(request_id=1)
     registration.node_registration.labels["example.com/client"] = "python"
     outbox.put(registration)
@@ -94,6 +107,21 @@ def main():
                       f"expires={tok.expiration_time.seconds}", flush=True)
                 if tok.metadata.namespace == namespace and tok.pod_name == pod_name and tok.token:
                     saw_token = True
+            elif kind == "resource_event":
+                ev = response.resource_event
+                obj = json.loads(ev.object) if ev.object else {}
+                print(f"resource_event {sync_pb2.EventType.Name(ev.type)} {ev.version}/{ev.resource} "
+                      f"{ev.metadata.namespace}/{ev.metadata.name} kind={obj.get('kind')} "
+                      f"data={json.dumps(obj.get('data', {}), sort_keys=True)}", flush=True)
+                if ev.metadata.name == configmap_name and ev.type == sync_pb2.EVENT_TYPE_APPLY:
+                    saw_resource = True
+            elif kind == "subscription_event":
+                ev = response.subscription_event
+                print(f"subscription_event {ev.metadata.name} {sync_pb2.SubscriptionState.Name(ev.state)} "
+                      f"code={ev.code} {ev.message}", flush=True)
+                if ev.state == sync_pb2.SUBSCRIPTION_STATE_ENDED:
+                    print(f"subscription ended: {ev.message}", file=sys.stderr)
+                    return 1
             elif kind == "status_result":
                 result = response.status_result
                 answered[result.request_id] = result
@@ -107,7 +135,7 @@ def main():
             elif kind == "sync_complete":
                 print(f"sync_complete sent={response.sync_complete.objects_sent}", flush=True)
             outbox.put(sync_pb2.SyncRequest(ack=sync_pb2.Ack(sequence=response.sequence)))
-            if sent_status_accepted and saw_service and saw_token:
+            if sent_status_accepted and saw_service and saw_token and saw_resource:
                 return 0
     except grpc.RpcError as err:
         print(f"stream ended: {err.code().name}: {err.details()}", file=sys.stderr)

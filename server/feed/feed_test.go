@@ -55,3 +55,46 @@ func TestTombstoneIsADeleteOfTheRightKind(t *testing.T) {
 		t.Fatal("a tombstone of no kind was encoded")
 	}
 }
+
+func TestResourceNamesRoundTrip(t *testing.T) {
+	tests := []struct {
+		group, version, resource, name string
+		want                           string
+	}{
+		{"apps", "v1", "deployments", "web", "apps/v1/deployments/web"},
+		{"", "v1", "configmaps", "settings", "v1/configmaps/settings"},
+		{"example.com", "v1beta1", "widgets", "w.1", "example.com/v1beta1/widgets/w.1"},
+	}
+	for _, tt := range tests {
+		got := feed.ResourceName(tt.group, tt.version, tt.resource, tt.name)
+		if got != tt.want {
+			t.Errorf("ResourceName(%q, %q, %q, %q) = %q, want %q", tt.group, tt.version, tt.resource, tt.name, got, tt.want)
+		}
+		gv, res, name, ok := feed.SplitResourceName(got)
+		wantGV := tt.version
+		if tt.group != "" {
+			wantGV = tt.group + "/" + tt.version
+		}
+		if !ok || gv != wantGV || res != tt.resource || name != tt.name {
+			t.Errorf("SplitResourceName(%q) = %q, %q, %q, %v", got, gv, res, name, ok)
+		}
+		obj, err := feed.Tombstone(feed.Key{Kind: edgesyncv1.Kind_KIND_RESOURCE, Namespace: "ns", Name: got}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msg edgesyncv1.SyncResponse
+		if err := proto.Unmarshal(obj.Payload, &msg); err != nil {
+			t.Fatal(err)
+		}
+		ev := msg.GetResourceEvent()
+		if ev.GetType() != edgesyncv1.EventType_EVENT_TYPE_DELETE || ev.GetGroup() != tt.group || ev.GetVersion() != tt.version ||
+			ev.GetResource() != tt.resource || ev.GetMetadata().GetName() != tt.name || ev.GetMetadata().GetNamespace() != "ns" {
+			t.Errorf("tombstone of %s decoded as %v", got, &msg)
+		}
+	}
+	for _, bad := range []string{"", "web", "deployments/web", "/deployments/web", "v1//web", "v1/configmaps/"} {
+		if _, _, _, ok := feed.SplitResourceName(bad); ok {
+			t.Errorf("SplitResourceName(%q) accepted a name that is not <apiVersion>/<resource>/<name>", bad)
+		}
+	}
+}
