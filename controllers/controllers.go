@@ -375,7 +375,7 @@ func New(cfg Config) (*Controllers, error) {
 	}
 	if cfg.Dynamic != nil {
 		if c.dynamic, err = dynamicsync.New(dynamicsync.Config{
-			Dynamic: cfg.Dynamic, Client: cfg.Client, Pods: pods, NodeIndex: podsync.NodeIndex,
+			Dynamic: cfg.Dynamic, Client: cfg.Client, Pods: pods, NodeIndex: podsync.NodeIndex, RESTConfig: cfg.RESTConfig,
 			MaxSubscriptions: cfg.Subscriptions.MaxPerNode, MaxObjects: cfg.Subscriptions.MaxObjectsPerNode,
 			IdleTimeout: cfg.Subscriptions.IdleTimeout, Registerer: cfg.Registerer, Logger: cfg.Logger.Named("dynamicsync"),
 		}, &c.pub); err != nil {
@@ -674,7 +674,7 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		c.pods.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_EventReport:
 		c.events.HandleReport(node, req, answer)
-	case *edgesyncv1.SyncRequest_Subscriptions:
+	case *edgesyncv1.SyncRequest_Subscriptions, *edgesyncv1.SyncRequest_ResourceWrite:
 		if c.dynamic == nil {
 			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "subscriptions are disabled on this server")))
 			return

@@ -265,7 +265,8 @@ type Client struct {
 	// the server says the Node does not exist.
 	registration *edgesyncv1.NodeRegistration
 
-	subs subscriptions // the node's subscriptions (subscriptions.go)
+	subs   subscriptions // the node's subscriptions (subscriptions.go)
+	writes uint64        // numbers the keys of resource writes; guarded by mu
 }
 
 // New checks the configuration, loads the certificate and opens the store.

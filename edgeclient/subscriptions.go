@@ -208,3 +208,45 @@ func (c *Client) Resources(group, version, resource, namespace string) ([]*edges
 	}
 	return out, nil
 }
+
+// ErrOffline is returned by WriteResource while the node has no stream to
+// the cloud: writes of edge applications are not queued.
+var ErrOffline = errors.New("the node is offline: writes reach the API server only while it is connected to the cloud")
+
+// WriteResource makes one write of an edge application to the API server,
+// through the cloud, with the application's own ServiceAccount token
+// (ResourceWrite): the API server authorizes it as the application. It
+// waits for the answer (the API server's status and body) or ctx; while
+// the node is offline it returns ErrOffline at once, and a write whose
+// stream ends before the answer is not sent again (ErrOffline too).
+func (c *Client) WriteResource(ctx context.Context, w *edgesyncv1.ResourceWrite) (*edgesyncv1.ResourceWriteResult, error) {
+	if !c.State().Connected {
+		return nil, ErrOffline
+	}
+	c.mu.Lock()
+	c.writes++
+	key := fmt.Sprintf("resource-write/%d", c.writes)
+	c.mu.Unlock()
+	r, err := c.submit(key, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_ResourceWrite{ResourceWrite: proto.CloneOf(w)}})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		changed := c.StateChanged()
+		select {
+		case <-r.Done():
+			res, err := r.Wait(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return res.GetWriteResult(), nil
+		case <-changed:
+			if !c.State().Connected {
+				c.drop(r, ErrOffline)
+			}
+		case <-ctx.Done():
+			c.drop(r, ctx.Err())
+			return nil, ctx.Err()
+		}
+	}
+}

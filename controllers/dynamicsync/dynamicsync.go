@@ -56,6 +56,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	rbacinformers "k8s.io/client-go/informers/rbac/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -107,6 +108,11 @@ type Config struct {
 	// server list it again); DefaultIdleTimeout when zero, none when
 	// negative.
 	IdleTimeout time.Duration
+	// RESTConfig, when set, names the API server the writes of edge
+	// applications (ResourceWrite) go to, made with the application's own
+	// token; its credentials are not used for them. Writes are refused
+	// UNIMPLEMENTED when nil.
+	RESTConfig *rest.Config
 	// Registerer registers edgesync_dynamic_* metrics; none when nil.
 	Registerer prometheus.Registerer
 	Logger     *zap.Logger
@@ -119,6 +125,8 @@ type Controller struct {
 	pub   feed.Publisher
 	queue workqueue.TypedRateLimitingInterface[item]
 	rbac  []cache.SharedIndexInformer
+	// writer makes the writes of edge applications; nil when off.
+	writer *writer
 
 	informersRunning prometheus.Gauge
 	encodes          prometheus.Counter
@@ -242,6 +250,13 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 		resources: make(map[schema.GroupVersionResource]*resource),
 		decisions: make(map[sarKey]decision),
 		apis:      make(map[schema.GroupVersion]map[string]metav1.APIResource),
+	}
+	if cfg.RESTConfig != nil {
+		w, err := newWriter(cfg.RESTConfig)
+		if err != nil {
+			return nil, err
+		}
+		c.writer = w
 	}
 	if cfg.Registerer != nil {
 		for _, m := range []prometheus.Collector{c.informersRunning, c.encodes, c.ended} {
@@ -384,8 +399,13 @@ func (c *Controller) Adopt(node string, held []*edgesyncv1.ObjectRef) {
 	c.mu.Unlock()
 }
 
-// HandleReport takes a Subscriptions report: the node's new set.
+// HandleReport takes a Subscriptions report (the node's new set) or a
+// ResourceWrite (made in the background with the application's token).
 func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
+	if req.GetResourceWrite() != nil {
+		c.handleWrite(node, req, answer)
+		return
+	}
 	subs := req.GetSubscriptions()
 	if subs == nil {
 		answer(reportqueue.Result(req.GetRequestId(), fmt.Errorf("dynamicsync: %T is not a Subscriptions report", req.GetMessage())))
