@@ -168,6 +168,9 @@ type subscription struct {
 	code    codes.Code
 	message string
 	res     *resource // while the subscription holds a reference to it
+	// kind and namespaced describe the resource (discovery).
+	kind       string
+	namespaced bool
 }
 
 type nodeState struct {
@@ -622,6 +625,9 @@ func (c *Controller) check(ctx context.Context, node, id string) error {
 	if wasActive {
 		return nil
 	}
+	c.mu.Lock()
+	s.kind, s.namespaced = api.Kind, api.Namespaced
+	c.mu.Unlock()
 	return c.activate(ctx, node, s)
 }
 
@@ -810,7 +816,7 @@ func (c *Controller) statusLocked(s *subscription) *feed.Object {
 	spec, _ := proto.MarshalOptions{Deterministic: true}.Marshal(s.spec)
 	sum := sha256.New()
 	sum.Write(spec)
-	fmt.Fprintf(sum, "\x00%d\x00%d\x00%s", state, code, message)
+	fmt.Fprintf(sum, "\x00%d\x00%d\x00%s\x00%s\x00%v", state, code, message, s.kind, s.namespaced)
 	version := hex.EncodeToString(sum.Sum(nil)[:8])
 	id := s.spec.GetId()
 	key := feed.Key{Kind: edgesyncv1.Kind_KIND_SUBSCRIPTION, Name: id}
@@ -821,6 +827,8 @@ func (c *Controller) statusLocked(s *subscription) *feed.Object {
 		State:        state,
 		Code:         int32(code),
 		Message:      message,
+		Kind:         s.kind,
+		Namespaced:   s.namespaced,
 	}}})
 	if err != nil {
 		// Encoding a message built here does not fail; a tombstone keeps

@@ -3381,7 +3381,13 @@ type SubscriptionEvent struct {
 	// resource now; subscribe again later).
 	Code int32 `protobuf:"varint,5,opt,name=code,proto3" json:"code,omitempty"`
 	// message explains the state in words a person can act on.
-	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// kind is the resource's kind (for example "Deployment") and namespaced
+	// whether its objects live in namespaces, as the API server's discovery
+	// says; set while ACTIVE, so that an edge serving the resource to
+	// applications (a local Kubernetes API) knows them offline too.
+	Kind          string `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespaced    bool   `protobuf:"varint,8,opt,name=namespaced,proto3" json:"namespaced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3456,6 +3462,20 @@ func (x *SubscriptionEvent) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *SubscriptionEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SubscriptionEvent) GetNamespaced() bool {
+	if x != nil {
+		return x.Namespaced
+	}
+	return false
 }
 
 // ResourceEvent carries one object of a subscribed resource, as the API
@@ -4312,14 +4332,18 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x0elabel_selector\x18\b \x01(\tR\rlabelSelector\x12%\n" +
 	"\x0efield_selector\x18\t \x01(\tR\rfieldSelector\"P\n" +
 	"\rSubscriptions\x12?\n" +
-	"\rsubscriptions\x18\x01 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\"\xb0\x02\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\"\xe4\x02\n" +
 	"\x11SubscriptionEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12L\n" +
 	"\bmetadata\x18\x02 \x01(\v20.k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMetaR\bmetadata\x12=\n" +
 	"\fsubscription\x18\x03 \x01(\v2\x19.edgesync.v1.SubscriptionR\fsubscription\x124\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1e.edgesync.v1.SubscriptionStateR\x05state\x12\x12\n" +
 	"\x04code\x18\x05 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\"\xed\x01\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12\x12\n" +
+	"\x04kind\x18\a \x01(\tR\x04kind\x12\x1e\n" +
+	"\n" +
+	"namespaced\x18\b \x01(\bR\n" +
+	"namespaced\"\xed\x01\n" +
 	"\rResourceEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.edgesync.v1.EventTypeR\x04type\x12L\n" +
 	"\bmetadata\x18\x02 \x01(\v20.k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMetaR\bmetadata\x12\x14\n" +
