@@ -129,7 +129,7 @@ type Controller struct {
 	writer *writer
 
 	informersRunning prometheus.Gauge
-	encodes          prometheus.Counter
+	encodes          *prometheus.CounterVec
 	ended            *prometheus.CounterVec
 
 	wg sync.WaitGroup // resource informers
@@ -241,10 +241,10 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 			Name: "edgesync_dynamic_informers",
 			Help: "Informers running for resources edges subscribed to (one per resource, however many nodes subscribe).",
 		}),
-		encodes: prometheus.NewCounter(prometheus.CounterOpts{
+		encodes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_dynamic_encodes_total",
-			Help: "Object versions of subscribed resources encoded for edges (once per version, however many nodes receive it).",
-		}),
+			Help: "Object versions of subscribed resources encoded for edges (once per version, however many nodes receive it), by resource.",
+		}, []string{"resource"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgesync_dynamic_subscriptions_ended_total",
 			Help: "Subscriptions ended by the server, by gRPC code.",
@@ -420,6 +420,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 
 // SessionEnded forgets node's subscriptions.
 func (c *Controller) SessionEnded(node string) {
+	c.log.Debug("session ended", zap.String("node", node))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ns := c.nodes[node]
@@ -436,6 +437,7 @@ func (c *Controller) SessionEnded(node string) {
 // session (after Adopt) and nothing is published: Desired returns what
 // can be told at once.
 func (c *Controller) setSubscriptions(node string, subs []*edgesyncv1.Subscription, hello bool) {
+	c.log.Debug("subscriptions", zap.String("node", node), zap.Int("subscriptions", len(subs)), zap.Bool("hello", hello))
 	var out []*feed.Object
 	var check []string
 	c.mu.Lock()
@@ -1252,7 +1254,7 @@ func (c *Controller) encode(res *resource, u *unstructured.Unstructured) (*feed.
 		if err != nil {
 			return nil, fmt.Errorf("encode %s: %w", key, err)
 		}
-		c.encodes.Inc()
+		c.encodes.WithLabelValues(gvr.GroupResource().String()).Inc()
 		meta := &metav1pb.ObjectMeta{
 			Name: proto.String(u.GetName()), Uid: proto.String(string(u.GetUID())), ResourceVersion: proto.String(u.GetResourceVersion()),
 		}
