@@ -43,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -72,7 +73,7 @@ const (
 	DefaultMaxSubscriptions = 64
 	DefaultMaxObjects       = 20000
 	DefaultRecheckInterval  = 5 * time.Minute
-	DefaultSyncTimeout      = time.Minute
+	DefaultSyncTimeout      = 30 * time.Second
 	DefaultIdleTimeout      = time.Minute
 )
 
@@ -313,7 +314,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	synced = append(synced, c.cfg.Pods.HasSynced)
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		c.stopAll()
-		return errors.New("dynamicsync: caches did not sync before shutdown")
+		return nil // ended before the caches synced: nothing was served
 	}
 	// The RBAC informers' initial list counted as changes; nothing was
 	// cached before it anyway.
@@ -627,10 +628,43 @@ func (c *Controller) check(ctx context.Context, node, id string) error {
 	if wasActive {
 		return nil
 	}
+	if err := c.serverMayWatch(ctx, s.gvr); err != nil {
+		var st interface{ GRPCStatus() *status.Status }
+		if errors.As(err, &st) {
+			c.endSubscription(node, s, st.GRPCStatus().Code(), st.GRPCStatus().Message())
+			return nil
+		}
+		return err
+	}
 	c.mu.Lock()
 	s.kind, s.namespaced = api.Kind, api.Namespaced
 	c.mu.Unlock()
 	return c.activate(ctx, node, s)
+}
+
+// serverMayWatch checks, before a resource's informer starts, that the
+// server itself may list it: its ClusterRole names the resources edge
+// applications may read (deploy/rbac), and a resource it does not name
+// ends the subscription at once with a message saying so, rather than an
+// informer that never syncs.
+func (c *Controller) serverMayWatch(ctx context.Context, gvr schema.GroupVersionResource) error {
+	c.mu.Lock()
+	_, running := c.resources[gvr]
+	c.mu.Unlock()
+	if running {
+		return nil
+	}
+	_, err := c.cfg.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
+	switch {
+	case err == nil:
+		return nil
+	case apierrors.IsForbidden(err):
+		return status.Errorf(codes.PermissionDenied,
+			"the edgesync server may not list and watch %s: an administrator grants it in the ClusterRole edgesync-server-subscriptions (deploy/rbac)", describe(gvr))
+	case apierrors.IsNotFound(err):
+		return status.Errorf(codes.InvalidArgument, "the API server serves no resource %s", describe(gvr))
+	}
+	return fmt.Errorf("list %s: %w", describe(gvr), err)
 }
 
 // activate starts serving an allowed subscription: its resource's

@@ -85,6 +85,22 @@ func TestSubscriptionsEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An administrator lets the server read the custom resource, as
+	// deploy/rbac says.
+	grantServer := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "edgesync-server-subscriptions-widgets"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{widgets.Group}, Resources: []string{"widgets"}, Verbs: []string{"list", "watch"}},
+	}}
+	if _, err := kube.RbacV1().ClusterRoles().Create(ctx, grantServer, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if _, err := kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: grantServer.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: grantServer.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "edgesync-server", Namespace: "edgesync-system"}},
+	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+
 	reg := prometheus.NewRegistry()
 	ctrls, err := controllers.New(controllers.Config{
 		RESTConfig: testcluster.AsServer(admin), DisableDevices: true, Registerer: reg,

@@ -30,7 +30,7 @@ def main():
     saw_service = not service_name
     saw_token = False
     configmap_name = sys.argv[10] if len(sys.argv) > 10 else ""
-    saw_resource = not configmap_name
+    saw_object = saw_resource = not configmap_name
     with open(ca, "rb") as f:
         ca_pem = f.read()
     with open(cert, "rb") as f:
@@ -114,7 +114,7 @@ def main():
                       f"{ev.metadata.namespace}/{ev.metadata.name} kind={obj.get('kind')} "
                       f"data={json.dumps(obj.get('data', {}), sort_keys=True)}", flush=True)
                 if ev.metadata.name == configmap_name and ev.type == sync_pb2.EVENT_TYPE_APPLY:
-                    saw_resource = True
+                    saw_object = True
             elif kind == "subscription_event":
                 ev = response.subscription_event
                 print(f"subscription_event {ev.metadata.name} {sync_pb2.SubscriptionState.Name(ev.state)} "
@@ -122,6 +122,8 @@ def main():
                 if ev.state == sync_pb2.SUBSCRIPTION_STATE_ENDED:
                     print(f"subscription ended: {ev.message}", file=sys.stderr)
                     return 1
+                # ACTIVE follows the objects the subscription covers.
+                saw_resource = saw_object
             elif kind == "status_result":
                 result = response.status_result
                 answered[result.request_id] = result
