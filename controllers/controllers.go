@@ -378,7 +378,7 @@ func New(cfg Config) (*Controllers, error) {
 			Dynamic: cfg.Dynamic, Client: cfg.Client, Pods: pods, NodeIndex: podsync.NodeIndex, RESTConfig: cfg.RESTConfig,
 			MaxSubscriptions: cfg.Subscriptions.MaxPerNode, MaxObjects: cfg.Subscriptions.MaxObjectsPerNode,
 			IdleTimeout: cfg.Subscriptions.IdleTimeout, Registerer: cfg.Registerer, Logger: cfg.Logger.Named("dynamicsync"),
-		}, &c.pub); err != nil {
+		}); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)
 		}
 	}
@@ -578,7 +578,7 @@ func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
 		wg.Go(func() { errs <- c.devices.Run(ctx, pub, c.cfg.Workers) })
 	}
 	if c.dynamic != nil {
-		wg.Go(func() { errs <- c.dynamic.Run(ctx, c.cfg.Workers) })
+		wg.Go(func() { errs <- c.dynamic.Run(ctx, pub, c.cfg.Workers) })
 	}
 	<-ctx.Done()
 	cancel()

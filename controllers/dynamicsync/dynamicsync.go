@@ -123,7 +123,6 @@ type Config struct {
 type Controller struct {
 	cfg   Config
 	log   *zap.Logger
-	pub   feed.Publisher
 	queue workqueue.TypedRateLimitingInterface[item]
 	rbac  []cache.SharedIndexInformer
 	// writer makes the writes of edge applications; nil when off.
@@ -136,6 +135,7 @@ type Controller struct {
 	wg sync.WaitGroup // resource informers
 
 	mu        sync.Mutex // guards the fields below
+	pub       feed.Publisher // set by Run
 	ctx       context.Context
 	nodes     map[string]*nodeState
 	resources map[schema.GroupVersionResource]*resource
@@ -210,7 +210,7 @@ type decision struct {
 }
 
 // New builds the controller; Run starts it.
-func New(cfg Config, pub feed.Publisher) (*Controller, error) {
+func New(cfg Config) (*Controller, error) {
 	if cfg.Dynamic == nil || cfg.Client == nil || cfg.Pods == nil || cfg.NodeIndex == "" {
 		return nil, errors.New("dynamicsync: Dynamic, Client, Pods and NodeIndex are required")
 	}
@@ -235,7 +235,6 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	c := &Controller{
 		cfg: cfg,
 		log: cfg.Logger,
-		pub: pub,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: "dynamicsync"}),
 		informersRunning: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -294,12 +293,12 @@ func New(cfg Config, pub feed.Publisher) (*Controller, error) {
 	return c, nil
 }
 
-// Run runs the RBAC informers and workers until ctx ends, then stops every
-// resource informer and returns once all have stopped. The pod informer is
-// the caller's.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+// Run runs the RBAC informers and workers, publishing to pub, until ctx
+// ends, then stops every resource informer and returns once all have
+// stopped. The pod informer is the caller's.
+func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) error {
 	c.mu.Lock()
-	c.ctx = ctx
+	c.ctx, c.pub = ctx, pub
 	c.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -1268,9 +1267,12 @@ func (c *Controller) objectChanged(gvr schema.GroupVersionResource, storeKey str
 	if !exists {
 		res.encoding.Forget(key)
 	}
+	pub := c.pub
 	c.mu.Unlock()
 	for node, obj := range sends {
-		c.pub.Publish(node, obj)
+		if pub != nil {
+			pub.Publish(node, obj)
+		}
 	}
 	for _, o := range overflow {
 		c.endSubscription(o.node, o.sub, codes.ResourceExhausted, fmt.Sprintf(
@@ -1305,10 +1307,19 @@ func keyOf(gvr schema.GroupVersionResource, u *unstructured.Unstructured) feed.K
 	return feed.Key{Kind: edgesyncv1.Kind_KIND_RESOURCE, Namespace: u.GetNamespace(), Name: feed.ResourceName(gvr.Group, gvr.Version, gvr.Resource, u.GetName())}
 }
 
+// publish sends objs to node in order. Nothing is published before Run
+// (no node can be connected then: the server admits nodes once the
+// controllers' caches synced).
 func (c *Controller) publish(node string, objs []*feed.Object) {
+	c.mu.Lock()
+	pub := c.pub
+	c.mu.Unlock()
+	if pub == nil {
+		return
+	}
 	for _, o := range objs {
 		if o != nil {
-			c.pub.Publish(node, o)
+			pub.Publish(node, o)
 		}
 	}
 }

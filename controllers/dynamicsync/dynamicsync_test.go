@@ -106,7 +106,7 @@ func TestSubscriptionsEndToEnd(t *testing.T) {
 		RESTConfig: testcluster.AsServer(admin), DisableDevices: true, Registerer: reg,
 		Subscriptions: controllers.SubscriptionsConfig{IdleTimeout: -1},
 		Logger:        zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-	}, nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestSubscriptionsEndToEnd(t *testing.T) {
 	env := servertest.Start(t, ctrls, func(o *server.Options) { o.Registerer, o.Gatherer = serverMetrics, serverMetrics })
 	runCtx, stopCtrls := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ctrls.Run(runCtx) }()
+	go func() { done <- ctrls.Run(runCtx, env.Server) }()
 	t.Cleanup(func() {
 		stopCtrls()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
