@@ -134,7 +134,7 @@ type Controller struct {
 
 	wg sync.WaitGroup // resource informers
 
-	mu        sync.Mutex // guards the fields below
+	mu        sync.Mutex     // guards the fields below
 	pub       feed.Publisher // set by Run
 	ctx       context.Context
 	nodes     map[string]*nodeState
