@@ -1,10 +1,7 @@
 package controllers_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,10 +10,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 
@@ -28,67 +23,11 @@ import (
 	"github.com/edgesync/edgesync/server/feed"
 )
 
-var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
 // installCRDs creates or replaces the CRDs in the YAML files of dir and
 // waits until they are established.
 func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface, dir string) {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no CRD files in %s: %v", dir, err)
-	}
-	crds := dyn.Resource(crdResource)
-	var names []string
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			var obj unstructured.Unstructured
-			if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
-				break
-			} else if err != nil {
-				t.Fatalf("decode %s: %v", file, err)
-			}
-			if obj.GetKind() != "CustomResourceDefinition" {
-				continue
-			}
-			names = append(names, obj.GetName())
-			existing, err := crds.Get(ctx, obj.GetName(), metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				if _, err := crds.Create(ctx, &obj, metav1.CreateOptions{}); err != nil {
-					t.Fatalf("create CRD %s: %v", obj.GetName(), err)
-				}
-				continue
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			existing.Object["spec"] = obj.Object["spec"]
-			existing.SetAnnotations(obj.GetAnnotations())
-			if _, err := crds.Update(ctx, existing, metav1.UpdateOptions{}); err != nil {
-				t.Fatalf("replace CRD %s: %v", obj.GetName(), err)
-			}
-		}
-	}
-	for _, name := range names {
-		eventually(t, "CRD "+name+" established", func() (bool, error) {
-			crd, err := crds.Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true, nil
-				}
-			}
-			return false, nil
-		})
-	}
+	testcluster.InstallCRDs(ctx, t, dyn, dir)
 }
 
 func deviceKey(ns, name string) feed.Key {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/retry"
 )
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -49,21 +50,27 @@ func InstallCRDs(ctx context.Context, t testing.TB, dyn dynamic.Interface, dir s
 				continue
 			}
 			names = append(names, obj.GetName())
-			existing, err := crds.Get(ctx, obj.GetName(), metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				if _, err := crds.Create(ctx, &obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-					t.Fatalf("create CRD %s: %v", obj.GetName(), err)
+			// Tests in other packages may replace the same CRDs (edgesync's
+			// and KubeEdge's share names and are compatible): retry on
+			// conflict.
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				existing, err := crds.Get(ctx, obj.GetName(), metav1.GetOptions{})
+				if apierrors.IsNotFound(err) {
+					_, err = crds.Create(ctx, obj.DeepCopy(), metav1.CreateOptions{})
+					if apierrors.IsAlreadyExists(err) {
+						return apierrors.NewConflict(crdResource.GroupResource(), obj.GetName(), err)
+					}
+					return err
+				} else if err != nil {
+					return err
 				}
-				continue
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			existing.Object["spec"] = obj.Object["spec"]
-			existing.SetAnnotations(obj.GetAnnotations())
-			if _, err := crds.Update(ctx, existing, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
-				// A conflict: another test replaced it at the same time
-				// with a set of the same names; either serves.
-				t.Fatalf("replace CRD %s: %v", obj.GetName(), err)
+				existing.Object["spec"] = obj.Object["spec"]
+				existing.SetAnnotations(obj.GetAnnotations())
+				_, err = crds.Update(ctx, existing, metav1.UpdateOptions{})
+				return err
+			})
+			if err != nil {
+				t.Fatalf("install CRD %s: %v", obj.GetName(), err)
 			}
 		}
 	}
