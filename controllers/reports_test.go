@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -259,6 +260,12 @@ func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		// Run with an ended context stops what New made (work queues).
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = ctrls.Run(ctx, newRecorder())
+	})
 	results := make(answers, 1)
 	ctrls.HandleReport("edge-1", podStatusReport(1, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u"}}, corev1.PodStatus{}), results.answer)
 	if r := results.wait(t); codes.Code(r.GetCode()) != codes.Unavailable {

@@ -222,8 +222,13 @@ func TestSubscriptionsEndToEnd(t *testing.T) {
 		waitResource(ctx, t, a.Client, widgets, ns, "w1", func(o map[string]any) bool { return spec(o, "color") == "purple" })
 		// The subscriptions came back from the store; the Deployment and
 		// Widget w2, unchanged, were not sent again.
-		if n := sent() - before; n != 2 {
-			t.Errorf("after reconnecting the server sent %v objects of subscribed resources, want 2 (the widget changed while the node was away, then again)", n)
+		// Node A holds three objects (the Deployment, w1, w2): sending them
+		// all again would count 4 with the change after the reconnect. The
+		// difference counts 2, or 3 when the server still sent w1's change
+		// to the session it had not yet seen end (unacknowledged, so sent
+		// again on the new one).
+		if n := sent() - before; n < 2 || n > 3 {
+			t.Errorf("after reconnecting the server sent %v objects of subscribed resources, want 2 (the widget changed while the node was away, then again), 3 at most", n)
 		}
 	})
 
