@@ -134,7 +134,11 @@ type session struct {
 	ackSoon bool
 	// objectsUnacked: an object event was applied since the last Ack.
 	objectsUnacked bool
-	nacks          []*edgesyncv1.Nack
+	// objectSeq is the sequence of the last applied batch that carried an
+	// object event: an Ack up to it leaves no object unacknowledged, even
+	// if control messages were applied after the Ack's sequence was taken.
+	objectSeq uint64
+	nacks     []*edgesyncv1.Nack
 }
 
 func (s *session) wakeSender() {
@@ -297,6 +301,9 @@ func (s *session) noteApplied(seq uint64, idle, objects bool) {
 	s.mu.Lock()
 	s.applied = seq
 	s.objectsUnacked = s.objectsUnacked || objects
+	if objects {
+		s.objectSeq = seq
+	}
 	half := uint64(s.welcome.GetAckWindow() / 2)
 	switch {
 	case !s.objectsUnacked:
@@ -536,20 +543,23 @@ func (s *session) send(ctx context.Context) error {
 		s.mu.Lock()
 		nacks, applied, ackNow, ackSoon := s.nacks, s.applied, s.ackNow, s.ackSoon
 		s.nacks, s.ackNow, s.ackSoon = nil, false, false
-		acked := s.acked
+		acked, objectSeq := s.acked, s.objectSeq
 		s.mu.Unlock()
 		for _, n := range nacks {
 			if err := s.write(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Nack{Nack: n}}); err != nil {
 				return err
 			}
 		}
-		if ackNow && applied > acked {
+		// Only object events need an Ack (a timer armed for one that an
+		// earlier Ack already covered must not send one for control
+		// messages alone).
+		if ackNow && applied > acked && objectSeq > acked {
 			if err := s.write(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Ack{Ack: &edgesyncv1.Ack{Sequence: applied}}}); err != nil {
 				return err
 			}
 			s.mu.Lock()
 			s.acked = applied
-			s.objectsUnacked = s.applied > applied
+			s.objectsUnacked = s.objectSeq > applied
 			s.mu.Unlock()
 		} else if ackSoon && ackDue == nil {
 			ackTimer.Reset(c.cfg.AckDelay)
