@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -39,31 +38,23 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	}
 	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	client := func() (kubernetes.Interface, error) { return kubeClient(kubeconfig, "edgesync-server token") }
-	var namespace string
-	cmd.PersistentFlags().StringVar(&namespace, "namespace", "edgesync-system", "the server's namespace (bootstrap.namespace): the CA Secret and the records of used tokens")
 
 	var (
-		opts     bootstrap.TokenOptions
-		caFile   string
-		caSecret string
-		server   string
-		joinDir  string
+		opts    bootstrap.TokenOptions
+		caFile  string
+		server  string
+		joinDir string
 	)
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token and print it with the CA hash and the join command",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := client()
+			hash, err := caHash(caFile)
 			if err != nil {
 				return err
 			}
-			var hash string
-			if caFile != "" {
-				hash, err = caHash(caFile)
-			} else {
-				hash, err = secretCAHash(cmd.Context(), c, namespace, caSecret)
-			}
+			c, err := client()
 			if err != nil {
 				return err
 			}
@@ -78,10 +69,9 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	f := create.Flags()
 	f.StringVar(&opts.Node, "node", "", "bind the token to this node name")
 	f.DurationVar(&opts.TTL, "ttl", time.Hour, "how long the token is valid (0: forever)")
-	f.BoolVar(&opts.SingleUse, "single-use", true, "the token joins one node only (--single-use=false: any number of new nodes until it expires)")
+	f.BoolVar(&opts.SingleUse, "single-use", false, "the token joins one node only")
 	f.StringVar(&opts.Description, "description", "", "shown by token list")
-	f.StringVar(&caFile, "ca", "", "the server's CA certificate file (tls.caFile), whose hash the node pins; default: the certificate in the CA Secret (--ca-secret)")
-	f.StringVar(&caSecret, "ca-secret", "edgesync-ca", "Secret holding the server's CA (bootstrap.caSecret, as `certs init --kube` makes it), read when --ca is not given")
+	f.StringVar(&caFile, "ca", "/etc/edgesync/pki/ca.crt", "the server's CA certificate (tls.caFile), whose hash the node pins")
 	f.StringVar(&server, "server", "", "address edges dial, host:port, for the printed join command")
 	f.StringVar(&joinDir, "dir", "/var/lib/edgesync", "directory for the node's certificates, for the printed join command")
 
@@ -94,7 +84,7 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 			if err != nil {
 				return err
 			}
-			tokens, err := bootstrap.ListTokens(cmd.Context(), c, namespace)
+			tokens, err := bootstrap.ListTokens(cmd.Context(), c)
 			if err != nil {
 				return err
 			}
@@ -123,24 +113,6 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	}
 	cmd.AddCommand(create, list, del)
 	return cmd
-}
-
-// secretCAHash returns the hash of the CA certificate in the Secret the
-// server signs with (tls.crt only: the key is not needed).
-func secretCAHash(ctx context.Context, c kubernetes.Interface, namespace, name string) (string, error) {
-	s, err := c.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("read the CA from Secret %s/%s (give --ca FILE where the CA is a file): %w", namespace, name, err)
-	}
-	block, _ := pem.Decode(s.Data[corev1.TLSCertKey])
-	if block == nil || block.Type != "CERTIFICATE" {
-		return "", fmt.Errorf("Secret %s/%s holds no PEM certificate in %s", namespace, name, corev1.TLSCertKey)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return "", fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
-	}
-	return pki.CAHash(cert), nil
 }
 
 // caHash reads the first certificate of a PEM file and returns its hash.
