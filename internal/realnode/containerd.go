@@ -346,7 +346,11 @@ func (c *Containerd) Stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete bridge %s: %v: %s", c.Bridge, err, out))
 		}
 	}
-	removeEmptyDirs("/run/containerd")
+	// What the CRI plugin leaves empty outside Dir (another containerd's
+	// files keep their directories).
+	for _, d := range []string{"/run/containerd", "/var/lib/cni", "/var/run/netns"} {
+		removeEmptyDirs(d)
+	}
 	return errors.Join(errs...)
 }
 
