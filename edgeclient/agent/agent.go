@@ -170,6 +170,9 @@ func Run(ctx context.Context, cfg Config) error {
 		defer kr.close()
 		a.kubelet = kr
 		ccfg.TunnelHandler = kr.handler()
+		// The kubelet's liveness is the node's: the client's own
+		// heartbeats stop when the kubelet stops renewing its Lease.
+		ccfg.HeartbeatWhile = kr.kubeletAlive
 	default:
 		return fmt.Errorf("unknown runtime %q: want %q or %q", cfg.Runtime, RuntimeSimulated, RuntimeKubelet)
 	}

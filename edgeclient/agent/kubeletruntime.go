@@ -110,6 +110,10 @@ func (k *kubeletRuntime) attach(c *edgeclient.Client, log *zap.Logger) error {
 	return nil
 }
 
+// kubeletAlive says whether the kubelet renewed its Lease through the
+// local API recently enough (localapi.Server.KubeletAlive).
+func (k *kubeletRuntime) kubeletAlive() bool { return k.api != nil && k.api.KubeletAlive() }
+
 // onEvent keeps the local API current.
 func (k *kubeletRuntime) onEvent(ev edgeclient.Event) {
 	if k.api != nil {
