@@ -266,9 +266,20 @@ dev: tools build devcluster kubelet ## Run the whole product end to end until Ct
 BENCH_OUT ?= $(ROOT)/.tmp/bench
 
 .PHONY: bench
-bench: devcluster ## Run the eight performance scenarios at reduced scale (< 12 min) and print goal vs measured.
+bench: devcluster tools build kubelet realnode-deps ## Run the eight performance scenarios at reduced scale (< 12 min) and a real edge node's (~3 min), and print goal vs measured.
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
+	$(MAKE) --no-print-directory bench-realnode
+
+# A real edge node (containerd, the kubelet, edgesync-agent --runtime
+# kubelet) beside a simulated one: the agent's CPU and RSS idle with 10
+# pods and during a rollout, and create -> Running p50/p99 on each runtime
+# (internal/e2e/realnode_bench_test.go, build tag realnodebench).
+.PHONY: bench-realnode
+bench-realnode: devcluster tools build kubelet realnode-deps ## Measure a real edge node's agent beside its kubelet, and pod start on the real and simulated runtimes.
+	set -o pipefail; $(BIN)/devcluster exec --dir $(ROOT)/.tmp/bench-realnode $(TEST_CLUSTER_FLAGS) -- \
+	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 EDGESYNC_BENCH_OUT=$(BENCH_OUT) \
+	  go test -tags realnodebench -count=1 -run '^TestRealNodeBenchmark$$' -v -timeout 20m ./internal/e2e/ | grep -v '^=== RUN'
 
 .PHONY: bench-full
 bench-full: devcluster ## Run the eight performance scenarios at the issue's scales (10,000 sessions).
