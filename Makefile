@@ -68,6 +68,20 @@ apt-deps: ## Install the Debian packages the Python client needs (when missing).
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# A real edge node (internal/realnode, `make dev`'s edge-1): containerd and
+# runc, the CNI bridge and host-local plugins, the static busybox the test
+# images are made of, and ip(8) to remove the pod bridge.
+REALNODE_APT_PACKAGES := containerd runc containernetworking-plugins busybox-static iproute2
+
+.PHONY: realnode-deps
+realnode-deps: ## Install the Debian packages a real edge node needs (containerd, runc, CNI plugins, busybox-static) when missing.
+	@missing=$$(for p in $(REALNODE_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 # --- code generation ---------------------------------------------------------
 
 # The Kubernetes protos come from the k8s.io modules at exactly the versions
@@ -189,6 +203,23 @@ devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-ma
 	  go build -v -o $(BIN)/devcluster . 2>&1 | $(call count_packages,devcluster) && \
 	  go build -v -o $(BIN)/kubectl ./cmd/kubectl 2>&1 | $(call count_packages,kubectl)
 
+# The stock kubelet of a real edge node, from the devcluster's module at its
+# pinned k8s.io/kubernetes version, stamped with that version (what the Node
+# reports). About 4 min more on a cold build cache once the devcluster is
+# built (most packages are shared with it), seconds on a warm one.
+KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {print $$2}' tools/devcluster/go.mod)
+KUBE_VERSION_PARTS := $(subst ., ,$(patsubst v%,%,$(KUBE_VERSION)))
+KUBELET_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(KUBE_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(KUBE_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitTreeState=clean \
+	-X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z
+
+.PHONY: kubelet
+kubelet: ## Build the stock kubelet (k8s.io/kubernetes at the devcluster's version) into ./bin.
+	@set -o pipefail; cd tools/devcluster && \
+	  go build -v -ldflags "$(KUBELET_LDFLAGS)" -o $(BIN)/kubelet ./cmd/kubelet 2>&1 | $(call count_packages,kubelet)
+
 # --- run and test ------------------------------------------------------------
 
 .PHONY: test
@@ -198,7 +229,7 @@ devcluster: ## Build the real control plane (etcd, kube-apiserver, controller-ma
 TEST_CLUSTER_FLAGS := --node-monitor-grace-period=30s --node-monitor-period=2s \
 	--default-unreachable-toleration-seconds=30 --default-not-ready-toleration-seconds=30
 
-test: tools lint check-generate build image helm devcluster apt-deps generate-python generate-ts ## Run every test against a real apiserver.
+test: tools lint check-generate build image helm devcluster kubelet apt-deps realnode-deps generate-python generate-ts ## Run every test against a real apiserver.
 	$(BIN)/devcluster exec --dir $(ROOT)/.tmp/test-cluster $(TEST_CLUSTER_FLAGS) -- \
 	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 go test $(GO_TEST_FLAGS) ./...
 
@@ -225,7 +256,9 @@ fuzz: ## Fuzz every parser of outside bytes for FUZZTIME each (default 5m).
 	done
 
 .PHONY: dev
-dev: tools build devcluster ## Run the whole product end to end until Ctrl-C.
+dev: tools build devcluster kubelet ## Run the whole product end to end until Ctrl-C (edge-1 a real node where containerd can start).
+	@$(MAKE) --no-print-directory realnode-deps || echo "make dev: could not install the Debian packages of a real node; edge-1 runs simulated"
+	go build -o $(BIN)/edgesync-devnode ./internal/realnode/devnode
 	@hack/dev.sh
 
 # --- benchmarks --------------------------------------------------------------
@@ -233,9 +266,20 @@ dev: tools build devcluster ## Run the whole product end to end until Ctrl-C.
 BENCH_OUT ?= $(ROOT)/.tmp/bench
 
 .PHONY: bench
-bench: devcluster ## Run the eight performance scenarios at reduced scale (< 12 min) and print goal vs measured.
+bench: devcluster tools build kubelet realnode-deps ## Run the eight performance scenarios at reduced scale (< 12 min) and a real edge node's (~3 min), and print goal vs measured.
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
+	$(MAKE) --no-print-directory bench-realnode
+
+# A real edge node (containerd, the kubelet, edgesync-agent --runtime
+# kubelet) beside a simulated one: the agent's CPU and RSS idle with 10
+# pods and during a rollout, and create -> Running p50/p99 on each runtime
+# (internal/e2e/realnode_bench_test.go, build tag realnodebench).
+.PHONY: bench-realnode
+bench-realnode: devcluster tools build kubelet realnode-deps ## Measure a real edge node's agent beside its kubelet, and pod start on the real and simulated runtimes.
+	set -o pipefail; $(BIN)/devcluster exec --dir $(ROOT)/.tmp/bench-realnode $(TEST_CLUSTER_FLAGS) -- \
+	  env EDGESYNC_REQUIRE_DEVCLUSTER=1 EDGESYNC_BENCH_OUT=$(BENCH_OUT) \
+	  go test -tags realnodebench -count=1 -run '^TestRealNodeBenchmark$$' -v -timeout 20m ./internal/e2e/ | grep -v '^=== RUN'
 
 .PHONY: bench-full
 bench-full: devcluster ## Run the eight performance scenarios at the issue's scales (10,000 sessions).

@@ -10,6 +10,9 @@ GRPC_PORT=${EDGESYNC_DEV_GRPC_PORT:-9443}
 HTTP_PORT=${EDGESYNC_DEV_HTTP_PORT:-9090}
 KUBELET_PORT=${EDGESYNC_DEV_KUBELET_PORT:-10250}
 DNS_PORT=${EDGESYNC_DEV_DNS_PORT:-10053}
+EDGE1_KUBELET_PORT=${EDGESYNC_DEV_EDGE1_KUBELET_PORT:-10350}
+EDGE1_KUBELET_HEALTHZ_PORT=${EDGESYNC_DEV_EDGE1_KUBELET_HEALTHZ_PORT:-10348}
+EDGE1_LOCAL_API_PORT=${EDGESYNC_DEV_EDGE1_LOCAL_API_PORT:-10550}
 export PATH=$BIN:$PATH
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -110,13 +113,42 @@ join_node() {
 join_node edge-1
 join_node edge-2
 
-step "starting edgesync-agent for edge-1 (its events follow) and edge-2"
+# edge-1 is a real node where containerd can start: its own containerd
+# (with locally built images), the stock kubelet (bin/kubelet) and the agent
+# with --runtime kubelet (bin/edgesync-devnode runs containerd and the
+# kubelet, internal/realnode). Elsewhere it says why and edge-1 is simulated.
+EDGE1_RUNTIME=simulated
+step "edge-1: starting its containerd and kubelet (a real node), if this machine can"
+rm -rf "$DEV/edge-1-node"
+if [ -x "$BIN/edgesync-devnode" ] && [ -x "$BIN/kubelet" ]; then
+  "$BIN/edgesync-devnode" --dir "$DEV/edge-1-node" --node edge-1 --kubelet "$BIN/kubelet" \
+    --kubelet-dir "$DEV/edge-1-kubelet" --port "$EDGE1_KUBELET_PORT" --healthz-port "$EDGE1_KUBELET_HEALTHZ_PORT" \
+    >"$DEV/edge-1-node.log" 2>&1 &
+  devnode_pid=$!
+  until [ -f "$DEV/edge-1-node/containerd-ready" ] || ! kill -0 "$devnode_pid" 2>/dev/null; do sleep 0.3; done
+  if [ -f "$DEV/edge-1-node/containerd-ready" ]; then
+    pids+=("$devnode_pid")
+    EDGE1_RUNTIME=kubelet
+    grep '^containerd' "$DEV/edge-1-node.log"
+  else
+    wait "$devnode_pid" 2>/dev/null || true
+    echo "edge-1 runs simulated: $(tail -1 "$DEV/edge-1-node.log")"
+  fi
+else
+  echo "edge-1 runs simulated: bin/edgesync-devnode or bin/kubelet is missing (make dev builds them)"
+fi
+
+step "starting edgesync-agent for edge-1 ($EDGE1_RUNTIME; its events follow) and edge-2 (simulated)"
 # start_agent NODE: an agent whose events go to .dev/agent-NODE.events
 # (edge-1's are also shown here) and its log to .dev/agent-NODE.log.
 start_agent() {
   local node=$1
   local args=(run --server "127.0.0.1:$GRPC_PORT" --node "$node" --dir "$DEV/pki-$node"
     --store "$DEV/$node" --allow-exec)
+  if [ "$node" = edge-1 ] && [ "$EDGE1_RUNTIME" = kubelet ]; then
+    args+=(--runtime kubelet --kubelet-dir "$DEV/edge-1-kubelet" --local-api-address "127.0.0.1:$EDGE1_LOCAL_API_PORT"
+      --kubelet-url "https://127.0.0.1:$EDGE1_KUBELET_PORT")
+  fi
   if [ "$node" = edge-1 ]; then
     # DNS and a TCP proxy for the Services meant for edges, from its store.
     args+=(--dns-address "127.0.0.1:$DNS_PORT" --proxy-cidr 127.100.0.0/16)
@@ -135,6 +167,10 @@ step "starting edgesync-demo-mapper, a KubeEdge DMI mapper for the modbus device
 edgesync-demo-mapper --manager "$DEV/edge-1-dmi.sock" --socket "$DEV/demo-mapper.sock" --protocol modbus \
   >"$DEV/demo-mapper.log" 2>&1 &
 pids+=($!)
+if [ "$EDGE1_RUNTIME" = kubelet ]; then
+  wait_for "edge-1's kubelet to start against the agent's local API" 120 test -f "$DEV/edge-1-node/kubelet-ready"
+  grep '^kubelet' "$DEV/edge-1-node.log"
+fi
 wait_for "nodes edge-1 and edge-2 to register" 60 kubectl get node edge-1 edge-2
 
 step "creating the demo: a Deployment (with a Service meant for edges) and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
@@ -146,6 +182,15 @@ wait_for "deployment demo/web to be available (2/2)" 120 \
 wait_for "daemonset demo/edge-monitor to run on both edge nodes" 120 \
   bash -c "[ \"\$(kubectl -n demo get ds edge-monitor -o jsonpath='{.status.numberReady}')\" = 2 ]"
 kubectl -n demo get deploy,daemonset,pods -o wide
+if [ "$EDGE1_RUNTIME" = kubelet ]; then
+  step "edge-1 is a real node: kubectl exec runs in a real container there"
+  wait_for "a Running demo pod on edge-1" 120 bash -c "kubectl -n demo get pods --field-selector spec.nodeName=edge-1,status.phase=Running -o name | grep -q ."
+  real_pod=$(kubectl -n demo get pods --field-selector spec.nodeName=edge-1,status.phase=Running -o jsonpath='{.items[0].metadata.name}')
+  echo "kubectl -n demo exec $real_pod -- sh -c 'cat /proc/1/cmdline | tr \\0 \" \"; echo; hostname; cat /etc/web/greeting 2>/dev/null || cat /etc/monitor/greeting'"
+  kubectl -n demo exec "$real_pod" -- sh -c 'cat /proc/1/cmdline | tr "\0" " "; echo; hostname; cat /etc/web/greeting 2>/dev/null || cat /etc/monitor/greeting'
+  echo
+  kubectl get node edge-1 -o jsonpath='edge-1: kubelet {.status.nodeInfo.kubeletVersion}, runtime {.status.nodeInfo.containerRuntimeVersion}{"\n"}'
+fi
 
 step "each pod on edge-1 holds its ServiceAccount token (a Token line each), and the agents' events reach the cluster"
 for pod in $(kubectl -n demo get pods --field-selector spec.nodeName=edge-1 -o jsonpath='{.items[*].metadata.name}'); do
@@ -188,7 +233,8 @@ cat <<TXT
   # the demo mapper (KubeEdge DMI, .dev/demo-mapper.log) reports demo/thermometer-1; set its target with kubectl
   kubectl -n demo get devicestatus thermometer-1 -o yaml -w
   kubectl -n demo patch device thermometer-1 --type=json -p '[{"op":"replace","path":"/spec/properties/1/desired/value","value":"23"}]'
-  ls -l .dev/edge-1/pods/*/volumes/*/               # what edge-1's pods mount: token, ca.crt, namespace, config
+  ls -l .dev/edge-1/pods/*/volumes/*/               # simulated edge-1: what its pods mount (a real edge-1's kubelet mounts them)
+  kubectl get --raw /api/v1/nodes/edge-1/proxy/stats/summary   # a real edge-1's kubelet stats, through edgesync
   # edge-1's agent answers DNS for the Services meant for edges, from its store (also offline)
   dig @127.0.0.1 -p $DNS_PORT +short web.demo.svc.cluster.local      # edge-1's proxy address for demo/web
   dig @127.0.0.1 -p $DNS_PORT +short SRV _http._tcp.web.demo.svc.cluster.local

@@ -3,6 +3,9 @@
 // heartbeating, prints every change to what the node holds as one line, and
 // runs pods with a simulated runtime: each pod it receives is reported
 // Running and Ready (and terminated once the cloud deletes it). With
+// --runtime kubelet the node's stock kubelet runs them instead, against the
+// agent's local Kubernetes API (--local-api-address, kubeconfig written to
+// --kubelet-dir), and kubectl reaches the kubelet (--kubelet-url). With
 // --dns-address and --proxy-cidr it answers DNS for the Services the node
 // holds and proxies TCP to their endpoints. With --devices dmi, KubeEdge
 // mappers drive the node's devices over DMI on --dmi-socket.
@@ -20,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -29,6 +33,7 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient/agent"
 	"github.com/edgesync/edgesync/edgeclient/dmi"
+	"github.com/edgesync/edgesync/edgeclient/kubeletproxy"
 	"github.com/edgesync/edgesync/edgeclient/servicedns"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	"github.com/edgesync/edgesync/internal/version"
@@ -68,7 +73,7 @@ func newRootCommand() *cobra.Command {
 	)
 	root := &cobra.Command{
 		Use:           "edgesync-agent",
-		Short:         "Reference edgesync edge agent with a simulated container runtime",
+		Short:         "Reference edgesync edge agent: a simulated container runtime, or the node's kubelet (--runtime kubelet)",
 		Version:       build.String(),
 		SilenceUsage:  true,
 		SilenceErrors: false,
@@ -86,6 +91,9 @@ func newRootCommand() *cobra.Command {
 				}
 			}
 			c.Logger, cfg.Out = log, cmd.OutOrStdout()
+			if cfg.Runtime == agent.RuntimeKubelet && cfg.Kubelet.Dir == "" {
+				cfg.Kubelet.Dir = filepath.Join(c.StoreDir, "kubelet")
+			}
 			return agent.Run(cmd.Context(), cfg)
 		},
 	}
@@ -110,6 +118,10 @@ func newRootCommand() *cobra.Command {
 	f.StringVar(&cfg.Devices.Mode, "devices", agent.DevicesSimulated, "what drives the devices the node holds: simulated (each takes its desired values at once) or dmi (KubeEdge mappers, which register on --dmi-socket)")
 	f.StringVar(&cfg.Devices.DMI.SocketPath, "dmi-socket", dmi.DefaultSocketPath, "with --devices dmi: the UNIX socket KubeEdge's DMI (DeviceManagerService) is served on, where mappers register")
 	f.DurationVar(&cfg.Devices.DMI.NoMapperGrace, "dmi-no-mapper-grace", dmi.DefaultNoMapperGrace, "with --devices dmi: how long after start a device waits for a mapper of its protocol before its status says there is none")
+	f.StringVar(&cfg.Runtime, "runtime", agent.RuntimeSimulated, "what runs the node's pods: simulated (each pod is reported Running, nothing runs; for benchmarks and machines without containerd) or kubelet (the node's stock kubelet, which talks to the agent's local API; see README, A real edge node)")
+	f.StringVar(&cfg.Kubelet.Dir, "kubelet-dir", "", "with --runtime kubelet: where the agent writes the kubelet's kubeconfig (DIR/kubeconfig) and the certificates the kubelet's configuration names (DIR/pki, DIR/localapi); default STORE/kubelet")
+	f.StringVar(&cfg.Kubelet.LocalAPIAddress, "local-api-address", agent.DefaultLocalAPIAddress, "with --runtime kubelet: host:port of the local Kubernetes API the kubelet talks to (keep it on loopback)")
+	f.StringVar(&cfg.Kubelet.URL, "kubelet-url", kubeletproxy.DefaultURL, "with --runtime kubelet: the kubelet's server (its address and port), which kubectl logs, exec, attach and port-forward reach through the agent")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)

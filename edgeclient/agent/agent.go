@@ -10,7 +10,11 @@
 // desired values. What the runtime does is reported as Kubernetes Events
 // (the node starting; containers pulled, created, started, killed;
 // devices online or offline). With DevicesConfig.Mode "dmi" devices are
-// driven by KubeEdge mappers instead (package dmi). It serves the Services the node holds to the node's
+// driven by KubeEdge mappers instead (package dmi). With Config.Runtime
+// RuntimeKubelet it runs no pods itself: the node's stock kubelet does,
+// against the agent's local API (package localapi), and kubectl logs, exec,
+// attach and port-forward reach the kubelet's server through the agent
+// (package kubeletproxy); see kubeletruntime.go. It serves the Services the node holds to the node's
 // applications when asked (ServicesConfig): a DNS server (package
 // servicedns) and an L4 proxy (package serviceproxy), both from the store,
 // so they keep working offline. Real container runtimes and device
@@ -77,6 +81,11 @@ type Config struct {
 	// Devices says what drives the devices the node holds: simulated
 	// (the default) or KubeEdge mappers over DMI.
 	Devices DevicesConfig
+	// Runtime is what runs the node's pods: RuntimeSimulated (the
+	// default) or RuntimeKubelet.
+	Runtime string
+	// Kubelet configures RuntimeKubelet.
+	Kubelet KubeletConfig
 }
 
 // Device modes.
@@ -114,8 +123,11 @@ type agent struct {
 	applied map[edgeclient.Key]string
 	// proxy carries connections to the held Services; nil when off.
 	proxy *serviceproxy.Proxy
-	// volumes holds the pods' volume files; nil without a store directory.
+	// volumes holds the pods' volume files; nil without a store directory
+	// or with the kubelet runtime (the kubelet mounts them).
 	volumes *volumes.Dir
+	// kubelet is the kubelet runtime; nil with the simulated one.
+	kubelet *kubeletRuntime
 	// dmi drives the devices in DevicesDMI mode; nil when simulated.
 	dmi *dmi.Manager
 }
@@ -142,18 +154,39 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now(), applied: map[edgeclient.Key]string{},
-		volumes: newVolumes(cfg.Client.StoreDir)}
+	a := &agent{node: cfg.Client.NodeName, version: cfg.Version, log: log, out: cfg.Out, started: metav1.Now(), applied: map[edgeclient.Key]string{}}
 	ccfg := cfg.Client
 	ccfg.AgentVersion = "edgesync-agent/" + cfg.Version
 	ccfg.OnEvent = a.onEvent
-	ccfg.TunnelHandler = a.kubeletHandler(cfg)
+	switch cfg.Runtime {
+	case "", RuntimeSimulated:
+		a.volumes = newVolumes(cfg.Client.StoreDir)
+		ccfg.TunnelHandler = a.kubeletHandler(cfg)
+	case RuntimeKubelet:
+		kr, err := newKubeletRuntime(cfg.Kubelet, cfg.Client.NodeName, log)
+		if err != nil {
+			return err
+		}
+		defer kr.close()
+		a.kubelet = kr
+		ccfg.TunnelHandler = kr.handler()
+		// The kubelet's liveness is the node's: the client's own
+		// heartbeats stop when the kubelet stops renewing its Lease.
+		ccfg.HeartbeatWhile = kr.kubeletAlive
+	default:
+		return fmt.Errorf("unknown runtime %q: want %q or %q", cfg.Runtime, RuntimeSimulated, RuntimeKubelet)
+	}
 	c, err := edgeclient.New(ccfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	a.client = c
+	if a.kubelet != nil {
+		if err := a.kubelet.attach(c, log); err != nil {
+			return err
+		}
+	}
 	switch cfg.Devices.Mode {
 	case "", DevicesSimulated:
 	case DevicesDMI:
@@ -176,13 +209,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	for _, obj := range held {
 		a.print("HELD", obj, nil)
-		if obj.Pod != nil {
+		if obj.Pod != nil && a.kubelet == nil {
 			a.syncVolumes(obj.Pod)
 			a.reportPod(obj.Pod)
 		}
 		if obj.Device != nil && a.dmi == nil {
 			a.reportDevice(obj.Device)
 		}
+	}
+	if a.kubelet != nil {
+		return a.runWithKubelet(ctx, cfg, c)
 	}
 	registration, err := c.RegisterNode(edgeclient.NodeRegistration{Labels: nodeLabels(a.node, cfg.Labels), Status: *a.nodeStatus()})
 	if err != nil {
@@ -230,6 +266,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *agent) onEvent(_ context.Context, ev edgeclient.Event) error {
 	a.print(ev.Type.String(), ev.Object, ev.Old)
+	if a.kubelet != nil {
+		a.kubelet.onEvent(ev)
+		a.servicesChanged(ev.Key)
+		if a.dmi != nil {
+			a.dmi.Changed(ev)
+		}
+		switch {
+		case ev.Type == edgeclient.Deleted:
+			delete(a.applied, ev.Key)
+		case ev.Object.Device != nil && a.dmi == nil:
+			a.reportDevice(ev.Object.Device)
+		}
+		return nil
+	}
 	a.reportRuntimeEvents(ev)
 	a.servicesChanged(ev.Key)
 	if a.dmi != nil {
