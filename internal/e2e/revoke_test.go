@@ -37,6 +37,7 @@ func (in *installation) startReplica(t *testing.T, id string) (string, *process)
 		"--bootstrap-ca-key", filepath.Join(in.pki, "ca.key"),
 		"--kubeconfig", in.serverKubeconfig,
 		"--server-id", id,
+		"--kubelet-listen", "127.0.0.1:0", "--kubelet-client-ca", os.Getenv(kubeletClientCAEnv),
 		"--log-format", "console")
 	eventually(t, time.Minute, "replica "+id+" to report SERVING", func() error {
 		out, err := in.tryGrpcurlAt(t, addr, "grpc.health.v1.Health/Check")
@@ -112,7 +113,7 @@ func callsAs(t *testing.T, addr, caFile, certFile, keyFile string) map[string]er
 // the token it joined with no longer joins it; `node revoke` deletes the
 // tokens bound to it; a new token joins it again.
 func TestRevokedNodeIsRefusedEverywhere(t *testing.T) {
-	in := install(t)
+	in := installWithKubelet(t) // the Tunnel service too
 	client := testcluster.Client(t)
 	serverBin, agentBin := repo.Binary(t, "edgesync-server"), repo.Binary(t, "edgesync-agent")
 	node := testcluster.UniqueName("edge-revoked")
