@@ -89,8 +89,8 @@ type Controller struct {
 	queueOnce sync.Once
 	queue     workqueue.TypedRateLimitingInterface[seriesKey]
 
-	mu       sync.Mutex // guards limiters, idle, series and stopped
-	stopped  bool       // Run has returned: reports are answered UNAVAILABLE
+	mu      sync.Mutex // guards limiters, idle, series and stopped
+	stopped bool       // Run has returned: reports are answered UNAVAILABLE
 	// limiters are the nodes' event budgets. A node's budget outlives its
 	// session, so reconnecting does not refill it; it is forgotten once
 	// the node has no session and the budget has refilled (a fresh one
