@@ -245,6 +245,7 @@ FUZZ_TARGETS := \
 	FuzzParseNodeCSR:./server/pki \
 	FuzzIssueCertificate:./server/bootstrap \
 	FuzzRenewCertificate:./server/bootstrap \
+	FuzzCheckRegistration:./controllers/nodestatus \
 	FuzzSyncResponse:./edgeclient \
 	FuzzLoadConfig:./cmd/edgesync-server
 

@@ -212,6 +212,8 @@ cat >"$DEV/env" <<ENV
 # source .dev/env: talk to the dev installation.
 export KUBECONFIG=$DEV/cluster/kubeconfig
 export EDGESYNC_ADDR=127.0.0.1:$GRPC_PORT
+# the kubelet endpoint of edge nodes (the apiserver dials it for kubectl logs/exec)
+export EDGESYNC_KUBELET_ADDR=127.0.0.1:$KUBELET_PORT
 export EDGESYNC_CA=$PKI/ca.crt
 export EDGESYNC_ADMIN_CERT=$PKI/admin-dev-admin.crt
 export EDGESYNC_ADMIN_KEY=$PKI/admin-dev-admin.key

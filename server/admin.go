@@ -4,9 +4,13 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 )
@@ -41,6 +45,30 @@ func (a *adminService) ListSessions(context.Context, *edgesyncv1.ListSessionsReq
 	}
 	slices.SortFunc(resp.Sessions, func(x, y *edgesyncv1.Session) int { return strings.Compare(x.GetNodeName(), y.GetNodeName()) })
 	return resp, nil
+}
+
+// RevokeNode records the revocation (every replica then refuses the
+// node's certificates and ends its session) and ends this replica's
+// session at once.
+func (a *adminService) RevokeNode(ctx context.Context, req *edgesyncv1.RevokeNodeRequest) (*edgesyncv1.RevokeNodeResponse, error) {
+	node := req.GetNodeName()
+	if errs := validation.IsDNS1123Subdomain(node); len(errs) > 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "node name %q is not a valid Kubernetes node name: %s", node, strings.Join(errs, "; "))
+	}
+	rev := a.srv.opts.Revocations
+	if rev == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this server keeps no revocation record (it runs without Kubernetes); revoke nodes where it does")
+	}
+	gen, at, err := rev.Revoke(ctx, node)
+	if err != nil {
+		a.srv.log.Warn("revoke a node", zap.String("node", node), zap.Error(err))
+		return nil, status.Errorf(codes.Unavailable, "cannot record the revocation of node %q in the Kubernetes API; retry: %v", node, err)
+	}
+	a.srv.log.Info("node revoked by an operator", zap.String("node", node), zap.Int64("generation", gen))
+	a.srv.EndSession(node, status.Errorf(codes.PermissionDenied,
+		"node %q was revoked by an operator at %s: its certificates no longer work; join again with a new token (`edgesync-server token create --node %s`)",
+		node, at.Format(time.RFC3339), node))
+	return &edgesyncv1.RevokeNodeResponse{Generation: gen, RevokeTime: timestamppb.New(at)}, nil
 }
 
 func (a *adminService) GetSession(_ context.Context, req *edgesyncv1.GetSessionRequest) (*edgesyncv1.GetSessionResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -29,6 +30,35 @@ func peerIdentity(ctx context.Context) (identity, bool) {
 		return identity{}, false
 	}
 	return identity{node: node, admin: pki.IsAdmin(cert), subject: cert.Subject.CommonName}, true
+}
+
+// notRevoked runs before the auth rules, for every call on the port: a
+// call made with a revoked node certificate is refused PERMISSION_DENIED,
+// whatever it calls. It is an interceptor of its own, not an auth rule,
+// because a service's AuthFuncOverride replaces the auth rules and no
+// service may opt out of this one.
+func (s *Server) notRevoked(ctx context.Context) error {
+	if s.opts.Revocations == nil {
+		return nil
+	}
+	if cert := pki.PeerCertificate(ctx); cert != nil {
+		return s.opts.Revocations.Check(cert)
+	}
+	return nil
+}
+
+func (s *Server) unaryNotRevoked(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := s.notRevoked(ctx); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) streamNotRevoked(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := s.notRevoked(ss.Context()); err != nil {
+		return err
+	}
+	return handler(srv, ss)
 }
 
 // authenticated is the default rule (health, reflection): any verified

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -66,6 +68,13 @@ type Options struct {
 	// the streams edges open when OpenTunnel asks them to. It authorizes
 	// its callers itself (AuthFuncOverride).
 	Tunnel edgesyncv1.TunnelServiceServer
+
+	// Revocations, when set, refuses every call made with a revoked node
+	// certificate (package server/revocation): Sync, Tunnel and
+	// BootstrapService.RenewCertificate alike, on every stream. Ending the
+	// live session of a node revoked later is the caller's: call
+	// EndSession when the record changes (revocation.List.Run).
+	Revocations Revocations
 
 	// Logger receives the server's logs. Default: no logging.
 	Logger *zap.Logger
@@ -213,4 +222,13 @@ func (o *Options) serverTLS() (*tls.Config, error) {
 		return nil, err
 	}
 	return r.Config(), nil
+}
+
+// Revocations is what the server needs of the revocation record
+// (revocation.List implements it).
+type Revocations interface {
+	// Check refuses a revoked node certificate with PERMISSION_DENIED.
+	Check(cert *x509.Certificate) error
+	// Revoke revokes every certificate node holds, on every replica.
+	Revoke(ctx context.Context, node string) (generation int64, at time.Time, err error)
 }

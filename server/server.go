@@ -157,12 +157,14 @@ func New(opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(
 			grpcMetrics.UnaryServerInterceptor(),
 			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(zapLogger(s.log), logOpts...), logged),
+			s.unaryNotRevoked,
 			auth.UnaryServerInterceptor(authenticated),
 			recovery.UnaryServerInterceptor(recoverOpts...),
 		),
 		grpc.ChainStreamInterceptor(
 			grpcMetrics.StreamServerInterceptor(),
 			selector.StreamServerInterceptor(logging.StreamServerInterceptor(zapLogger(s.log), logOpts...), logged),
+			s.streamNotRevoked,
 			auth.StreamServerInterceptor(authenticated),
 			recovery.StreamServerInterceptor(recoverOpts...),
 		),

@@ -11,11 +11,12 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/edgesync/edgesync/server/bootstrap"
+	"github.com/edgesync/edgesync/server/revocation"
 )
 
 // newBootstrap builds the BootstrapService from the configuration: the
 // signing CA from files or a Secret, the bundle from tls.caFile.
-func newBootstrap(cfg Config, kube *rest.Config, reg prometheus.Registerer, log *zap.Logger) (*bootstrap.Service, error) {
+func newBootstrap(cfg Config, kube *rest.Config, revoked *revocation.List, reg prometheus.Registerer, log *zap.Logger) (*bootstrap.Service, error) {
 	client, err := kubernetes.NewForConfig(kube)
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: clientset: %w", err)
@@ -33,14 +34,18 @@ func newBootstrap(cfg Config, kube *rest.Config, reg prometheus.Registerer, log 
 		}
 	}
 	return bootstrap.New(bootstrap.Config{
-		Client:              client,
-		SigningCA:           signing,
-		Bundle:              func() ([]byte, error) { return os.ReadFile(cfg.TLS.CAFile) },
-		EdgeLabel:           cfg.Controllers.EdgeLabel,
-		CertificateLifetime: b.NodeCertificateLifetime.Duration,
-		AttemptsPerSecond:   b.AttemptsPerSecond,
-		AttemptBurst:        b.AttemptBurst,
-		Registerer:          reg,
-		Logger:              log,
+		Client:                  client,
+		Namespace:               b.Namespace,
+		Revocations:             revoked,
+		SigningCA:               signing,
+		Bundle:                  func() ([]byte, error) { return os.ReadFile(cfg.TLS.CAFile) },
+		EdgeLabel:               cfg.Controllers.EdgeLabel,
+		CertificateLifetime:     b.NodeCertificateLifetime.Duration,
+		AttemptsPerSecond:       b.AttemptsPerSecond,
+		AttemptBurst:            b.AttemptBurst,
+		GlobalAttemptsPerSecond: b.GlobalAttemptsPerSecond,
+		GlobalAttemptBurst:      b.GlobalAttemptBurst,
+		Registerer:              reg,
+		Logger:                  log,
 	})
 }

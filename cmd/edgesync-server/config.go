@@ -58,14 +58,23 @@ type BootstrapConfig struct {
 	CAKeyFile  string `json:"caKeyFile"`
 	// CASecret names a kubernetes.io/tls Secret (tls.crt, tls.key) in
 	// Namespace holding the signing CA, as `certs init --kube` creates it.
-	CASecret  string `json:"caSecret"`
+	CASecret string `json:"caSecret"`
+	// Namespace is the server's own namespace: besides the CA Secret it
+	// holds the records of consumed single-use tokens and of revoked nodes
+	// (`edgesync-server node revoke`), which every replica watches.
 	Namespace string `json:"namespace"`
 	// NodeCertificateLifetime is how long node certificates last; edges
-	// renew them between 70 % and 90 % of it.
+	// renew them between 70 % and 90 % of it over their live connection.
+	// 30 days: a stolen certificate of a node nobody revokes works at most
+	// that long, and an edge offline longer joins again with a token.
 	NodeCertificateLifetime metav1.Duration `json:"nodeCertificateLifetime"`
 	// AttemptsPerSecond and AttemptBurst limit calls per peer address.
 	AttemptsPerSecond float64 `json:"attemptsPerSecond"`
 	AttemptBurst      int     `json:"attemptBurst"`
+	// GlobalAttemptsPerSecond and GlobalAttemptBurst limit the calls of
+	// all addresses together (callers rotating addresses).
+	GlobalAttemptsPerSecond float64 `json:"globalAttemptsPerSecond"`
+	GlobalAttemptBurst      int     `json:"globalAttemptBurst"`
 }
 
 // enabled reports whether a signing CA is configured.
@@ -181,9 +190,11 @@ func defaultConfig() Config {
 		Ownership: OwnershipConfig{LeaseDuration: d(15 * time.Second), QPS: 200, Burst: 400},
 		Bootstrap: BootstrapConfig{
 			Namespace:               "edgesync-system",
-			NodeCertificateLifetime: d(365 * 24 * time.Hour),
+			NodeCertificateLifetime: d(30 * 24 * time.Hour),
 			AttemptsPerSecond:       1,
 			AttemptBurst:            10,
+			GlobalAttemptsPerSecond: 20,
+			GlobalAttemptBurst:      100,
 		},
 		Kubelet: KubeletConfig{MaxTunnelsPerNode: 32, MaxTunnels: 1024, IdleTimeout: d(4 * time.Hour)},
 		Log:     LogConfig{Level: "info", Format: "json"},
@@ -279,6 +290,12 @@ func (c *Config) validate() error {
 	}
 	if c.Bootstrap.AttemptsPerSecond <= 0 || c.Bootstrap.AttemptBurst <= 0 {
 		bad("bootstrap.attemptsPerSecond", "attemptsPerSecond and attemptBurst must be positive, got %g and %d", c.Bootstrap.AttemptsPerSecond, c.Bootstrap.AttemptBurst)
+	}
+	if c.Bootstrap.GlobalAttemptsPerSecond <= 0 || c.Bootstrap.GlobalAttemptBurst <= 0 {
+		bad("bootstrap.globalAttemptsPerSecond", "globalAttemptsPerSecond and globalAttemptBurst must be positive, got %g and %d", c.Bootstrap.GlobalAttemptsPerSecond, c.Bootstrap.GlobalAttemptBurst)
+	}
+	if c.Bootstrap.Namespace == "" {
+		bad("bootstrap.namespace", "required: the server's namespace, which holds its token and revocation records")
 	}
 	if c.Ownership.Namespace != "" {
 		if d := c.Ownership.LeaseDuration.Duration; d < 3*time.Second {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/server/certreload"
 	"github.com/edgesync/edgesync/server/kubeletapi"
 	"github.com/edgesync/edgesync/server/tunnel"
 )
@@ -62,17 +62,14 @@ func newKubeletEndpoint(cfg Config, reg prometheus.Registerer, log *zap.Logger, 
 	if kc.ListenAddress == "" {
 		return nil, nil
 	}
-	caPEM, err := os.ReadFile(kc.ClientCAFile)
+	// The serving certificate and the apiserver's client CA are re-read
+	// when their files change (a rotated certificate is picked up without
+	// a restart, as on the gRPC port).
+	reloader, err := certreload.New(certreload.Files{CAFile: kc.ClientCAFile, CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile},
+		// A caller without a certificate gets a 401 saying why.
+		&tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.VerifyClientCertIfGiven}, log.Named("kubelet-tls"))
 	if err != nil {
-		return nil, fmt.Errorf("kubelet.clientCAFile: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("kubelet.clientCAFile %s: no PEM certificate", kc.ClientCAFile)
-	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("kubelet endpoint serving certificate (tls.certFile, tls.keyFile): %w", err)
+		return nil, fmt.Errorf("kubelet endpoint TLS (kubelet.clientCAFile, tls.certFile, tls.keyFile): %w", err)
 	}
 	broker, err := tunnel.New(tunnel.Options{
 		Open: open, IdleTimeout: kc.IdleTimeout.Duration,
@@ -93,14 +90,8 @@ func newKubeletEndpoint(cfg Config, reg prometheus.Registerer, log *zap.Logger, 
 		lis:      lis,
 		broker:   broker,
 		endpoint: nodestatus.KubeletEndpoint{Address: host, Port: int32(port)},
-		tlsCfg: &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{cert},
-			ClientCAs:    pool,
-			// A caller without a certificate gets a 401 saying why.
-			ClientAuth: tls.VerifyClientCertIfGiven,
-		},
-		log: log,
+		tlsCfg:   reloader.Config(),
+		log:      log,
 	}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
@@ -23,6 +24,8 @@ import (
 	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server"
+	"github.com/edgesync/edgesync/server/bootstrap"
+	"github.com/edgesync/edgesync/server/revocation"
 )
 
 // subcommands are added to the root command besides serve. Other files
@@ -240,10 +243,20 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		HTTPListener: httpLis,
 		EnablePprof:  cfg.EnablePprof,
 	}
+	// Revoked nodes: every call with a revoked certificate is refused, and
+	// a node revoked on any replica loses its session here (EndSession).
+	revokeClient, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return fmt.Errorf("revocation: clientset: %w", err)
+	}
+	revoked := revocation.New(revokeClient, cfg.Bootstrap.Namespace, log.Named("revocation"))
+	opts.Revocations = revoked
+	var boot *bootstrap.Service
 	if cfg.Bootstrap.enabled() {
-		if opts.Bootstrap, err = newBootstrap(cfg, kube, reg, log.Named("bootstrap")); err != nil {
+		if boot, err = newBootstrap(cfg, kube, revoked, reg, log.Named("bootstrap")); err != nil {
 			return err
 		}
+		opts.Bootstrap = boot
 	}
 	var synced <-chan struct{} // set below, before Serve
 	opts.Ready = func() error {
@@ -307,6 +320,20 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		return nil
 	})
 	g.Go(func() error { return srv.Serve(gctx, lis, ctrls) })
+	g.Go(func() error {
+		if err := revoked.Run(gctx, srv.EndSession); err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+	if boot != nil {
+		g.Go(func() error {
+			if err := boot.Run(gctx); err != nil && ctx.Err() == nil {
+				return err
+			}
+			return nil
+		})
+	}
 	if kubelet != nil {
 		g.Go(func() error { return kubelet.run(gctx, kube, cfg.ServerID) })
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -38,23 +39,31 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	}
 	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	client := func() (kubernetes.Interface, error) { return kubeClient(kubeconfig, "edgesync-server token") }
+	var namespace string
+	cmd.PersistentFlags().StringVar(&namespace, "namespace", "edgesync-system", "the server's namespace (bootstrap.namespace): the CA Secret and the records of used tokens")
 
 	var (
-		opts    bootstrap.TokenOptions
-		caFile  string
-		server  string
-		joinDir string
+		opts     bootstrap.TokenOptions
+		caFile   string
+		caSecret string
+		server   string
+		joinDir  string
 	)
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token and print it with the CA hash and the join command",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			hash, err := caHash(caFile)
+			c, err := client()
 			if err != nil {
 				return err
 			}
-			c, err := client()
+			var hash string
+			if caFile != "" {
+				hash, err = caHash(caFile)
+			} else {
+				hash, err = secretCAHash(cmd.Context(), c, namespace, caSecret)
+			}
 			if err != nil {
 				return err
 			}
@@ -69,9 +78,10 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	f := create.Flags()
 	f.StringVar(&opts.Node, "node", "", "bind the token to this node name")
 	f.DurationVar(&opts.TTL, "ttl", time.Hour, "how long the token is valid (0: forever)")
-	f.BoolVar(&opts.SingleUse, "single-use", false, "the token joins one node only")
+	f.BoolVar(&opts.SingleUse, "single-use", true, "the token joins one node only (--single-use=false: any number of new nodes until it expires)")
 	f.StringVar(&opts.Description, "description", "", "shown by token list")
-	f.StringVar(&caFile, "ca", "/etc/edgesync/pki/ca.crt", "the server's CA certificate (tls.caFile), whose hash the node pins")
+	f.StringVar(&caFile, "ca", "", "the server's CA certificate file (tls.caFile), whose hash the node pins; default: the certificate in the CA Secret (--ca-secret)")
+	f.StringVar(&caSecret, "ca-secret", "edgesync-ca", "Secret holding the server's CA (bootstrap.caSecret, as `certs init --kube` makes it), read when --ca is not given")
 	f.StringVar(&server, "server", "", "address edges dial, host:port, for the printed join command")
 	f.StringVar(&joinDir, "dir", "/var/lib/edgesync", "directory for the node's certificates, for the printed join command")
 
@@ -84,7 +94,7 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 			if err != nil {
 				return err
 			}
-			tokens, err := bootstrap.ListTokens(cmd.Context(), c)
+			tokens, err := bootstrap.ListTokens(cmd.Context(), c, namespace)
 			if err != nil {
 				return err
 			}
@@ -113,6 +123,24 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 	}
 	cmd.AddCommand(create, list, del)
 	return cmd
+}
+
+// secretCAHash returns the hash of the CA certificate in the Secret the
+// server signs with (tls.crt only: the key is not needed).
+func secretCAHash(ctx context.Context, c kubernetes.Interface, namespace, name string) (string, error) {
+	s, err := c.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the CA from Secret %s/%s (give --ca FILE where the CA is a file): %w", namespace, name, err)
+	}
+	block, _ := pem.Decode(s.Data[corev1.TLSCertKey])
+	if block == nil || block.Type != "CERTIFICATE" {
+		return "", fmt.Errorf("Secret %s/%s holds no PEM certificate in %s", namespace, name, corev1.TLSCertKey)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
+	}
+	return pki.CAHash(cert), nil
 }
 
 // caHash reads the first certificate of a PEM file and returns its hash.

@@ -89,9 +89,14 @@ type Controller struct {
 	queueOnce sync.Once
 	queue     workqueue.TypedRateLimitingInterface[seriesKey]
 
-	mu       sync.Mutex // guards limiters, series and stopped
-	stopped  bool       // Run has returned: reports are answered UNAVAILABLE
+	mu      sync.Mutex // guards limiters, idle, series and stopped
+	stopped bool       // Run has returned: reports are answered UNAVAILABLE
+	// limiters are the nodes' event budgets. A node's budget outlives its
+	// session, so reconnecting does not refill it; it is forgotten once
+	// the node has no session and the budget has refilled (a fresh one
+	// would be the same), which bounds memory for nodes gone for good.
 	limiters map[string]*rate.Limiter
+	idle     map[string]bool // nodes whose session ended since their last report
 	series   map[seriesKey]*series
 }
 
@@ -135,6 +140,7 @@ func New(cfg Config) (*Controller, error) {
 			Help: "Events reported by edges, by result: written (or added to a series), rate_limited (over the node's budget, dropped), refused (not the node's object or malformed), failed (the write failed).",
 		}, []string{"result"}),
 		limiters: make(map[string]*rate.Limiter),
+		idle:     make(map[string]bool),
 		series:   make(map[seriesKey]*series),
 	}
 	if cfg.Registerer != nil {
@@ -213,6 +219,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		reply(status.Error(codes.Unavailable, "the server is shutting down; the event was not written"))
 		return
 	}
+	delete(c.idle, node)
 	lim := c.limiters[node]
 	if lim == nil {
 		lim = rate.NewLimiter(rate.Limit(c.cfg.Rate), c.cfg.Burst)
@@ -249,11 +256,19 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 	c.work().Add(key)
 }
 
-// SessionEnded forgets node's event budget.
+// SessionEnded keeps node's event budget (a node that reconnects gets no
+// fresh one) and forgets the budgets of nodes without a session that have
+// refilled.
 func (c *Controller) SessionEnded(node string) {
 	c.mu.Lock()
-	delete(c.limiters, node)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	c.idle[node] = true
+	for n := range c.idle {
+		if lim := c.limiters[n]; lim == nil || lim.Tokens() >= float64(c.cfg.Burst) {
+			delete(c.limiters, n)
+			delete(c.idle, n)
+		}
+	}
 }
 
 // write creates the series' Event or patches its series with the count
@@ -296,8 +311,28 @@ func (c *Controller) write(ctx context.Context, key seriesKey) error {
 	}
 
 	c.mu.Lock()
+	if err != nil && permanent(err) {
+		// The API server will refuse it again (an admission policy, a
+		// webhook, a namespace being deleted): answer the reports with its
+		// code instead of retrying for ever, and start the next
+		// occurrence anew, so that it is written once the refusal is gone.
+		if c.series[key] == s {
+			delete(c.series, key)
+		}
+		c.mu.Unlock()
+		refused := refusal(key, err)
+		for _, a := range answers {
+			a(refused)
+		}
+		return nil
+	}
 	if err != nil {
 		s.answers = append(answers, s.answers...)
+		// A failed create returns an empty object, not the Event: the
+		// next try creates it again.
+		if s.event == nil || created == nil || created.Name == "" {
+			created = nil
+		}
 		s.event = created
 		c.mu.Unlock()
 		return err
@@ -402,4 +437,22 @@ func (c *Controller) regarding(node string, ref *edgesyncv1.ObjectRef) (corev1.O
 		return corev1.ObjectReference{Kind: "Device", APIVersion: dev.GetAPIVersion(), Namespace: ns, Name: name, UID: dev.GetUID()}, nil
 	}
 	return corev1.ObjectReference{}, status.Errorf(codes.InvalidArgument, "events may regard KIND_POD, KIND_DEVICE or KIND_NODE, not %s", ref.GetKind())
+}
+
+// permanent reports whether the API server refused an Event in a way that
+// retrying will not change: forbidden (an admission policy or webhook, a
+// namespace being deleted) or invalid.
+func permanent(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)
+}
+
+// refusal is the status answering reports the API server refused for
+// good: PERMISSION_DENIED or INVALID_ARGUMENT with its message.
+func refusal(key seriesKey, err error) error {
+	code := codes.PermissionDenied
+	if !apierrors.IsForbidden(err) {
+		code = codes.InvalidArgument
+	}
+	return status.Errorf(code, "the Kubernetes API refused event %s about %s %s/%s: %v; it will not be retried",
+		key.reason, key.kind, key.namespace, key.name, err)
 }

@@ -251,7 +251,22 @@ func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.Syn
 // register creates node's Node unless it exists; an existing edge Node is
 // left as it is, and a Node that is not an edge node is refused. It returns
 // once the cache holds the Node.
+//
+// The labels and taints asked for are checked first, whether the Node
+// exists or not (checkRegistration: NodeRestriction's rules); an existing
+// Node keeps the labels it has, so those an operator set stay.
 func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.NodeRegistration) error {
+	var taints []corev1.Taint
+	for i, t := range reg.GetTaints() {
+		var taint corev1.Taint
+		if err := fromProto(t, &taint); err != nil {
+			return status.Errorf(codes.InvalidArgument, "node_registration.taints[%d]: %v", i, err)
+		}
+		taints = append(taints, taint)
+	}
+	if err := checkRegistration(node, c.cfg.EdgeLabel, reg.GetLabels(), taints); err != nil {
+		return err
+	}
 	if n, err := c.cfg.Nodes.Get(node); err == nil {
 		if !isEdge(&c.cfg, n) {
 			return notEdge(&c.cfg, node)
@@ -267,13 +282,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 		n.Labels = make(map[string]string)
 	}
 	n.Labels[c.cfg.EdgeLabel] = ""
-	for i, t := range reg.GetTaints() {
-		var taint corev1.Taint
-		if err := fromProto(t, &taint); err != nil {
-			return status.Errorf(codes.InvalidArgument, "node_registration.taints[%d]: %v", i, err)
-		}
-		n.Spec.Taints = append(n.Spec.Taints, taint)
-	}
+	n.Spec.Taints = taints
 	if reg.GetStatus() != nil {
 		if err := fromProto(reg.GetStatus(), &n.Status); err != nil {
 			return status.Errorf(codes.InvalidArgument, "node_registration.status: %v", err)

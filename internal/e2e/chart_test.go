@@ -191,7 +191,7 @@ func TestChartIsAcceptedByTheAPIServer(t *testing.T) {
 	out := run(t, in.adminEnv(), in.kubectl, "apply", "--server-side", "--dry-run=server", "-f", file)
 	for _, want := range []string{
 		"customresourcedefinition.apiextensions.k8s.io/devices.devices.kubeedge.io",
-		"clusterrole.rbac.authorization.k8s.io/edgesync", "role.rbac.authorization.k8s.io/edgesync-bootstrap",
+		"clusterrole.rbac.authorization.k8s.io/edgesync", "role.rbac.authorization.k8s.io/edgesync-records",
 		"deployment.apps/edgesync", "service/edgesync", "service/edgesync-metrics", "configmap/edgesync",
 		"secret/edgesync-tls", "poddisruptionbudget.policy/edgesync", "serviceaccount/edgesync",
 	} {

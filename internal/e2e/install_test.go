@@ -24,6 +24,8 @@ type installation struct {
 	pki        string
 	addr       string
 	server     *process
+	// serverKubeconfig authenticates as the server's ServiceAccount.
+	serverKubeconfig string
 }
 
 func (in *installation) adminEnv() []string { return []string{"KUBECONFIG=" + in.kubeconfig} }
@@ -75,6 +77,7 @@ func install(t *testing.T, serverArgs ...string) *installation {
 	token := strings.TrimSpace(run(t, in.adminEnv(), in.kubectl,
 		"-n", "edgesync-system", "create", "token", "edgesync-server", "--duration=1h"))
 	serverKubeconfig := writeTokenKubeconfig(t, in.kubeconfig, token)
+	in.serverKubeconfig = serverKubeconfig
 
 	run(t, nil, serverBin, "certs", "init", "--dir", in.pki, "--hosts", "localhost,127.0.0.1")
 	run(t, nil, serverBin, "certs", "admin", "e2e", "--dir", in.pki)

@@ -49,6 +49,7 @@ const edgeLabel = "node-role.kubernetes.io/edge"
 type env struct {
 	*servertest.Env
 	admin   kubernetes.Interface // the test's own client
+	svc     *bootstrap.Service
 	ctrls   *feedtest.Controllers
 	metrics *prometheus.Registry
 }
@@ -68,6 +69,7 @@ func start(t *testing.T, change func(*bootstrap.Config)) *env {
 		SigningCA:         func(context.Context) (*pki.CA, error) { return srvEnv.CA, nil },
 		Bundle:            func() ([]byte, error) { return srvEnv.CA.CertPEM, nil },
 		EdgeLabel:         edgeLabel,
+		Namespace:         serverNamespace,
 		AttemptsPerSecond: 100, AttemptBurst: 100,
 		Registerer: e.metrics,
 	}
@@ -78,9 +80,34 @@ func start(t *testing.T, change func(*bootstrap.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runService(t, svc)
+	e.svc = svc
 	srvEnv = servertest.Start(t, e.ctrls, func(o *server.Options) { o.Bootstrap = svc })
 	e.Env = srvEnv
 	return e
+}
+
+// serverNamespace is the server's namespace of deploy/rbac, where it keeps
+// its records.
+const serverNamespace = "edgesync-system"
+
+// runService runs svc until the test ends and waits for its caches.
+func runService(t testing.TB, svc *bootstrap.Service) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("bootstrap Run: %v", err)
+		}
+	})
+	select {
+	case <-svc.Synced():
+	case err := <-done:
+		t.Fatalf("bootstrap Run ended before its caches synced: %v", err)
+	}
 }
 
 // token creates a join token and deletes it when the test ends.
@@ -91,7 +118,24 @@ func (e *env) token(t *testing.T, opts bootstrap.TokenOptions) (string, *bootstr
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = bootstrap.DeleteToken(context.Background(), e.admin, tok.ID) })
+	e.cached(t, tok.ID, nil)
 	return full, tok
+}
+
+// cached waits until the service's caches hold the token (one check
+// accepts, when set) and the nodes: joining reads only its caches.
+func (e *env) cached(t *testing.T, tokenID string, check func(*bootstrap.Token) bool, nodes ...string) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(30 * time.Second)
+	for !e.svc.Cached(tokenID, check, nodes...) {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("the bootstrap caches did not get token %q and nodes %v within 30s", tokenID, nodes)
+		}
+	}
 }
 
 func (e *env) hash() string { return pki.CAHash(e.CA.Cert) }
@@ -171,17 +215,27 @@ func TestJoinThenSync(t *testing.T) {
 	if cn := pair.Leaf.Subject.CommonName; cn != "system:node:"+node {
 		t.Fatalf("joined certificate has CN %q, want system:node:%s", cn, node)
 	}
-	if life := time.Until(pair.Leaf.NotAfter); life < 364*24*time.Hour {
-		t.Errorf("certificate expires in %s, want the default of a year", life)
+	if life := time.Until(pair.Leaf.NotAfter); life < 29*24*time.Hour || life > 30*24*time.Hour {
+		t.Errorf("certificate expires in %s, want the default of 30 days", life)
 	}
 
-	// The single-use token is consumed, and says by whom.
-	s, err := e.admin.CoreV1().Secrets(metav1.NamespaceSystem).Get(t.Context(), "bootstrap-token-"+tok.ID, metav1.GetOptions{})
+	// The single-use token is consumed, recorded in the server's own
+	// namespace (it writes nothing in kube-system), and says by whom.
+	r, err := e.admin.CoreV1().ConfigMaps(serverNamespace).Get(t.Context(), bootstrap.UseRecordName(tok.ID), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(s.Data[bootstrap.UsedByKey]); got != node {
-		t.Errorf("token used-by is %q, want %q", got, node)
+	if got := r.Data["node"]; got != node {
+		t.Errorf("token use record names node %q, want %q", got, node)
+	}
+	tokens, err := bootstrap.ListTokens(t.Context(), e.admin, serverNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lt := range tokens {
+		if lt.ID == tok.ID && lt.UsedBy != node {
+			t.Errorf("token list says %s was used by %q, want %q", tok.ID, lt.UsedBy, node)
+		}
 	}
 
 	// The files are all a client needs.
@@ -227,6 +281,7 @@ func TestTokensRefused(t *testing.T) {
 	if _, err := e.admin.CoreV1().Secrets(metav1.NamespaceSystem).Update(t.Context(), s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	e.cached(t, expiredTok.ID, func(tok *bootstrap.Token) bool { return !tok.Expires.IsZero() && tok.Expires.Before(time.Now()) })
 
 	bound, _ := e.token(t, bootstrap.TokenOptions{TTL: time.Hour, Node: "someone-else"})
 	single, _ := e.token(t, bootstrap.TokenOptions{TTL: time.Hour, SingleUse: true})
@@ -248,6 +303,7 @@ func TestTokensRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = bootstrap.DeleteToken(context.Background(), e.admin, kubeletTok) })
+	e.cached(t, kubeletTok[:6], nil)
 
 	// A cloud node's name.
 	cloud := testcluster.UniqueName("cloud")
@@ -255,6 +311,17 @@ func TestTokensRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.admin.CoreV1().Nodes().Delete(context.Background(), cloud, metav1.DeleteOptions{}) })
+
+	// An existing edge node's name: an unbound token may not take it over
+	// (its certificate would read that node's Secrets and tokens); a token
+	// bound to it may (the node joining again).
+	existing := testcluster.UniqueName("edge-existing")
+	if _, err := e.admin.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: existing, Labels: map[string]string{edgeLabel: ""}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.admin.CoreV1().Nodes().Delete(context.Background(), existing, metav1.DeleteOptions{}) })
+	boundExisting, _ := e.token(t, bootstrap.TokenOptions{TTL: time.Hour, Node: existing, SingleUse: true})
+	e.cached(t, "", nil, cloud, existing)
 
 	smallRSA, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
@@ -292,6 +359,8 @@ func TestTokensRefused(t *testing.T) {
 		{"not a CSR", good, node, []byte("hello"), codes.InvalidArgument, "CERTIFICATE REQUEST", ""},
 		{"invalid node name", good, "Edge_1", nil, codes.InvalidArgument, "not a valid Kubernetes node name", ""},
 		{"cloud node's name", good, cloud, nil, codes.PermissionDenied, "not an edge node", ""},
+		{"unbound token for an existing edge node", good, existing, nil, codes.PermissionDenied,
+			"node \"" + existing + "\" already exists: token " + id + " is not bound to a node, and only a token bound to \"" + existing + "\" may join an existing node", good[7:]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := issue(tc.token, tc.node, tc.csr)
@@ -306,6 +375,9 @@ func TestTokensRefused(t *testing.T) {
 	}
 	if err := issue(good, node, nil); err != nil {
 		t.Fatalf("a good token after all refusals: %v", err)
+	}
+	if err := issue(boundExisting, existing, nil); err != nil {
+		t.Fatalf("a token bound to an existing edge node, joining it: %v", err)
 	}
 	if got := e.requests("IssueCertificate", "Unauthenticated"); got != 6 {
 		t.Errorf("edgesync_bootstrap_requests_total{method=IssueCertificate,code=Unauthenticated} = %v, want 6", got)

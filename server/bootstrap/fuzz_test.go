@@ -97,6 +97,7 @@ var (
 		{id: "badexp", secret: "f6g0h4j8k2l6z0xc", groups: bootstrap.Group, expires: "tomorrow"},
 		{id: "kubelt", secret: "v4b8n2m6q0w4e8rt", groups: "system:bootstrappers:kubeadm:default-node-token"},
 		{id: "used01", secret: "y2u6i0o4p8a2s6df", groups: bootstrap.Group, singleUse: true, usedBy: "edge-old"},
+		{id: "bnde01", secret: "h5j9k3l7z1x5c9vb", groups: bootstrap.Group, node: fuzzEdgeNode, joins: true},
 	}
 	fuzzEdgeNode  = "edge-1"
 	fuzzCloudNode = "cloud-1"
@@ -138,6 +139,7 @@ func FuzzIssueCertificate(f *testing.F) {
 		{Token: bound.full(), NodeName: "edge-bound", CsrPem: fuzzCSR(f, pki.NodeCNPrefix+"edge-bound")},
 		{Token: bound.full(), NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
 		{Token: once.full(), NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
+		{Token: fuzzTokens[8].full(), NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
 		{Token: expired.full(), NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
 		{Token: open.id + ".0000000000000000", NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
 		{Token: open.id + "-" + open.secret, NodeName: fuzzEdgeNode, CsrPem: fuzzCSR(f, pki.NodeCNPrefix+fuzzEdgeNode)},
@@ -166,6 +168,7 @@ func FuzzIssueCertificate(f *testing.F) {
 		core, logs := observer.New(zapcore.DebugLevel)
 		svc, err := bootstrap.New(bootstrap.Config{
 			Client:    client,
+			Namespace: serverNamespace,
 			SigningCA: func(context.Context) (*pki.CA, error) { return ca, nil },
 			Bundle:    func() ([]byte, error) { return ca.CertPEM, nil },
 			EdgeLabel: edgeLabel,
@@ -174,13 +177,15 @@ func FuzzIssueCertificate(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		runService(t, svc)
 		resp, err := svc.IssueCertificate(t.Context(), req)
 
 		node := req.GetNodeName()
 		tok, held := heldToken(req.GetToken())
 		_, csrErr := pki.ParseNodeCSR(req.GetCsrPem(), node)
+		// An existing edge node's name joins only with a token bound to it.
 		want := held && tok.allows(node) && len(validation.IsDNS1123Subdomain(node)) == 0 &&
-			node != fuzzCloudNode && csrErr == nil
+			node != fuzzCloudNode && csrErr == nil && (node != fuzzEdgeNode || tok.node == node)
 
 		checkNoSecret(t, req, "the error", fmt.Sprint(err))
 		for _, e := range logs.All() {
@@ -215,11 +220,11 @@ func FuzzIssueCertificate(f *testing.F) {
 		}
 		checkNodeCertificate(t, ca, node, req.GetCsrPem(), resp.GetCertificatePem(), resp.GetCaBundlePem(), resp.GetNotAfter().AsTime())
 		if tok.singleUse {
-			s, err := client.CoreV1().Secrets(metav1.NamespaceSystem).Get(t.Context(), bootstraputil.BootstrapTokenSecretName(tok.id), metav1.GetOptions{})
+			r, err := client.CoreV1().ConfigMaps(serverNamespace).Get(t.Context(), bootstrap.UseRecordName(tok.id), metav1.GetOptions{})
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("single-use token %s joined node %q without a use record: %v", tok.id, node, err)
 			}
-			if got := string(s.Data[bootstrap.UsedByKey]); got != node {
+			if got := r.Data["node"]; got != node {
 				t.Fatalf("single-use token %s joined node %q but records used-by %q", tok.id, node, got)
 			}
 			if _, err := svc.IssueCertificate(t.Context(), req); status.Code(err) != codes.Unauthenticated {
@@ -269,6 +274,7 @@ func FuzzRenewCertificate(f *testing.F) {
 		}
 		svc, err := bootstrap.New(bootstrap.Config{
 			Client:    fake.NewClientset(fuzzObjects()...),
+			Namespace: serverNamespace,
 			SigningCA: func(context.Context) (*pki.CA, error) { return ca, nil },
 			Bundle:    func() ([]byte, error) { return ca.CertPEM, nil },
 			EdgeLabel: edgeLabel,
@@ -276,6 +282,7 @@ func FuzzRenewCertificate(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		runService(t, svc)
 		ctx := peer.NewContext(t.Context(), &peer.Peer{
 			Addr:     &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000},
 			AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{callerCert, ca.Cert}}}},

@@ -24,7 +24,8 @@ const (
 	// SingleUseKey "true" lets the token join one node only.
 	SingleUseKey = "edgesync-single-use"
 	// UsedByKey and UsedAtKey record which node consumed a single-use
-	// token, and when (RFC 3339).
+	// token, and when (RFC 3339), in tokens consumed by servers before
+	// use records (UseRecordName) replaced them; they are still honoured.
 	UsedByKey = "edgesync-used-by"
 	UsedAtKey = "edgesync-used-at"
 )
@@ -120,8 +121,9 @@ func CreateToken(ctx context.Context, client kubernetes.Interface, opts TokenOpt
 }
 
 // ListTokens lists the bootstrap tokens in kube-system (edgesync's and
-// others'), oldest first.
-func ListTokens(ctx context.Context, client kubernetes.Interface) ([]*Token, error) {
+// others'), oldest first. With namespace (the server's), single-use tokens
+// say which node used them, from their use records.
+func ListTokens(ctx context.Context, client kubernetes.Interface, namespace string) ([]*Token, error) {
 	list, err := client.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{
 		FieldSelector: "type=" + string(bootstrapapi.SecretTypeBootstrapToken),
 	})
@@ -131,9 +133,22 @@ func ListTokens(ctx context.Context, client kubernetes.Interface) ([]*Token, err
 	slices.SortFunc(list.Items, func(a, b corev1.Secret) int {
 		return a.CreationTimestamp.Compare(b.CreationTimestamp.Time)
 	})
+	uses := map[string]corev1.ConfigMap{}
+	if namespace != "" {
+		records, err := client.CoreV1().ConfigMaps(namespace).List(ctx, metav1.ListOptions{LabelSelector: UseRecordLabel + "=true"})
+		if err != nil {
+			return nil, fmt.Errorf("list token use records in %s: %w", namespace, err)
+		}
+		for _, r := range records.Items {
+			uses[r.Name] = r
+		}
+	}
 	var out []*Token
 	for i := range list.Items {
 		if t := tokenFromSecret(&list.Items[i]); t != nil {
+			if r, ok := uses[UseRecordName(t.ID)]; ok && t.UsedBy == "" {
+				t.UsedBy, t.UsedAt = r.Data["node"], r.Data["usedAt"]
+			}
 			out = append(out, t)
 		}
 	}

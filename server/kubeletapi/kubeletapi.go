@@ -10,7 +10,12 @@
 // certificate, which must chain to the configured CA (the apiserver's
 // --kubelet-client-certificate), and authorizes it with a
 // SubjectAccessReview of the verb on nodes/proxy for the node; anybody else
-// gets 401 or 403.
+// gets 401 or 403. It authorizes before it reads: a caller allowed
+// nodes/proxy on every node (the apiserver) is checked before the pod is
+// read, and any other caller gets the same 403, naming no node, whether
+// the pod exists, runs on a node it may not proxy to, or does not exist.
+// Paths must be canonical (no ".", "..", empty or escaped segments): what
+// is authorized is what is forwarded.
 package kubeletapi
 
 import (
@@ -21,6 +26,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
+	"path"
 	"strings"
 
 	"go.uber.org/zap"
@@ -96,7 +103,8 @@ func New(opts Options) (*Handler, error) {
 	return h, nil
 }
 
-// ServeHTTP authenticates, finds the pod's node, authorizes and forwards.
+// ServeHTTP authenticates, checks the path, authorizes, finds the pod's
+// node and forwards.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 		writeError(w, r, "Unauthorized: the kubelet API of edge nodes needs a client certificate signed by the kube-apiserver's kubelet client CA", http.StatusUnauthorized)
@@ -105,6 +113,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cert := r.TLS.VerifiedChains[0][0]
 	user, groups := cert.Subject.CommonName, cert.Subject.Organization
 
+	if !canonical(r.URL) {
+		writeError(w, r, fmt.Sprintf("path %q is not canonical (no empty, \".\", \"..\" or escaped segments): what is authorized must be what is forwarded", r.URL.EscapedPath()), http.StatusBadRequest)
+		return
+	}
 	if subresources, ok := nodeSubresources(r.URL.Path); ok {
 		h.serveNodePath(w, r, user, groups, subresources)
 		return
@@ -116,52 +128,79 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ns, name := parts[1], parts[2]
 	ctx := r.Context()
+	verb := verbOf(r.Method)
+	denied := func() {
+		writeError(w, r, (&deniedError{user: user, verb: verb}).Error(), http.StatusForbidden)
+	}
+	failed := func(err error) {
+		h.log.Warn("authorize kubelet API request", zap.String("user", user), zap.Error(err))
+		writeError(w, r, fmt.Sprintf("edgesync server %s cannot authorize the request: %v", h.opts.ServerID, err), http.StatusInternalServerError)
+	}
+	// Authorize first: a caller that may proxy to every node (the
+	// apiserver) may learn anything about the pod.
+	everywhere, err := h.allowed(ctx, user, groups, verb, "")
+	if err != nil {
+		failed(err)
+		return
+	}
 	pod, err := h.opts.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
-	case apierrors.IsNotFound(err):
-		writeError(w, r, fmt.Sprintf("pod %s/%s not found", ns, name), http.StatusNotFound)
+	case err != nil && !apierrors.IsNotFound(err):
+		h.log.Warn("read pod", zap.String("namespace", ns), zap.String("pod", name), zap.Error(err))
+		writeError(w, r, fmt.Sprintf("edgesync server %s cannot read pod %s/%s", h.opts.ServerID, ns, name), http.StatusInternalServerError)
+		return
+	case !everywhere && (err != nil || pod.Spec.NodeName == ""):
+		denied() // the same answer as for a pod on a node it may not reach
 		return
 	case err != nil:
-		h.log.Warn("read pod", zap.String("namespace", ns), zap.String("pod", name), zap.Error(err))
-		writeError(w, r, fmt.Sprintf("edgesync server %s cannot read pod %s/%s: %v", h.opts.ServerID, ns, name, err), http.StatusInternalServerError)
+		writeError(w, r, fmt.Sprintf("pod %s/%s not found", ns, name), http.StatusNotFound)
 		return
 	case pod.Spec.NodeName == "":
 		writeError(w, r, fmt.Sprintf("pod %s/%s is not bound to a node", ns, name), http.StatusBadRequest)
 		return
 	}
 	node := pod.Spec.NodeName
-
-	verb := verbOf(r.Method)
-	if err := h.authorize(ctx, user, groups, verb, node); err != nil {
-		var denied *deniedError
-		if errors.As(err, &denied) {
-			writeError(w, r, denied.Error(), http.StatusForbidden)
+	if !everywhere {
+		ok, err := h.allowed(ctx, user, groups, verb, node)
+		switch {
+		case err != nil:
+			failed(err)
+			return
+		case !ok:
+			denied()
 			return
 		}
-		h.log.Warn("authorize kubelet API request", zap.String("user", user), zap.Error(err))
-		writeError(w, r, fmt.Sprintf("edgesync server %s cannot authorize the request: %v", h.opts.ServerID, err), http.StatusInternalServerError)
-		return
 	}
 	h.log.Debug("kubelet API request", zap.String("node", node), zap.String("path", r.URL.Path), zap.String("user", user))
 	h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, nodeKey{}, node)))
 }
 
-// deniedError is a SubjectAccessReview's refusal.
+// deniedError is the refusal of a caller the SubjectAccessReviews did not
+// allow. It names neither the node nor the apiserver's reason, which could
+// tell whether and where a pod runs.
 type deniedError struct {
-	user, verb, node, reason string
+	user, verb string
 }
 
 func (e *deniedError) Error() string {
-	msg := fmt.Sprintf("Forbidden (user=%s, verb=%s, resource=nodes, subresource=proxy, name=%s)", e.user, e.verb, e.node)
-	if e.reason != "" {
-		msg += ": " + e.reason
-	}
-	return msg
+	return fmt.Sprintf("Forbidden (user=%s, verb=%s, resource=nodes, subresource=proxy)", e.user, e.verb)
 }
 
-// authorize asks the apiserver whether user may verb nodes/proxy of node,
-// as a kubelet does for these paths.
-func (h *Handler) authorize(ctx context.Context, user string, groups []string, verb, node string) error {
+// canonical reports whether u's path is what path.Clean makes of it, with
+// no empty segment and nothing escaped.
+func canonical(u *url.URL) bool {
+	p := u.Path
+	trimmed := strings.TrimSuffix(p, "/") // one trailing slash is fine
+	if trimmed == "" {
+		trimmed = "/"
+	}
+	return strings.HasPrefix(p, "/") && path.Clean(trimmed) == trimmed && (u.RawPath == "" || u.RawPath == p) &&
+		!strings.ContainsAny(p, "%\\")
+}
+
+// allowed asks the apiserver whether user may verb nodes/proxy of node
+// (every node when node is empty), as a kubelet does for these paths.
+func (h *Handler) allowed(ctx context.Context, user string, groups []string, verb, node string) (bool, error) {
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 		User:   user,
 		Groups: groups,
@@ -171,12 +210,9 @@ func (h *Handler) authorize(ctx context.Context, user string, groups []string, v
 	}}
 	res, err := h.opts.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("create SubjectAccessReview: %w", err)
+		return false, fmt.Errorf("create SubjectAccessReview: %w", err)
 	}
-	if !res.Status.Allowed {
-		return &deniedError{user: user, verb: verb, node: node, reason: res.Status.Reason}
-	}
-	return nil
+	return res.Status.Allowed, nil
 }
 
 // verbOf maps an HTTP method to the authorization verb, as the kubelet does.

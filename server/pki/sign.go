@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -81,16 +82,25 @@ func ParseNodeCSR(csrPEM []byte, nodeName string) (*x509.CertificateRequest, err
 }
 
 // SignNode issues node nodeName's client certificate for csr's key, valid
-// from a minute ago (clock skew) for lifetime. Check csr with ParseNodeCSR
-// first: SignNode takes only its key, never its subject or extensions.
+// from a minute ago (clock skew) for lifetime, at generation 0 (see
+// SignNodeGeneration).
 func (ca *CA) SignNode(csr *x509.CertificateRequest, nodeName string, lifetime time.Duration) (certPEM []byte, notAfter time.Time, err error) {
+	return ca.SignNodeGeneration(csr, nodeName, lifetime, 0)
+}
+
+// SignNodeGeneration issues node nodeName's client certificate for csr's
+// key, valid from a minute ago (clock skew) for lifetime, carrying the
+// node's revocation generation (NodeGeneration; package
+// server/revocation). Check csr with ParseNodeCSR first: it takes only its
+// key, never its subject or extensions.
+func (ca *CA) SignNodeGeneration(csr *x509.CertificateRequest, nodeName string, lifetime time.Duration, generation int64) (certPEM []byte, notAfter time.Time, err error) {
 	if nodeName == "" || strings.ContainsAny(nodeName, " /:") {
 		return nil, time.Time{}, fmt.Errorf("invalid node name %q", nodeName)
 	}
 	now := time.Now().Truncate(time.Second) // as the certificate holds it
 	tmpl := &x509.Certificate{
 		SerialNumber: newSerial(),
-		Subject:      pkix.Name{CommonName: NodeCNPrefix + nodeName, Organization: []string{NodeOrganization}},
+		Subject:      nodeSubject(nodeName, generation),
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     now.Add(lifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -125,4 +135,30 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 		return nil, errors.New("the CA key cannot sign")
 	}
 	return &CA{Cert: cert, CertPEM: certPEM, key: signer, keyPEM: keyPEM}, nil
+}
+
+// generationPrefix starts the organizational unit that carries a node
+// certificate's revocation generation.
+const generationPrefix = "edgesync:generation:"
+
+func nodeSubject(nodeName string, generation int64) pkix.Name {
+	name := pkix.Name{CommonName: NodeCNPrefix + nodeName, Organization: []string{NodeOrganization}}
+	if generation > 0 {
+		name.OrganizationalUnit = []string{generationPrefix + strconv.FormatInt(generation, 10)}
+	}
+	return name
+}
+
+// NodeGeneration returns the revocation generation a node certificate was
+// signed at: 0 for certificates without one (signed before any
+// revocation of the node, or by `edgesync-server certs`).
+func NodeGeneration(cert *x509.Certificate) int64 {
+	for _, ou := range cert.Subject.OrganizationalUnit {
+		if v, ok := strings.CutPrefix(ou, generationPrefix); ok {
+			if g, err := strconv.ParseInt(v, 10, 64); err == nil && g > 0 {
+				return g
+			}
+		}
+	}
+	return 0
 }

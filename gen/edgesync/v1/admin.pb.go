@@ -610,6 +610,105 @@ func (*DisconnectNodeResponse) Descriptor() ([]byte, []int) {
 	return file_edgesync_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
+type RevokeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeRequest) Reset() {
+	*x = RevokeNodeRequest{}
+	mi := &file_edgesync_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeRequest) ProtoMessage() {}
+
+func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeNodeRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+type RevokeNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the node's certificate generation now: certificates
+	// signed at a lower one are refused.
+	Generation int64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// revoke_time is when the revocation was recorded.
+	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeResponse) Reset() {
+	*x = RevokeNodeResponse{}
+	mi := &file_edgesync_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeResponse) ProtoMessage() {}
+
+func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeNodeResponse) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RevokeNodeResponse) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
 var File_edgesync_v1_admin_proto protoreflect.FileDescriptor
 
 const file_edgesync_v1_admin_proto_rawDesc = "" +
@@ -655,14 +754,24 @@ const file_edgesync_v1_admin_proto_rawDesc = "" +
 	"\x15DisconnectNodeRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x18\n" +
-	"\x16DisconnectNodeResponse2\xdc\x02\n" +
+	"\x16DisconnectNodeResponse\"0\n" +
+	"\x11RevokeNodeRequest\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\"q\n" +
+	"\x12RevokeNodeResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x03R\n" +
+	"generation\x12;\n" +
+	"\vrevoke_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime2\xab\x03\n" +
 	"\fAdminService\x12S\n" +
 	"\fListSessions\x12 .edgesync.v1.ListSessionsRequest\x1a!.edgesync.v1.ListSessionsResponse\x12M\n" +
 	"\n" +
 	"GetSession\x12\x1e.edgesync.v1.GetSessionRequest\x1a\x1f.edgesync.v1.GetSessionResponse\x12M\n" +
 	"\n" +
 	"ResyncNode\x12\x1e.edgesync.v1.ResyncNodeRequest\x1a\x1f.edgesync.v1.ResyncNodeResponse\x12Y\n" +
-	"\x0eDisconnectNode\x12\".edgesync.v1.DisconnectNodeRequest\x1a#.edgesync.v1.DisconnectNodeResponseB\xa3\x01\n" +
+	"\x0eDisconnectNode\x12\".edgesync.v1.DisconnectNodeRequest\x1a#.edgesync.v1.DisconnectNodeResponse\x12M\n" +
+	"\n" +
+	"RevokeNode\x12\x1e.edgesync.v1.RevokeNodeRequest\x1a\x1f.edgesync.v1.RevokeNodeResponseB\xa3\x01\n" +
 	"\x0fcom.edgesync.v1B\n" +
 	"AdminProtoP\x01Z7github.com/edgesync/edgesync/gen/edgesync/v1;edgesyncv1\xa2\x02\x03EXX\xaa\x02\vEdgesync.V1\xca\x02\vEdgesync\\V1\xe2\x02\x17Edgesync\\V1\\GPBMetadata\xea\x02\fEdgesync::V1b\x06proto3"
 
@@ -678,7 +787,7 @@ func file_edgesync_v1_admin_proto_rawDescGZIP() []byte {
 	return file_edgesync_v1_admin_proto_rawDescData
 }
 
-var file_edgesync_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_edgesync_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_edgesync_v1_admin_proto_goTypes = []any{
 	(*Session)(nil),                // 0: edgesync.v1.Session
 	(*NackRecord)(nil),             // 1: edgesync.v1.NackRecord
@@ -690,31 +799,36 @@ var file_edgesync_v1_admin_proto_goTypes = []any{
 	(*ResyncNodeResponse)(nil),     // 7: edgesync.v1.ResyncNodeResponse
 	(*DisconnectNodeRequest)(nil),  // 8: edgesync.v1.DisconnectNodeRequest
 	(*DisconnectNodeResponse)(nil), // 9: edgesync.v1.DisconnectNodeResponse
-	(*timestamppb.Timestamp)(nil),  // 10: google.protobuf.Timestamp
-	(*ObjectRef)(nil),              // 11: edgesync.v1.ObjectRef
+	(*RevokeNodeRequest)(nil),      // 10: edgesync.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),     // 11: edgesync.v1.RevokeNodeResponse
+	(*timestamppb.Timestamp)(nil),  // 12: google.protobuf.Timestamp
+	(*ObjectRef)(nil),              // 13: edgesync.v1.ObjectRef
 }
 var file_edgesync_v1_admin_proto_depIdxs = []int32{
-	10, // 0: edgesync.v1.Session.connected_time:type_name -> google.protobuf.Timestamp
-	10, // 1: edgesync.v1.Session.last_ack_time:type_name -> google.protobuf.Timestamp
-	10, // 2: edgesync.v1.Session.last_heartbeat_time:type_name -> google.protobuf.Timestamp
+	12, // 0: edgesync.v1.Session.connected_time:type_name -> google.protobuf.Timestamp
+	12, // 1: edgesync.v1.Session.last_ack_time:type_name -> google.protobuf.Timestamp
+	12, // 2: edgesync.v1.Session.last_heartbeat_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: edgesync.v1.Session.last_nack:type_name -> edgesync.v1.NackRecord
-	11, // 4: edgesync.v1.NackRecord.object:type_name -> edgesync.v1.ObjectRef
-	10, // 5: edgesync.v1.NackRecord.time:type_name -> google.protobuf.Timestamp
+	13, // 4: edgesync.v1.NackRecord.object:type_name -> edgesync.v1.ObjectRef
+	12, // 5: edgesync.v1.NackRecord.time:type_name -> google.protobuf.Timestamp
 	0,  // 6: edgesync.v1.ListSessionsResponse.sessions:type_name -> edgesync.v1.Session
 	0,  // 7: edgesync.v1.GetSessionResponse.session:type_name -> edgesync.v1.Session
-	2,  // 8: edgesync.v1.AdminService.ListSessions:input_type -> edgesync.v1.ListSessionsRequest
-	4,  // 9: edgesync.v1.AdminService.GetSession:input_type -> edgesync.v1.GetSessionRequest
-	6,  // 10: edgesync.v1.AdminService.ResyncNode:input_type -> edgesync.v1.ResyncNodeRequest
-	8,  // 11: edgesync.v1.AdminService.DisconnectNode:input_type -> edgesync.v1.DisconnectNodeRequest
-	3,  // 12: edgesync.v1.AdminService.ListSessions:output_type -> edgesync.v1.ListSessionsResponse
-	5,  // 13: edgesync.v1.AdminService.GetSession:output_type -> edgesync.v1.GetSessionResponse
-	7,  // 14: edgesync.v1.AdminService.ResyncNode:output_type -> edgesync.v1.ResyncNodeResponse
-	9,  // 15: edgesync.v1.AdminService.DisconnectNode:output_type -> edgesync.v1.DisconnectNodeResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 8: edgesync.v1.RevokeNodeResponse.revoke_time:type_name -> google.protobuf.Timestamp
+	2,  // 9: edgesync.v1.AdminService.ListSessions:input_type -> edgesync.v1.ListSessionsRequest
+	4,  // 10: edgesync.v1.AdminService.GetSession:input_type -> edgesync.v1.GetSessionRequest
+	6,  // 11: edgesync.v1.AdminService.ResyncNode:input_type -> edgesync.v1.ResyncNodeRequest
+	8,  // 12: edgesync.v1.AdminService.DisconnectNode:input_type -> edgesync.v1.DisconnectNodeRequest
+	10, // 13: edgesync.v1.AdminService.RevokeNode:input_type -> edgesync.v1.RevokeNodeRequest
+	3,  // 14: edgesync.v1.AdminService.ListSessions:output_type -> edgesync.v1.ListSessionsResponse
+	5,  // 15: edgesync.v1.AdminService.GetSession:output_type -> edgesync.v1.GetSessionResponse
+	7,  // 16: edgesync.v1.AdminService.ResyncNode:output_type -> edgesync.v1.ResyncNodeResponse
+	9,  // 17: edgesync.v1.AdminService.DisconnectNode:output_type -> edgesync.v1.DisconnectNodeResponse
+	11, // 18: edgesync.v1.AdminService.RevokeNode:output_type -> edgesync.v1.RevokeNodeResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_admin_proto_init() }
@@ -729,7 +843,7 @@ func file_edgesync_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_admin_proto_rawDesc), len(file_edgesync_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	AdminService_GetSession_FullMethodName     = "/edgesync.v1.AdminService/GetSession"
 	AdminService_ResyncNode_FullMethodName     = "/edgesync.v1.AdminService/ResyncNode"
 	AdminService_DisconnectNode_FullMethodName = "/edgesync.v1.AdminService/DisconnectNode"
+	AdminService_RevokeNode_FullMethodName     = "/edgesync.v1.AdminService/RevokeNode"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -57,6 +58,16 @@ type AdminServiceClient interface {
 	// released (its ownership record cleared), which makes that replica end
 	// the stream.
 	DisconnectNode(ctx context.Context, in *DisconnectNodeRequest, opts ...grpc.CallOption) (*DisconnectNodeResponse, error)
+	// RevokeNode ends the node's identity: every certificate it holds stops
+	// working at once on every replica (its calls are refused
+	// PERMISSION_DENIED, its session ends), and bootstrap tokens bound to it
+	// that were made before the revocation no longer join it. It can join
+	// again only with a new token. The node's Node and pods stay. Revoking
+	// twice is allowed (each revocation raises the generation again).
+	// FAILED_PRECONDITION when the server does not keep a revocation record
+	// (no Kubernetes namespace configured); INVALID_ARGUMENT for a name that
+	// is not a node name.
+	RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*RevokeNodeResponse, error)
 }
 
 type adminServiceClient struct {
@@ -107,6 +118,16 @@ func (c *adminServiceClient) DisconnectNode(ctx context.Context, in *DisconnectN
 	return out, nil
 }
 
+func (c *adminServiceClient) RevokeNode(ctx context.Context, in *RevokeNodeRequest, opts ...grpc.CallOption) (*RevokeNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeNodeResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -139,6 +160,16 @@ type AdminServiceServer interface {
 	// released (its ownership record cleared), which makes that replica end
 	// the stream.
 	DisconnectNode(context.Context, *DisconnectNodeRequest) (*DisconnectNodeResponse, error)
+	// RevokeNode ends the node's identity: every certificate it holds stops
+	// working at once on every replica (its calls are refused
+	// PERMISSION_DENIED, its session ends), and bootstrap tokens bound to it
+	// that were made before the revocation no longer join it. It can join
+	// again only with a new token. The node's Node and pods stay. Revoking
+	// twice is allowed (each revocation raises the generation again).
+	// FAILED_PRECONDITION when the server does not keep a revocation record
+	// (no Kubernetes namespace configured); INVALID_ARGUMENT for a name that
+	// is not a node name.
+	RevokeNode(context.Context, *RevokeNodeRequest) (*RevokeNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -160,6 +191,9 @@ func (UnimplementedAdminServiceServer) ResyncNode(context.Context, *ResyncNodeRe
 }
 func (UnimplementedAdminServiceServer) DisconnectNode(context.Context, *DisconnectNodeRequest) (*DisconnectNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DisconnectNode not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeNode(context.Context, *RevokeNodeRequest) (*RevokeNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeNode not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -254,6 +288,24 @@ func _AdminService_DisconnectNode_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RevokeNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeNode(ctx, req.(*RevokeNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -276,6 +328,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DisconnectNode",
 			Handler:    _AdminService_DisconnectNode_Handler,
+		},
+		{
+			MethodName: "RevokeNode",
+			Handler:    _AdminService_RevokeNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
