@@ -110,6 +110,7 @@ func newRootCommand() *cobra.Command {
 	f.StringVar(&cfg.Devices.Mode, "devices", agent.DevicesSimulated, "what drives the devices the node holds: simulated (each takes its desired values at once) or dmi (KubeEdge mappers, which register on --dmi-socket)")
 	f.StringVar(&cfg.Devices.DMI.SocketPath, "dmi-socket", dmi.DefaultSocketPath, "with --devices dmi: the UNIX socket KubeEdge's DMI (DeviceManagerService) is served on, where mappers register")
 	f.DurationVar(&cfg.Devices.DMI.NoMapperGrace, "dmi-no-mapper-grace", dmi.DefaultNoMapperGrace, "with --devices dmi: how long after start a device waits for a mapper of its protocol before its status says there is none")
+	f.StringVar(&cfg.MQTTBroker, "mqtt-broker", "", "route KubeEdge Rules' messages through this MQTT broker, e.g. tcp://127.0.0.1:1883 (publish what the cloud sends, send up what edge applications publish on the Rules' topics; HTTP requests go to local applications); off when empty")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)

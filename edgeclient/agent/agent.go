@@ -42,6 +42,7 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/dmi"
+	"github.com/edgesync/edgesync/edgeclient/router"
 	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
 	"github.com/edgesync/edgesync/edgeclient/volumes"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -77,6 +78,11 @@ type Config struct {
 	// Devices says what drives the devices the node holds: simulated
 	// (the default) or KubeEdge mappers over DMI.
 	Devices DevicesConfig
+	// MQTTBroker, when set, turns on KubeEdge's router at the edge
+	// (package edgeclient/router): Rules' messages are published on this
+	// MQTT broker (tcp://host:port) and sent to local HTTP applications,
+	// and what applications publish on the Rules' topics goes up.
+	MQTTBroker string
 }
 
 // Device modes.
@@ -148,6 +154,11 @@ func Run(ctx context.Context, cfg Config) error {
 	ccfg.AgentVersion = "edgesync-agent/" + cfg.Version
 	ccfg.OnEvent = a.onEvent
 	ccfg.TunnelHandler = a.kubeletHandler(cfg)
+	var routes *router.Router
+	if cfg.MQTTBroker != "" {
+		routes = router.New(router.Config{Broker: cfg.MQTTBroker, ClientID: "edgesync-" + a.node, Logger: log.Named("router")})
+		ccfg.Router = routes
+	}
 	c, err := edgeclient.New(ccfg)
 	if err != nil {
 		return err
@@ -197,6 +208,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	g.Go(func() error { return c.Run(ctx) })
+	if routes != nil {
+		g.Go(func() error { return routes.Run(ctx, c) })
+	}
 	if a.dmi != nil {
 		g.Go(func() error { return a.dmi.Run(ctx) })
 	}
