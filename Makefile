@@ -17,8 +17,9 @@ GRPCURL_VERSION            := v1.9.4
 HELM_VERSION               := v3.22.0
 
 # Debian packages: protoc and the gRPC Python plugin for the Python client,
-# and the Python runtime libraries it runs on.
-APT_PACKAGES := protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf python3-grpc-tools
+# and the Python runtime libraries it runs on; mosquitto (the MQTT broker
+# of the router's tests and make dev) and its clients.
+APT_PACKAGES := protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf python3-grpc-tools mosquitto mosquitto-clients
 
 K8S_PROTO := $(BUILD)/k8s-proto
 
@@ -60,7 +61,7 @@ $(BIN)/helm: Makefile
 	@touch $@
 
 .PHONY: apt-deps
-apt-deps: ## Install the Debian packages the Python client needs (when missing).
+apt-deps: ## Install the Debian packages the Python client and the router (mosquitto) need (when missing).
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
@@ -257,7 +258,7 @@ fuzz: ## Fuzz every parser of outside bytes for FUZZTIME each (default 5m).
 	done
 
 .PHONY: dev
-dev: tools build devcluster kubelet ## Run the whole product end to end until Ctrl-C (edge-1 a real node where containerd can start).
+dev: tools build devcluster kubelet apt-deps ## Run the whole product end to end until Ctrl-C (edge-1 a real node where containerd can start).
 	@$(MAKE) --no-print-directory realnode-deps || echo "make dev: could not install the Debian packages of a real node; edge-1 runs simulated"
 	go build -o $(BIN)/edgesync-devnode ./internal/realnode/devnode
 	@hack/dev.sh

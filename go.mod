@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/containerd/containerd/v2 v2.2.9
 	github.com/creack/pty v1.1.18
+	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/google/go-cmp v0.7.0
 	github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus v1.1.1
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.4

@@ -57,6 +57,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/nodesync"
 	"github.com/edgesync/edgesync/controllers/ownership"
 	"github.com/edgesync/edgesync/controllers/podsync"
+	"github.com/edgesync/edgesync/controllers/router"
 	"github.com/edgesync/edgesync/controllers/servicesync"
 	"github.com/edgesync/edgesync/controllers/tokensync"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -153,7 +154,12 @@ type Config struct {
 	// to (package dynamicsync); off when neither Dynamic nor RESTConfig
 	// is set.
 	Subscriptions SubscriptionsConfig
-	Logger        *zap.Logger
+	// Router turns on KubeEdge's router (package router: Rules and
+	// RuleEndpoints, which need the rules.kubeedge.io CRDs) with these
+	// options; nil leaves it off. Serve Controllers.Router().Handler() on
+	// the REST port.
+	Router *router.Options
+	Logger *zap.Logger
 }
 
 // SubscriptionsConfig bounds what edges subscribe to (package
@@ -178,6 +184,9 @@ type OwnershipConfig struct {
 	// replicas and operators reach it, recorded on its replica Lease.
 	Replica string
 	Address string
+	// RouterAddress is where other replicas forward router REST calls
+	// for this replica's nodes (host:port), recorded on its replica Lease.
+	RouterAddress string
 	// LeaseDuration of the replica Lease: how long the nodes of a replica
 	// that died wait before another may serve them. 15s when zero.
 	LeaseDuration time.Duration
@@ -219,6 +228,8 @@ type Controllers struct {
 	owners *ownership.Manager
 	// dynamic serves the resources edges subscribe to; nil when off.
 	dynamic *dynamicsync.Controller
+	// router routes KubeEdge Rules' messages; nil when off.
+	router *router.Router
 }
 
 var (
@@ -248,7 +259,7 @@ func New(cfg Config) (*Controllers, error) {
 	if errs := validation.IsQualifiedName(cfg.EdgeLabel); len(errs) > 0 {
 		return nil, fmt.Errorf("controllers: edge label %q is not a label key: %s", cfg.EdgeLabel, strings.Join(errs, "; "))
 	}
-	if cfg.Client == nil || (cfg.Dynamic == nil && !cfg.DisableDevices) {
+	if cfg.Client == nil || (cfg.Dynamic == nil && (!cfg.DisableDevices || cfg.Router != nil)) {
 		if cfg.RESTConfig == nil {
 			return nil, errors.New("controllers: RESTConfig is required unless Client and Dynamic are given")
 		}
@@ -394,10 +405,15 @@ func New(cfg Config) (*Controllers, error) {
 			return nil, fmt.Errorf("controllers: kubernetes replica Lease client: %w", err)
 		}
 		if c.owners, err = ownership.New(ownership.Config{
-			Client: client, ReplicaClient: replicaClient, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address,
+			Client: client, ReplicaClient: replicaClient, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address, RouterAddress: o.RouterAddress,
 			LeaseDuration: o.LeaseDuration, Logger: cfg.Logger.Named("ownership"),
 		}); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)
+		}
+	}
+	if cfg.Router != nil {
+		if err := c.newRouter(cfg); err != nil {
+			return nil, err
 		}
 	}
 	if c.events, err = eventsync.New(eventsync.Config{
@@ -580,6 +596,9 @@ func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
 	if c.dynamic != nil {
 		wg.Go(func() { errs <- c.dynamic.Run(ctx, pub, c.cfg.Workers) })
 	}
+	if c.router != nil {
+		wg.Go(func() { c.router.Run(ctx) })
+	}
 	<-ctx.Done()
 	cancel()
 	wg.Wait()
@@ -680,6 +699,12 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 			return
 		}
 		c.dynamic.HandleReport(node, req, answer)
+	case *edgesyncv1.SyncRequest_RouteMessage:
+		if c.router == nil {
+			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "message routing (Rules) is off on this server")))
+			return
+		}
+		c.router.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_DeviceStatus:
 		if c.devices == nil {
 			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "device support is disabled on this server")))
@@ -735,6 +760,9 @@ func (c *Controllers) Claim(ctx context.Context, node string) error {
 		}
 	}
 	c.nodes.SessionStarted(node)
+	if c.router != nil {
+		c.router.SessionStarted(node)
+	}
 	return nil
 }
 
@@ -788,5 +816,8 @@ func (c *Controllers) SessionEnded(node string) {
 	c.events.SessionEnded(node)
 	if c.dynamic != nil {
 		c.dynamic.SessionEnded(node)
+	}
+	if c.router != nil {
+		c.router.SessionEnded(node)
 	}
 }

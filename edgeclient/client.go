@@ -105,6 +105,10 @@ type Config struct {
 	// which calls Heartbeat) sets it so that the node's Lease lapses when
 	// that liveness stops, as in any cluster. Heartbeat is not gated.
 	HeartbeatWhile func() bool
+	// Router takes the messages KubeEdge Rules route to applications on the
+	// node (MQTT, HTTP); package edgeclient/router is one. When nil,
+	// deliveries are answered with an error.
+	Router RouteHandler
 
 	// LivenessTimeout ends a stream on which nothing has arrived for this
 	// long (heartbeats are answered, so a live stream is never silent for
@@ -267,6 +271,8 @@ type Client struct {
 
 	subs   subscriptions // the node's subscriptions (subscriptions.go)
 	writes uint64        // numbers the keys of resource writes; guarded by mu
+	// routeAnswers wait for the current stream's sender (routes.go).
+	routeAnswers []*edgesyncv1.RouteResult
 }
 
 // New checks the configuration, loads the certificate and opens the store.

@@ -481,6 +481,9 @@ func (s *session) control(msg *edgesyncv1.SyncResponse) {
 	case *edgesyncv1.SyncResponse_TunnelOpen:
 		s.tunnels.open(m.TunnelOpen.GetTunnelId())
 	default:
+		if c.routeMessage(msg) {
+			return
+		}
 		// A newer server may send messages this client does not know.
 		c.log.Debug("ignoring unknown message", zap.Uint64("sequence", msg.GetSequence()))
 	}
@@ -566,6 +569,11 @@ func (s *session) send(ctx context.Context) error {
 			ackDue = ackTimer.C
 		}
 
+		for _, a := range c.takeRouteAnswers() {
+			if err := s.write(&edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_RouteResult{RouteResult: a}}); err != nil {
+				return err
+			}
+		}
 		if welcomeCh != nil || retry != nil {
 			continue
 		}
@@ -574,7 +582,7 @@ func (s *session) send(ctx context.Context) error {
 				c.drop(r, status.Errorf(codes.ResourceExhausted, "report %s is %d bytes, more than the server accepts (%d)", r.key, proto.Size(r.req), maxBytes))
 				continue
 			}
-			if limiter != nil {
+			if limiter != nil && r.req.GetRouteMessage() == nil {
 				res := limiter.Reserve()
 				if d := res.Delay(); d > 0 {
 					res.Cancel()

@@ -13,6 +13,8 @@ DNS_PORT=${EDGESYNC_DEV_DNS_PORT:-10053}
 EDGE1_KUBELET_PORT=${EDGESYNC_DEV_EDGE1_KUBELET_PORT:-10350}
 EDGE1_KUBELET_HEALTHZ_PORT=${EDGESYNC_DEV_EDGE1_KUBELET_HEALTHZ_PORT:-10348}
 EDGE1_LOCAL_API_PORT=${EDGESYNC_DEV_EDGE1_LOCAL_API_PORT:-10550}
+ROUTER_PORT=${EDGESYNC_DEV_ROUTER_PORT:-9445}
+MQTT_PORT=${EDGESYNC_DEV_MQTT_PORT:-1883}
 export PATH=$BIN:$PATH
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -79,7 +81,16 @@ rm -rf "$PKI"
 edgesync-server certs init --dir "$PKI" --hosts localhost,127.0.0.1
 edgesync-server certs admin dev-admin --dir "$PKI"
 
-step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT)"
+# The edges' MQTT broker: Debian's mosquitto (make dev installs it), unless
+# one already listens on the port.
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then
+  step "starting mosquitto on 127.0.0.1:$MQTT_PORT (the edges' MQTT broker)"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT_PORT" >"$DEV/mosquitto.conf"
+  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$DEV/mosquitto.conf" >"$DEV/mosquitto.log" 2>&1 &
+  pids+=($!)
+fi
+
+step "starting edgesync-server on 127.0.0.1:$GRPC_PORT (metrics on :$HTTP_PORT, router REST port :$ROUTER_PORT)"
 edgesync-server \
   --listen "127.0.0.1:$GRPC_PORT" \
   --http-listen "127.0.0.1:$HTTP_PORT" \
@@ -87,6 +98,7 @@ edgesync-server \
   --bootstrap-ca-key "$PKI/ca.key" \
   --kubeconfig "$SERVER_KUBECONFIG" \
   --kubelet-listen "127.0.0.1:$KUBELET_PORT" --kubelet-client-ca "$DEV/cluster/pki/ca.crt" \
+  --router-listen "127.0.0.1:$ROUTER_PORT" \
   --log-format console \
   --server-id dev >"$DEV/server.log" 2>&1 &
 pids+=($!)
@@ -144,7 +156,7 @@ step "starting edgesync-agent for edge-1 ($EDGE1_RUNTIME; its events follow) and
 start_agent() {
   local node=$1
   local args=(run --server "127.0.0.1:$GRPC_PORT" --node "$node" --dir "$DEV/pki-$node"
-    --store "$DEV/$node" --allow-exec)
+    --store "$DEV/$node" --allow-exec --mqtt-broker "tcp://127.0.0.1:$MQTT_PORT")
   if [ "$node" = edge-1 ] && [ "$EDGE1_RUNTIME" = kubelet ]; then
     args+=(--runtime kubelet --kubelet-dir "$DEV/edge-1-kubelet" --local-api-address "127.0.0.1:$EDGE1_LOCAL_API_PORT"
       --kubelet-url "https://127.0.0.1:$EDGE1_KUBELET_PORT")
@@ -175,6 +187,7 @@ wait_for "nodes edge-1 and edge-2 to register" 60 kubectl get node edge-1 edge-2
 
 step "creating the demo: a Deployment (with a Service meant for edges) and a DaemonSet for edge nodes using a configmap and a secret, and a device (deploy/demo)"
 kubectl apply -f "$ROOT/deploy/demo/demo.yaml" >/dev/null
+kubectl apply -f "$ROOT/deploy/demo/router.yaml" >/dev/null
 # Scheduled by kube-scheduler, run and reported by the agents: nothing
 # but the edges' reports makes the Deployment available.
 wait_for "deployment demo/web to be available (2/2)" 120 \
@@ -243,6 +256,11 @@ cat <<TXT
   # logs and exec reach the edge through edgesync (kubelet API on :$KUBELET_PORT, tunnels to the agents)
   kubectl -n demo logs deploy/web
   kubectl -n demo exec deploy/web -- cat /etc/web/greeting   # the configmap's value, read on the edge
+  # a REST call routed by the demo Rule (deploy/demo/router.yaml) to MQTT topic "hello" on edge-1:
+  mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -t hello -v &    # an application on edge-1
+  curl --cacert \$EDGESYNC_CA -H "Authorization: Bearer \$(kubectl -n demo create token demo-caller)" \
+    -d '{"hello":"edge"}' https://127.0.0.1:$ROUTER_PORT/edge-1/demo/hello
+  kubectl -n demo get rules                                  # successMessages counts them
   # a third edge node joins with a token: token create prints the join command to run
   edgesync-server token create --node edge-3 --single-use --ca \$EDGESYNC_CA --server \$EDGESYNC_ADDR --dir .dev/pki-edge-3
   edgesync-agent join --server \$EDGESYNC_ADDR --token TOKEN --ca-cert-hash sha256:HASH --node edge-3 --dir .dev/pki-edge-3

@@ -122,6 +122,7 @@ func newRootCommand() *cobra.Command {
 	f.StringVar(&cfg.Kubelet.Dir, "kubelet-dir", "", "with --runtime kubelet: where the agent writes the kubelet's kubeconfig (DIR/kubeconfig) and the certificates the kubelet's configuration names (DIR/pki, DIR/localapi); default STORE/kubelet")
 	f.StringVar(&cfg.Kubelet.LocalAPIAddress, "local-api-address", agent.DefaultLocalAPIAddress, "with --runtime kubelet: host:port of the local Kubernetes API the kubelet talks to (keep it on loopback)")
 	f.StringVar(&cfg.Kubelet.URL, "kubelet-url", kubeletproxy.DefaultURL, "with --runtime kubelet: the kubelet's server (its address and port), which kubectl logs, exec, attach and port-forward reach through the agent")
+	f.StringVar(&cfg.MQTTBroker, "mqtt-broker", "", "route KubeEdge Rules' messages through this MQTT broker, e.g. tcp://127.0.0.1:1883 (publish what the cloud sends, send up what edge applications publish on the Rules' topics; HTTP requests go to local applications); off when empty")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	for _, name := range []string{"server", "ca", "cert", "key", "node", "store"} {
 		_ = root.MarkFlagRequired(name)

@@ -45,6 +45,7 @@ type Config struct {
 	Ownership   OwnershipConfig   `json:"ownership"`
 	Bootstrap   BootstrapConfig   `json:"bootstrap"`
 	Kubelet     KubeletConfig     `json:"kubelet"`
+	Router      RouterConfig      `json:"router"`
 	Log         LogConfig         `json:"log"`
 }
 
@@ -197,6 +198,7 @@ func defaultConfig() Config {
 			GlobalAttemptBurst:      100,
 		},
 		Kubelet: KubeletConfig{MaxTunnelsPerNode: 32, MaxTunnels: 1024, IdleTimeout: d(4 * time.Hour)},
+		Router:  defaultRouterConfig(),
 		Log:     LogConfig{Level: "info", Format: "json"},
 	}
 }
@@ -235,6 +237,7 @@ func (c *Config) validate() error {
 	addr("listenAddress", c.ListenAddress, false)
 	addr("httpAddress", c.HTTPAddress, true)
 	c.validateKubelet(bad)
+	c.validateRouter(bad)
 	for field, v := range map[string]string{"tls.caFile": c.TLS.CAFile, "tls.certFile": c.TLS.CertFile, "tls.keyFile": c.TLS.KeyFile} {
 		if v == "" {
 			bad(field, "required: the server speaks mTLS only (create files with `edgesync-server certs`)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/edgesync/edgesync/controllers"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
+	"github.com/edgesync/edgesync/controllers/router"
 	"github.com/edgesync/edgesync/internal/kubemetrics"
 	"github.com/edgesync/edgesync/internal/version"
 	"github.com/edgesync/edgesync/server"
@@ -92,6 +94,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubelet.ListenAddress, "kubelet-listen", d.Kubelet.ListenAddress, "address of the kubelet API of edge nodes (kubectl logs/exec/attach/port-forward through tunnels); empty disables (kubelet.listenAddress)")
 	fs.StringVar(&o.Kubelet.AdvertiseAddress, "kubelet-advertise-address", d.Kubelet.AdvertiseAddress, "IP the kube-apiserver dials for the kubelet API, written into edge Nodes' status; default the --kubelet-listen IP, or $POD_IP when it listens on every address (kubelet.advertiseAddress)")
 	fs.StringVar(&o.Kubelet.ClientCAFile, "kubelet-client-ca", d.Kubelet.ClientCAFile, "CA of the kube-apiserver's kubelet client certificate (kubelet.clientCAFile)")
+	fs.StringVar(&o.Router.ListenAddress, "router-listen", d.Router.ListenAddress, "address of the router's REST port (KubeEdge Rules: messages to and from edge applications; KubeEdge uses :9443); empty disables (router.listenAddress)")
 	fs.StringVar(&o.Ownership.Namespace, "ownership-namespace", d.Ownership.Namespace, "namespace of the Leases that make one replica own each node; required with several replicas (ownership.namespace)")
 	fs.StringVar(&o.Ownership.Address, "ownership-address", d.Ownership.Address, "address other replicas and operators reach this replica at (ownership.address)")
 	fs.StringVar(&o.Log.Level, "log-level", d.Log.Level, "debug, info, warn or error (log.level)")
@@ -125,6 +128,7 @@ func (f *serveFlags) apply(fs *pflag.FlagSet, cfg *Config) {
 		"log-format":          func() { cfg.Log.Format = o.Log.Format },
 		"ownership-namespace": func() { cfg.Ownership.Namespace = o.Ownership.Namespace },
 		"ownership-address":   func() { cfg.Ownership.Address = o.Ownership.Address },
+		"router-listen":       func() { cfg.Router.ListenAddress = o.Router.ListenAddress },
 	}
 	for name, fn := range set {
 		if fs.Changed(name) {
@@ -280,6 +284,21 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 	if srv, err = server.New(opts); err != nil {
 		return err
 	}
+	var (
+		routerLis                 net.Listener
+		routerServing, routerPeer *tls.Config
+		routerAddress             string
+	)
+	if cfg.Router.ListenAddress != "" {
+		if routerServing, routerPeer, err = routerTLS(cfg); err != nil {
+			return err
+		}
+		if routerLis, err = net.Listen("tcp", cfg.Router.ListenAddress); err != nil {
+			return fmt.Errorf("router.listenAddress: %w", err)
+		}
+		defer routerLis.Close()
+		routerAddress = cfg.Router.advertise(routerLis)
+	}
 
 	// --- Controllers: the feed.Controllers the server serves. ---
 	ctrls, err := controllers.New(controllers.Config{
@@ -299,10 +318,11 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 		ResyncPeriod:       cfg.Controllers.ResyncPeriod.Duration,
 		DisableDevices:     cfg.Controllers.DisableDevices,
 		KubeletEndpoint:    endpoint,
+		Router:             routerOptions(cfg, routerPeer),
 		Registerer:         reg,
 		Logger:             log.Named("controllers"),
 		Ownership: controllers.OwnershipConfig{
-			Namespace: cfg.Ownership.Namespace, Replica: srv.ID(), Address: cfg.Ownership.Address,
+			Namespace: cfg.Ownership.Namespace, Replica: srv.ID(), Address: cfg.Ownership.Address, RouterAddress: routerAddress,
 			LeaseDuration: cfg.Ownership.LeaseDuration.Duration, QPS: cfg.Ownership.QPS, Burst: cfg.Ownership.Burst,
 		},
 	})
@@ -337,10 +357,25 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 	if kubelet != nil {
 		g.Go(func() error { return kubelet.run(gctx, kube, cfg.ServerID) })
 	}
+	if routerLis != nil {
+		g.Go(func() error {
+			return serveRouter(gctx, routerLis, ctrls.Router().Handler(), routerServing, log.Named("router"))
+		})
+	}
 	start := time.Now()
 	build := version.Get()
 	log.Info("serving", zap.String("version", build.Version), zap.String("commit", build.Commit), zap.String("serverID", cfg.ServerID))
 	err = g.Wait()
 	log.Info("exiting", zap.Duration("uptime", time.Since(start)), zap.Error(err))
 	return err
+}
+
+// routerOptions turns the router on when it has a REST port.
+func routerOptions(cfg Config, peers *tls.Config) *router.Options {
+	if cfg.Router.ListenAddress == "" {
+		return nil
+	}
+	o := cfg.Router.options()
+	o.PeerTLS = peers
+	return o
 }

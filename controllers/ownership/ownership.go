@@ -100,6 +100,9 @@ const (
 	AnnotationReleased = "edgesync.io/released"
 	// AnnotationAddress is a replica's address, on its replica Lease.
 	AnnotationAddress = "edgesync.io/address"
+	// AnnotationRouterAddress is the address of a replica's router REST
+	// port (package controllers/router), on its replica Lease.
+	AnnotationRouterAddress = "edgesync.io/router-address"
 
 	replicaPrefix = "edgesync-replica-"
 	nodePrefix    = "edgesync-node-"
@@ -130,6 +133,10 @@ type Config struct {
 	// Address is where others reach this replica (host:port), recorded on
 	// its replica Lease; optional.
 	Address string
+	// RouterAddress is where other replicas forward router REST calls for
+	// the nodes this replica holds (host:port), recorded on its replica
+	// Lease; optional.
+	RouterAddress string
 	// LeaseDuration is how long a replica Lease stays valid after a
 	// renewal: how long the nodes of a dead replica wait before others may
 	// take them. DefaultLeaseDuration when zero.
@@ -338,6 +345,15 @@ func (m *Manager) Address(replica string) (string, bool) {
 		return "", false
 	}
 	return l.Annotations[AnnotationAddress], true
+}
+
+// RouterAddress returns the router address recorded on replica's Lease.
+func (m *Manager) RouterAddress(replica string) (string, bool) {
+	l, err := m.leases.Get(ReplicaLeaseName(replica))
+	if err != nil || l.Annotations[AnnotationRouterAddress] == "" {
+		return "", false
+	}
+	return l.Annotations[AnnotationRouterAddress], true
 }
 
 // Owns reports whether this replica owns node now: it claimed the node,

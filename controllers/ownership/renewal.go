@@ -42,6 +42,12 @@ func (m *Manager) renew(ctx context.Context) error {
 	if m.cfg.Address != "" {
 		meta.Annotations = map[string]string{AnnotationAddress: m.cfg.Address}
 	}
+	if m.cfg.RouterAddress != "" {
+		if meta.Annotations == nil {
+			meta.Annotations = map[string]string{}
+		}
+		meta.Annotations[AnnotationRouterAddress] = m.cfg.RouterAddress
+	}
 	metaPatch := map[string]any{"labels": meta.Labels}
 	if meta.Annotations != nil {
 		metaPatch["annotations"] = meta.Annotations

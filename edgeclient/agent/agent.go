@@ -46,6 +46,7 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/dmi"
+	"github.com/edgesync/edgesync/edgeclient/router"
 	"github.com/edgesync/edgesync/edgeclient/serviceproxy"
 	"github.com/edgesync/edgesync/edgeclient/volumes"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -86,6 +87,11 @@ type Config struct {
 	Runtime string
 	// Kubelet configures RuntimeKubelet.
 	Kubelet KubeletConfig
+	// MQTTBroker, when set, turns on KubeEdge's router at the edge
+	// (package edgeclient/router): Rules' messages are published on this
+	// MQTT broker (tcp://host:port) and sent to local HTTP applications,
+	// and what applications publish on the Rules' topics goes up.
+	MQTTBroker string
 }
 
 // Device modes.
@@ -130,6 +136,9 @@ type agent struct {
 	kubelet *kubeletRuntime
 	// dmi drives the devices in DevicesDMI mode; nil when simulated.
 	dmi *dmi.Manager
+	// routes carries KubeEdge Rules' messages at the edge (--mqtt-broker); nil
+	// when off.
+	routes *router.Router
 }
 
 // nodeLabels are the labels a kubelet gives its Node (hostname, OS and
@@ -175,6 +184,10 @@ func Run(ctx context.Context, cfg Config) error {
 		ccfg.HeartbeatWhile = kr.kubeletAlive
 	default:
 		return fmt.Errorf("unknown runtime %q: want %q or %q", cfg.Runtime, RuntimeSimulated, RuntimeKubelet)
+	}
+	if cfg.MQTTBroker != "" {
+		a.routes = router.New(router.Config{Broker: cfg.MQTTBroker, ClientID: "edgesync-" + a.node, Logger: log.Named("router")})
+		ccfg.Router = a.routes
 	}
 	c, err := edgeclient.New(ccfg)
 	if err != nil {
@@ -233,6 +246,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	g.Go(func() error { return c.Run(ctx) })
+	if a.routes != nil {
+		g.Go(func() error { return a.routes.Run(ctx, c) })
+	}
 	if a.dmi != nil {
 		g.Go(func() error { return a.dmi.Run(ctx) })
 	}

@@ -150,6 +150,9 @@ func (a *agent) runWithKubelet(ctx context.Context, cfg Config, c *edgeclient.Cl
 	}
 	a.kubelet.start(ctx, g, a.log)
 	g.Go(func() error { return c.Run(ctx) })
+	if a.routes != nil {
+		g.Go(func() error { return a.routes.Run(ctx, c) })
+	}
 	if a.dmi != nil {
 		g.Go(func() error { return a.dmi.Run(ctx) })
 	}

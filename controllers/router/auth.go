@@ -1,0 +1,139 @@
+package router
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Callers of the REST port authenticate with a bearer token, which the
+// API server reviews (TokenReview), and must be allowed to create
+// rules/messages for the Rule that routes their call
+// (SubjectAccessReview). Both answers are cached for authTTL (failures for
+// less), so that a steady stream of calls costs the API server a few
+// requests a minute per caller.
+
+const (
+	authTTL     = 10 * time.Second
+	authFailTTL = 2 * time.Second
+	authMax     = 10000
+)
+
+// MessagesSubresource is the subresource of rules callers need create on.
+const MessagesSubresource = "messages"
+
+var errUnauthenticated = errors.New("unauthenticated")
+
+type caller struct {
+	user   string
+	uid    string
+	groups []string
+	extra  map[string]authorizationv1.ExtraValue
+}
+
+type authEntry struct {
+	until  time.Time
+	caller *caller
+	err    error
+}
+
+type sarEntry struct {
+	until   time.Time
+	allowed bool
+	reason  string
+}
+
+type authCache struct {
+	client kubernetes.Interface
+
+	mu     sync.Mutex // guards the maps
+	tokens map[[32]byte]authEntry
+	sars   map[string]sarEntry
+}
+
+func newAuthCache(c kubernetes.Interface) *authCache {
+	return &authCache{client: c, tokens: map[[32]byte]authEntry{}, sars: map[string]sarEntry{}}
+}
+
+// authenticate reviews token; errUnauthenticated wraps a refusal.
+func (a *authCache) authenticate(ctx context.Context, token string) (*caller, error) {
+	key := sha256.Sum256([]byte(token))
+	now := time.Now()
+	a.mu.Lock()
+	if e, ok := a.tokens[key]; ok && now.Before(e.until) {
+		a.mu.Unlock()
+		return e.caller, e.err
+	}
+	a.mu.Unlock()
+	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("review the token: %w", err) // not cached
+	}
+	e := authEntry{until: now.Add(authTTL)}
+	if !tr.Status.Authenticated {
+		msg := tr.Status.Error
+		if msg == "" {
+			msg = "the API server does not accept it"
+		}
+		e.err, e.until = fmt.Errorf("%w: bearer token refused: %s", errUnauthenticated, msg), now.Add(authFailTTL)
+	} else {
+		u := tr.Status.User
+		c := &caller{user: u.Username, uid: u.UID, groups: u.Groups, extra: map[string]authorizationv1.ExtraValue{}}
+		for k, v := range u.Extra {
+			c.extra[k] = authorizationv1.ExtraValue(v)
+		}
+		e.caller = c
+	}
+	a.mu.Lock()
+	if len(a.tokens) >= authMax {
+		clear(a.tokens)
+	}
+	a.tokens[key] = e
+	a.mu.Unlock()
+	return e.caller, e.err
+}
+
+// authorize asks whether c may create rules/messages of rule k.
+func (a *authCache) authorize(ctx context.Context, c *caller, k ruleKey) (bool, string, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%v\x00%s", c.user, c.uid, c.groups, k)
+	now := time.Now()
+	a.mu.Lock()
+	if e, ok := a.sars[key]; ok && now.Before(e.until) {
+		a.mu.Unlock()
+		return e.allowed, e.reason, nil
+	}
+	a.mu.Unlock()
+	sar, err := a.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: c.user, UID: c.uid, Groups: c.groups, Extra: c.extra,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: k.namespace, Verb: "create", Group: Rules.Group, Version: Rules.Version,
+				Resource: Rules.Resource, Subresource: MessagesSubresource, Name: k.name,
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return false, "", fmt.Errorf("review access: %w", err)
+	}
+	e := sarEntry{until: now.Add(authTTL), allowed: sar.Status.Allowed, reason: sar.Status.Reason}
+	if !e.allowed {
+		e.until = now.Add(authFailTTL)
+	}
+	a.mu.Lock()
+	if len(a.sars) >= authMax {
+		clear(a.sars)
+	}
+	a.sars[key] = e
+	a.mu.Unlock()
+	return e.allowed, e.reason, nil
+}
