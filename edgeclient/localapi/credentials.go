@@ -175,7 +175,10 @@ func (c *Credentials) ServerTLS() (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		ClientAuth: tls.RequireAndVerifyClientCert,
+		// The kubelet presents its certificate; edge applications their
+		// pod's ServiceAccount token instead (apps.go). A request with
+		// neither is 401.
+		ClientAuth: tls.VerifyClientCertIfGiven,
 		ClientCAs:  pool,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cert, err := tls.LoadX509KeyPair(certFile, keyFile)

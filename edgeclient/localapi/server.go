@@ -110,6 +110,7 @@ type Server struct {
 	cache  *objectCache
 
 	resources map[string]*Resource // by group/version/plural
+	apps      appWatches           // watches of edge applications (apps.go)
 
 	mu sync.Mutex // guards the fields below
 	// pods are the held pods as the cloud sent them, by namespace/name;
@@ -221,6 +222,10 @@ func (s *Server) hold(obj edgeclient.Object) {
 		served := s.servedNode()
 		s.mu.Unlock()
 		s.cache.put(objectKey{"/nodes", "", s.node}, served, nil)
+	case obj.Resource != nil:
+		s.holdResource(obj.Resource)
+	case obj.Subscription != nil:
+		s.subscriptionChanged(obj.Subscription)
 	case obj.Token != nil:
 		m := obj.Token.GetMetadata()
 		s.mu.Lock()
@@ -255,6 +260,8 @@ func (s *Server) forget(key edgeclient.Key) {
 		s.createdNode = nil
 		s.mu.Unlock()
 		s.cache.remove(objectKey{"/nodes", "", s.node})
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		s.forgetResource(key)
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		s.mu.Lock()
 		delete(s.tokens, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
@@ -349,6 +356,16 @@ type Request struct {
 
 // serveHTTP routes a request: discovery, or a resource.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	// A pod's own program, with the ServiceAccount token the node gave it
+	// (apps.go); the kubelet authenticates with its certificate.
+	if r.Header.Get("Authorization") != "" && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		if a, ok := s.appCaller(r); ok {
+			s.serveApp(w, r, a)
+			return
+		}
+		writeError(w, r, apierrors.NewUnauthorized("Unauthorized: the token is not one this node gave its pods"))
+		return
+	}
 	user, ok := s.authenticate(r)
 	if !ok {
 		writeError(w, r, apierrors.NewUnauthorized("Unauthorized"))
