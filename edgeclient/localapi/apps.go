@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/edgesync/edgesync/edgeclient"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -90,10 +91,42 @@ type app struct {
 
 func (a *app) user() string { return "system:serviceaccount:" + a.namespace + ":" + a.serviceAccount }
 
-// appWatches ends the watches of subscriptions that ended.
+// appWatches keeps the subscription states the local API has served
+// (through OnEvent, after the objects they cover) and ends the watches of
+// subscriptions that ended.
 type appWatches struct {
-	mu   sync.Mutex // guards byID
-	byID map[string]map[*context.CancelFunc]struct{}
+	mu      sync.Mutex // guards the fields below
+	byID    map[string]map[*context.CancelFunc]struct{}
+	states  map[string]*edgesyncv1.SubscriptionEvent
+	changed chan struct{} // closed and replaced when states change
+}
+
+// state returns the state of subscription id and a channel closed at the
+// next change.
+func (w *appWatches) state(id string) (*edgesyncv1.SubscriptionEvent, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.changed == nil {
+		w.changed = make(chan struct{})
+	}
+	return w.states[id], w.changed
+}
+
+func (w *appWatches) setState(id string, ev *edgesyncv1.SubscriptionEvent) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.states == nil {
+		w.states = map[string]*edgesyncv1.SubscriptionEvent{}
+	}
+	if ev == nil {
+		delete(w.states, id)
+	} else {
+		w.states[id] = ev
+	}
+	if w.changed != nil {
+		close(w.changed)
+	}
+	w.changed = make(chan struct{})
 }
 
 func (w *appWatches) add(id string, cancel *context.CancelFunc) (remove func()) {
@@ -169,6 +202,7 @@ func (s *Server) forgetResource(key edgeclient.Key) {
 
 // subscriptionChanged ends the watches of a subscription that ended.
 func (s *Server) subscriptionChanged(ev *edgesyncv1.SubscriptionEvent) {
+	s.apps.setState(ev.GetMetadata().GetName(), ev)
 	if ev.GetState() == edgesyncv1.SubscriptionState_SUBSCRIPTION_STATE_ENDED {
 		s.apps.end(ev.GetMetadata().GetName())
 	}
@@ -236,7 +270,7 @@ func (s *Server) serveApp(w http.ResponseWriter, r *http.Request, a *app) {
 		return
 	}
 	var opts metav1.ListOptions
-	if err := metav1.ParameterCodec.DecodeParameters(r.URL.Query(), metav1.SchemeGroupVersion, &opts); err != nil {
+	if err := scheme.ParameterCodec.DecodeParameters(r.URL.Query(), schema.GroupVersion{Version: "v1"}, &opts); err != nil {
 		writeError(w, r, apierrors.NewBadRequest(err.Error()))
 		return
 	}
@@ -289,10 +323,7 @@ func (s *Server) appSubscription(ctx context.Context, a *app, client appClient, 
 		candidates = append(candidates, all)
 	}
 	for _, c := range candidates {
-		st, err := client.SubscriptionState(edgeclient.SubscriptionID(c))
-		if err != nil {
-			return nil, apierrors.NewInternalError(err)
-		}
+		st, _ := s.apps.state(edgeclient.SubscriptionID(c))
 		if st.GetState() == edgesyncv1.SubscriptionState_SUBSCRIPTION_STATE_ACTIVE {
 			return st, nil
 		}
@@ -305,22 +336,31 @@ func (s *Server) appSubscription(ctx context.Context, a *app, client appClient, 
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, appWait)
-	defer cancel()
-	err = client.WaitSubscription(wctx, id)
-	var st *status.Status
-	switch {
-	case err == nil:
-		return client.SubscriptionState(id)
-	case errors.Is(err, context.DeadlineExceeded):
-		return nil, apierrors.NewTimeoutError(fmt.Sprintf("the cloud did not decide within %s whether %s/%s may list and watch %s", appWait, a.namespace, a.serviceAccount, gr), 1)
-	case !errors.Is(err, edgeclient.ErrSubscriptionEnded):
-		return nil, apierrors.NewInternalError(err)
+	sub.Id = id // as the held state echoes it
+	// The state is waited for as the local API received it (OnEvent),
+	// after the objects the subscription covers.
+	timer := time.NewTimer(appWait)
+	defer timer.Stop()
+	var ev *edgesyncv1.SubscriptionEvent
+	for {
+		var changed <-chan struct{}
+		ev, changed = s.apps.state(id)
+		if ev != nil && proto.Equal(ev.GetSubscription(), sub) && ev.GetState() != edgesyncv1.SubscriptionState_SUBSCRIPTION_STATE_UNSPECIFIED {
+			break
+		}
+		select {
+		case <-changed:
+			continue
+		case <-timer.C:
+			return nil, apierrors.NewTimeoutError(fmt.Sprintf("the cloud did not decide within %s whether %s/%s may list and watch %s", appWait, a.namespace, a.serviceAccount, gr), 1)
+		case <-ctx.Done():
+			return nil, apierrors.NewTimeoutError("the request ended", 1)
+		}
 	}
-	st, _ = status.FromError(errors.Unwrap(errors.Unwrap(err)))
-	if st == nil {
-		st = status.New(codes.Unknown, err.Error())
+	if ev.GetState() == edgesyncv1.SubscriptionState_SUBSCRIPTION_STATE_ACTIVE {
+		return ev, nil
 	}
+	st := status.New(codes.Code(ev.GetCode()), ev.GetMessage())
 	switch st.Code() {
 	case codes.PermissionDenied:
 		return nil, apierrors.NewForbidden(gr, "", errors.New(st.Message()))

@@ -262,6 +262,8 @@ func (s *Server) forget(key edgeclient.Key) {
 		s.cache.remove(objectKey{"/nodes", "", s.node})
 	case edgesyncv1.Kind_KIND_RESOURCE:
 		s.forgetResource(key)
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		s.apps.setState(key.Name, nil)
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		s.mu.Lock()
 		delete(s.tokens, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
