@@ -175,10 +175,7 @@ func (c *Credentials) ServerTLS() (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		// The kubelet presents its certificate; edge applications their
-		// pod's ServiceAccount token instead (apps.go). A request with
-		// neither is 401.
-		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientAuth: tls.RequireAndVerifyClientCert,
 		ClientCAs:  pool,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cert, err := tls.LoadX509KeyPair(certFile, keyFile)

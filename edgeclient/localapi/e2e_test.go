@@ -74,7 +74,7 @@ func startLiveNode(t *testing.T) *liveNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi")})
+	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi"), Applications: true})
 	if err != nil {
 		t.Fatal(err)
 	}
