@@ -44,6 +44,9 @@ type liveNode struct {
 	json     kubernetes.Interface // the kubelet, JSON
 	protobuf kubernetes.Interface // the kubelet, protobuf
 	stop     func()               // stops the sync server: the node is offline
+	// addr and caFile are where applications reach the local API and
+	// the CA they trust for it.
+	addr, caFile string
 }
 
 func startLiveNode(t *testing.T) *liveNode {
@@ -71,7 +74,7 @@ func startLiveNode(t *testing.T) *liveNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi")})
+	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi"), Applications: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +97,7 @@ func startLiveNode(t *testing.T) *liveNode {
 		}
 		_ = c.Close()
 	})
+	n.addr, n.caFile = "https://"+ln.Addr().String(), creds.CAPath()
 	kubeconfig := filepath.Join(t.TempDir(), "kubelet.kubeconfig")
 	if err := creds.WriteKubeconfig(kubeconfig, "https://"+ln.Addr().String()); err != nil {
 		t.Fatal(err)

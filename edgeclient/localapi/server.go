@@ -50,6 +50,12 @@ type Options struct {
 	// without a client certificate; such callers may use only the
 	// resources whose Allow admits them.
 	Authenticators []Authenticator
+	// Applications serves the node's pods' own programs (client-go with
+	// rest.InClusterConfig): any resource, read through the node's
+	// subscriptions with the ServiceAccount token the pod mounts, and
+	// written through the cloud while online (apps.go). A caller with
+	// another token goes on to the Authenticators, or gets 401.
+	Applications bool
 }
 
 // Authenticator returns the user a request authenticates as, or ok false
@@ -110,6 +116,7 @@ type Server struct {
 	cache  *objectCache
 
 	resources map[string]*Resource // by group/version/plural
+	apps      appWatches           // watches of edge applications (apps.go)
 
 	mu sync.Mutex // guards the fields below
 	// pods are the held pods as the cloud sent them, by namespace/name;
@@ -221,6 +228,10 @@ func (s *Server) hold(obj edgeclient.Object) {
 		served := s.servedNode()
 		s.mu.Unlock()
 		s.cache.put(objectKey{"/nodes", "", s.node}, served, nil)
+	case obj.Resource != nil:
+		s.holdResource(obj.Resource)
+	case obj.Subscription != nil:
+		s.subscriptionChanged(obj.Subscription)
 	case obj.Token != nil:
 		m := obj.Token.GetMetadata()
 		s.mu.Lock()
@@ -255,6 +266,10 @@ func (s *Server) forget(key edgeclient.Key) {
 		s.createdNode = nil
 		s.mu.Unlock()
 		s.cache.remove(objectKey{"/nodes", "", s.node})
+	case edgesyncv1.Kind_KIND_RESOURCE:
+		s.forgetResource(key)
+	case edgesyncv1.Kind_KIND_SUBSCRIPTION:
+		s.apps.setState(key.Name, nil)
 	case edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN:
 		s.mu.Lock()
 		delete(s.tokens, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
@@ -306,7 +321,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err != nil {
 		return err
 	}
-	if len(s.opts.Authenticators) > 0 {
+	if len(s.opts.Authenticators) > 0 || s.opts.Applications {
 		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	srv := &http.Server{
@@ -349,6 +364,14 @@ type Request struct {
 
 // serveHTTP routes a request: discovery, or a resource.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	// A pod's own program, with the ServiceAccount token the node gave it
+	// (apps.go); the kubelet authenticates with its certificate.
+	if s.opts.Applications && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		if a, ok := s.appCaller(r); ok {
+			s.serveApp(w, r, a)
+			return
+		}
+	}
 	user, ok := s.authenticate(r)
 	if !ok {
 		writeError(w, r, apierrors.NewUnauthorized("Unauthorized"))
