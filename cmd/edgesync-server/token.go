@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgesync/edgesync/server/bootstrap"
 	"github.com/edgesync/edgesync/server/pki"
+	"github.com/edgesync/edgesync/server/revocation"
 )
 
 func init() { subcommands = append(subcommands, newTokenCommand) }
@@ -66,6 +67,13 @@ certificate. Tokens are Kubernetes bootstrap token Secrets in kube-system
 			}
 			if err != nil {
 				return err
+			}
+			if opts.Node != "" {
+				e, err := revocation.Current(cmd.Context(), c, namespace, opts.Node)
+				if err != nil {
+					return err
+				}
+				opts.NodeGeneration = e.Generation
 			}
 			token, tok, err := bootstrap.CreateToken(cmd.Context(), c, opts)
 			if err != nil {

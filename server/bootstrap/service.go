@@ -306,12 +306,24 @@ func (s *Service) checkToken(token, node string) (*Token, error) {
 		}
 	}
 	if s.cfg.Revocations != nil && tok.Node != "" {
-		if e := s.cfg.Revocations.Entry(tok.Node); e.Generation > 0 && !obj.CreationTimestamp.After(e.RevokedAt) {
+		if e := s.cfg.Revocations.Entry(tok.Node); e.Generation > 0 && madeBeforeRevocation(tok, obj.CreationTimestamp.Time, e.Generation, e.RevokedAt) {
 			return nil, status.Errorf(codes.PermissionDenied, "token %s was made before node %q was revoked (%s); create a new one with `edgesync-server token create --node %s`",
 				id, tok.Node, e.RevokedAt.Format(time.RFC3339), tok.Node)
 		}
 	}
 	return tok, nil
+}
+
+// madeBeforeRevocation reports whether tok, bound to a node now at
+// generation, was made before the node's last revocation: by the
+// generation it records, or, for tokens that record none, by its creation
+// time (whole seconds, as is revokedAt: a token made in the same second
+// counts as older).
+func madeBeforeRevocation(tok *Token, created time.Time, generation int64, revokedAt time.Time) bool {
+	if tok.NodeGeneration >= 0 {
+		return tok.NodeGeneration < generation
+	}
+	return !created.After(revokedAt)
 }
 
 // checkNode refuses a name that belongs to a Node which is not an edge

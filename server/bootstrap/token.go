@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,11 @@ const (
 	// use records (UseRecordName) replaced them; they are still honoured.
 	UsedByKey = "edgesync-used-by"
 	UsedAtKey = "edgesync-used-at"
+	// NodeGenerationKey records, in a token bound to a node, the node's
+	// revocation generation when the token was made: a revocation raises
+	// it, and the token no longer joins. Tokens without it (made by
+	// kubeadm, or before it existed) are compared by creation time.
+	NodeGenerationKey = "edgesync-node-generation"
 )
 
 // Group is the bootstrap group (auth-extra-groups) that marks a token as
@@ -44,8 +50,11 @@ type Token struct {
 	// Expires is the expiration; zero when the token does not expire.
 	Expires time.Time
 	// Node is the node name the token is bound to, if any.
-	Node      string
-	SingleUse bool
+	Node string
+	// NodeGeneration is Node's revocation generation when the token was
+	// made; -1 when the token does not record it.
+	NodeGeneration int64
+	SingleUse      bool
 	// UsedBy and UsedAt are set once a single-use token was consumed.
 	UsedBy string
 	UsedAt string
@@ -67,8 +76,11 @@ type TokenOptions struct {
 	// TTL is how long the token is valid; zero means forever.
 	TTL time.Duration
 	// Node binds the token to one node name.
-	Node      string
-	SingleUse bool
+	Node string
+	// NodeGeneration is Node's current revocation generation (zero when it
+	// was never revoked), recorded in the token.
+	NodeGeneration int64
+	SingleUse      bool
 	// Description is shown by `token list` (and kubeadm).
 	Description string
 }
@@ -100,6 +112,7 @@ func CreateToken(ctx context.Context, client kubernetes.Interface, opts TokenOpt
 	}
 	if opts.Node != "" {
 		data[NodeNameKey] = []byte(opts.Node)
+		data[NodeGenerationKey] = []byte(strconv.FormatInt(opts.NodeGeneration, 10))
 	}
 	if opts.SingleUse {
 		data[SingleUseKey] = []byte("true")
@@ -183,6 +196,10 @@ func tokenFromSecret(s *corev1.Secret) *Token {
 		UsedBy:      get(UsedByKey),
 		UsedAt:      get(UsedAtKey),
 		Description: get(bootstrapapi.BootstrapTokenDescriptionKey),
+	}
+	t.NodeGeneration = -1
+	if g, err := strconv.ParseInt(get(NodeGenerationKey), 10, 64); err == nil && g >= 0 {
+		t.NodeGeneration = g
 	}
 	if exp := get(bootstrapapi.BootstrapTokenExpirationKey); exp != "" {
 		// Unparsable expirations count as expired, as Kubernetes does.

@@ -100,6 +100,21 @@ func Revoke(ctx context.Context, client kubernetes.Interface, namespace, node st
 	return entry, nil
 }
 
+// Current reads node's entry from the record through the API server (the
+// zero Entry when the node was never revoked), for tools that have no List,
+// such as `token create`.
+func Current(ctx context.Context, client kubernetes.Interface, namespace, node string) (Entry, error) {
+	cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, RecordName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Entry{}, nil
+	case err != nil:
+		return Entry{}, fmt.Errorf("read revocations of node %q in ConfigMap %s/%s: %w", node, namespace, RecordName, err)
+	}
+	e, _ := parse(cm.Data[node])
+	return e, nil
+}
+
 func parse(s string) (Entry, bool) {
 	var e Entry
 	if s == "" || json.Unmarshal([]byte(s), &e) != nil || e.Generation < 0 {
