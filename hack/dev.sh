@@ -15,6 +15,12 @@ EDGE1_KUBELET_HEALTHZ_PORT=${EDGESYNC_DEV_EDGE1_KUBELET_HEALTHZ_PORT:-10348}
 EDGE1_LOCAL_API_PORT=${EDGESYNC_DEV_EDGE1_LOCAL_API_PORT:-10550}
 ROUTER_PORT=${EDGESYNC_DEV_ROUTER_PORT:-9445}
 MQTT_PORT=${EDGESYNC_DEV_MQTT_PORT:-1883}
+# The kubelet endpoint listens on this machine's first non-loopback address
+# when it has one: the kube-apiserver's node proxy (kubectl get --raw
+# /api/v1/nodes/NODE/proxy/...) refuses loopback addresses. It accepts only
+# client certificates of the devcluster's CA.
+KUBELET_HOST=${EDGESYNC_DEV_KUBELET_HOST:-$( (ip -4 -o addr show scope global 2>/dev/null || true) | awk '{split($4, a, "/"); print a[1]; exit}')}
+KUBELET_HOST=${KUBELET_HOST:-127.0.0.1}
 export PATH=$BIN:$PATH
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -97,7 +103,7 @@ edgesync-server \
   --tls-ca "$PKI/ca.crt" --tls-cert "$PKI/server.crt" --tls-key "$PKI/server.key" \
   --bootstrap-ca-key "$PKI/ca.key" \
   --kubeconfig "$SERVER_KUBECONFIG" \
-  --kubelet-listen "127.0.0.1:$KUBELET_PORT" --kubelet-client-ca "$DEV/cluster/pki/ca.crt" \
+  --kubelet-listen "$KUBELET_HOST:$KUBELET_PORT" --kubelet-client-ca "$DEV/cluster/pki/ca.crt" \
   --router-listen "127.0.0.1:$ROUTER_PORT" \
   --log-format console \
   --server-id dev >"$DEV/server.log" 2>&1 &
@@ -226,7 +232,7 @@ cat >"$DEV/env" <<ENV
 export KUBECONFIG=$DEV/cluster/kubeconfig
 export EDGESYNC_ADDR=127.0.0.1:$GRPC_PORT
 # the kubelet endpoint of edge nodes (the apiserver dials it for kubectl logs/exec)
-export EDGESYNC_KUBELET_ADDR=127.0.0.1:$KUBELET_PORT
+export EDGESYNC_KUBELET_ADDR=$KUBELET_HOST:$KUBELET_PORT
 export EDGESYNC_CA=$PKI/ca.crt
 export EDGESYNC_ADMIN_CERT=$PKI/admin-dev-admin.crt
 export EDGESYNC_ADMIN_KEY=$PKI/admin-dev-admin.key
@@ -253,7 +259,7 @@ cat <<TXT
   # edge-1's agent answers DNS for the Services meant for edges, from its store (also offline)
   dig @127.0.0.1 -p $DNS_PORT +short web.demo.svc.cluster.local      # edge-1's proxy address for demo/web
   dig @127.0.0.1 -p $DNS_PORT +short SRV _http._tcp.web.demo.svc.cluster.local
-  # logs and exec reach the edge through edgesync (kubelet API on :$KUBELET_PORT, tunnels to the agents)
+  # logs and exec reach the edge through edgesync (kubelet API on $KUBELET_HOST:$KUBELET_PORT, tunnels to the agents)
   kubectl -n demo logs deploy/web
   kubectl -n demo exec deploy/web -- cat /etc/web/greeting   # the configmap's value, read on the edge
   # a REST call routed by the demo Rule (deploy/demo/router.yaml) to MQTT topic "hello" on edge-1:
