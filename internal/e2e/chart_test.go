@@ -194,6 +194,8 @@ func TestChartIsAcceptedByTheAPIServer(t *testing.T) {
 		"clusterrole.rbac.authorization.k8s.io/edgesync", "role.rbac.authorization.k8s.io/edgesync-records",
 		"deployment.apps/edgesync", "service/edgesync", "service/edgesync-metrics", "configmap/edgesync",
 		"secret/edgesync-tls", "poddisruptionbudget.policy/edgesync", "serviceaccount/edgesync",
+		"flowschema.flowcontrol.apiserver.k8s.io/edgesync-" + ns + "-node-leases",
+		"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/edgesync-" + ns + "-node-leases",
 	} {
 		if !strings.Contains(out, want+" serverside-applied") {
 			t.Errorf("the server-side dry run did not accept %s:\n%s", want, out)

@@ -73,7 +73,8 @@ func install(t *testing.T, serverArgs ...string) *installation {
 
 	run(t, in.adminEnv(), in.kubectl, "apply",
 		"-f", filepath.Join(in.root, "deploy", "namespace.yaml"),
-		"-f", filepath.Join(in.root, "deploy", "rbac"))
+		"-f", filepath.Join(in.root, "deploy", "rbac"),
+		"-f", filepath.Join(in.root, "deploy", "flowcontrol"))
 	token := strings.TrimSpace(run(t, in.adminEnv(), in.kubectl,
 		"-n", "edgesync-system", "create", "token", "edgesync-server", "--duration=1h"))
 	serverKubeconfig := writeTokenKubeconfig(t, in.kubeconfig, token)
