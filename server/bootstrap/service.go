@@ -306,7 +306,11 @@ func (s *Service) checkToken(token, node string) (*Token, error) {
 		}
 	}
 	if s.cfg.Revocations != nil && tok.Node != "" {
-		if e := s.cfg.Revocations.Entry(tok.Node); e.Generation > 0 && !obj.CreationTimestamp.After(e.RevokedAt) {
+		// Both times have one-second resolution: a token made in the
+		// second of the revocation is taken as made after it, so that
+		// `node revoke` followed at once by `token create` works (`node
+		// revoke` deletes the tokens bound to the node that exist then).
+		if e := s.cfg.Revocations.Entry(tok.Node); e.Generation > 0 && obj.CreationTimestamp.Time.Before(e.RevokedAt) {
 			return nil, status.Errorf(codes.PermissionDenied, "token %s was made before node %q was revoked (%s); create a new one with `edgesync-server token create --node %s`",
 				id, tok.Node, e.RevokedAt.Format(time.RFC3339), tok.Node)
 		}
