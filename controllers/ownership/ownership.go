@@ -69,8 +69,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -410,9 +408,9 @@ func (m *Manager) observe(obj any, deleted bool) {
 	switch {
 	case !lost:
 	case holder == "" && !deleted:
-		m.sessions.EndSession(node, status.Errorf(codes.Unavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
+		m.sessions.EndSession(node, feed.Errorf(feed.ErrUnavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
 	default:
-		m.sessions.EndSession(node, status.Errorf(codes.Aborted,
+		m.sessions.EndSession(node, feed.Errorf(feed.ErrAborted,
 			"node %q is now served by server %q; this stream is replaced", node, holder))
 	}
 	if !deleted && holder == m.cfg.Replica {
