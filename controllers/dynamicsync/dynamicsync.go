@@ -61,6 +61,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
@@ -232,10 +233,9 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = zap.NewNop()
 	}
 	c := &Controller{
-		cfg: cfg,
-		log: cfg.Logger,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
-			workqueue.TypedRateLimitingQueueConfig[item]{Name: "dynamicsync"}),
+		cfg:   cfg,
+		log:   cfg.Logger,
+		queue: handlers.NewQueue[item]("dynamicsync", nil),
 		informersRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgesync_dynamic_informers",
 			Help: "Informers running for resources edges subscribed to (one per resource, however many nodes subscribe).",

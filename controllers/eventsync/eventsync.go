@@ -40,6 +40,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
@@ -152,8 +153,7 @@ func New(cfg Config) (*Controller, error) {
 // work returns the controller's work queue, creating it on first use.
 func (c *Controller) work() workqueue.TypedRateLimitingInterface[seriesKey] {
 	c.queueOnce.Do(func() {
-		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[seriesKey](),
-			workqueue.TypedRateLimitingQueueConfig[seriesKey]{Name: "eventsync"})
+		c.queue = handlers.NewQueue[seriesKey]("eventsync", nil)
 	})
 	return c.queue
 }

@@ -80,6 +80,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
@@ -217,14 +218,12 @@ func New(cfg Config) (*Manager, error) {
 		log:      cfg.Logger,
 		informer: inf,
 		leases:   coordinationlisters.NewLeaseLister(inf.GetIndexer()).Leases(cfg.Namespace),
-		handover: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership"}),
-		gone: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership-gone"}),
-		ready:   make(chan struct{}),
-		claimed: make(map[string]int64),
-		waiters: make(map[string]chan struct{}),
-		writing: make(map[string]*writes),
+		handover: handlers.NewQueue[string]("ownership", nil),
+		gone:     handlers.NewQueue[string]("ownership-gone", nil),
+		ready:    make(chan struct{}),
+		claimed:  make(map[string]int64),
+		waiters:  make(map[string]chan struct{}),
+		writing:  make(map[string]*writes),
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { m.observe(obj, false) },

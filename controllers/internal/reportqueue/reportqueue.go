@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
 )
@@ -108,9 +109,7 @@ func (q *Queue) Drop(key string, err error) {
 // answers what is still waiting with UNAVAILABLE and returns once every
 // worker has stopped.
 func (q *Queue) Run(ctx context.Context, workers int) {
-	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{})
+	queue := handlers.NewQueue[string]("", nil)
 	q.mu.Lock()
 	q.queue = queue
 	for key := range q.pending {
