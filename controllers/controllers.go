@@ -32,8 +32,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -524,7 +522,7 @@ func (c *Controllers) nodeLifecycle(isEdge func(*corev1.Node) bool) cache.Resour
 			if c.owners != nil {
 				c.owners.NodeDeleted(n.Name)
 			}
-			c.EndSession(n.Name, status.Errorf(codes.FailedPrecondition,
+			c.EndSession(n.Name, feed.Errorf(feed.ErrFailedPrecondition,
 				"Node %q was deleted; send NodeRegistration to register it again (until then the node's reports are refused NOT_FOUND)", n.Name))
 		},
 	}
@@ -632,7 +630,7 @@ func (c *Controllers) Desired(node string) ([]*feed.Object, error) {
 	select {
 	case <-c.synced:
 	default:
-		return nil, status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
+		return nil, feed.NewError(feed.ErrUnavailable, "the server's caches are still loading; connect again shortly")
 	}
 	// The Node first: an agent knows its labels and taints before its pods.
 	objs, err := c.nodeObj.Desired(node)
@@ -691,11 +689,11 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 	select {
 	case <-c.synced:
 	default:
-		answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unavailable, "the server's caches are still loading; send the report again shortly")))
+		answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrUnavailable, "the server's caches are still loading; send the report again shortly")))
 		return
 	}
 	if c.owners != nil && !c.owners.Owns(node) {
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.Unavailable,
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrUnavailable,
 			"server %s no longer serves node %q (another replica took it over); connect again", c.cfg.Ownership.Replica, node)))
 		return
 	}
@@ -708,24 +706,24 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		c.events.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_Subscriptions, *edgesyncv1.SyncRequest_ResourceWrite:
 		if c.dynamic == nil {
-			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "subscriptions are disabled on this server")))
+			answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrUnimplemented, "subscriptions are disabled on this server")))
 			return
 		}
 		c.dynamic.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_RouteMessage:
 		if c.router == nil {
-			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "message routing (Rules) is off on this server")))
+			answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrUnimplemented, "message routing (Rules) is off on this server")))
 			return
 		}
 		c.router.HandleReport(node, req, answer)
 	case *edgesyncv1.SyncRequest_DeviceStatus:
 		if c.devices == nil {
-			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.Unimplemented, "device support is disabled on this server")))
+			answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrUnimplemented, "device support is disabled on this server")))
 			return
 		}
 		c.devices.HandleReport(node, req, answer)
 	default:
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "%T is not a report", req.GetMessage())))
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrInvalid, "%T is not a report", req.GetMessage())))
 	}
 }
 
@@ -757,7 +755,7 @@ func (c *Controllers) Admit(node string) error {
 	select {
 	case <-c.synced:
 	default:
-		return status.Error(codes.Unavailable, "the server's caches are still loading; connect again shortly")
+		return feed.NewError(feed.ErrUnavailable, "the server's caches are still loading; connect again shortly")
 	}
 	return c.nodes.Admit(node)
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -19,6 +18,7 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
 	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // toProto converts a Kubernetes type into its generated protobuf message.
@@ -271,7 +271,7 @@ func TestBeforeCachesSyncReportsAndDesiredAreUnavailable(t *testing.T) {
 	if r := results.wait(t); codes.Code(r.GetCode()) != codes.Unavailable {
 		t.Fatalf("report before sync answered %v, want Unavailable (not NotFound, which would delete the edge's pod)", r)
 	}
-	if _, err := ctrls.Desired("edge-1"); status.Code(err) != codes.Unavailable {
+	if _, err := ctrls.Desired("edge-1"); feed.KindOf(err) != feed.ErrUnavailable {
 		t.Fatalf("Desired before sync: %v, want Unavailable", err)
 	}
 }

@@ -6,7 +6,9 @@
 // Secrets, Devices, and the pods' ServiceAccount tokens) to the agent, and
 // carries the agent's reports (node registration and status, heartbeats,
 // pod and device status) until the server answers them, and its events
-// (ReportEvent: buffered while offline, never blocking).
+// (ReportEvent: buffered while offline, never blocking). A node whose
+// certificates an operator revoked deletes the Secrets and ServiceAccount
+// tokens it holds (IsRevoked, State.Revoked).
 // Requests that start in the cloud (kubectl logs, exec, attach,
 // port-forward) reach the node through tunnels the client opens when the
 // server asks, served by the agent's Config.TunnelHandler.
@@ -224,6 +226,11 @@ type State struct {
 	// CertificateRenewals counts renewals (Config.RenewCertificates).
 	CertificateNotAfter time.Time
 	CertificateRenewals uint64
+	// Revoked is true once the server said the node's certificates were
+	// revoked (IsRevoked): the client then deleted the Secrets and
+	// ServiceAccount tokens it held, and keeps dialing in case the node
+	// joins again (new certificate files). A welcomed stream clears it.
+	Revoked bool
 }
 
 // Errors Report.Wait returns when a report gets no answer.

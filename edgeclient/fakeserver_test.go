@@ -54,6 +54,10 @@ type fakeServer struct {
 	// answerFor, when set, decides the code of each report instead of
 	// refuse; it is called with mu held.
 	answerFor func(*edgesyncv1.SyncRequest) codes.Code
+	// refuseStreams, when set, ends every new stream with it after Hello;
+	// refused counts those streams.
+	refuseStreams error
+	refused       int
 }
 
 type fakeObject struct {
@@ -199,6 +203,16 @@ func (f *fakeServer) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest
 	hello := first.GetHello()
 	if hello.GetNodeName() != node {
 		return status.Errorf(codes.PermissionDenied, "node %q may not act as %q", node, hello.GetNodeName())
+	}
+	f.mu.Lock()
+	refuse := f.refuseStreams
+	if refuse != nil {
+		f.refused++
+		f.notify()
+	}
+	f.mu.Unlock()
+	if refuse != nil {
+		return refuse
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()

@@ -88,6 +88,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if welcomed {
 			b.Reset()
 		}
+		if IsRevoked(err) {
+			c.revoked(ctx, err)
+		}
 		delay := b.Next()
 		c.updateState(func(s *State) {
 			s.Connected, s.Synced, s.SessionID, s.ServerID = false, false, "", ""
@@ -462,7 +465,7 @@ func (s *session) control(msg *edgesyncv1.SyncResponse) {
 		s.welcomed.Store(true)
 		close(s.welcomeCh)
 		c.updateState(func(st *State) {
-			st.Connected, st.Synced = true, false
+			st.Connected, st.Synced, st.Revoked = true, false, false
 			st.SessionID, st.ServerID = m.Welcome.GetSessionId(), m.Welcome.GetServerId()
 			st.ConnectedSince = time.Now()
 			st.Connections++

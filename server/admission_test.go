@@ -11,6 +11,7 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/internal/feedtest"
 	"github.com/edgesync/edgesync/internal/servertest"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // A node the controllers refuse at Hello gets their status and no session:
@@ -23,6 +24,12 @@ func TestAdmitRefusesAtHello(t *testing.T) {
 		want     codes.Code
 		contains string
 	}{
+		{
+			name:     "the code of its kind",
+			refusal:  feed.Errorf(feed.ErrPermissionDenied, `Node %q is not an edge node`, "node-a"),
+			want:     codes.PermissionDenied,
+			contains: `Node "node-a" is not an edge node`,
+		},
 		{
 			name:     "status kept",
 			refusal:  status.Error(codes.PermissionDenied, `Node "node-a" is not an edge node`),
@@ -78,7 +85,7 @@ func TestEndSessionEndsTheNodesSessionWithItsStatus(t *testing.T) {
 	b.recvInitial()
 
 	env.Server.EndSession("node-c", status.Error(codes.FailedPrecondition, "no session: nothing happens"))
-	env.Server.EndSession("node-a", status.Error(codes.FailedPrecondition, `Node "node-a" was deleted; register it again`))
+	env.Server.EndSession("node-a", feed.NewError(feed.ErrFailedPrecondition, `Node "node-a" was deleted; register it again`))
 	st := a.expectEnd(codes.FailedPrecondition)
 	if !strings.Contains(st.Message(), "was deleted") {
 		t.Errorf("ended with %q, want the controllers' message", st.Message())

@@ -128,9 +128,14 @@ func desiredError(node string, err error) error {
 }
 
 // controllerStatus is the status of an error the controllers returned or
-// gave: their gRPC status when it has a code, UNAVAILABLE otherwise (the
-// edge dials again).
+// gave, the one place their error kinds become gRPC codes on a stream: the
+// code of its kind (feed.ErrorKind) with its whole message, a gRPC status
+// the server made itself (details kept, such as a revocation's), and
+// UNAVAILABLE otherwise (the edge dials again).
 func controllerStatus(err error) *status.Status {
+	if k := feed.KindOf(err); k != feed.KindUnknown {
+		return status.New(k.Code(), err.Error())
+	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st
 	}

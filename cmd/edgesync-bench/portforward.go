@@ -99,31 +99,9 @@ func portForwardMain(ctx context.Context, args []string) error {
 	}
 	defer agent.stop()
 
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "source", Namespace: "default"},
-		Spec: corev1.PodSpec{
-			NodeSelector: map[string]string{corev1.LabelHostname: node},
-			Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-			Containers:   []corev1.Container{{Name: "source", Image: "source"}},
-		},
-	}
-	if _, err := cl.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	fmt.Fprintln(os.Stderr, "waiting for the pod to run on the edge node")
-	if err := waitFor(ctx, 2*time.Minute, "the pod to run on "+node, func() bool {
-		p, err := cl.Client.CoreV1().Pods("default").Get(ctx, "source", metav1.GetOptions{})
-		if err != nil || p.Status.Phase != corev1.PodRunning {
-			return false
-		}
-		n, err := cl.Client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		return err == nil && n.Status.DaemonEndpoints.KubeletEndpoint.Port != 0
-	}); err != nil {
-		return err
-	}
-
 	// The source on the edge host's loopback: every connection gets the
-	// whole payload.
+	// whole payload. The pod declares its port: a simulated pod's
+	// port-forward reaches only the ports it declares.
 	total := int64(*mb) << 20
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -143,6 +121,30 @@ func portForwardMain(ctx context.Context, args []string) error {
 			}()
 		}
 	}()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "source", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			NodeSelector: map[string]string{corev1.LabelHostname: node},
+			Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "source", Image: "source",
+				Ports: []corev1.ContainerPort{{ContainerPort: int32(lis.Addr().(*net.TCPAddr).Port)}}}},
+		},
+	}
+	if _, err := cl.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "waiting for the pod to run on the edge node")
+	if err := waitFor(ctx, 2*time.Minute, "the pod to run on "+node, func() bool {
+		p, err := cl.Client.CoreV1().Pods("default").Get(ctx, "source", metav1.GetOptions{})
+		if err != nil || p.Status.Phase != corev1.PodRunning {
+			return false
+		}
+		n, err := cl.Client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		return err == nil && n.Status.DaemonEndpoints.KubeletEndpoint.Port != 0
+	}); err != nil {
+		return err
+	}
+
 	local, err := freePort()
 	if err != nil {
 		return err

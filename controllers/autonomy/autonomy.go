@@ -24,7 +24,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -33,6 +32,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 )
 
 // AnnotationTolerationSeconds on an edge Node bounds how long its pods stay
@@ -62,50 +63,41 @@ type Config struct {
 
 // Controller keeps the eviction tolerations of pods on edge nodes.
 type Controller struct {
-	cfg Config
-	log *zap.Logger
-
-	// The queue runs a goroutine of its own, so it is made on first use
-	// (the informers' first event, or Run) rather than in New: controllers
-	// built and never run leave nothing behind.
-	queueOnce sync.Once
-	queue     workqueue.TypedRateLimitingInterface[cache.ObjectName]
+	cfg   Config
+	log   *zap.Logger
+	queue workqueue.TypedRateLimitingInterface[cache.ObjectName] // made and shut down by Run
 }
 
-// New registers the controller's event handlers; Run starts its workers.
+// New returns the controller; Run adds its event handlers and runs it.
 func New(cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger}
-	if _, err := cfg.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	return &Controller{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// addHandlers adds the pod handler and the node handler, which enqueue the
+// pods of an edge node whose annotation or role changed.
+func (c *Controller) addHandlers(set *handlers.Set) error {
+	if err := set.Add(c.cfg.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueuePod,
 		UpdateFunc: func(_, obj any) { c.enqueuePod(obj) },
 	}); err != nil {
-		return nil, fmt.Errorf("autonomy: %w", err)
+		return fmt.Errorf("autonomy: %w", err)
 	}
-	if _, err := cfg.Nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if err := set.Add(c.cfg.Nodes, cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueueNodePods,
 		UpdateFunc: func(oldObj, newObj any) {
 			o, ok1 := oldObj.(*corev1.Node)
 			n, ok2 := newObj.(*corev1.Node)
-			if ok1 && ok2 && (o.Annotations[AnnotationTolerationSeconds] != n.Annotations[AnnotationTolerationSeconds] || cfg.IsEdge(o) != cfg.IsEdge(n)) {
+			if ok1 && ok2 && (o.Annotations[AnnotationTolerationSeconds] != n.Annotations[AnnotationTolerationSeconds] || c.cfg.IsEdge(o) != c.cfg.IsEdge(n)) {
 				c.enqueueNodePods(n)
 			}
 		},
 	}); err != nil {
-		return nil, fmt.Errorf("autonomy: %w", err)
+		return fmt.Errorf("autonomy: %w", err)
 	}
-	return c, nil
-}
-
-func (c *Controller) workQueue() workqueue.TypedRateLimitingInterface[cache.ObjectName] {
-	c.queueOnce.Do(func() {
-		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName](),
-			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "autonomy"})
-	})
-	return c.queue
+	return nil
 }
 
 func (c *Controller) enqueuePod(obj any) {
@@ -113,7 +105,7 @@ func (c *Controller) enqueuePod(obj any) {
 	if !ok || pod.Spec.NodeName == "" || pod.DeletionTimestamp != nil {
 		return
 	}
-	c.workQueue().Add(cache.MetaObjectToName(pod))
+	c.queue.Add(cache.MetaObjectToName(pod))
 }
 
 func (c *Controller) enqueueNodePods(obj any) {
@@ -131,39 +123,17 @@ func (c *Controller) enqueueNodePods(obj any) {
 	}
 }
 
-// Run waits for the pod and node caches, runs workers until ctx ends and
-// returns once they have stopped.
+// Run adds the controller's event handlers to the informers (which the
+// caller starts), waits until they have seen the caches' contents, runs
+// workers until ctx ends and returns once they have stopped (the
+// controllers' one lifecycle, package handlers).
 func (c *Controller) Run(ctx context.Context, workers int) {
-	queue := c.workQueue()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer queue.ShutDown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.cfg.Pods.HasSynced, c.cfg.Nodes.HasSynced) {
-		return
+	c.queue = handlers.NewQueue[cache.ObjectName]("autonomy", nil)
+	syncKey := func(key cache.ObjectName) error { return c.sync(ctx, key) }
+	err := handlers.Run(ctx, "autonomy", workers, c.queue, c.addHandlers, syncKey, c.log)
+	if err != nil && ctx.Err() == nil {
+		c.log.Error("autonomy stopped", zap.Error(err))
 	}
-	for range workers {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	<-ctx.Done()
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	queue := c.workQueue()
-	key, quit := queue.Get()
-	if quit {
-		return false
-	}
-	defer queue.Done(key)
-	if err := c.sync(ctx, key); err != nil {
-		c.log.Warn("could not set eviction tolerations; retrying", zap.String("pod", key.String()), zap.Error(err))
-		queue.AddRateLimited(key)
-		return true
-	}
-	queue.Forget(key)
-	return true
 }
 
 func (c *Controller) sync(ctx context.Context, key cache.ObjectName) error {

@@ -204,8 +204,7 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("devicesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "devicesync"})
+	c.queue = handlers.NewQueue[string]("devicesync", nil)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -21,7 +19,7 @@ import (
 func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
 	ds := req.GetDeviceStatus()
 	if ds == nil || ds.GetNamespace() == "" || ds.GetName() == "" {
-		answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.InvalidArgument, "device_status needs namespace and name")))
+		answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrInvalid, "device_status needs namespace and name")))
 		return
 	}
 	key := ds.GetNamespace() + "/" + ds.GetName()
@@ -30,9 +28,9 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 	case err != nil:
 		answer(reportqueue.Result(req.GetRequestId(), err))
 	case dev == nil:
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.NotFound, "device %s does not exist", key)))
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrNotFound, "device %s does not exist", key)))
 	case nodeOf(dev) != node:
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.PermissionDenied,
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrPermissionDenied,
 			"node %q may not report status of device %s bound to node %q", node, key, nodeOf(dev))))
 	default:
 		c.reports.Add("device/"+key, node, req, answer)
@@ -50,7 +48,7 @@ func (c *Controller) writeStatus(ctx context.Context, node string, req *edgesync
 		return err
 	}
 	if dev == nil || nodeOf(dev) != node {
-		return status.Errorf(codes.NotFound, "device %s is no longer bound to node %q", key, node)
+		return feed.Errorf(feed.ErrNotFound, "device %s is no longer bound to node %q", key, node)
 	}
 	twins := make([]any, 0, len(ds.GetTwins()))
 	for _, t := range ds.GetTwins() {
@@ -88,7 +86,7 @@ func (c *Controller) writeStatus(ctx context.Context, node string, req *edgesync
 	_, err = c.dynamic.Resource(DeviceStatuses).Namespace(ds.GetNamespace()).Apply(ctx, ds.GetName(), obj,
 		metav1.ApplyOptions{FieldManager: c.fieldManager, Force: true})
 	if isNotFound(err) {
-		return status.Errorf(codes.FailedPrecondition, "the DeviceStatus resource (%s) is not installed: %v", DeviceStatuses.GroupResource(), err)
+		return feed.Errorf(feed.ErrFailedPrecondition, "the DeviceStatus resource (%s) is not installed: %v", DeviceStatuses.GroupResource(), err)
 	}
 	if err != nil {
 		return fmt.Errorf("apply status of device %s: %w", key, err)

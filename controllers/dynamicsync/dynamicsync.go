@@ -43,7 +43,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -62,6 +61,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
@@ -233,10 +233,9 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = zap.NewNop()
 	}
 	c := &Controller{
-		cfg: cfg,
-		log: cfg.Logger,
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
-			workqueue.TypedRateLimitingQueueConfig[item]{Name: "dynamicsync"}),
+		cfg:   cfg,
+		log:   cfg.Logger,
+		queue: handlers.NewQueue[item]("dynamicsync", nil),
 		informersRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgesync_dynamic_informers",
 			Help: "Informers running for resources edges subscribed to (one per resource, however many nodes subscribe).",
@@ -628,9 +627,9 @@ func (c *Controller) check(ctx context.Context, node, id string) error {
 		return nil
 	}
 	if err := c.serverMayWatch(ctx, s.gvr); err != nil {
-		var st interface{ GRPCStatus() *status.Status }
-		if errors.As(err, &st) {
-			c.endSubscription(node, s, st.GRPCStatus().Code(), st.GRPCStatus().Message())
+		var refused *feed.Error
+		if errors.As(err, &refused) {
+			c.endSubscription(node, s, refused.Kind.Code(), refused.Message)
 			return nil
 		}
 		return err
@@ -658,10 +657,10 @@ func (c *Controller) serverMayWatch(ctx context.Context, gvr schema.GroupVersion
 	case err == nil:
 		return nil
 	case apierrors.IsForbidden(err):
-		return status.Errorf(codes.PermissionDenied,
+		return feed.Errorf(feed.ErrPermissionDenied,
 			"the edgesync server may not list and watch %s: an administrator grants it in the ClusterRole edgesync-server-subscriptions (deploy/rbac)", describe(gvr))
 	case apierrors.IsNotFound(err):
-		return status.Errorf(codes.InvalidArgument, "the API server serves no resource %s", describe(gvr))
+		return feed.Errorf(feed.ErrInvalid, "the API server serves no resource %s", describe(gvr))
 	}
 	return fmt.Errorf("list %s: %w", describe(gvr), err)
 }

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 
@@ -62,18 +60,18 @@ func (c *Controller) handleWrite(node string, req *edgesyncv1.SyncRequest, answe
 	id := req.GetRequestId()
 	w := req.GetResourceWrite()
 	if c.writer == nil {
-		answer(reportqueue.Result(id, status.Error(codes.Unimplemented, "this server makes no writes for edge applications (it was built without an API server address)")))
+		answer(reportqueue.Result(id, feed.NewError(feed.ErrUnimplemented, "this server makes no writes for edge applications (it was built without an API server address)")))
 		return
 	}
 	switch w.GetMethod() {
 	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
 	default:
-		answer(reportqueue.Result(id, status.Errorf(codes.InvalidArgument, "resource_write.method %q: use POST, PUT, PATCH or DELETE", w.GetMethod())))
+		answer(reportqueue.Result(id, feed.Errorf(feed.ErrInvalid, "resource_write.method %q: use POST, PUT, PATCH or DELETE", w.GetMethod())))
 		return
 	}
 	path := w.GetPath()
 	if !(strings.HasPrefix(path, "/api/") || strings.HasPrefix(path, "/apis/")) || strings.Contains(path, "..") {
-		answer(reportqueue.Result(id, status.Errorf(codes.InvalidArgument, "resource_write.path %q is not a Kubernetes API path (/api/... or /apis/...)", path)))
+		answer(reportqueue.Result(id, feed.Errorf(feed.ErrInvalid, "resource_write.path %q is not a Kubernetes API path (/api/... or /apis/...)", path)))
 		return
 	}
 	if err := c.tokenOnNode(node, w.GetToken()); err != nil {
@@ -83,7 +81,7 @@ func (c *Controller) handleWrite(node string, req *edgesyncv1.SyncRequest, answe
 	select {
 	case c.writer.sem <- struct{}{}:
 	default:
-		answer(reportqueue.Result(id, status.Error(codes.ResourceExhausted, "too many writes of edge applications under way on this server; try again shortly")))
+		answer(reportqueue.Result(id, feed.NewError(feed.ErrResourceExhausted, "too many writes of edge applications under way on this server; try again shortly")))
 		return
 	}
 	go func() {
@@ -91,10 +89,12 @@ func (c *Controller) handleWrite(node string, req *edgesyncv1.SyncRequest, answe
 		res, err := c.writer.do(w)
 		if err != nil {
 			c.log.Info("write of an edge application failed", zap.String("node", node), zap.String("method", w.GetMethod()), zap.String("path", path), zap.Error(err))
-			answer(reportqueue.Result(id, status.Errorf(codes.Unavailable, "the API server could not be reached: %v", err)))
+			answer(reportqueue.Result(id, feed.Errorf(feed.ErrUnavailable, "the API server could not be reached: %v", err)))
 			return
 		}
-		answer(&edgesyncv1.StatusResult{RequestId: id, Code: int32(codes.OK), WriteResult: res})
+		ok := feed.Result(id, nil)
+		ok.WriteResult = res
+		answer(ok)
 	}()
 }
 
@@ -130,7 +130,7 @@ func (w *writer) do(rw *edgesyncv1.ResourceWrite) (*edgesyncv1.ResourceWriteResu
 // without verifying the signature: the API server verifies it when the
 // write is made with the token, so a forged token gets nothing.
 func (c *Controller) tokenOnNode(node, token string) error {
-	denied := status.Errorf(codes.PermissionDenied, "the write's token is not a ServiceAccount token of a pod bound to node %q", node)
+	denied := feed.Errorf(feed.ErrPermissionDenied, "the write's token is not a ServiceAccount token of a pod bound to node %q", node)
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		return denied

@@ -29,8 +29,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,6 +40,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
@@ -154,8 +153,7 @@ func New(cfg Config) (*Controller, error) {
 // work returns the controller's work queue, creating it on first use.
 func (c *Controller) work() workqueue.TypedRateLimitingInterface[seriesKey] {
 	c.queueOnce.Do(func() {
-		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[seriesKey](),
-			workqueue.TypedRateLimitingQueueConfig[seriesKey]{Name: "eventsync"})
+		c.queue = handlers.NewQueue[seriesKey]("eventsync", nil)
 	})
 	return c.queue
 }
@@ -182,7 +180,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 	}
 	c.mu.Unlock()
 	for _, a := range waiting {
-		a(status.Error(codes.Unavailable, "the server is shutting down; the event was not written"))
+		a(feed.NewError(feed.ErrUnavailable, "the server is shutting down; the event was not written"))
 	}
 }
 
@@ -216,7 +214,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
-		reply(status.Error(codes.Unavailable, "the server is shutting down; the event was not written"))
+		reply(feed.NewError(feed.ErrUnavailable, "the server is shutting down; the event was not written"))
 		return
 	}
 	delete(c.idle, node)
@@ -228,7 +226,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 	if !lim.Allow() {
 		c.mu.Unlock()
 		c.counts.WithLabelValues("rate_limited").Inc()
-		reply(status.Errorf(codes.ResourceExhausted, "node %q reports more than %g events per second (bursts of %d); event %s about %s/%s dropped",
+		reply(feed.Errorf(feed.ErrResourceExhausted, "node %q reports more than %g events per second (bursts of %d); event %s about %s/%s dropped",
 			node, c.cfg.Rate, c.cfg.Burst, ev.Reason, ev.Regarding.Namespace, ev.Regarding.Name))
 		return
 	}
@@ -350,15 +348,15 @@ func (c *Controller) write(ctx context.Context, key seriesKey) error {
 // status to answer.
 func (c *Controller) event(node string, r *edgesyncv1.EventReport) (*eventsv1.Event, error) {
 	if r == nil {
-		return nil, status.Error(codes.InvalidArgument, "event_report is empty")
+		return nil, feed.NewError(feed.ErrInvalid, "event_report is empty")
 	}
 	switch r.GetType() {
 	case corev1.EventTypeNormal, corev1.EventTypeWarning:
 	default:
-		return nil, status.Errorf(codes.InvalidArgument, "event type %q: use Normal or Warning", r.GetType())
+		return nil, feed.Errorf(feed.ErrInvalid, "event type %q: use Normal or Warning", r.GetType())
 	}
 	if r.GetReason() == "" || r.GetAction() == "" || len(r.GetReason()) > 128 || len(r.GetAction()) > 128 {
-		return nil, status.Error(codes.InvalidArgument, "an event needs a reason and an action of at most 128 characters each")
+		return nil, feed.NewError(feed.ErrInvalid, "an event needs a reason and an action of at most 128 characters each")
 	}
 	regarding, err := c.regarding(node, r.GetRegarding())
 	if err != nil {
@@ -400,7 +398,7 @@ func (c *Controller) regarding(node string, ref *edgesyncv1.ObjectRef) (corev1.O
 	switch ref.GetKind() {
 	case edgesyncv1.Kind_KIND_NODE:
 		if name != node {
-			return corev1.ObjectReference{}, status.Errorf(codes.PermissionDenied, "node %q may not report events about node %q", node, name)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrPermissionDenied, "node %q may not report events about node %q", node, name)
 		}
 		// The uid is the node's name, as the kubelet sets it and as
 		// kubectl describe node looks it up.
@@ -408,35 +406,35 @@ func (c *Controller) regarding(node string, ref *edgesyncv1.ObjectRef) (corev1.O
 	case edgesyncv1.Kind_KIND_POD:
 		pod, err := c.cfg.Pods.Pods(ns).Get(name)
 		if apierrors.IsNotFound(err) {
-			return corev1.ObjectReference{}, status.Errorf(codes.NotFound, "pod %s/%s does not exist", ns, name)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrNotFound, "pod %s/%s does not exist", ns, name)
 		} else if err != nil {
-			return corev1.ObjectReference{}, status.Errorf(codes.Unavailable, "pod %s/%s: %v", ns, name, err)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrUnavailable, "pod %s/%s: %v", ns, name, err)
 		}
 		if pod.Spec.NodeName != node {
-			return corev1.ObjectReference{}, status.Errorf(codes.PermissionDenied, "node %q may not report events about pod %s/%s bound to node %q", node, ns, name, pod.Spec.NodeName)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrPermissionDenied, "node %q may not report events about pod %s/%s bound to node %q", node, ns, name, pod.Spec.NodeName)
 		}
 		if uid := ref.GetUid(); uid != "" && uid != string(pod.UID) {
-			return corev1.ObjectReference{}, status.Errorf(codes.NotFound, "pod %s/%s with uid %s no longer exists (it was replaced)", ns, name, uid)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrNotFound, "pod %s/%s with uid %s no longer exists (it was replaced)", ns, name, uid)
 		}
 		return corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: name, UID: pod.UID}, nil
 	case edgesyncv1.Kind_KIND_DEVICE:
 		if c.cfg.Devices == nil {
-			return corev1.ObjectReference{}, status.Error(codes.Unimplemented, "device support is disabled on this server")
+			return corev1.ObjectReference{}, feed.NewError(feed.ErrUnimplemented, "device support is disabled on this server")
 		}
 		item, ok, err := c.cfg.Devices.GetByKey(ns + "/" + name)
 		if err != nil {
-			return corev1.ObjectReference{}, status.Errorf(codes.Unavailable, "device %s/%s: %v", ns, name, err)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrUnavailable, "device %s/%s: %v", ns, name, err)
 		}
 		dev, isDev := item.(*unstructured.Unstructured)
 		if !ok || !isDev {
-			return corev1.ObjectReference{}, status.Errorf(codes.NotFound, "device %s/%s does not exist", ns, name)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrNotFound, "device %s/%s does not exist", ns, name)
 		}
 		if bound, _, _ := unstructured.NestedString(dev.Object, "spec", "nodeName"); bound != node {
-			return corev1.ObjectReference{}, status.Errorf(codes.PermissionDenied, "node %q may not report events about device %s/%s bound to node %q", node, ns, name, bound)
+			return corev1.ObjectReference{}, feed.Errorf(feed.ErrPermissionDenied, "node %q may not report events about device %s/%s bound to node %q", node, ns, name, bound)
 		}
 		return corev1.ObjectReference{Kind: "Device", APIVersion: dev.GetAPIVersion(), Namespace: ns, Name: name, UID: dev.GetUID()}, nil
 	}
-	return corev1.ObjectReference{}, status.Errorf(codes.InvalidArgument, "events may regard KIND_POD, KIND_DEVICE or KIND_NODE, not %s", ref.GetKind())
+	return corev1.ObjectReference{}, feed.Errorf(feed.ErrInvalid, "events may regard KIND_POD, KIND_DEVICE or KIND_NODE, not %s", ref.GetKind())
 }
 
 // permanent reports whether the API server refused an Event in a way that
@@ -449,10 +447,10 @@ func permanent(err error) bool {
 // refusal is the status answering reports the API server refused for
 // good: PERMISSION_DENIED or INVALID_ARGUMENT with its message.
 func refusal(key seriesKey, err error) error {
-	code := codes.PermissionDenied
+	kind := feed.ErrPermissionDenied
 	if !apierrors.IsForbidden(err) {
-		code = codes.InvalidArgument
+		kind = feed.ErrInvalid
 	}
-	return status.Errorf(code, "the Kubernetes API refused event %s about %s %s/%s: %v; it will not be retried",
+	return feed.Errorf(kind, "the Kubernetes API refused event %s about %s %s/%s: %v; it will not be retried",
 		key.reason, key.kind, key.namespace, key.name, err)
 }

@@ -6,11 +6,11 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // cacheWait bounds how long a registration waits for the Node it wrote to
@@ -25,11 +25,11 @@ const cacheWait = 10 * time.Second
 func edgeNode(cfg *Config, node string) (*corev1.Node, error) {
 	n, err := cfg.Nodes.Get(node)
 	if apierrors.IsNotFound(err) {
-		return nil, status.Errorf(codes.NotFound,
+		return nil, feed.Errorf(feed.ErrNotFound,
 			"Node %q does not exist (never registered, or deleted): send NodeRegistration to register it", node)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "read Node %q from the cache: %v", node, err)
+		return nil, feed.Errorf(feed.ErrUnavailable, "read Node %q from the cache: %v", node, err)
 	}
 	if !isEdge(cfg, n) {
 		return nil, notEdge(cfg, node)
@@ -45,7 +45,7 @@ func isEdge(cfg *Config, n *corev1.Node) bool {
 // notEdge is the refusal of anything an edge asks for a Node that is not
 // an edge node.
 func notEdge(cfg *Config, node string) error {
-	return status.Errorf(codes.PermissionDenied,
+	return feed.Errorf(feed.ErrPermissionDenied,
 		"Node %q is not an edge node (it has no %q label): an edge certificate may not connect as it, report its status or renew its Lease; label the Node as an edge node, or use a certificate for another node name",
 		node, cfg.EdgeLabel)
 }
@@ -93,7 +93,7 @@ func (c *Controller) waitCached(ctx context.Context, node string, uid types.UID)
 		case <-ctx.Done():
 			done()
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return status.Errorf(codes.Unavailable,
+				return feed.Errorf(feed.ErrUnavailable,
 					"Node %q is registered but this server has not seen it within %s; send NodeRegistration again", node, cacheWait)
 			}
 			return ctx.Err()

@@ -47,8 +47,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -192,7 +190,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		kind = "register"
 	case *edgesyncv1.SyncRequest_NodeStatus:
 		if req.GetNodeStatus().GetStatus() == nil {
-			answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.InvalidArgument, "node_status.status is required")))
+			answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrInvalid, "node_status.status is required")))
 			return
 		}
 		if _, err := edgeNode(&c.cfg, node); err != nil {
@@ -210,7 +208,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		c.leases.heartbeat(node, req, answer)
 		return
 	default:
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())))
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrInvalid, "nodestatus does not handle %T", req.GetMessage())))
 		return
 	}
 	c.reports.Add(kind+"/"+node, node, req, answer)
@@ -221,7 +219,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 // renewal is forgotten (its next session renews at its first heartbeat).
 func (c *Controller) SessionEnded(node string) {
 	c.leases.forget(node)
-	c.leases.queue.Drop(node, status.Errorf(codes.Aborted, "the session of node %q ended before its lease was renewed", node))
+	c.leases.queue.Drop(node, feed.Errorf(feed.ErrAborted, "the session of node %q ended before its lease was renewed", node))
 }
 
 // NodeDeleted forgets the time of node's last Lease renewal and the
@@ -245,7 +243,7 @@ func (c *Controller) write(ctx context.Context, node string, req *edgesyncv1.Syn
 	case *edgesyncv1.SyncRequest_Heartbeat: // queued by repairIfDiverged
 		return c.repair(ctx, node)
 	}
-	return status.Errorf(codes.InvalidArgument, "nodestatus does not handle %T", req.GetMessage())
+	return feed.Errorf(feed.ErrInvalid, "nodestatus does not handle %T", req.GetMessage())
 }
 
 // register creates node's Node unless it exists; an existing edge Node is
@@ -260,7 +258,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	for i, t := range reg.GetTaints() {
 		var taint corev1.Taint
 		if err := fromProto(t, &taint); err != nil {
-			return status.Errorf(codes.InvalidArgument, "node_registration.taints[%d]: %v", i, err)
+			return feed.Errorf(feed.ErrInvalid, "node_registration.taints[%d]: %v", i, err)
 		}
 		taints = append(taints, taint)
 	}
@@ -285,7 +283,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 	n.Spec.Taints = taints
 	if reg.GetStatus() != nil {
 		if err := fromProto(reg.GetStatus(), &n.Status); err != nil {
-			return status.Errorf(codes.InvalidArgument, "node_registration.status: %v", err)
+			return feed.Errorf(feed.ErrInvalid, "node_registration.status: %v", err)
 		}
 		n.Status.VolumesAttached = nil
 	}
@@ -323,7 +321,7 @@ func (c *Controller) register(ctx context.Context, node string, reg *edgesyncv1.
 func (c *Controller) patchStatus(ctx context.Context, node string, reported proto.Message) error {
 	var st corev1.NodeStatus
 	if err := fromProto(reported, &st); err != nil {
-		return status.Errorf(codes.InvalidArgument, "node_status.status: %v", err)
+		return feed.Errorf(feed.ErrInvalid, "node_status.status: %v", err)
 	}
 	return c.patchStatusFrom(ctx, node, &st)
 }
@@ -337,7 +335,7 @@ func (c *Controller) patchStatusFrom(ctx context.Context, node string, st *corev
 	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch,
 		metav1.PatchOptions{FieldManager: c.cfg.FieldManager}, "status")
 	if apierrors.IsNotFound(err) {
-		return status.Errorf(codes.NotFound, "Node %q does not exist (deleted): send NodeRegistration to register it", node)
+		return feed.Errorf(feed.ErrNotFound, "Node %q does not exist (deleted): send NodeRegistration to register it", node)
 	}
 	if err != nil {
 		return fmt.Errorf("patch status of node %q: %w", node, err)

@@ -6,9 +6,9 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // The rules Kubernetes' NodeRestriction admission applies to a kubelet's
@@ -83,19 +83,19 @@ func checkRegistration(node, edgeLabel string, labels map[string]string, taints 
 	sort.Strings(keys)
 	for _, k := range keys {
 		if strings.HasPrefix(strings.ToLower(k), restrictedLabelPrefix) {
-			return status.Errorf(codes.PermissionDenied,
+			return feed.Errorf(feed.ErrPermissionDenied,
 				"node %q may not set label %q on its Node: the %s prefix is reserved for labels nodes may not set; an operator sets it with kubectl label",
 				node, k, restrictedLabelPrefix)
 		}
 		if !labelAllowed(k, edgeLabel) {
-			return status.Errorf(codes.PermissionDenied,
+			return feed.Errorf(feed.ErrPermissionDenied,
 				"node %q may not set label %q on its Node: labels in the kubernetes.io and k8s.io domains are the cluster's, except %s and the %s domains (the labels Kubernetes' NodeRestriction lets a kubelet set); an operator sets it with kubectl label",
 				node, k, strings.Join(allowedLabels, ", "), strings.Join(allowedLabelDomains, " and "))
 		}
 	}
 	for _, t := range taints {
 		if _, restricted := clusterDomain(t.Key); restricted && !slices.Contains(allowedTaints, t.Key) {
-			return status.Errorf(codes.PermissionDenied,
+			return feed.Errorf(feed.ErrPermissionDenied,
 				"node %q may not set taint %q on its Node: taints in the kubernetes.io and k8s.io domains are set by Kubernetes' controllers, except %s, which a kubelet sets at registration",
 				node, fmt.Sprintf("%s:%s", t.Key, t.Effect), strings.Join(allowedTaints, " and "))
 		}

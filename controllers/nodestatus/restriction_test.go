@@ -4,9 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 func TestCheckRegistration(t *testing.T) {
@@ -39,8 +39,7 @@ func TestCheckRegistration(t *testing.T) {
 				}
 				return
 			}
-			st := status.Convert(err)
-			if st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), `node "e" may not set`) || !strings.Contains(st.Message(), `"`+tc.refuse) {
+			if feed.KindOf(err) != feed.ErrPermissionDenied || !strings.Contains(err.Error(), `node "e" may not set`) || !strings.Contains(err.Error(), `"`+tc.refuse) {
 				t.Fatalf("got %v, want PERMISSION_DENIED naming %q", err, tc.refuse)
 			}
 		})
@@ -53,7 +52,7 @@ func FuzzCheckRegistration(f *testing.F) {
 	f.Add("a.b.k8s.io/c", "k8s.io/d")
 	f.Fuzz(func(t *testing.T, label, taint string) {
 		err := checkRegistration("n", "node-role.kubernetes.io/edge", map[string]string{label: ""}, []corev1.Taint{{Key: taint}})
-		if err != nil && status.Code(err) != codes.PermissionDenied {
+		if err != nil && feed.KindOf(err) != feed.ErrPermissionDenied {
 			t.Fatalf("refused with %v, want PERMISSION_DENIED", err)
 		}
 		lower := strings.ToLower(label)

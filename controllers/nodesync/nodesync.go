@@ -92,8 +92,7 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("nodesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "nodesync"})
+	c.queue = handlers.NewQueue[string]("nodesync", nil)
 	return handlers.Run(ctx, "nodesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 

@@ -8,12 +8,12 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // BeginWrite admits a write for node (its Lease, its status, its pods'
@@ -26,7 +26,7 @@ func (m *Manager) BeginWrite(node string) (done func(), err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.claimed[node]; !ok || !m.selfValidLocked() {
-		return nil, status.Errorf(codes.Unavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
+		return nil, feed.Errorf(feed.ErrUnavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
 	}
 	w := m.writing[node]
 	if w == nil {
@@ -72,7 +72,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 	select {
 	case <-m.ready:
 	default:
-		return status.Errorf(codes.Unavailable, "server %s is not holding its replica Lease yet; connect again shortly", m.cfg.Replica)
+		return feed.Errorf(feed.ErrUnavailable, "server %s is not holding its replica Lease yet; connect again shortly", m.cfg.Replica)
 	}
 	// A live holder has HandoverTimeout to hand the node over; a holder
 	// that stopped renewing its Lease is waited for until the Lease
@@ -84,7 +84,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 	asked := false
 	for {
 		if !m.selfValid() {
-			return status.Errorf(codes.Unavailable, "server %s cannot renew its replica Lease; connect again (possibly to another replica)", m.cfg.Replica)
+			return feed.Errorf(feed.ErrUnavailable, "server %s cannot renew its replica Lease; connect again (possibly to another replica)", m.cfg.Replica)
 		}
 		changed := m.nextEvent(name)
 		rec, err := m.leases.Get(name)
@@ -93,7 +93,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 		case apierrors.IsNotFound(err):
 			written, err = m.write(ctx, nil, m.newRecord(node))
 		case err != nil:
-			return status.Errorf(codes.Unavailable, "read ownership of node %q: %v", node, err)
+			return feed.Errorf(feed.ErrUnavailable, "read ownership of node %q: %v", node, err)
 		default:
 			holder := ptr.Deref(rec.Spec.HolderIdentity, "")
 			wanted := rec.Annotations[AnnotationWantedBy]
@@ -130,7 +130,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 			if ctx.Err() != nil {
 				return m.timedOut(node, rec, asked)
 			}
-			return status.Errorf(codes.Unavailable, "take ownership of node %q: %v", node, err)
+			return feed.Errorf(feed.ErrUnavailable, "take ownership of node %q: %v", node, err)
 		}
 		// Conflict, or waiting for a handover: retry on the record's next
 		// event (the cache then holds a newer version), or when the
@@ -199,9 +199,9 @@ func (m *Manager) timedOut(node string, rec *coordinationv1.Lease, asked bool) e
 		holder = ptr.Deref(rec.Spec.HolderIdentity, "")
 	}
 	if asked && holder != "" {
-		return status.Errorf(codes.Unavailable, "node %q is held by server %s, which did not hand it over within %s; connect again", node, holder, m.cfg.HandoverTimeout)
+		return feed.Errorf(feed.ErrUnavailable, "node %q is held by server %s, which did not hand it over within %s; connect again", node, holder, m.cfg.HandoverTimeout)
 	}
-	return status.Errorf(codes.Unavailable, "could not take ownership of node %q within %s; connect again", node, m.cfg.HandoverTimeout)
+	return feed.Errorf(feed.ErrUnavailable, "could not take ownership of node %q within %s; connect again", node, m.cfg.HandoverTimeout)
 }
 
 func (m *Manager) newRecord(node string) *coordinationv1.Lease {

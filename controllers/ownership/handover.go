@@ -7,11 +7,11 @@ import (
 	"context"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // handOverNext gives one requested record to the replica asking for it,
@@ -43,7 +43,7 @@ func (m *Manager) handOverNext(ctx context.Context) bool {
 	}
 	delete(m.claimed, node)
 	m.mu.Unlock()
-	m.sessions.EndSession(node, status.Errorf(codes.Aborted, "node %q connected to server %q; this stream is replaced", node, wanted))
+	m.sessions.EndSession(node, feed.Errorf(feed.ErrAborted, "node %q connected to server %q; this stream is replaced", node, wanted))
 	// No write for the node begins from now on; the new owner's must not
 	// be followed by one of ours still under way.
 	if !m.awaitWrites(ctx, node, m.cfg.RenewInterval) {

@@ -69,8 +69,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -82,6 +80,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
@@ -219,14 +218,12 @@ func New(cfg Config) (*Manager, error) {
 		log:      cfg.Logger,
 		informer: inf,
 		leases:   coordinationlisters.NewLeaseLister(inf.GetIndexer()).Leases(cfg.Namespace),
-		handover: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership"}),
-		gone: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ownership-gone"}),
-		ready:   make(chan struct{}),
-		claimed: make(map[string]int64),
-		waiters: make(map[string]chan struct{}),
-		writing: make(map[string]*writes),
+		handover: handlers.NewQueue[string]("ownership", nil),
+		gone:     handlers.NewQueue[string]("ownership-gone", nil),
+		ready:    make(chan struct{}),
+		claimed:  make(map[string]int64),
+		waiters:  make(map[string]chan struct{}),
+		writing:  make(map[string]*writes),
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { m.observe(obj, false) },
@@ -410,9 +407,9 @@ func (m *Manager) observe(obj any, deleted bool) {
 	switch {
 	case !lost:
 	case holder == "" && !deleted:
-		m.sessions.EndSession(node, status.Errorf(codes.Unavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
+		m.sessions.EndSession(node, feed.Errorf(feed.ErrUnavailable, "disconnected by an operator: %s", rec.Annotations[AnnotationReleased]))
 	default:
-		m.sessions.EndSession(node, status.Errorf(codes.Aborted,
+		m.sessions.EndSession(node, feed.Errorf(feed.ErrAborted,
 			"node %q is now served by server %q; this stream is replaced", node, holder))
 	}
 	if !deleted && holder == m.cfg.Replica {

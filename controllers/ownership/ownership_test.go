@@ -11,7 +11,6 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,6 +23,7 @@ import (
 	"github.com/edgesync/edgesync/internal/ownershiptest"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 func TestMain(m *testing.M) {
@@ -56,7 +56,7 @@ func (s *sessions) waitEnded(t *testing.T, node string, code codes.Code) {
 	for {
 		s.mu.Lock()
 		for _, err := range s.ended[node] {
-			if status.Code(err) == code {
+			if feed.KindOf(err).Code() == code {
 				s.mu.Unlock()
 				return
 			}
@@ -409,7 +409,7 @@ func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
 	claimed := make(chan error, 1)
 	go func() { claimed <- b.Claim(t.Context(), node) }()
 	a.sessions.waitEnded(t, node, codes.Aborted)
-	if _, err := a.BeginWrite(node); status.Code(err) != codes.Unavailable {
+	if _, err := a.BeginWrite(node); feed.KindOf(err) != feed.ErrUnavailable {
 		t.Fatalf("a write began on a after its session was ended for a handover: %v", err)
 	}
 	// The handover waits for a's write: a second is far longer than a

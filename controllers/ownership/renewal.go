@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // renew writes the replica Lease: a merge patch of renewTime, or a create.
@@ -120,7 +120,7 @@ func (m *Manager) checkOwnLease() {
 	}
 	m.log.Warn("replica Lease not renewed in time; ending every session so that other replicas may take the nodes", zap.Int("sessions", len(lapsed)))
 	for node := range lapsed {
-		m.sessions.EndSession(node, status.Errorf(codes.Unavailable,
+		m.sessions.EndSession(node, feed.Errorf(feed.ErrUnavailable,
 			"server %s cannot renew its ownership of nodes with the Kubernetes API server; connect again (possibly to another replica)", m.cfg.Replica))
 	}
 }

@@ -222,10 +222,8 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("podsync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.podQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "podsync-pods"})
-	c.refQueue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[feed.Key](),
-		workqueue.TypedRateLimitingQueueConfig[feed.Key]{Name: "podsync-refs"})
+	c.podQueue = handlers.NewQueue[string]("podsync-pods", nil)
+	c.refQueue = handlers.NewQueue[feed.Key]("podsync-refs", nil)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })

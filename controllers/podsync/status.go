@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,7 +25,7 @@ import (
 func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
 	ps := req.GetPodStatus()
 	if ps == nil || ps.GetNamespace() == "" || ps.GetName() == "" || ps.GetUid() == "" || ps.GetStatus() == nil {
-		answer(reportqueue.Result(req.GetRequestId(), status.Error(codes.InvalidArgument,
+		answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrInvalid,
 			"pod_status needs namespace, name, uid and status")))
 		return
 	}
@@ -37,7 +35,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		return
 	}
 	if err == nil && pod.Spec.NodeName != node && string(pod.UID) == ps.GetUid() {
-		answer(reportqueue.Result(req.GetRequestId(), status.Errorf(codes.PermissionDenied,
+		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrPermissionDenied,
 			"node %q may not report status of pod %s/%s bound to node %q", node, pod.Namespace, pod.Name, pod.Spec.NodeName)))
 		return
 	}
@@ -63,7 +61,7 @@ func (c *Controller) stale(node string, ps *edgesyncv1.PodStatus) error {
 	} else {
 		c.publishTombstone(node, key, ps.GetUid())
 	}
-	return status.Errorf(codes.NotFound, "pod %s/%s with uid %s no longer exists; node %q is told to delete its copy",
+	return feed.Errorf(feed.ErrNotFound, "pod %s/%s with uid %s no longer exists; node %q is told to delete its copy",
 		key.Namespace, key.Name, ps.GetUid(), node)
 }
 
@@ -74,11 +72,11 @@ func (c *Controller) writePodStatus(ctx context.Context, node string, req *edges
 	ps := req.GetPodStatus()
 	b, err := proto.Marshal(ps.GetStatus())
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "pod_status.status: %v", err)
+		return feed.Errorf(feed.ErrInvalid, "pod_status.status: %v", err)
 	}
 	var st corev1.PodStatus
 	if err := st.Unmarshal(b); err != nil {
-		return status.Errorf(codes.InvalidArgument, "pod_status.status is not a valid PodStatus: %v", err)
+		return feed.Errorf(feed.ErrInvalid, "pod_status.status is not a valid PodStatus: %v", err)
 	}
 	patch, err := json.Marshal(map[string]any{
 		"metadata": map[string]any{"uid": ps.GetUid()},

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
@@ -25,10 +24,6 @@ type upJob struct {
 	answer feed.Answer
 }
 
-func result(id uint64, code codes.Code, msg string) *edgesyncv1.StatusResult {
-	return &edgesyncv1.StatusResult{RequestId: id, Code: int32(code), Message: msg}
-}
-
 // HandleReport takes a RouteMessage report from node (feed.Reporter's
 // contract: it never blocks, and answers once). Only rules whose eventbus
 // source names node and the message's topic route it.
@@ -36,24 +31,24 @@ func (r *Router) HandleReport(node string, req *edgesyncv1.SyncRequest, answer f
 	msg := req.GetRouteMessage()
 	id := req.GetRequestId()
 	if msg.GetId() == "" {
-		answer(result(id, codes.InvalidArgument, "route_message has no id; give every message a unique id"))
+		answer(feed.Result(id, feed.NewError(feed.ErrInvalid, "route_message has no id; give every message a unique id")))
 		return
 	}
 	rules := r.ix.Load().topics[node][msg.GetTopic()]
 	if len(rules) == 0 {
 		r.metrics.upward.WithLabelValues("no_rule").Inc()
-		answer(result(id, codes.NotFound, fmt.Sprintf("no Rule routes MQTT topic %q from node %q", msg.GetTopic(), node)))
+		answer(feed.Result(id, feed.NewError(feed.ErrNotFound, fmt.Sprintf("no Rule routes MQTT topic %q from node %q", msg.GetTopic(), node))))
 		return
 	}
 	if r.seen.has(node, msg.GetId()) {
 		r.metrics.upward.WithLabelValues("duplicate").Inc()
-		answer(result(id, codes.OK, ""))
+		answer(feed.Result(id, nil))
 		return
 	}
 	select {
 	case r.up <- upJob{node: node, req: req, rules: rules, answer: answer}:
 	default:
-		answer(result(id, codes.ResourceExhausted, "the server has too many messages from edges to deliver; send it again shortly"))
+		answer(feed.Result(id, feed.NewError(feed.ErrResourceExhausted, "the server has too many messages from edges to deliver; send it again shortly")))
 	}
 }
 
@@ -85,12 +80,12 @@ func (r *Router) deliverUp(ctx context.Context, job upJob) {
 	}
 	if len(failed) > 0 {
 		r.metrics.upward.WithLabelValues("failed").Inc()
-		job.answer(result(job.req.GetRequestId(), codes.Unavailable, fmt.Sprint(failed)))
+		job.answer(feed.Result(job.req.GetRequestId(), feed.NewError(feed.ErrUnavailable, fmt.Sprint(failed))))
 		return
 	}
 	r.seen.add(job.node, msg.GetId())
 	r.metrics.upward.WithLabelValues("delivered").Inc()
-	job.answer(result(job.req.GetRequestId(), codes.OK, ""))
+	job.answer(feed.Result(job.req.GetRequestId(), nil))
 }
 
 // post sends body to url, trying TargetRetries times with a growing pause

@@ -173,8 +173,7 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("servicesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "servicesync"})
+	c.queue = handlers.NewQueue[string]("servicesync", nil)
 	return handlers.Run(ctx, "servicesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 

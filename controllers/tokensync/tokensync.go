@@ -195,8 +195,7 @@ func New(cfg Config) (*Controller, error) {
 // work returns the controller's work queue, creating it on first use.
 func (c *Controller) work() workqueue.TypedRateLimitingInterface[string] {
 	c.queueOnce.Do(func() {
-		c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "tokensync", Clock: c.clock})
+		c.queue = handlers.NewQueue[string]("tokensync", c.clock)
 	})
 	return c.queue
 }

@@ -51,6 +51,13 @@ func installWithKubelet(t *testing.T) *installation {
 // namespace, the running pod and the node's agent.
 func edgePod(t *testing.T, in *installation, client kubernetes.Interface, agentArgs ...string) (string, *corev1.Pod, *edgeAgent) {
 	t.Helper()
+	return edgePodWithPorts(t, in, client, nil, agentArgs...)
+}
+
+// edgePodWithPorts is edgePod, the pod's container declaring ports (the
+// only ones port-forward reaches on a simulated runtime).
+func edgePodWithPorts(t *testing.T, in *installation, client kubernetes.Interface, ports []int32, agentArgs ...string) (string, *corev1.Pod, *edgeAgent) {
+	t.Helper()
 	ns := testcluster.Namespace(t, client)
 	group := testcluster.UniqueName("g")
 	node := testcluster.UniqueName("edge")
@@ -63,6 +70,10 @@ func edgePod(t *testing.T, in *installation, client kubernetes.Interface, agentA
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
 			Template: webPodSpec(group),
 		},
+	}
+	for _, p := range ports {
+		c := &dep.Spec.Template.Spec.Containers[0]
+		c.Ports = append(c.Ports, corev1.ContainerPort{ContainerPort: p})
 	}
 	if _, err := client.AppsV1().Deployments(ns).Create(t.Context(), dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -183,7 +194,8 @@ func waitLine(t *testing.T, lines <-chan string, re *regexp.Regexp, what string)
 func TestKubectlReachesEdgePods(t *testing.T) {
 	in := installWithKubelet(t)
 	client := testcluster.Client(t)
-	ns, pod, agent := edgePod(t, in, client, "--allow-exec")
+	podPort := loopbackHTTP(t) // the pod's port, which it declares
+	ns, pod, agent := edgePodWithPorts(t, in, client, []int32{podPort}, "--allow-exec")
 
 	t.Run("logs", func(t *testing.T) {
 		out := in.mustKubectl(t, "-n", ns, "logs", pod.Name)
@@ -300,19 +312,8 @@ func TestKubectlReachesEdgePods(t *testing.T) {
 		waitLine(t, lines, regexp.MustCompile(`^running for \d+s$`), "the container's output")
 	})
 	t.Run("port-forward", func(t *testing.T) {
-		// A server on the edge host's loopback (this machine).
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			_, _ = io.WriteString(w, "served on the edge host")
-		})}
-		go func() { _ = srv.Serve(lis) }()
-		t.Cleanup(func() { srv.Close() })
-		remote := lis.Addr().(*net.TCPAddr).Port
 		local := freePort(t)
-		lines := in.streamKubectl(t, "-n", ns, "port-forward", "pod/"+pod.Name, fmt.Sprintf("%d:%d", local, remote))
+		lines := in.streamKubectl(t, "-n", ns, "port-forward", "pod/"+pod.Name, fmt.Sprintf("%d:%d", local, podPort))
 		waitLine(t, lines, regexp.MustCompile(`^Forwarding from 127\.0\.0\.1`), "port-forward to listen")
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", local))
 		if err != nil {
@@ -324,6 +325,38 @@ func TestKubectlReachesEdgePods(t *testing.T) {
 			t.Errorf("through kubectl port-forward: %q", body)
 		}
 	})
+	t.Run("port-forward to a port the pod does not declare", func(t *testing.T) {
+		// Listening on the edge host, but not the pod's: refused, and
+		// kubectl says why.
+		other := loopbackHTTP(t)
+		local := freePort(t)
+		lines := in.streamKubectl(t, "-n", ns, "port-forward", "pod/"+pod.Name, fmt.Sprintf("%d:%d", local, other))
+		waitLine(t, lines, regexp.MustCompile(`^Forwarding from 127\.0\.0\.1`), "port-forward to listen")
+		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", local)); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			t.Errorf("through kubectl port-forward to undeclared port %d: %d %q, want no answer", other, resp.StatusCode, body)
+		}
+		waitLine(t, lines, regexp.MustCompile(regexp.QuoteMeta(fmt.Sprintf(
+			"port %d is not a port of pod %s/%s (it declares %d): port-forward reaches only the ports its containers declare",
+			other, ns, pod.Name, podPort))), "kubectl to print the refusal")
+	})
+}
+
+// loopbackHTTP serves "served on the edge host" on the loopback (the edge
+// host's: this machine) and returns its port.
+func loopbackHTTP(t *testing.T) int32 {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "served on the edge host")
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Close() })
+	return int32(lis.Addr().(*net.TCPAddr).Port)
 }
 
 // TestKubeletEndpointRefusesOthers calls the kubelet endpoint directly:

@@ -17,7 +17,11 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
+	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/edgeclient/agent"
+	"github.com/edgesync/edgesync/edgeclient/store"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
@@ -131,10 +135,24 @@ func TestRevokedNodeIsRefusedEverywhere(t *testing.T) {
 	token := field(t, out, `token:\s+([a-z0-9]{6}\.[a-z0-9]{16})`)
 	hash := field(t, out, `ca-cert-hash:\s+(sha256:[0-9a-f]{64})`)
 	run(t, nil, agentBin, "join", "--server", in.addr, "--token", token, "--ca-cert-hash", hash, "--node", node, "--dir", dir)
+	storeDir := filepath.Join(t.TempDir(), "store")
 	agent := start(t, "edgesync-agent-"+node, nil, agentBin, "run",
-		"--server", in.addr, "--node", node, "--dir", dir, "--store", filepath.Join(t.TempDir(), "store"))
+		"--server", in.addr, "--node", node, "--dir", dir, "--store", storeDir)
 	eventually(t, time.Minute, "node "+node+" to be Ready", func() error {
 		return nodeReady(t.Context(), client, node, corev1.ConditionTrue)
+	}, agent, in.server)
+
+	// A pod on the node mounts a Secret and its ServiceAccount token: the
+	// agent writes both into the pod's volumes.
+	pod := podWithSecret(t, client, node)
+	secretFile, tokenFile := podVolumeFiles(t, pod, storeDir)
+	eventually(t, time.Minute, "the pod's secret and token on the edge's disk", func() error {
+		for _, f := range []string{secretFile, tokenFile} {
+			if _, err := os.Stat(f); err != nil {
+				return err
+			}
+		}
+		return nil
 	}, agent, in.server)
 
 	// Revoked through the second replica's AdminService.
@@ -150,7 +168,23 @@ func TestRevokedNodeIsRefusedEverywhere(t *testing.T) {
 		}
 		return nil
 	}, in.server)
+	// The edge deletes the credentials it holds: the files leave the
+	// pod's volumes, the objects its store.
+	eventually(t, 30*time.Second, "the revoked edge to delete the pod's secret and token", func() error {
+		for _, f := range []string{secretFile, tokenFile} {
+			if _, err := os.Stat(f); !os.IsNotExist(err) {
+				return fmt.Errorf("%s is still there (%v)", f, err)
+			}
+		}
+		return nil
+	}, agent)
 	agent.stop(t)
+	if held := heldKinds(t, storeDir); held["Secret"] != 0 || held["Token"] != 0 || held["Pod"] == 0 {
+		t.Errorf("the revoked edge's store holds %v; want no Secret and no Token, and its pods", held)
+	}
+	if log, _ := os.ReadFile(agent.log); !strings.Contains(string(log), "certificates were revoked by an operator: deleted the Secrets and ServiceAccount tokens") {
+		t.Errorf("the agent's log does not say why it deleted its credentials:\n%s", log)
+	}
 
 	// The node's certificate, on every service and both replicas.
 	want := fmt.Sprintf("node %q was revoked by an operator at", node)
@@ -190,4 +224,64 @@ func TestRevokedNodeIsRefusedEverywhere(t *testing.T) {
 		}
 		return nil
 	}, agent, in.server)
+}
+
+// podWithSecret creates, in a new namespace, a Secret and a pod that
+// mounts it, placed by the scheduler on node, and returns the pod.
+func podWithSecret(t *testing.T, client kubernetes.Interface, node string) *corev1.Pod {
+	t.Helper()
+	ns := testcluster.Namespace(t, client)
+	if _, err := client.CoreV1().Secrets(ns).Create(t.Context(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "creds"}, StringData: map[string]string{"password": "e2e"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := client.CoreV1().Pods(ns).Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.PodSpec{
+			NodeSelector: map[string]string{corev1.LabelHostname: node},
+			Tolerations:  []corev1.Toleration{{Key: controllers.DefaultEdgeLabel, Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "web", Image: "nginx:1.27",
+				VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/etc/creds"}}}},
+			Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{
+				Secret: &corev1.SecretVolumeSource{SecretName: "creds"}}}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+// podVolumeFiles are where the agent's runtime writes the pod's secret
+// and its ServiceAccount token.
+func podVolumeFiles(t *testing.T, pod *corev1.Pod, storeDir string) (secret, token string) {
+	t.Helper()
+	vols := filepath.Join(storeDir, agent.PodsDir, string(pod.UID), "volumes")
+	for _, v := range pod.Spec.Volumes {
+		if strings.HasPrefix(v.Name, "kube-api-access-") {
+			return filepath.Join(vols, "creds", "password"), filepath.Join(vols, v.Name, "token")
+		}
+	}
+	t.Fatal("the pod has no kube-api-access volume (is ServiceAccount admission on?)")
+	return "", ""
+}
+
+// heldKinds counts what the store at dir holds, by kind.
+func heldKinds(t *testing.T, dir string) map[string]int {
+	t.Helper()
+	st, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	recs, err := st.List(edgesyncv1.Kind_KIND_UNSPECIFIED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, r := range recs {
+		out[store.KindName(r.Key.Kind)]++
+	}
+	return out
 }

@@ -11,7 +11,8 @@
 // longer hold one. With several replicas, two more carry who owns a node:
 // the server has the controllers claim it at Hello (Claimer) and asks them
 // who owns the others (Directory). Neither side imports the other's
-// internals.
+// internals. Controllers refuse with errors of a kind (ErrorKind, Errorf)
+// and build no gRPC statuses: the server turns kinds into codes.
 package feed
 
 import (
@@ -150,9 +151,9 @@ type Publisher interface {
 // session, such as when its Node is deleted.
 type SessionEnder interface {
 	// EndSession ends node's session on this replica, if it has one, with
-	// reason as the status the edge receives: a gRPC status error
-	// (google.golang.org/grpc/status) with a message the edge's operator
-	// can act on. An error without a status ends it with UNAVAILABLE.
+	// reason as the status the edge receives: an error of a kind (Errorf)
+	// with a message the edge's operator can act on. An error without a
+	// kind ends it with UNAVAILABLE.
 	EndSession(node string, reason error)
 }
 
@@ -189,6 +190,7 @@ type Source interface {
 
 // Answer delivers the outcome of one report to the node's session; it is
 // dropped when the session has ended (the edge sends the report again).
+// Controllers build it with Result.
 type Answer func(*edgesyncv1.StatusResult)
 
 // Reporter applies the reports edges send. Controllers implement it.
@@ -208,8 +210,8 @@ type Reporter interface {
 // node's Hello and before the session replaces an older one of the same
 // node, with the node name of the verified certificate. It must answer
 // from caches, without calling the API server. A non-nil error refuses the
-// session with the error's gRPC status (UNAVAILABLE when it has none), so
-// it must say what the edge's operator can do about it.
+// session with the code of the error's kind (UNAVAILABLE when it has none),
+// so it must say what the edge's operator can do about it.
 type Admitter interface {
 	Admit(node string) error
 }
@@ -224,8 +226,8 @@ type Admitter interface {
 // another replica takes the node over, end this replica's session of it
 // through SessionEnder. Claim may take as long as the previous owner needs
 // to hand the node over, or its ownership to expire when it died; ctx ends
-// with the session. A non-nil error ends the session with its gRPC status
-// (UNAVAILABLE when it has none); the reports it held were never answered,
+// with the session. A non-nil error ends the session with the code of its
+// kind (UNAVAILABLE when it has none); the reports it held were never answered,
 // so the edge sends them again on its next stream.
 type Claimer interface {
 	Claim(ctx context.Context, node string) error

@@ -26,10 +26,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -242,8 +244,24 @@ func (l *List) Check(cert *x509.Certificate) error {
 	return revokedError(node, e)
 }
 
+// The google.rpc.ErrorInfo a revoked node's status carries, so that an
+// edge can tell a revocation from other refusals and delete the
+// credentials it holds (api/edgesync/v1 sync.proto, "Errors").
+const (
+	ErrorDomain       = "edgesync.io"
+	ReasonNodeRevoked = "NODE_REVOKED"
+)
+
 func revokedError(node string, e Entry) error {
-	return status.Errorf(codes.PermissionDenied,
+	st := status.Newf(codes.PermissionDenied,
 		"node %q was revoked by an operator at %s: its certificates no longer work; join again with a new token (`edgesync-server token create --node %s`)",
 		node, e.RevokedAt.Format(time.RFC3339), node)
+	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{
+		Domain: ErrorDomain, Reason: ReasonNodeRevoked,
+		Metadata: map[string]string{"node": node, "generation": strconv.FormatInt(e.Generation, 10)},
+	})
+	if err != nil { // cannot happen: ErrorInfo always marshals
+		return st.Err()
+	}
+	return withInfo.Err()
 }

@@ -3,6 +3,16 @@
 // contents, remove them on the way out, and drain a rate-limited work queue
 // (Forget on success, AddRateLimited on error); Run does all of it for a
 // controller with one work queue.
+//
+// The lifecycle every controller's work queue follows: it is made with
+// NewQueue (client-go's controller rate limiter, named for its metrics);
+// its owner shuts it down on every way out and waits for its workers,
+// which end when Get reports the shutdown (ProcessNext); its event
+// handlers are added through a Set and removed on the way out. A queue
+// runs a goroutine of its own, so it is made where its owner will surely
+// shut it down: in Run (Run does), or on first use by a controller that
+// takes work before Run (reports, handlers of informers that start
+// first), whose Run then shuts it down.
 package handlers
 
 import (
@@ -16,6 +26,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
 )
 
 // Set is the event handlers one controller added to shared informers. The
@@ -56,6 +67,14 @@ func (s *Set) RemoveAll() {
 		_ = r.informer.RemoveEventHandler(r.handle)
 	}
 	s.regs = nil
+}
+
+// NewQueue makes a controller's work queue: rate limited with client-go's
+// controller limiter, named name (its workqueue metrics), on clock (nil:
+// the real one).
+func NewQueue[T comparable](name string, clock clock.WithTicker) workqueue.TypedRateLimitingInterface[T] {
+	return workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[T](),
+		workqueue.TypedRateLimitingQueueConfig[T]{Name: name, Clock: clock})
 }
 
 // Run is the life of a controller with one work queue: add adds its event

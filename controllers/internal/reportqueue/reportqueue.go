@@ -16,18 +16,18 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	"github.com/edgesync/edgesync/server/feed"
 )
 
-// Handler writes one report from node to the API server. An error that
-// carries a gRPC status (status.Error) is answered with that status; an API
-// error is mapped to the nearest gRPC code.
+// Handler writes one report from node to the API server. An error of a
+// kind (feed.Errorf) is answered with its kind's code; an API error is
+// given its nearest kind (Refusal).
 type Handler func(ctx context.Context, node string, req *edgesyncv1.SyncRequest) error
 
 // maxRetries bounds how often a transiently failing write is retried before
@@ -35,7 +35,7 @@ type Handler func(ctx context.Context, node string, req *edgesyncv1.SyncRequest)
 const maxRetries = 5
 
 // errShutdown answers reports the queue can no longer write.
-var errShutdown = status.Error(codes.Unavailable, "the server is shutting down; send the report again after reconnecting")
+var errShutdown = feed.NewError(feed.ErrUnavailable, "the server is shutting down; send the report again after reconnecting")
 
 // Queue coalesces reports per key and applies the latest with a Handler.
 type Queue struct {
@@ -109,9 +109,7 @@ func (q *Queue) Drop(key string, err error) {
 // answers what is still waiting with UNAVAILABLE and returns once every
 // worker has stopped.
 func (q *Queue) Run(ctx context.Context, workers int) {
-	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.DefaultTypedControllerRateLimiter[string](),
-		workqueue.TypedRateLimitingQueueConfig[string]{})
+	queue := handlers.NewQueue[string]("", nil)
 	q.mu.Lock()
 	q.queue = queue
 	for key := range q.pending {
@@ -194,7 +192,7 @@ func answerAll(waiters []waiter, err error) {
 
 // retriable tells whether a write may succeed if simply tried again.
 func retriable(err error) bool {
-	if _, ok := status.FromError(err); ok {
+	if refused(err) {
 		return false
 	}
 	var netErr net.Error
@@ -202,45 +200,49 @@ func retriable(err error) bool {
 		apierrors.IsServiceUnavailable(err) || apierrors.IsInternalError(err) || errors.As(err, &netErr)
 }
 
-// Result turns the outcome of a write into the StatusResult for request id.
-func Result(id uint64, err error) *edgesyncv1.StatusResult {
-	if err == nil {
-		return &edgesyncv1.StatusResult{RequestId: id, Code: int32(codes.OK)}
+// refused tells whether err is already a refusal with its kind (or a gRPC
+// status from elsewhere), which a retry will not change.
+func refused(err error) bool {
+	if feed.KindOf(err) != feed.KindUnknown {
+		return true
 	}
-	c, msg := Code(err)
-	return &edgesyncv1.StatusResult{RequestId: id, Code: int32(c), Message: msg}
+	_, ok := status.FromError(err)
+	return ok
 }
 
-// Code maps an error from a write to a gRPC code and a message: a gRPC
-// status is kept as it is, an API error becomes its nearest code.
-func Code(err error) (codes.Code, string) {
-	if s, ok := status.FromError(err); ok {
-		return s.Code(), s.Message()
+// Result turns the outcome of a write into the StatusResult for request id.
+func Result(id uint64, err error) *edgesyncv1.StatusResult {
+	return feed.Result(id, Refusal(err))
+}
+
+// Refusal gives an error from a write its kind: a refusal (feed.Error, or
+// a gRPC status) is kept as it is, an API error gets its nearest kind.
+func Refusal(err error) error {
+	if err == nil || refused(err) {
+		return err
 	}
 	switch {
 	case errors.Is(err, context.Canceled):
-		return codes.Canceled, "the write was cancelled: " + err.Error()
+		return feed.NewError(feed.ErrCanceled, "the write was cancelled: "+err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded, "the write timed out: " + err.Error()
+		return feed.NewError(feed.ErrDeadlineExceeded, "the write timed out: "+err.Error())
 	}
 	msg := fmt.Sprintf("kubernetes API: %v", err)
+	kind := feed.ErrInternal
+	var netErr net.Error
 	switch {
 	case apierrors.IsNotFound(err):
-		return codes.NotFound, msg
+		kind = feed.ErrNotFound
 	case apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
-		return codes.PermissionDenied, msg
+		kind = feed.ErrPermissionDenied
 	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
-		return codes.Aborted, msg
+		kind = feed.ErrAborted
 	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err):
-		return codes.InvalidArgument, msg
+		kind = feed.ErrInvalid
 	case apierrors.IsTooManyRequests(err):
-		return codes.ResourceExhausted, msg
-	case apierrors.IsServerTimeout(err), apierrors.IsTimeout(err), apierrors.IsServiceUnavailable(err):
-		return codes.Unavailable, msg
+		kind = feed.ErrResourceExhausted
+	case apierrors.IsServerTimeout(err), apierrors.IsTimeout(err), apierrors.IsServiceUnavailable(err), errors.As(err, &netErr):
+		kind = feed.ErrUnavailable
 	}
-	var netErr net.Error
-	if errors.As(err, &netErr) {
-		return codes.Unavailable, msg
-	}
-	return codes.Internal, msg
+	return feed.NewError(kind, msg)
 }

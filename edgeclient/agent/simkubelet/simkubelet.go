@@ -21,7 +21,12 @@
 //     pseudo-terminal.
 //   - Attach: the container's output as it is written, and what is typed to
 //     it echoed back.
-//   - Port-forward: connects to the port on the edge host's loopback.
+//   - Port-forward: only to a port one of the pod's containers declares
+//     (spec.containers[].ports, TCP), which it connects to on the edge
+//     host's loopback; any other port is refused with an error naming the
+//     ports the pod declares (kubectl port-forward prints it). A simulated
+//     pod has no network of its own, so without this rule a port-forward
+//     would reach every service listening on the host's loopback.
 package simkubelet
 
 import (
@@ -359,7 +364,8 @@ func (h *Handler) attach(w http.ResponseWriter, r *http.Request) {
 		streamIdleTimeout, streamCreationTimeout, remotecommandconsts.SupportedStreamingProtocols)
 }
 
-// portForward serves /portForward with the streaming library.
+// portForward serves /portForward with the streaming library, forwarding
+// only to the ports the pod declares.
 func (h *Handler) portForward(w http.ResponseWriter, r *http.Request) {
 	pod := h.pod(w, r)
 	if pod == nil {
@@ -370,8 +376,89 @@ func (h *Handler) portForward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err.Error(), http.StatusBadRequest)
 		return
 	}
-	portforward.ServePortForward(w, r, loopback{}, pod.Name, pod.UID, opts,
+	fw := declared{pod: pod, ports: declaredPorts(pod)}
+	// A WebSocket request names its ports up front: refuse before
+	// upgrading. SPDY names each port on its own stream (fw.PortForward).
+	for _, p := range opts.Ports {
+		if err := fw.allow(p); err != nil {
+			writeError(w, r, err.Error(), http.StatusForbidden)
+			return
+		}
+	}
+	portforward.ServePortForward(w, r, fw, pod.Name, pod.UID, opts,
 		streamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
+}
+
+// declaredPorts are the TCP ports the pod's containers (and sidecar init
+// containers, which run beside them) declare, sorted.
+func declaredPorts(pod *corev1.Pod) []int32 {
+	var out []int32
+	add := func(cs []corev1.Container) {
+		for _, c := range cs {
+			for _, p := range c.Ports {
+				if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+					out = append(out, p.ContainerPort)
+				}
+			}
+		}
+	}
+	add(pod.Spec.Containers)
+	for _, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			add([]corev1.Container{c})
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// declared forwards to the edge host's loopback, only to the ports its pod
+// declares.
+type declared struct {
+	pod   *corev1.Pod
+	ports []int32
+}
+
+// allow refuses a port the pod does not declare, saying which it does.
+func (d declared) allow(port int32) error {
+	if _, ok := slices.BinarySearch(d.ports, port); ok {
+		return nil
+	}
+	has := "declares no ports"
+	if len(d.ports) > 0 {
+		s := make([]string, len(d.ports))
+		for i, p := range d.ports {
+			s[i] = strconv.Itoa(int(p))
+		}
+		has = "declares " + strings.Join(s, ", ")
+	}
+	return fmt.Errorf("port %d is not a port of pod %s/%s (it %s): port-forward reaches only the ports its containers declare",
+		port, d.pod.Namespace, d.pod.Name, has)
+}
+
+func (d declared) PortForward(ctx context.Context, _ string, _ types.UID, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	if err := d.allow(port); err != nil {
+		return err
+	}
+	var dialer net.Dialer
+	conn, err := dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if err != nil {
+		return fmt.Errorf("connect to port %d on the edge host's loopback: %w", port, err)
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(conn, stream)
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		close(done)
+	}()
+	_, _ = io.Copy(stream, conn)
+	stream.Close()
+	<-done
+	return nil
 }
 
 // run serves /run: the command's combined output.
@@ -552,31 +639,6 @@ func (ct *container) AttachContainer(ctx context.Context, _ string, _ types.UID,
 			return nil
 		}
 	}
-}
-
-// loopback forwards to the edge host's loopback.
-type loopback struct{}
-
-func (loopback) PortForward(ctx context.Context, _ string, _ types.UID, port int32, stream io.ReadWriteCloser) error {
-	defer stream.Close()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
-	if err != nil {
-		return fmt.Errorf("connect to port %d on the edge host's loopback: %w", port, err)
-	}
-	defer conn.Close()
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(conn, stream)
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		close(done)
-	}()
-	_, _ = io.Copy(stream, conn)
-	stream.Close()
-	<-done
-	return nil
 }
 
 // env resolves the container's environment from what the node holds, and

@@ -1,15 +1,23 @@
 package simkubelet_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	neturl "net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/transport/spdy"
+	"k8s.io/kubelet/pkg/cri/streaming/portforward"
 
 	"github.com/edgesync/edgesync/edgeclient/agent/simkubelet"
 	"github.com/edgesync/edgesync/edgeclient/volumes"
@@ -160,6 +168,128 @@ func TestRun(t *testing.T) {
 			if code != http.StatusForbidden || !strings.Contains(body, "--allow-exec") {
 				t.Errorf("%s: %d %q, want 403 naming --allow-exec", target, code, body)
 			}
+		}
+	})
+}
+
+// heldWithPort is held, its pod declaring port.
+type heldWithPort struct {
+	held
+	port int32
+}
+
+func (h heldWithPort) Pod(ns, name string) (*corev1.Pod, error) {
+	pod, _ := h.held.Pod(ns, name)
+	if pod != nil {
+		pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: h.port}}
+	}
+	return pod, nil
+}
+
+// loopbackServer serves text on the loopback and returns its port.
+func loopbackServer(t *testing.T, text string) int32 {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, text)
+			c.Close()
+		}
+	}()
+	return int32(lis.Addr().(*net.TCPAddr).Port)
+}
+
+// forward opens one port-forward stream pair over SPDY, as the apiserver
+// does for kubectl port-forward, and returns what the data stream and the
+// error stream carried.
+func forward(t *testing.T, url string, port int32) (data, errText string) {
+	t.Helper()
+	rt, upgrader, err := spdy.RoundTripperFor(&rest.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := spdy.NewDialer(upgrader, &http.Client{Transport: rt}, http.MethodPost, mustURL(t, url)).
+		Dial(portforward.ProtocolV1Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	headers := http.Header{}
+	headers.Set(corev1.StreamType, corev1.StreamTypeError)
+	headers.Set(corev1.PortHeader, strconv.Itoa(int(port)))
+	headers.Set(corev1.PortForwardRequestIDHeader, "0")
+	errStream, err := conn.CreateStream(headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = errStream.Close() // nothing to send
+	headers.Set(corev1.StreamType, corev1.StreamTypeData)
+	dataStream, err := conn.CreateStream(headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = dataStream.Close()
+	d, _ := io.ReadAll(dataStream) // reset when refused
+	e, _ := io.ReadAll(errStream)
+	return string(d), string(e)
+}
+
+func mustURL(t *testing.T, s string) *neturl.URL {
+	t.Helper()
+	u, err := neturl.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func TestPortForwardOnlyToDeclaredPorts(t *testing.T) {
+	declared := loopbackServer(t, "the pod's port")
+	other := loopbackServer(t, "another service on the edge host")
+	srv := httptest.NewServer(simkubelet.New(simkubelet.Config{Node: "edge-1", Objects: heldWithPort{port: declared}}))
+	t.Cleanup(srv.Close)
+
+	t.Run("declared port", func(t *testing.T) {
+		data, errText := forward(t, srv.URL+"/portForward/ns/web", declared)
+		if data != "the pod's port" || errText != "" {
+			t.Errorf("got %q, error %q; want the pod's port's answer", data, errText)
+		}
+	})
+	t.Run("undeclared port", func(t *testing.T) {
+		data, errText := forward(t, srv.URL+"/portForward/ns/web", other)
+		want := fmt.Sprintf("port %d is not a port of pod ns/web (it declares %d): port-forward reaches only the ports its containers declare", other, declared)
+		if data != "" || !strings.Contains(errText, want) {
+			t.Errorf("got %q, error %q; want nothing and an error containing %q", data, errText, want)
+		}
+	})
+	t.Run("pod without ports", func(t *testing.T) {
+		srv := httptest.NewServer(simkubelet.New(simkubelet.Config{Node: "edge-1", Objects: held{}}))
+		t.Cleanup(srv.Close)
+		_, errText := forward(t, srv.URL+"/portForward/ns/web", declared)
+		if want := "(it declares no ports)"; !strings.Contains(errText, want) {
+			t.Errorf("error %q, want it to say %q", errText, want)
+		}
+	})
+	t.Run("undeclared port over WebSocket", func(t *testing.T) {
+		// A WebSocket request names its ports up front: refused before the
+		// upgrade, with a Status the client shows.
+		req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/portForward/ns/web?port=%d", other), nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		rec := httptest.NewRecorder()
+		simkubelet.New(simkubelet.Config{Node: "edge-1", Objects: heldWithPort{port: declared}}).ServeHTTP(rec, req)
+		var st metav1.Status
+		if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil || rec.Code != http.StatusForbidden ||
+			!strings.Contains(st.Message, fmt.Sprintf("port %d is not a port of pod ns/web", other)) {
+			t.Errorf("%d %q, want 403 with a Status naming the port", rec.Code, rec.Body.String())
 		}
 	})
 }

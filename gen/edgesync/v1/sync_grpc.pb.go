@@ -138,6 +138,14 @@
 // not an edge node, FAILED_PRECONDITION when the node's Node was deleted
 // (register it again), UNAVAILABLE when the server shuts down (dial again,
 // possibly another replica).
+//
+// A node whose certificates an operator revoked (AdminService.RevokeNode)
+// is refused PERMISSION_DENIED on every call, and its open stream ends so,
+// with a google.rpc.ErrorInfo detail: domain "edgesync.io", reason
+// "NODE_REVOKED", metadata "node" and "generation". An edge that receives
+// it should delete the Secrets and ServiceAccount tokens it holds (the Go
+// edgeclient does, and tells its agent with Deleted events); if the node
+// joins again with a new token, its next stream sends them again.
 
 package edgesyncv1
 
