@@ -54,10 +54,16 @@ type liveNode struct {
 
 func startLiveNode(t *testing.T) *liveNode {
 	t.Helper()
-	n := &liveNode{kube: testcluster.Client(t)}
-	n.ns = testcluster.Namespace(t, n.kube)
+	kube := testcluster.Client(t)
+	return startLiveNodeOn(t, cloudtest.Start(t), testcluster.Namespace(t, kube))
+}
+
+// startLiveNodeOn is startLiveNode for a node of the cloud env, its test
+// objects in namespace ns.
+func startLiveNodeOn(t *testing.T, env *servertest.Env, ns string) *liveNode {
+	t.Helper()
+	n := &liveNode{kube: testcluster.Client(t), ns: ns}
 	n.node = cloudtest.Node(t, "edge-localapi")
-	env := cloudtest.Start(t)
 	n.stop, n.env = env.Stop, env
 	n.link = newLink(t, env.Addr)
 	certFile, keyFile := env.NodeCert(t, n.node)

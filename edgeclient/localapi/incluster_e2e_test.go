@@ -33,6 +33,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/edgeclient"
+	"github.com/edgesync/edgesync/internal/cloudtest"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
@@ -46,8 +47,10 @@ var widgets = schema.GroupVersionResource{Group: "localapi.edgesync.test", Versi
 // API, and the token and ca.crt it mounts (a TokenRequest through the
 // local API, the kube-root-ca.crt ConfigMap it serves). The program lists
 // and watches Deployments and a custom resource through the local API and
-// sees their changes; a ServiceAccount no pod of the node runs as is
-// refused; offline, the program started again lists from the store and
+// sees their changes; another node's application (its own pod, on the
+// same cloud) cannot read what this node subscribed to, nor use this
+// node's pod's token, and that node holds none of it; a ServiceAccount no
+// pod of the node runs as is refused; offline, the program started again lists from the store and
 // its write gets 503; back online its watch follows without a relist, and
 // the cloud sends the node only what changed; revoking its RBAC ends its
 // watch, then 403, and granting it again serves it again.
@@ -60,10 +63,14 @@ func TestEndToEndInClusterProgram(t *testing.T) {
 	}
 	outer := t
 	program := buildEdgeApp(t)
-	n := startLiveNode(t)
+	// Two nodes of one cloud, their pods in one namespace.
+	env := cloudtest.Start(t)
+	ns := testcluster.Namespace(t, testcluster.Client(t))
+	n, neighbour := startLiveNodeOn(t, env, ns), startLiveNodeOn(t, env, ns)
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	n.register(t, ctx)
+	neighbour.register(t, ctx)
 	dyn, err := dynamic.NewForConfig(testcluster.RESTConfig(t))
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +79,7 @@ func TestEndToEndInClusterProgram(t *testing.T) {
 
 	// The application: ServiceAccount "watcher" may read and scale
 	// Deployments and read Widgets; a pod of the node runs as it.
-	for _, sa := range []string{"watcher", "stranger"} {
+	for _, sa := range []string{"watcher", "stranger", "neighbour"} {
 		if _, err := n.kube.CoreV1().ServiceAccounts(n.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -83,26 +90,36 @@ func TestEndToEndInClusterProgram(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bind := func(name string) {
+	bindTo := func(sa, name string) {
 		t.Helper()
 		if _, err := n.kube.RbacV1().RoleBindings(n.ns).Create(ctx, &rbacv1.RoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-" + sa},
 			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "watcher", Namespace: n.ns}},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: n.ns}},
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	bind := func(name string) { t.Helper(); bindTo("watcher", name) }
 	role("deployments", rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list", "watch", "patch"}})
 	role("widgets", rbacv1.PolicyRule{APIGroups: []string{widgets.Group}, Resources: []string{widgets.Resource}, Verbs: []string{"get", "list", "watch"}})
 	bind("deployments")
 	bind("widgets")
+	bindTo("neighbour", "deployments") // the other node's application reads Deployments only
 	// Created through the API server: ServiceAccount admission gives it
 	// the projected volume every pod gets (token, kube-root-ca.crt,
 	// namespace).
 	pod, err := n.kube.CoreV1().Pods(n.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "watcher"},
 		Spec: corev1.PodSpec{NodeName: n.node, ServiceAccountName: "watcher",
+			Containers: []corev1.Container{{Name: "main", Image: "registry.k8s.io/pause:3.10"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	neighbourPod, err := n.kube.CoreV1().Pods(n.ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "neighbour"},
+		Spec: corev1.PodSpec{NodeName: neighbour.node, ServiceAccountName: "neighbour",
 			Containers: []corev1.Container{{Name: "main", Image: "registry.k8s.io/pause:3.10"}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -137,6 +154,28 @@ func TestEndToEndInClusterProgram(t *testing.T) {
 		watcher.want(t, "the patched Widget", func(l appLine) bool {
 			return l.Op == "event" && l.Type == "MODIFIED" && l.Name == "w1" && l.Summary == "green"
 		})
+	})
+
+	t.Run("another node's application never sees what only this node subscribed to", func(t *testing.T) {
+		other := podFiles(ctx, t, neighbour, neighbourPod)
+		if lines := other.run(t, program, "list", "apps/v1/deployments"); len(lines) != 1 || lines[0].Objects["web"] == "" {
+			t.Fatalf("the other node's application lists Deployments: %+v", lines)
+		}
+		lines := other.run(t, program, "list", widgets.Group+"/v1/"+widgets.Resource)
+		if len(lines) != 1 || lines[0].Code != http.StatusForbidden {
+			t.Errorf("the other node's application lists the Widgets this node subscribed to: %+v, want 403", lines)
+		}
+		// With this node's pod's token, the other node's local API
+		// knows no such application.
+		stolen := other
+		stolen.token = pf.token
+		if lines := stolen.run(t, program, "list", widgets.Group+"/v1/"+widgets.Resource); len(lines) != 1 || lines[0].Code != http.StatusUnauthorized {
+			t.Errorf("this node's pod's token at the other node: %+v, want 401", lines)
+		}
+		held, err := neighbour.client.Resources(widgets.Group, widgets.Version, widgets.Resource, "")
+		if err != nil || len(held) != 0 {
+			t.Errorf("the other node holds %d Widgets (%v), want none", len(held), err)
+		}
 	})
 
 	t.Run("a ServiceAccount no pod of the node runs as is refused", func(t *testing.T) {
@@ -191,7 +230,7 @@ func TestEndToEndInClusterProgram(t *testing.T) {
 	})
 
 	t.Run("revoking RBAC ends the watch with 403; granting it again serves it again", func(t *testing.T) {
-		if err := n.kube.RbacV1().RoleBindings(n.ns).Delete(ctx, "widgets", metav1.DeleteOptions{}); err != nil {
+		if err := n.kube.RbacV1().RoleBindings(n.ns).Delete(ctx, "widgets-watcher", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		watcher.want(t, "the Widgets watch ended with 403", func(l appLine) bool {
