@@ -268,7 +268,7 @@ dev: tools build devcluster kubelet apt-deps ## Run the whole product end to end
 BENCH_OUT ?= $(ROOT)/.tmp/bench
 
 .PHONY: bench
-bench: devcluster tools build kubelet realnode-deps ## Run the eight performance scenarios at reduced scale (< 12 min) and a real edge node's (~3 min), and print goal vs measured.
+bench: devcluster tools build kubelet realnode-deps ## Run the nine performance scenarios at reduced scale (< 12 min) and a real edge node's (~3 min), and print goal vs measured.
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
 	$(MAKE) --no-print-directory bench-realnode

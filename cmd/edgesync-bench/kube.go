@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+
 	"github.com/edgesync/edgesync/internal/bench/cluster"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/measure"
@@ -52,6 +54,10 @@ type kubeResult struct {
 	Updates     int             `json:"updates"`
 	Latency     measure.Summary `json:"latency"`
 	Samples     []time.Duration `json:"-"`
+	// FanoutCPUPerUpdateMs is the server process's CPU per ConfigMap
+	// update, from the write until every node holds it, less its
+	// background CPU (backgroundCPU).
+	FanoutCPUPerUpdateMs float64 `json:"fanout_server_cpu_ms_per_update"`
 
 	StormDone       bool    `json:"storm_done"`
 	ResyncSeconds   float64 `json:"resync_seconds_after_restart"`
@@ -64,12 +70,13 @@ type kubeResult struct {
 	ListGet        map[string]float64 `json:"list_get_during_resync"`
 	ClusterListGet map[string]float64 `json:"cluster_list_get_during_resync"`
 
-	Services servicesResult `json:"services"`
+	Services      servicesResult      `json:"services"`
+	Subscriptions subscriptionsResult `json:"subscriptions"`
 }
 
 const kubeNamespace = "bench"
 
-// kubeScenarios runs scenarios 6, 2, 7 and 5 end to end: the real controllers
+// kubeScenarios runs scenarios 6, 2, 7, 9 and 5 end to end: the real controllers
 // in the server process, a devcluster apiserver, and simulated edges.
 func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	k := &b.result.Kube
@@ -86,6 +93,25 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	b.prog.say("creating %d edge nodes and pods", n)
 	if err := cl.Create(ctx, cluster.Workload{Namespace: kubeNamespace, Nodes: b.names[:n], FanoutNodes: fanout, Base: "base", Fanout: "fanout"}); err != nil {
 		return err
+	}
+	var gadgetClient dynamic.Interface
+	if run[9] {
+		// The nodes subscribe in their Hello, so the resource and the
+		// ServiceAccount's RBAC exist before they connect.
+		if gadgetClient, err = prepareSubscriptions(ctx, cl); err != nil {
+			return err
+		}
+		subscribed := map[string]bool{}
+		for _, name := range b.names[:fanout] {
+			subscribed[name] = true
+		}
+		b.subscriptions = func(node string) []*edgesyncv1.Subscription {
+			if subscribed[node] {
+				return []*edgesyncv1.Subscription{gadgetSubscription()}
+			}
+			return nil
+		}
+		defer func() { b.subscriptions = nil }()
 	}
 	k.SetupSeconds = time.Since(setup).Seconds()
 	start := func(name string) (*child, error) {
@@ -176,6 +202,12 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		go func() {
 			profDone <- srv.profile(ctx, "profile", 10, filepath.Join(b.out, "fanout-apiserver-cpu.pprof"))
 		}()
+		background, err := backgroundCPU(ctx, srv)
+		if err != nil {
+			return err
+		}
+		cpu0, _ := srv.proc()
+		start := time.Now()
 		for i := range b.sc.FanoutUpdates {
 			// The time is taken before the write is sent, so the figure
 			// includes the apiserver's own write latency.
@@ -191,6 +223,8 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			}
 		}
 		k.Updates = b.sc.FanoutUpdates
+		cpu1, _ := srv.proc()
+		k.FanoutCPUPerUpdateMs = 1000 * (cpu1.CPUSeconds - cpu0.CPUSeconds - background*time.Since(start).Seconds()) / float64(k.Updates)
 		if err := <-profDone; err != nil {
 			fmt.Fprintf(os.Stderr, "fan-out CPU profile: %v\n", err)
 		}
@@ -202,6 +236,12 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 
 	if run[7] {
 		if err := b.servicesScenario(ctx, cl, fleet, b.names[:n]); err != nil {
+			return err
+		}
+	}
+
+	if run[9] {
+		if err := b.subscriptionsScenario(ctx, gadgetClient, srv, fleet, b.names[:fanout]); err != nil {
 			return err
 		}
 	}

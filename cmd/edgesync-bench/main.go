@@ -64,7 +64,7 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
-  edgesync-bench run [--scale smoke|reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6,7,8]
+  edgesync-bench run [--scale smoke|reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6,7,8,9]
   edgesync-bench table RESULTS.json   (print the goal table of an earlier run)
   edgesync-bench portforward [--mb 100] [--out DIR]   (kubectl port-forward to an edge pod: MB/s, server RSS)
   edgesync-bench serve ...   (the server process the benchmark starts)

@@ -86,13 +86,16 @@ type bench struct {
 	leaseRenew time.Duration // the controllers' Lease renew interval
 	kubePort   int           // the server's port in the apiserver scenarios
 	edgeclient bool          // edges run the edgeclient library
+	// subscriptions, while set, gives the subscriptions each node of a
+	// new fleet sends in its Hello (scenario 9).
+	subscriptions func(node string) []*edgesyncv1.Subscription
 }
 
 func runMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	scaleName := fs.String("scale", "reduced", "smoke (seconds), reduced (make bench, minutes) or full (the issue's scales)")
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
-	which := fs.String("scenarios", "1,2,3,4,5,6,7,8", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only; 8 failover: three replicas, one killed, apiserver only)")
+	which := fs.String("scenarios", "1,2,3,4,5,6,7,8,9", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only; 8 failover: three replicas, one killed, apiserver only; 9 a custom resource the nodes' applications subscribe to, apiserver only)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
 	fanoutNodes := fs.Int("fanout-nodes", 0, "override the fan-out and encode-once node count")
 	tpSessions := fs.Int("throughput-sessions", 0, "override the throughput session count")
@@ -123,8 +126,8 @@ func runMain(ctx context.Context, args []string) error {
 	want := map[int]bool{}
 	for _, s := range strings.Split(*which, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 8 {
-			return fmt.Errorf("--scenarios: %q is not a scenario number 1-8", s)
+		if err != nil || n < 1 || n > 9 {
+			return fmt.Errorf("--scenarios: %q is not a scenario number 1-9", s)
 		}
 		want[n] = true
 	}
@@ -165,7 +168,7 @@ func runMain(ctx context.Context, args []string) error {
 	if want[2] || want[3] || want[4] {
 		need = max(need, sc.FanoutNodes, sc.ThroughputSessions)
 	}
-	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7] || want[8]) {
+	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7] || want[8] || want[9]) {
 		need = max(need, sc.KubeNodes)
 	}
 	if uint64(need)+256 > limit {
@@ -184,7 +187,7 @@ func runMain(ctx context.Context, args []string) error {
 	type scenario struct {
 		ids []int
 		run func(context.Context, map[int]bool) error
-		// kube: the group of scenarios 2, 5, 6 and 7 through the
+		// kube: the group of scenarios 2, 5, 6, 7 and 9 through the
 		// apiserver, whose rows are apart from the server-only ones.
 		kube bool
 	}
@@ -196,7 +199,7 @@ func runMain(ctx context.Context, args []string) error {
 	if b.devcluster != "" {
 		// The failover has a control plane of its own: scenario 5 kills
 		// the single server of the kube group.
-		groups = append(groups, scenario{[]int{2, 5, 6, 7}, b.kubeScenarios, true}, scenario{[]int{8}, b.failover, false})
+		groups = append(groups, scenario{[]int{2, 5, 6, 7, 9}, b.kubeScenarios, true}, scenario{[]int{8}, b.failover, false})
 	} else {
 		b.result.KubeSkipped = fmt.Sprintf("no devcluster binary at %s (make devcluster) or --kube=off", *devcluster)
 	}
@@ -275,6 +278,7 @@ func (b *bench) fleet(addrs []string, n int, heartbeats, latency bool) (*edgesim
 	} else {
 		cfg.Addrs = addrs
 	}
+	cfg.Subscriptions = b.subscriptions
 	if b.edgeclient {
 		cfg.Edgeclient = &edgesim.EdgeclientConfig{CAFile: b.certs.Path(certs.CACert), CertDir: filepath.Join(b.out, "certs", "nodes")}
 	}

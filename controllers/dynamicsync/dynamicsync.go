@@ -20,7 +20,9 @@
 // server's own authorizer has surely seen the change), and every
 // Config.RecheckInterval for authorizers other than RBAC. A subscription no
 // longer allowed ends with PERMISSION_DENIED, and the objects only it
-// covered are deleted from the node.
+// covered are deleted from the node; one refused PERMISSION_DENIED is
+// decided anew on those same occasions, so access granted again is served
+// again without the edge subscribing anew.
 //
 // The server keeps no subscription between streams: the edge sends them in
 // every Hello (feed.Subscriber) and, when they change, in a Subscriptions
@@ -535,6 +537,16 @@ func newSubscription(spec *edgesyncv1.Subscription) *subscription {
 	return s
 }
 
+// reviveLocked makes a subscription refused PERMISSION_DENIED pending
+// again, to be decided anew: RBAC, or the pods of its node, changed. The
+// edge keeps its ENDED state until then (ended again with the same code
+// and message, the state's version is the same and is not sent again).
+func reviveLocked(s *subscription) {
+	if s.phase == ended && s.code == codes.PermissionDenied {
+		s.phase = pending
+	}
+}
+
 func (s *subscription) end(code codes.Code, message string) {
 	s.phase, s.code, s.message = ended, code, message
 }
@@ -745,8 +757,10 @@ func (c *Controller) endSubscription(node string, s *subscription, code codes.Co
 		return
 	}
 	c.releaseLocked(node, s)
+	if s.code != code || s.message != message { // not a revived one refused again
+		c.ended.WithLabelValues(code.String()).Inc()
+	}
 	s.end(code, message)
-	c.ended.WithLabelValues(code.String()).Inc()
 	out := c.uncoveredLocked(ns)
 	out = append(out, c.statusLocked(s))
 	out = append(out, c.settleLocked(node, ns)...)
@@ -1046,7 +1060,8 @@ func (c *Controller) recheckAll(after time.Duration) {
 	var items []item
 	for node, ns := range c.nodes {
 		for id, s := range ns.subs {
-			if s.phase == active {
+			reviveLocked(s)
+			if s.phase != ended {
 				items = append(items, item{node: node, id: id})
 			}
 		}
@@ -1075,7 +1090,10 @@ func (c *Controller) podChanged(obj any) {
 	var items []item
 	if ns := c.nodes[p.Spec.NodeName]; ns != nil {
 		for id, s := range ns.subs {
-			if s.phase != ended && s.spec.GetServiceAccountNamespace() == p.Namespace {
+			if s.spec.GetServiceAccountNamespace() != p.Namespace {
+				continue
+			}
+			if reviveLocked(s); s.phase != ended {
 				items = append(items, item{node: p.Spec.NodeName, id: id})
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -42,7 +43,12 @@ type KubeletConfig struct {
 	// Required.
 	Dir string
 	// LocalAPIAddress is the local API's host:port; default
-	// DefaultLocalAPIAddress. Keep it on loopback.
+	// DefaultLocalAPIAddress. It also serves the node's pods' own
+	// programs (client-go with rest.InClusterConfig, package localapi's
+	// Applications): pods are told this address through the Service
+	// default/kubernetes the kubelet reads. On loopback only host-network
+	// pods reach it; to serve other pods, give an address of the node on
+	// the pods' network (the CNI bridge's gateway, the node's IP).
 	LocalAPIAddress string
 	// URL is the kubelet's server; default kubeletproxy.DefaultURL.
 	URL string
@@ -82,7 +88,11 @@ func newKubeletRuntime(cfg KubeletConfig, node string, log *zap.Logger) (*kubele
 	if err != nil {
 		return nil, err
 	}
-	creds, err := localapi.EnsureCredentials(filepath.Join(cfg.Dir, "localapi"), node)
+	hosts := []string{"127.0.0.1", "::1", "localhost"}
+	if host, _, err := net.SplitHostPort(cfg.LocalAPIAddress); err == nil && host != "" && !slices.Contains(hosts, host) {
+		hosts = append(hosts, host) // the serving certificate names where pods reach it
+	}
+	creds, err := localapi.EnsureCredentials(filepath.Join(cfg.Dir, "localapi"), node, hosts...)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +112,14 @@ func (k *kubeletRuntime) handler() http.Handler { return k.proxy }
 
 // attach builds the local API on the client; call before the client runs.
 func (k *kubeletRuntime) attach(c *edgeclient.Client, log *zap.Logger) error {
-	api, err := localapi.New(c, localapi.Options{Credentials: k.creds, Logger: log.Named("localapi")})
+	opts := localapi.Options{Credentials: k.creds, Logger: log.Named("localapi"), Applications: true}
+	if addr, ok := k.lis.Addr().(*net.TCPAddr); ok && !addr.IP.IsUnspecified() {
+		opts.ApplicationsAddress = addr.String()
+	} else {
+		log.Warn("the local API listens on every address: pods are not told where it is (rest.InClusterConfig); give --local-api-address a single IP",
+			zap.Stringer("address", k.lis.Addr()))
+	}
+	api, err := localapi.New(c, opts)
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,10 @@
 //	                  Another node: 403 for writes, 404 for reads.
 //	configmaps,       get, or list/watch with fieldSelector metadata.name=NAME: only while a held pod uses
 //	secrets           the object (403 otherwise, as the Node authorizer; 404 when used but not held).
-//	services          get/list/watch: the Services the node holds.
+//	services          get/list/watch: the Services the node holds. With Options.ApplicationsAddress,
+//	                  default/kubernetes is a synthetic Service at that address, and every
+//	                  kube-root-ca.crt ConfigMap carries the local API's CA after the cluster's
+//	                  (incluster.go): how pods' rest.InClusterConfig finds and trusts the local API.
 //	serviceaccounts/  POST (TokenRequest) -> the token the cloud pushed for that pod and audience.
 //	token             Another pod, or another ServiceAccount than the pod's: 403.
 //	events            POST -> event report, about the node or a held pod (403 otherwise); PATCH: 404, so the
@@ -58,7 +61,9 @@
 // at the same versions). Callers other than the kubelet (edge
 // applications with ServiceAccount tokens, say) are identified by
 // Options.Authenticators and admitted per resource by Resource.Allow;
-// the kubelet's resources admit nobody else.
+// the kubelet's resources admit nobody else. The node's pods' own programs
+// (Options.Applications) read any resource through the node's
+// subscriptions with the token the pod mounts (apps.go).
 //
 // # Offline
 //

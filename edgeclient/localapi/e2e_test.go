@@ -30,6 +30,7 @@ import (
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/localapi"
 	"github.com/edgesync/edgesync/internal/cloudtest"
+	"github.com/edgesync/edgesync/internal/servertest"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
 
@@ -44,6 +45,8 @@ type liveNode struct {
 	json     kubernetes.Interface // the kubelet, JSON
 	protobuf kubernetes.Interface // the kubelet, protobuf
 	stop     func()               // stops the sync server: the node is offline
+	link     *link                // between the node and the sync server: cut and restored
+	env      *servertest.Env      // the sync server
 	// addr and caFile are where applications reach the local API and
 	// the CA they trust for it.
 	addr, caFile string
@@ -51,16 +54,23 @@ type liveNode struct {
 
 func startLiveNode(t *testing.T) *liveNode {
 	t.Helper()
-	n := &liveNode{kube: testcluster.Client(t)}
-	n.ns = testcluster.Namespace(t, n.kube)
+	kube := testcluster.Client(t)
+	return startLiveNodeOn(t, cloudtest.Start(t), testcluster.Namespace(t, kube))
+}
+
+// startLiveNodeOn is startLiveNode for a node of the cloud env, its test
+// objects in namespace ns.
+func startLiveNodeOn(t *testing.T, env *servertest.Env, ns string) *liveNode {
+	t.Helper()
+	n := &liveNode{kube: testcluster.Client(t), ns: ns}
 	n.node = cloudtest.Node(t, "edge-localapi")
-	env := cloudtest.Start(t)
-	n.stop = env.Stop
+	n.stop, n.env = env.Stop, env
+	n.link = newLink(t, env.Addr)
 	certFile, keyFile := env.NodeCert(t, n.node)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	var api *localapi.Server // set before Run, which alone calls OnEvent
 	c, err := edgeclient.New(edgeclient.Config{
-		Server: env.Addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
+		Server: n.link.addr, CAFile: env.CAFile, CertFile: certFile, KeyFile: keyFile,
 		NodeName: n.node, StoreDir: t.TempDir(), Logger: log,
 		OnEvent: func(_ context.Context, ev edgeclient.Event) error {
 			api.OnEvent(ev)
@@ -74,15 +84,17 @@ func startLiveNode(t *testing.T) *liveNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi"), Applications: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.client, n.api = c, api
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	api, err = localapi.New(c, localapi.Options{Credentials: creds, Logger: log.Named("localapi"),
+		Applications: true, ApplicationsAddress: ln.Addr().String()})
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	n.client, n.api = c, api
 	ctx, cancel := context.WithCancel(context.Background())
 	served, ran := make(chan error, 1), make(chan error, 1)
 	go func() { served <- api.Serve(ctx, ln) }()

@@ -56,6 +56,13 @@ type Options struct {
 	// written through the cloud while online (apps.go). A caller with
 	// another token goes on to the Authenticators, or gets 401.
 	Applications bool
+	// ApplicationsAddress, with Applications, is the IP:port where the
+	// node's pods reach the local API. Pods using rest.InClusterConfig
+	// are then told it: the Service default/kubernetes is served with it
+	// as clusterIP and port (the kubelet sets KUBERNETES_SERVICE_HOST and
+	// _PORT from it), and the local API's CA is appended to the ca.crt of
+	// every kube-root-ca.crt ConfigMap (incluster.go). Needs Credentials.
+	ApplicationsAddress string
 }
 
 // Authenticator returns the user a request authenticates as, or ok false
@@ -117,6 +124,7 @@ type Server struct {
 
 	resources map[string]*Resource // by group/version/plural
 	apps      appWatches           // watches of edge applications (apps.go)
+	inCluster *inCluster           // what pods are told to find the local API by; nil without ApplicationsAddress
 
 	mu sync.Mutex // guards the fields below
 	// pods are the held pods as the cloud sent them, by namespace/name;
@@ -173,6 +181,17 @@ func newServer(node string, client reporter, opts Options) (*Server, error) {
 	for _, r := range builtinResources() {
 		s.AddResource(r)
 	}
+	if opts.ApplicationsAddress != "" {
+		if !opts.Applications {
+			return nil, errors.New("localapi: Options.ApplicationsAddress needs Options.Applications")
+		}
+		ic, err := newInCluster(opts.ApplicationsAddress, opts.Credentials)
+		if err != nil {
+			return nil, err
+		}
+		s.inCluster = ic
+		s.cache.put(objectKey{"/services", ic.service.Namespace, ic.service.Name}, ic.service, nil)
+	}
 	held, err := client.List(edgesyncv1.Kind_KIND_UNSPECIFIED)
 	if err != nil {
 		return nil, fmt.Errorf("localapi: read the store: %w", err)
@@ -214,10 +233,17 @@ func (s *Server) hold(obj edgeclient.Object) {
 		s.mu.Unlock()
 		s.cache.put(objectKey{"/pods", key.Namespace, key.Name}, served, nil)
 	case obj.ConfigMap != nil:
-		s.cache.put(objectKey{"/configmaps", obj.ConfigMap.Namespace, obj.ConfigMap.Name}, obj.ConfigMap, nil)
+		cm := obj.ConfigMap
+		if s.inCluster != nil {
+			cm = s.inCluster.rootCA(cm)
+		}
+		s.cache.put(objectKey{"/configmaps", cm.Namespace, cm.Name}, cm, nil)
 	case obj.Secret != nil:
 		s.cache.put(objectKey{"/secrets", obj.Secret.Namespace, obj.Secret.Name}, obj.Secret, nil)
 	case obj.Service != nil:
+		if s.inCluster != nil && isKubernetesService(obj.Service.Namespace, obj.Service.Name) {
+			return // the synthetic one stays
+		}
 		s.cache.put(objectKey{"/services", obj.Service.Namespace, obj.Service.Name}, obj.Service, nil)
 	case obj.Node != nil:
 		if obj.Node.Name != s.node {
@@ -259,6 +285,9 @@ func (s *Server) forget(key edgeclient.Key) {
 	case edgesyncv1.Kind_KIND_SECRET:
 		s.cache.remove(objectKey{"/secrets", key.Namespace, key.Name})
 	case edgesyncv1.Kind_KIND_SERVICE:
+		if s.inCluster != nil && isKubernetesService(key.Namespace, key.Name) {
+			return
+		}
 		s.cache.remove(objectKey{"/services", key.Namespace, key.Name})
 	case edgesyncv1.Kind_KIND_NODE:
 		s.mu.Lock()

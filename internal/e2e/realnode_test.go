@@ -28,6 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/edgeclient/localapi"
 	"github.com/edgesync/edgesync/internal/realnode"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
@@ -42,6 +43,7 @@ type realNode struct {
 	kubelet    *realnode.Kubelet
 	agent      *edgeAgent
 	kubeletDir string // what the agent writes for the kubelet
+	localAPI   string // the local API's host:port
 }
 
 // installWithRealKubelet starts edgesync-server with its kubelet endpoint
@@ -115,10 +117,11 @@ func (in *installation) startRealNode(t *testing.T, client kubernetes.Interface)
 
 	n.kubeletDir = filepath.Join(dir, "agent-kubelet")
 	kubeletPort := freePort(t)
+	n.localAPI = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	n.agent = &edgeAgent{node: n.name, store: filepath.Join(dir, "store")}
 	n.agent.args = []string{"run", "--server", in.addr, "--node", n.name, "--dir", joinDir, "--store", n.agent.store,
 		"--runtime", "kubelet", "--kubelet-dir", n.kubeletDir,
-		"--local-api-address", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--local-api-address", n.localAPI,
 		"--kubelet-url", fmt.Sprintf("https://127.0.0.1:%d", kubeletPort)}
 	n.agent.start(t)
 	kubeconfig := filepath.Join(n.kubeletDir, "kubeconfig")
@@ -315,6 +318,20 @@ func TestRealEdgeNode(t *testing.T) {
 		}
 		if out := in.mustKubectl(t, "-n", ns, "exec", pod.Name, "--", "sh", "-c", "echo $PASSWORD"); out != "e2e\n" {
 			t.Errorf("the Secret env var is %q, want %q", out, "e2e\n")
+		}
+		// rest.InClusterConfig in the pod finds the node's local API: the
+		// kubelet sets the environment from the Service default/kubernetes
+		// it reads there, and ca.crt (kube-root-ca.crt) trusts it.
+		if out := in.mustKubectl(t, "-n", ns, "exec", pod.Name, "--", "sh", "-c", "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"); out != n.localAPI+"\n" {
+			t.Errorf("the pod is told the API server is at %q, want the node's local API %s", out, n.localAPI)
+		}
+		localCA, err := os.ReadFile(filepath.Join(n.kubeletDir, "localapi", localapi.CAFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		caCrt := in.mustKubectl(t, "-n", ns, "exec", pod.Name, "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+		if !strings.Contains(caCrt, strings.TrimSpace(string(localCA))) || strings.Count(caCrt, "BEGIN CERTIFICATE") < 2 {
+			t.Errorf("the pod's ca.crt does not hold both the cluster's CA and the local API's:\n%s", caCrt)
 		}
 		token := in.mustKubectl(t, "-n", ns, "exec", pod.Name, "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
 		review, err := client.AuthenticationV1().TokenReviews().Create(t.Context(), &authenticationv1.TokenReview{

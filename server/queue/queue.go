@@ -30,7 +30,8 @@ type Entry struct {
 	// queue and kept when a newer version replaces the entry.
 	Ticket uint64
 
-	slot *slot // where Acknowledged records the edge's new version
+	slot *slot  // where Acknowledged records the edge's new version
+	sent uint64 // the slot's sent count when this entry was popped
 }
 
 // Held is the version of an object the edge holds.
@@ -62,6 +63,12 @@ type slot struct {
 	held    Held
 	holds   bool
 	indexed bool // in slots; a forgotten slot is only referenced by entries in flight
+	// sent counts the entries popped and acked is the count of the last
+	// one acknowledged: while they differ an entry is in flight, and what
+	// the edge will hold is not known. Only the acknowledgement of the
+	// last one sent says what the edge holds (an older one, acknowledged
+	// late, would make a later push of its version look held).
+	sent, acked uint64
 }
 
 // New returns an empty queue.
@@ -135,9 +142,11 @@ func (q *Queue) Pop() (Entry, bool) {
 		e := sl.entry
 		sl.entry = Entry{} // the slot no longer holds the object
 		obj := e.Object
-		if !obj.Deleted && sl.holds && sl.held.ResourceVersion == obj.ResourceVersion {
-			continue // the edge already holds this version
+		if !obj.Deleted && sl.holds && sl.acked == sl.sent && sl.held.ResourceVersion == obj.ResourceVersion {
+			continue // the edge already holds this version, and nothing else is on its way
 		}
+		sl.sent++
+		e.sent = sl.sent
 		return e, true
 	}
 	return Entry{}, false
@@ -161,11 +170,13 @@ func (q *Queue) Acknowledged(e Entry) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	sl := e.slot
-	if !sl.indexed {
-		// Forgotten when an earlier delete was acknowledged; the key's
-		// state is in its current slot.
-		sl = q.slot(sl.key)
+	if !sl.indexed || e.sent != sl.sent {
+		// Sent before the slot was forgotten (when a later delete was
+		// acknowledged), or before a later entry: that one's
+		// acknowledgement says what the edge holds.
+		return
 	}
+	sl.acked = e.sent
 	if e.Object.Deleted {
 		sl.held, sl.holds = Held{}, false
 		q.forgetIfUnused(sl)

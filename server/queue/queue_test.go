@@ -185,3 +185,35 @@ func TestDeleteThenApplyInFlight(t *testing.T) {
 		t.Fatalf("popped %v, want other@1 only (the edge holds a@3)", got)
 	}
 }
+
+// A version the edge held is sent again when a newer one is on its way:
+// the edge will hold that one (a subscription ACTIVE, ENDED, then ACTIVE
+// again; an object deleted and then covered again at the same version).
+func TestPopSendsAHeldVersionBackWhileANewerIsInFlight(t *testing.T) {
+	q := New()
+	key := obj("a", "", false).Key
+	q.Hold(key, Held{UID: "ua", ResourceVersion: "1"})
+	q.Push(obj("a", "2", false))
+	ended, _ := q.Pop()
+	q.Push(obj("a", "1", false))
+	back, ok := q.Pop()
+	if !ok || back.Object.ResourceVersion != "1" {
+		t.Fatalf("popped %v, %v while a@2 is in flight, want a@1 again", back.Object, ok)
+	}
+	q.Acknowledged(ended)
+	q.Acknowledged(back)
+	if h := q.Held()[key]; h.ResourceVersion != "1" {
+		t.Fatalf("held %v once both are acknowledged, want a@1", q.Held())
+	}
+	// An acknowledgement that arrives late (after a later entry's) does
+	// not say what the edge holds.
+	q.Push(obj("a", "3", false))
+	third, _ := q.Pop()
+	q.Push(obj("a", "4", false))
+	fourth, _ := q.Pop()
+	q.Acknowledged(fourth)
+	q.Acknowledged(third)
+	if h := q.Held()[key]; h.ResourceVersion != "4" {
+		t.Fatalf("held %v, want a@4 (the last sent)", q.Held())
+	}
+}

@@ -10,11 +10,13 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 // Field numbers read by the shallow decoder: SyncResponse, its events
 // (type 1, object 2, in every event message), the objects (metadata 1,
-// ConfigMap data 2) and ObjectMeta, as the protos define them.
+// ConfigMap data 2), ResourceEvent (metadata, group, version, resource of
+// its own) and ObjectMeta, as the protos define them.
 const (
 	responseSequence     = 1
 	responseWelcome      = 10
@@ -28,9 +30,15 @@ const (
 	responseTokenEvent   = 18
 	responseServiceEvent = 19
 	responseSliceEvent   = 20
+	responseResource     = 23
 
 	eventType   = 1
 	eventObject = 2
+
+	resourceMetadata = 2
+	resourceGroup    = 3
+	resourceVersion  = 4
+	resourceResource = 5
 
 	objectMetadata = 1
 	configMapData  = 2
@@ -150,6 +158,8 @@ func (r *response) decode(b []byte) error {
 			return r.event(edgesyncv1.Kind_KIND_ENDPOINT_SLICE, sub)
 		case responseTokenEvent:
 			return r.event(edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, sub)
+		case responseResource:
+			return r.resource(sub)
 		}
 		return nil
 	})
@@ -166,6 +176,30 @@ func (r *response) event(kind edgesyncv1.Kind, b []byte) error {
 		}
 		return nil
 	})
+}
+
+// resource reads a ResourceEvent: its metadata is the event's own, and
+// its key names the resource (feed.ResourceName).
+func (r *response) resource(b []byte) error {
+	r.ref = &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_RESOURCE}
+	var group, version, resource string
+	err := fields(b, func(num protowire.Number, _ protowire.Type, v uint64, sub []byte) error {
+		switch num {
+		case eventType:
+			r.deleted = edgesyncv1.EventType(v) == edgesyncv1.EventType_EVENT_TYPE_DELETE
+		case resourceMetadata:
+			return r.meta(sub)
+		case resourceGroup:
+			group = string(sub)
+		case resourceVersion:
+			version = string(sub)
+		case resourceResource:
+			resource = string(sub)
+		}
+		return nil
+	})
+	r.ref.Name = feed.ResourceName(group, version, resource, r.ref.Name)
+	return err
 }
 
 func (r *response) object(kind edgesyncv1.Kind, b []byte) error {

@@ -11,6 +11,7 @@ import (
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
 	corev1pb "github.com/edgesync/edgesync/gen/k8s/api/core/v1"
 	metav1pb "github.com/edgesync/edgesync/gen/k8s/apimachinery/meta/v1"
+	"github.com/edgesync/edgesync/server/feed"
 )
 
 func meta(ns, name, uid, rv string) *metav1pb.ObjectMeta {
@@ -61,6 +62,14 @@ func TestShallowCodecReadsWhatTheFullDecoderWould(t *testing.T) {
 			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Token: &edgesyncv1.ServiceAccountToken{Metadata: meta("ns", "p/kube-api-access-x/token", "u5", "ab12"), Token: "jwt"},
 		}}},
 		want: response{sequence: 12, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, Namespace: "ns", Name: "p/kube-api-access-x/token", Uid: "u5", ResourceVersion: "ab12"}},
+	}, {
+		name: "subscribed resource",
+		msg: &edgesyncv1.SyncResponse{Sequence: 13, Message: &edgesyncv1.SyncResponse_ResourceEvent{ResourceEvent: &edgesyncv1.ResourceEvent{
+			Type: edgesyncv1.EventType_EVENT_TYPE_APPLY, Metadata: meta("ns", "g1", "u6", "88"),
+			Group: "bench.edgesync.io", Version: "v1", Resource: "gadgets", Object: []byte(`{"kind":"Gadget"}`),
+		}}},
+		want: response{sequence: 13, ref: &edgesyncv1.ObjectRef{Kind: edgesyncv1.Kind_KIND_RESOURCE, Namespace: "ns",
+			Name: feed.ResourceName("bench.edgesync.io", "v1", "gadgets", "g1"), Uid: "u6", ResourceVersion: "88"}},
 	}, {
 		name: "status result",
 		msg:  &edgesyncv1.SyncResponse{Sequence: 9, Message: &edgesyncv1.SyncResponse_StatusResult{StatusResult: &edgesyncv1.StatusResult{RequestId: 3}}},

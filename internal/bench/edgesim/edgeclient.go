@@ -71,6 +71,13 @@ func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 		return err
 	}
 	defer cl.Close()
+	if f.cfg.Subscriptions != nil {
+		for _, sub := range f.cfg.Subscriptions(e.name) {
+			if _, err := cl.Subscribe(sub); err != nil {
+				return err
+			}
+		}
+	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- cl.Run(ctx) }()
 	defer func() { <-runDone }()

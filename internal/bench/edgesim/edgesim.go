@@ -63,6 +63,10 @@ type Config struct {
 	// Edgeclient, when set, runs every edge through the edgeclient
 	// library instead of the lean built-in client.
 	Edgeclient *EdgeclientConfig
+	// Subscriptions, when set, returns the subscriptions a node sends in
+	// every Hello (the resources its applications read); the objects they
+	// cover are held like any other (KIND_RESOURCE).
+	Subscriptions func(node string) []*edgesyncv1.Subscription
 }
 
 // Counters are the fleet's running totals.
@@ -551,6 +555,9 @@ func (e *edge) hello() *edgesyncv1.Hello {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	h := &edgesyncv1.Hello{NodeName: e.name, AgentVersion: "edgesync-bench/edgesim"}
+	if e.fleet.cfg.Subscriptions != nil {
+		h.Subscriptions = e.fleet.cfg.Subscriptions(e.name)
+	}
 	for _, ref := range e.held {
 		h.HeldObjects = append(h.HeldObjects, ref)
 	}
