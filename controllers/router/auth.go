@@ -37,6 +37,15 @@ type caller struct {
 	uid    string
 	groups []string
 	extra  map[string]authorizationv1.ExtraValue
+	// id is everything above in one string, the caller's part of the
+	// access cache's key; made once per token review, not per call.
+	id string
+}
+
+// sarKey is an access decision's key: who asks, for which Rule.
+type sarKey struct {
+	caller string
+	rule   ruleKey
 }
 
 type authEntry struct {
@@ -56,11 +65,11 @@ type authCache struct {
 
 	mu     sync.Mutex // guards the maps
 	tokens map[[32]byte]authEntry
-	sars   map[string]sarEntry
+	sars   map[sarKey]sarEntry
 }
 
 func newAuthCache(c kubernetes.Interface) *authCache {
-	return &authCache{client: c, tokens: map[[32]byte]authEntry{}, sars: map[string]sarEntry{}}
+	return &authCache{client: c, tokens: map[[32]byte]authEntry{}, sars: map[sarKey]sarEntry{}}
 }
 
 // authenticate reviews token; errUnauthenticated wraps a refusal.
@@ -92,6 +101,8 @@ func (a *authCache) authenticate(ctx context.Context, token string) (*caller, er
 		for k, v := range u.Extra {
 			c.extra[k] = authorizationv1.ExtraValue(v)
 		}
+		// fmt prints maps sorted by key, so equal callers get equal ids.
+		c.id = fmt.Sprintf("%q %q %q %q", c.user, c.uid, c.groups, c.extra)
 		e.caller = c
 	}
 	a.mu.Lock()
@@ -105,7 +116,7 @@ func (a *authCache) authenticate(ctx context.Context, token string) (*caller, er
 
 // authorize asks whether c may create rules/messages of rule k.
 func (a *authCache) authorize(ctx context.Context, c *caller, k ruleKey) (bool, string, error) {
-	key := fmt.Sprintf("%s\x00%s\x00%v\x00%s", c.user, c.uid, c.groups, k)
+	key := sarKey{caller: c.id, rule: k}
 	now := time.Now()
 	a.mu.Lock()
 	if e, ok := a.sars[key]; ok && now.Before(e.until) {
