@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"sync"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -75,6 +76,64 @@ func TestAuthCacheKeepsCallersApart(t *testing.T) {
 	}
 	if _, err := a.authenticate(t.Context(), "not-a-token"); !errors.Is(err, errUnauthenticated) {
 		t.Errorf("an unknown token: %v, want unauthenticated", err)
+	}
+}
+
+// TestAuthCacheReviewsOncePerExpiry: calls that find no answer cached at
+// the same moment (a burst from a new caller, or every call in flight when
+// the answer expires) wait for one TokenReview and one SubjectAccessReview,
+// instead of each sending its own to the API server.
+func TestAuthCacheReviewsOncePerExpiry(t *testing.T) {
+	const callers = 50
+	release := make(chan struct{})
+	var mu sync.Mutex
+	reviews, sars := 0, 0
+	client := fake.NewClientset()
+	client.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		reviews++
+		mu.Unlock()
+		<-release // the API server is slow: everyone else arrives meanwhile
+		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+		tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "caller", UID: "1"}}
+		return true, tr, nil
+	})
+	client.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		sars++
+		mu.Unlock()
+		sar := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SubjectAccessReview)
+		sar.Status.Allowed = true
+		return true, sar, nil
+	})
+	a := newAuthCache(client)
+	var started, done sync.WaitGroup
+	errs := make(chan error, callers)
+	for range callers {
+		started.Add(1)
+		done.Go(func() {
+			started.Done()
+			c, err := a.authenticate(t.Context(), "token")
+			if err == nil {
+				var ok bool
+				if ok, _, err = a.authorize(t.Context(), c, ruleKey{"ns", "r"}); err == nil && !ok {
+					err = errors.New("refused")
+				}
+			}
+			errs <- err
+		})
+	}
+	started.Wait()
+	close(release)
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reviews != 1 || sars != 1 {
+		t.Errorf("%d calls at once made %d TokenReviews and %d SubjectAccessReviews, want 1 of each", callers, reviews, sars)
 	}
 }
 
