@@ -268,7 +268,7 @@ dev: tools build devcluster kubelet apt-deps ## Run the whole product end to end
 BENCH_OUT ?= $(ROOT)/.tmp/bench
 
 .PHONY: bench
-bench: devcluster tools build kubelet realnode-deps ## Run the nine performance scenarios at reduced scale (< 12 min) and a real edge node's (~3 min), and print goal vs measured.
+bench: devcluster tools build kubelet realnode-deps apt-deps ## Run the ten performance scenarios at reduced scale (< 14 min) and a real edge node's (~3 min), and print goal vs measured.
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale reduced --out $(BENCH_OUT)
 	$(MAKE) --no-print-directory bench-realnode
@@ -284,6 +284,6 @@ bench-realnode: devcluster tools build kubelet realnode-deps ## Measure a real e
 	  go test -tags realnodebench -count=1 -run '^TestRealNodeBenchmark$$' -v -timeout 20m ./internal/e2e/ | grep -v '^=== RUN'
 
 .PHONY: bench-full
-bench-full: devcluster ## Run the eight performance scenarios at the issue's scales (10,000 sessions).
+bench-full: devcluster apt-deps ## Run the nine performance scenarios at the issue's scales (10,000 sessions).
 	go build -o $(BUILD)/edgesync-bench ./cmd/edgesync-bench
 	$(BUILD)/edgesync-bench run --scale full --out $(BENCH_OUT)-full

@@ -1,8 +1,10 @@
 // Command edgesync-bench measures edgesync against the goals of its
 // performance issue: session density, fan-out latency, throughput against a
 // raw grpc-go stream, encode-once CPU, a reconnect storm and heartbeats; with
-// a devcluster, also through the real controllers and a kube-apiserver, and
-// the failover of one of three replicas (scenario 8).
+// a devcluster, also through the real controllers and a kube-apiserver, the
+// failover of one of three replicas (scenario 8), and KubeEdge's router:
+// REST calls routed to MQTT on the edges through a real mosquitto
+// (scenario 10).
 //
 // It runs the server under test as a child process of itself (so that the
 // server's memory and CPU are measured apart from the simulated edges), with
@@ -64,7 +66,7 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
-  edgesync-bench run [--scale smoke|reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6,7,8,9]
+  edgesync-bench run [--scale smoke|reduced|full] [--out DIR] [--scenarios 1,2,3,4,5,6,7,8,9,10]
   edgesync-bench table RESULTS.json   (print the goal table of an earlier run)
   edgesync-bench portforward [--mb 100] [--out DIR]   (kubectl port-forward to an edge pod: MB/s, server RSS)
   edgesync-bench serve ...   (the server process the benchmark starts)

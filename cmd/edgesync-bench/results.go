@@ -36,6 +36,8 @@ type results struct {
 	KubeFailed  string     `json:"kube_failed,omitempty"`
 	// Failover is scenario 8, also through a devcluster apiserver.
 	Failover failoverResult `json:"failover"`
+	// Router is scenario 10, also through a devcluster apiserver.
+	Router routerResult `json:"router"`
 
 	// Skipped and Failed say why a scenario has no figures.
 	Skipped map[int]string `json:"skipped,omitempty"`
@@ -345,9 +347,16 @@ func (r *results) table() []row {
 		rows = append(rows, row{name, goal, f.measured(), yesNo(f.ResyncedSeconds <= 15 && f.EdgesyncListGet == 0 && f.DuplicateOwners == 0 && f.Edges >= 10000)})
 	}
 
+	name, goal = "10 router rest → eventbus, via apiserver", "1,000 messages/s spread over 100 nodes: p99 ≤ 50 ms from the POST to the MQTT subscriber; server CPU per message"
+	if r.KubeSkipped != "" && r.Skipped[10] == "" && r.Failed[10] == "" {
+		rows = append(rows, row{name, goal, r.KubeSkipped, "not run"})
+	} else if v := r.Router; !missing(10, name, goal) && v.Done {
+		rows = append(rows, row{name, goal, v.measured(), v.met()})
+	}
+
 	// Every scenario has a row, even when nothing measured it.
-	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats", 7: "7 services to the edge", 8: "8 failover", 9: "9 subscribed custom resource"}
-	for id := 1; id <= 9; id++ {
+	names := map[int]string{1: "1 density", 2: "2 fan-out latency", 3: "3 throughput vs raw", 4: "4 encode once", 5: "5 reconnect storm", 6: "6 heartbeats", 7: "7 services to the edge", 8: "8 failover", 9: "9 subscribed custom resource", 10: "10 router"}
+	for id := 1; id <= 10; id++ {
 		prefix := strconv.Itoa(id) + " "
 		if !slices.ContainsFunc(rows, func(r row) bool { return strings.HasPrefix(r.Scenario, prefix) }) {
 			why := "not selected with --scenarios"
@@ -357,8 +366,15 @@ func (r *results) table() []row {
 			rows = append(rows, row{names[id], "see docs/benchmarks.md", why, "not run"})
 		}
 	}
-	slices.SortStableFunc(rows, func(a, b row) int { return strings.Compare(a.Scenario[:1], b.Scenario[:1]) })
+	slices.SortStableFunc(rows, func(a, b row) int { return scenarioNumber(a) - scenarioNumber(b) })
 	return rows
+}
+
+// scenarioNumber is the number a row's scenario name starts with.
+func scenarioNumber(r row) int {
+	n, _, _ := strings.Cut(r.Scenario, " ")
+	v, _ := strconv.Atoi(n)
+	return v
 }
 
 // kubeRow is the row of scenario id measured through the real controllers
@@ -496,6 +512,47 @@ func (f failoverResult) measured() string {
 		f.ReconnectedSeconds, f.FirstReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds,
 		f.EdgesyncListGet, f.WindowSeconds, list(f.EdgesyncRequests), list(f.APIServerRequests),
 		f.DuplicateOwners, f.Transitions, f.Takeovers, f.Handovers, f.NodeLeasesLapsed, f.ObjectsResent, f.Redundant, f.StreamErrors, f.StreamErrorsBefore)
+}
+
+// measured is the router row's figures.
+func (v routerResult) measured() string {
+	var codes []string
+	for code, n := range v.Codes {
+		codes = append(codes, fmt.Sprintf("%s ×%d", code, n))
+	}
+	slices.Sort(codes)
+	note := ""
+	if v.Nodes < 100 || v.Rate < 1000 {
+		note = fmt.Sprintf(" (reduced: %d of 100 nodes, %.0f of 1,000/s)", v.Nodes, v.Rate)
+	}
+	return fmt.Sprintf("%d nodes%s, %d calls of %d B over %.0f s (asked %.0f/s, sent %.0f/s; answers %s), one caller token, REST (HTTPS) → server → edgeclient → %s → subscriber: "+
+		"p50 %.1f ms, p99 %.1f ms, max %.1f ms (answer 200 p99 %.1f ms; p99 over 50 ms in %d of %d seconds); %d received, %d lost, %d duplicates; "+
+		"server CPU %.1f µs per message (%.0f %% of a core at this rate); TokenReviews %.0f, SubjectAccessReviews %.0f in the window; "+
+		"same machine: benchmark (callers, edges, subscriber) %.0f %%, mosquitto %.0f %%, devcluster %.0f %% of a core; load average %s → %s",
+		v.Nodes, note, v.Posted, v.BodyBytes, v.WindowSeconds, v.Rate, v.SentRate, strings.Join(codes, ", "), v.Broker,
+		v.Latency.P50Ms, v.Latency.P99Ms, v.Latency.MaxMs, v.Answer.P99Ms, v.SecondsOverGoal, len(v.P99BySecond), v.Received, v.Lost, v.Duplicates,
+		v.MicrosPerMessage, v.ServerCPUPercent, v.TokenReviews, v.AccessReviews,
+		v.BenchCPUPercent, v.MosquittoCPUPercent, v.APIServerCPUPercent, firstField(v.LoadAvgStart), firstField(v.LoadAvgEnd))
+}
+
+// met is the router row's verdict: the latency goal at the issue's rate
+// and size, with nothing lost (CPU per message has no goal).
+func (v routerResult) met() string {
+	ok := v.Latency.P99Ms <= 50 && v.Lost == 0 && v.Received == v.Posted
+	switch {
+	case v.Nodes < 100 || v.Rate < 1000:
+		return yesNo(ok) + " (reduced)"
+	case v.SentRate < 0.95*v.Rate:
+		return "no (the load generator sent only " + strconv.FormatFloat(v.SentRate, 'f', 0, 64) + "/s)"
+	}
+	return yesNo(ok)
+}
+
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func (r *results) printTable(w io.Writer) {

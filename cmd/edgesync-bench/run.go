@@ -49,15 +49,23 @@ type scale struct {
 	// KubeNodes are the edge nodes of the scenarios run through the real
 	// controllers and apiserver.
 	KubeNodes int `json:"kube_nodes"`
+	// RouterNodes receive RouterRate router calls per second in all,
+	// measured over RouterWindow (scenario 10).
+	RouterNodes  int           `json:"router_nodes"`
+	RouterRate   float64       `json:"router_rate_per_second"`
+	RouterWindow time.Duration `json:"router_window"`
 }
 
 var scales = map[string]scale{
 	"smoke": {Name: "smoke", Sessions: 50, IdleWindow: 5 * time.Second, FanoutNodes: 50, FanoutUpdates: 5,
-		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 2000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 30},
+		ThroughputSessions: 50, ThroughputMessages: 50, EncodeMessages: 2000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 30,
+		RouterNodes: 10, RouterRate: 100, RouterWindow: 5 * time.Second},
 	"reduced": {Name: "reduced", Sessions: 2000, IdleWindow: 30 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 50000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 1000},
+		ThroughputSessions: 1000, ThroughputMessages: 100, EncodeMessages: 50000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 1000,
+		RouterNodes: 100, RouterRate: 1000, RouterWindow: 20 * time.Second},
 	"full": {Name: "full", Sessions: 10000, IdleWindow: 60 * time.Second, FanoutNodes: 1000, FanoutUpdates: 20,
-		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 100000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 10000},
+		ThroughputSessions: 1000, ThroughputMessages: 300, EncodeMessages: 100000, ObjectsPerNode: 3, Size: 1024, KubeNodes: 10000,
+		RouterNodes: 100, RouterRate: 1000, RouterWindow: 60 * time.Second},
 }
 
 const heartbeatInterval = 10 * time.Second
@@ -89,17 +97,23 @@ type bench struct {
 	// subscriptions, while set, gives the subscriptions each node of a
 	// new fleet sends in its Hello (scenario 9).
 	subscriptions func(node string) []*edgesyncv1.Subscription
+	crds       string        // deploy/crds: the router's CRDs (scenario 10)
+	mosquitto  string        // the MQTT broker binary (scenario 10)
 }
 
 func runMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	scaleName := fs.String("scale", "reduced", "smoke (seconds), reduced (make bench, minutes) or full (the issue's scales)")
 	out := fs.String("out", ".tmp/bench", "directory for results.json, plots, profiles and server logs")
-	which := fs.String("scenarios", "1,2,3,4,5,6,7,8,9", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only; 8 failover: three replicas, one killed, apiserver only; 9 a custom resource the nodes' applications subscribe to, apiserver only)")
+	which := fs.String("scenarios", "1,2,3,4,5,6,7,8,9,10", "scenarios to run (1 density, 2 fan-out, 3 throughput, 4 encode once, 5 reconnect storm, 6 heartbeats, 7 services to the edge, apiserver only; 8 failover: three replicas, one killed, apiserver only; 9 a custom resource the nodes' applications subscribe to, apiserver only; 10 router: REST calls to MQTT on the edges, apiserver and mosquitto)")
 	sessions := fs.Int("sessions", 0, "override the density/storm/heartbeat session count")
 	fanoutNodes := fs.Int("fanout-nodes", 0, "override the fan-out and encode-once node count")
 	tpSessions := fs.Int("throughput-sessions", 0, "override the throughput session count")
 	kubeNodes := fs.Int("kube-nodes", 0, "override the node count of the apiserver scenarios")
+	routerRate := fs.Float64("router-rate", 0, "override the router calls per second (scenario 10)")
+	routerWindow := fs.Duration("router-window", 0, "override how long the router calls are made (scenario 10)")
+	crds := fs.String("crds", "deploy/crds", "directory of edgesync's CRDs (the router's, scenario 10)")
+	mosquitto := fs.String("mosquitto", "mosquitto", "the MQTT broker of scenario 10 (Debian's mosquitto; make apt-deps)")
 	kube := fs.String("kube", "auto", "run scenarios 2, 5 and 6 also through the real controllers and a devcluster apiserver: on, off, or auto (when --devcluster exists)")
 	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
 	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest) or edgeclient (the edgeclient library with an in-memory store)")
@@ -123,11 +137,17 @@ func runMain(ctx context.Context, args []string) error {
 			*o.to = o.flag
 		}
 	}
+	if *routerRate > 0 {
+		sc.RouterRate = *routerRate
+	}
+	if *routerWindow > 0 {
+		sc.RouterWindow = *routerWindow
+	}
 	want := map[int]bool{}
 	for _, s := range strings.Split(*which, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 9 {
-			return fmt.Errorf("--scenarios: %q is not a scenario number 1-9", s)
+		if err != nil || n < 1 || n > 10 {
+			return fmt.Errorf("--scenarios: %q is not a scenario number 1-10", s)
 		}
 		want[n] = true
 	}
@@ -141,7 +161,7 @@ func runMain(ctx context.Context, args []string) error {
 	if *edges != "lean" && *edges != "edgeclient" {
 		return fmt.Errorf("--edges must be lean or edgeclient, not %q", *edges)
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, edgeclient: *edges == "edgeclient"}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, edgeclient: *edges == "edgeclient", crds: *crds, mosquitto: *mosquitto}
 	switch *kube {
 	case "on", "auto":
 		if _, err := os.Stat(*devcluster); err == nil {
@@ -171,6 +191,9 @@ func runMain(ctx context.Context, args []string) error {
 	if b.devcluster != "" && (want[2] || want[5] || want[6] || want[7] || want[8] || want[9]) {
 		need = max(need, sc.KubeNodes)
 	}
+	if b.devcluster != "" && want[10] {
+		need = max(need, sc.RouterNodes)
+	}
 	if uint64(need)+256 > limit {
 		return fmt.Errorf("%d sessions need more open files than the limit %d allows: raise the hard limit (ulimit -Hn)", need, limit)
 	}
@@ -199,7 +222,8 @@ func runMain(ctx context.Context, args []string) error {
 	if b.devcluster != "" {
 		// The failover has a control plane of its own: scenario 5 kills
 		// the single server of the kube group.
-		groups = append(groups, scenario{[]int{2, 5, 6, 7, 9}, b.kubeScenarios, true}, scenario{[]int{8}, b.failover, false})
+		groups = append(groups, scenario{[]int{2, 5, 6, 7, 9}, b.kubeScenarios, true}, scenario{[]int{8}, b.failover, false},
+			scenario{[]int{10}, b.routerScenario, false})
 	} else {
 		b.result.KubeSkipped = fmt.Sprintf("no devcluster binary at %s (make devcluster) or --kube=off", *devcluster)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/controllers/router"
 	"github.com/edgesync/edgesync/internal/bench/certs"
 	"github.com/edgesync/edgesync/internal/bench/edgesim"
 	"github.com/edgesync/edgesync/internal/bench/netx"
@@ -39,6 +41,8 @@ type ready struct {
 	GRPC    string `json:"grpc"`
 	HTTP    string `json:"http"`
 	Control string `json:"control"`
+	// Router is the router's REST port (HTTPS), with --router-listen.
+	Router string `json:"router,omitempty"`
 }
 
 // serveMain runs a server under test: "edgesync" (the real server package
@@ -62,6 +66,7 @@ func serveMain(ctx context.Context, args []string) error {
 	ownershipNS := fs.String("ownership-namespace", "", "with --kubeconfig: claim each node in this namespace's ownership records before serving it, as one of several replicas (empty: a single replica)")
 	ownershipLease := fs.Duration("ownership-lease-duration", 0, "the replica Lease's duration (with --ownership-namespace; 0: the product default)")
 	ownershipQPS := fs.Float64("ownership-qps", 0, "ownership writes per second, burst twice (with --ownership-namespace; 0: the product default)")
+	routerListen := fs.String("router-listen", "", "with --kubeconfig: turn on the router (KubeEdge Rules; its CRDs must be installed) and serve its REST port here over TLS with the server certificate")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,7 +86,7 @@ func serveMain(ctx context.Context, args []string) error {
 				Namespace: *ownershipNS, Replica: *replicaID, Address: lis.Addr().String(),
 				LeaseDuration: *ownershipLease, QPS: float32(*ownershipQPS), Burst: int(2 * *ownershipQPS),
 			}
-			return serveKube(ctx, lis, *certDir, *replicaID, *heartbeat, *nodeLimit, *kubeconfig, kubeBudget{qps: *qps, burst: *burst, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew}, own)
+			return serveKube(ctx, lis, *certDir, *replicaID, *heartbeat, *nodeLimit, *kubeconfig, kubeBudget{qps: *qps, burst: *burst, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew}, own, *routerListen)
 		}
 		return serveEdgesync(ctx, lis, *certDir, *replicaID, *heartbeat, *nodeLimit, *nodes, *objects, *size)
 	default:
@@ -174,7 +179,7 @@ type kubeBudget struct {
 	leaseRenew time.Duration
 }
 
-func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartbeat time.Duration, nodeLimit int, kubeconfig string, budget kubeBudget, own controllers.OwnershipConfig) error {
+func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartbeat time.Duration, nodeLimit int, kubeconfig string, budget kubeBudget, own controllers.OwnershipConfig, routerListen string) error {
 	logger, err := zap.NewProduction(zap.IncreaseLevel(zap.WarnLevel))
 	if err != nil {
 		return err
@@ -194,10 +199,28 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 		return fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
 	cfg.QPS, cfg.Burst = float32(budget.qps), budget.burst
+	var (
+		routerOpts *router.Options
+		routerLis  net.Listener
+		routerTLS  *tls.Config
+	)
+	if routerListen != "" {
+		// As edgesync-server --router-listen: the server's certificate,
+		// no client certificates (callers bring bearer tokens).
+		if routerTLS, err = certs.ServerTLS(certDir); err != nil {
+			return err
+		}
+		routerTLS.ClientAuth, routerTLS.ClientCAs = tls.NoClientCert, nil
+		if routerLis, err = net.Listen("tcp", routerListen); err != nil {
+			return fmt.Errorf("router listen: %w", err)
+		}
+		defer routerLis.Close()
+		routerOpts = &router.Options{}
+	}
 	ctrls, err := controllers.New(controllers.Config{
 		RESTConfig: cfg, DisableDevices: true, Logger: logger, Registerer: reg,
 		LeaseQPS: float32(budget.leaseQPS), LeaseBurst: int(2 * budget.leaseQPS), LeaseRenewInterval: budget.leaseRenew,
-		Ownership: own,
+		Ownership: own, Router: routerOpts,
 	})
 	if err != nil {
 		return err
@@ -211,7 +234,14 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 	case err := <-ctrlsDone:
 		return fmt.Errorf("controllers stopped before their caches synced: %w", err)
 	}
-	if err := announce(ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String()}); err != nil {
+	r := ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String()}
+	if routerLis != nil {
+		rest := &http.Server{Handler: ctrls.Router().Handler(), TLSConfig: routerTLS, ReadHeaderTimeout: 10 * time.Second}
+		go rest.ServeTLS(routerLis, "", "")
+		defer rest.Close()
+		r.Router = routerLis.Addr().String()
+	}
+	if err := announce(r); err != nil {
 		return err
 	}
 	serveErr := srv.Serve(ctx, lis, ctrls)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,7 +62,7 @@ func (r *Router) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		if w.code == 0 {
 			w.code = http.StatusOK
 		}
-		r.metrics.requests.WithLabelValues(fmt.Sprint(w.code)).Inc()
+		r.metrics.requests.WithLabelValues(strconv.Itoa(w.code)).Inc()
 	}()
 	fail := func(code int, format string, args ...any) {
 		if code == http.StatusServiceUnavailable {

@@ -3,7 +3,9 @@
 // edgeclient.RouteHandler:
 //
 //   - eventbus deliveries are published on the node's MQTT broker, at QoS
-//     1, one at a time in the order they arrive (so in order per rule);
+//     1, in the order they arrive (so in order per rule), on one
+//     connection with up to 32 unacknowledged: the broker forwards them in
+//     that order, and a burst does not wait a round trip per message;
 //   - servicebus deliveries become HTTP requests to 127.0.0.1:<port> of an
 //     application on the node, whose answer goes back to the cloud caller;
 //   - messages applications publish on the topics the cloud subscribes the
@@ -229,14 +231,30 @@ func (r *Router) finish(res *edgesyncv1.RouteResult) {
 	r.answer(res)
 }
 
+// publishLoop publishes deliveries in the order they arrived, up to
+// maxPublishing of them unacknowledged: they leave on the one broker
+// connection in that order and the broker forwards them in that order
+// (MQTT's ordered topics), so a node's messages keep their order without
+// a round trip to the broker for each. acknowledged answers them, in the
+// same order.
 func (r *Router) publishLoop(ctx context.Context) {
+	sent := make(chan *publishing, maxPublishing)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.acknowledged(ctx, sent) })
+	defer func() { close(sent); wg.Wait() }()
 	for {
 		r.mu.Lock()
 		batch := r.queue
 		r.queue = nil
 		r.mu.Unlock()
 		for _, dl := range batch {
-			r.publish(dl)
+			if p := r.publish(dl); p != nil {
+				select {
+				case sent <- p:
+				case <-ctx.Done():
+					return
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -246,16 +264,65 @@ func (r *Router) publishLoop(ctx context.Context) {
 	}
 }
 
-func (r *Router) publish(dl *delivery) {
+// maxPublishing bounds the publishes waiting for the broker's
+// acknowledgement.
+const maxPublishing = 32
+
+// publishing is a publish waiting for the broker's acknowledgement, or
+// (tok nil) one that could not be sent, with why.
+type publishing struct {
+	dl  *delivery
+	tok mqtt.Token
+	err string
+}
+
+// acknowledged answers each publish once the broker acknowledged it (or
+// did not in time), in the order they were sent, until sent is closed or
+// ctx ends (the stream the answers would go on is gone with it).
+func (r *Router) acknowledged(ctx context.Context, sent <-chan *publishing) {
+	for p := range sent {
+		d := p.dl.d
+		res := &edgesyncv1.RouteResult{Id: d.GetId(), Error: p.err}
+		if p.tok != nil {
+			wait := time.NewTimer(min(publishTimeout, time.Until(p.dl.deadline)))
+			select {
+			case <-p.tok.Done():
+			case <-wait.C:
+			case <-ctx.Done():
+				wait.Stop()
+				return
+			}
+			wait.Stop()
+			select {
+			case <-p.tok.Done():
+				if err := p.tok.Error(); err != nil {
+					res.Error = fmt.Sprintf("publish on %q to MQTT broker %s: %v", d.GetTopic(), r.cfg.Broker, err)
+				}
+			default:
+				res.Error = fmt.Sprintf("MQTT broker %s did not acknowledge the publish on %q in time (is it running?)", r.cfg.Broker, d.GetTopic())
+			}
+		}
+		if res.Error != "" {
+			r.state.publishFailed.Add(1)
+			r.log.Info("could not publish a routed message", zap.String("id", d.GetId()), zap.String("rule", d.GetRule()), zap.String("error", res.Error))
+		} else {
+			r.state.published.Add(1)
+		}
+		r.finish(res)
+	}
+}
+
+// publish hands dl to the broker connection, once it is up, and returns
+// what to wait for; nil when dl expired before (nobody waits for it).
+func (r *Router) publish(dl *delivery) *publishing {
 	d := dl.d
 	if time.Now().After(dl.deadline) {
 		r.state.expired.Add(1)
 		r.mu.Lock()
 		delete(r.answers, d.GetId()) // the server gave up on it too
 		r.mu.Unlock()
-		return
+		return nil
 	}
-	res := &edgesyncv1.RouteResult{Id: d.GetId()}
 	wait := time.NewTimer(min(publishTimeout, time.Until(dl.deadline)))
 	defer wait.Stop()
 	r.mu.Lock()
@@ -264,25 +331,9 @@ func (r *Router) publish(dl *delivery) {
 	select {
 	case <-up:
 	case <-wait.C:
-		res.Error = fmt.Sprintf("not connected to MQTT broker %s (is it running?)", r.cfg.Broker)
-		r.state.publishFailed.Add(1)
-		r.finish(res)
-		return
+		return &publishing{dl: dl, err: fmt.Sprintf("not connected to MQTT broker %s (is it running?)", r.cfg.Broker)}
 	}
-	tok := r.mqtt.Publish(d.GetTopic(), 1, false, d.GetBody())
-	switch {
-	case !tok.WaitTimeout(min(publishTimeout, time.Until(dl.deadline))):
-		res.Error = fmt.Sprintf("MQTT broker %s did not acknowledge the publish on %q in time (is it running?)", r.cfg.Broker, d.GetTopic())
-	case tok.Error() != nil:
-		res.Error = fmt.Sprintf("publish on %q to MQTT broker %s: %v", d.GetTopic(), r.cfg.Broker, tok.Error())
-	}
-	if res.Error != "" {
-		r.state.publishFailed.Add(1)
-		r.log.Info("could not publish a routed message", zap.String("id", d.GetId()), zap.String("rule", d.GetRule()), zap.String("error", res.Error))
-	} else {
-		r.state.published.Add(1)
-	}
-	r.finish(res)
+	return &publishing{dl: dl, tok: r.mqtt.Publish(d.GetTopic(), 1, false, d.GetBody())}
 }
 
 // request sends a servicebus delivery to its application.

@@ -171,3 +171,50 @@ func TestDuplicatesPublishedOnceAndRequestsAnswered(t *testing.T) {
 		t.Errorf("state %+v", st)
 	}
 }
+
+// TestBurstPublishedInOrder: a burst of deliveries (a node back online, a
+// busy rule) reaches the subscriber in the order the server sent it,
+// although publishes do not wait for one another's acknowledgement, and
+// each is answered once, in that order.
+func TestBurstPublishedInOrder(t *testing.T) {
+	broker := mosquitto(t)
+	const n = 500
+	received := make(chan string, n)
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetClientID("test-burst-sub"))
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer sub.Disconnect(100)
+	if tok := sub.Subscribe("burst", 1, func(_ mqtt.Client, m mqtt.Message) { received <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	r := New(Config{Broker: broker, ClientID: "test-burst-edge"})
+	s := &fakeSender{more: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, s) }()
+	defer func() { cancel(); <-done }()
+
+	ttl := durationpb.New(time.Minute)
+	for i := range n {
+		r.Deliver(&edgesyncv1.RouteDelivery{Id: strconv.Itoa(i), Target: edgesyncv1.RouteTarget_ROUTE_TARGET_EVENTBUS, Topic: "burst", Body: []byte(strconv.Itoa(i)), Ttl: ttl})
+	}
+	for i, a := range s.wait(t, n) {
+		if a.GetId() != strconv.Itoa(i) || a.GetError() != "" {
+			t.Fatalf("answer %d is %v, want id %d published", i, a, i)
+		}
+	}
+	for i := range n {
+		select {
+		case m := <-received:
+			if m != strconv.Itoa(i) {
+				t.Fatalf("message %d at the subscriber is %q: out of order", i, m)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the subscriber got %d of %d messages", i, n)
+		}
+	}
+	if st := r.State(); st.Published != n || st.PublishFailed != 0 {
+		t.Errorf("state %+v, want %d published", st, n)
+	}
+}

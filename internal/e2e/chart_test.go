@@ -2,10 +2,13 @@ package e2e_test
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -282,7 +285,9 @@ func TestChartRunsTheServer(t *testing.T) {
 
 	// One replica: node ownership (on with several) would join the Leases
 	// of the other tests' replicas.
-	objs := c.template(t, "edgesync-system", "--set", "replicas=1", "--set", "tls.generate.ipAddresses={127.0.0.1}")
+	// The router on, as config.router.listenAddress turns it on.
+	objs := c.template(t, "edgesync-system", "--set", "replicas=1", "--set", "tls.generate.ipAddresses={127.0.0.1}",
+		"--set", "config.router.listenAddress=:9443")
 	dir := t.TempDir()
 	config := filepath.Join(dir, "config.yaml")
 	pki := filepath.Join(dir, "pki")
@@ -317,9 +322,11 @@ func TestChartRunsTheServer(t *testing.T) {
 	token := strings.TrimSpace(run(t, admin, kubectl, "-n", "edgesync-system", "create", "token", "edgesync-server", "--duration=1h"))
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	rest := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := start(t, "edgesync-server", nil, server,
 		"--config", config,
 		"--listen", addr,
+		"--router-listen", rest,
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"--tls-ca", filepath.Join(pki, "ca.crt"),
 		"--tls-cert", filepath.Join(pki, "server.crt"),
@@ -339,4 +346,25 @@ func TestChartRunsTheServer(t *testing.T) {
 		}
 		return err
 	}, p)
+
+	// Cloud applications reach the router's REST port by its Service's
+	// name, which the generated certificate carries; without a token
+	// they are refused.
+	caPEM, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	https := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: roots, ServerName: "edgesync-router.edgesync-system.svc",
+	}}}
+	resp, err := https.Post("https://"+rest+"/edge-1/default/a", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatalf("the router's REST port with the chart's certificate, as its Service's name: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a call without a token: %s, want 401", resp.Status)
+	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/agent"
 	"github.com/edgesync/edgesync/edgeclient/backoff"
+	"github.com/edgesync/edgesync/internal/pyclient"
 	"github.com/edgesync/edgesync/internal/repo"
 	"github.com/edgesync/edgesync/internal/testcluster"
 )
@@ -419,6 +420,35 @@ func TestRouterRestToEventBus(t *testing.T) {
 		t.Fatalf("the subscriber got %q, want %q in order", got, want)
 	}
 
+	// A cloud application in Python (standard library only) with its
+	// ServiceAccount token: delivered in order; another ServiceAccount's
+	// token is refused, naming what to grant.
+	python := func(token string, bodies ...string) []string {
+		t.Helper()
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := pyclient.Command(t, "router_caller.py", append([]string{"https://" + env.replicas[0].rest + path, filepath.Join(env.pki, "ca.crt"), tokenFile}, bodies...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("router_caller.py: %v\n%s", err, out)
+		}
+		return strings.Split(strings.TrimSpace(string(out)), "\n")
+	}
+	lines := python(env.allowed, `{"python":0}`, `{"python":1}`)
+	for i, line := range lines {
+		if !strings.HasPrefix(line, "200 ") || !strings.Contains(line, `"delivered"`) {
+			t.Errorf("Python call %d answered %q, want 200 delivered", i, line)
+		}
+	}
+	if got := sub.wait(t, 22)[20:]; fmt.Sprint(got) != `[{"python":0} {"python":1}]` {
+		t.Fatalf("the subscriber got %q from Python, want both in order", got)
+	}
+	if lines := python(env.denied, `{"python":"denied"}`); len(lines) != 1 || !strings.HasPrefix(lines[0], "403 ") || !strings.Contains(lines[0], "rules/messages") {
+		t.Errorf("Python with a token without create on rules/messages: %q, want 403 naming it", lines)
+	}
+
 	// Offline: accepted into the node's buffer (202), delivered in order
 	// when it reconnects.
 	edge.stop()
@@ -435,16 +465,16 @@ func TestRouterRestToEventBus(t *testing.T) {
 		}
 	}
 	edge.start(t)
-	got := sub.wait(t, 25)
+	got := sub.wait(t, 27)
 	for i := range 5 {
-		if w := fmt.Sprintf(`{"offline":%d}`, i); got[20+i] != w {
-			t.Fatalf("after reconnecting the subscriber got %q, want the offline messages in order", got[20:])
+		if w := fmt.Sprintf(`{"offline":%d}`, i); got[22+i] != w {
+			t.Fatalf("after reconnecting the subscriber got %q, want the offline messages in order", got[22:])
 		}
 	}
 
-	eventually(t, time.Minute, "the Rule's status to count 25 deliveries", func() error {
+	eventually(t, time.Minute, "the Rule's status to count 27 deliveries", func() error {
 		s, f, errs, err := env.ruleStatus(t.Context(), "rest-eventbus")
-		if err == nil && (s != 25 || f != 0) {
+		if err == nil && (s != 27 || f != 0) {
 			err = fmt.Errorf("successMessages %d, failMessages %d, errors %q", s, f, errs)
 		}
 		return err

@@ -45,8 +45,15 @@ type Cluster struct {
 }
 
 // Start runs devcluster from binary with its data in dir and waits for its
-// ready line. Its output goes to dir/devcluster.log.
+// ready line. Its output goes to dir/devcluster.log. It installs no CRDs:
+// the benchmark runs the controllers without devices.
 func Start(ctx context.Context, binary, dir string) (*Cluster, error) {
+	return StartWithCRDs(ctx, binary, dir, filepath.Join(dir, "no-crds"))
+}
+
+// StartWithCRDs is Start with the CustomResourceDefinitions of the YAML
+// files in crdDir installed (established) before the ready line.
+func StartWithCRDs(ctx context.Context, binary, dir, crdDir string) (*Cluster, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -54,8 +61,7 @@ func Start(ctx context.Context, binary, dir string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No CRDs: the benchmark runs the controllers without devices.
-	cmd := exec.Command(binary, "run", "--dir", dir, "--crds", filepath.Join(dir, "no-crds"))
+	cmd := exec.Command(binary, "run", "--dir", dir, "--crds", crdDir)
 	cmd.Stderr = logFile
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgesync/edgesync/edgeclient"
 	"github.com/edgesync/edgesync/edgeclient/backoff"
+	"github.com/edgesync/edgesync/edgeclient/router"
 	"github.com/edgesync/edgesync/edgeclient/store"
 	"github.com/edgesync/edgesync/server/feed"
 
@@ -27,6 +28,11 @@ type EdgeclientConfig struct {
 	CAFile string
 	// CertDir receives one certificate and key file per edge.
 	CertDir string
+	// MQTTBroker, when set, runs KubeEdge's router at every edge (package
+	// edgeclient/router, as edgesync-agent --mqtt-broker does), each
+	// with its own connection to this broker: routed deliveries are
+	// published there.
+	MQTTBroker string
 }
 
 // writeCert writes an edge's certificate and key as PEM files.
@@ -58,7 +64,7 @@ func writeCert(dir, name string, c tls.Certificate) (certFile, keyFile string, e
 func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 	f := e.fleet
 	ec := f.cfg.Edgeclient
-	cl, err := edgeclient.New(edgeclient.Config{
+	ccfg := edgeclient.Config{
 		Server: e.addrs[0], Servers: e.addrs[1:], CAFile: ec.CAFile, CertFile: e.certFile, KeyFile: e.keyFile,
 		NodeName: e.name, Store: store.NewMemory(), AgentVersion: "edgesync-bench/edgeclient",
 		Backoff: backoff.Config{Initial: 500 * time.Millisecond, Max: 5 * time.Second},
@@ -66,7 +72,13 @@ func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 			e.onClientEvent(ev)
 			return nil
 		},
-	})
+	}
+	var routes *router.Router
+	if ec.MQTTBroker != "" {
+		routes = router.New(router.Config{Broker: ec.MQTTBroker, ClientID: "edgesync-bench-" + e.name})
+		ccfg.Router = routes
+	}
+	cl, err := edgeclient.New(ccfg)
 	if err != nil {
 		return err
 	}
@@ -81,6 +93,11 @@ func (e *edge) runClient(ctx context.Context, welcomed func()) error {
 	runDone := make(chan error, 1)
 	go func() { runDone <- cl.Run(ctx) }()
 	defer func() { <-runDone }()
+	if routes != nil {
+		routesDone := make(chan struct{})
+		go func() { _ = routes.Run(ctx, cl); close(routesDone) }()
+		defer func() { <-routesDone }()
+	}
 
 	// The client's state counts streams and received objects; the fleet's
 	// counters follow its changes.
