@@ -97,8 +97,8 @@ type bench struct {
 	// subscriptions, while set, gives the subscriptions each node of a
 	// new fleet sends in its Hello (scenario 9).
 	subscriptions func(node string) []*edgesyncv1.Subscription
-	crds       string        // deploy/crds: the router's CRDs (scenario 10)
-	mosquitto  string        // the MQTT broker binary (scenario 10)
+	crds          string // deploy/crds: the router's CRDs (scenario 10)
+	mosquitto     string // the MQTT broker binary (scenario 10)
 }
 
 func runMain(ctx context.Context, args []string) error {
