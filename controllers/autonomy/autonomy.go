@@ -31,7 +31,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
 )
@@ -65,7 +64,7 @@ type Config struct {
 type Controller struct {
 	cfg   Config
 	log   *zap.Logger
-	queue workqueue.TypedRateLimitingInterface[cache.ObjectName] // made and shut down by Run
+	queue *handlers.Queue[cache.ObjectName] // shut down by Run
 }
 
 // New returns the controller; Run adds its event handlers and runs it.
@@ -73,7 +72,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger}, nil
+	return &Controller{cfg: cfg, log: cfg.Logger, queue: handlers.NewQueue[cache.ObjectName]("autonomy", nil)}, nil
 }
 
 // addHandlers adds the pod handler and the node handler, which enqueue the
@@ -128,7 +127,6 @@ func (c *Controller) enqueueNodePods(obj any) {
 // workers until ctx ends and returns once they have stopped (the
 // controllers' one lifecycle, package handlers).
 func (c *Controller) Run(ctx context.Context, workers int) {
-	c.queue = handlers.NewQueue[cache.ObjectName]("autonomy", nil)
 	syncKey := func(key cache.ObjectName) error { return c.sync(ctx, key) }
 	err := handlers.Run(ctx, "autonomy", workers, c.queue, c.addHandlers, syncKey, c.log)
 	if err != nil && ctx.Err() == nil {

@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -107,8 +106,7 @@ type Controller struct {
 	models    cache.Indexer
 	nodes     corelisters.NodeLister
 
-	// queue is created by Run before the handlers that fill it are added.
-	queue   workqueue.TypedRateLimitingInterface[string]
+	queue   *handlers.Queue[string] // shut down by Run
 	encoded *encodecache.Cache
 	reports *reportqueue.Queue
 
@@ -144,6 +142,7 @@ func New(cfg Config) (*Controller, error) {
 		models:       cfg.Models.GetIndexer(),
 		nodes:        corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
 		informers:    cfg,
+		queue:        handlers.NewQueue[string]("devicesync", nil),
 		encoded:      encodecache.New(),
 		sent:         make(map[string]sentDevice),
 	}
@@ -204,7 +203,6 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("devicesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = handlers.NewQueue[string]("devicesync", nil)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })

@@ -60,7 +60,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -125,7 +124,7 @@ type Config struct {
 type Controller struct {
 	cfg   Config
 	log   *zap.Logger
-	queue workqueue.TypedRateLimitingInterface[item]
+	queue *handlers.Queue[item] // shut down by Run
 	rbac  []cache.SharedIndexInformer
 	// writer makes the writes of edge applications; nil when off.
 	writer *writer

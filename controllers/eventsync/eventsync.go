@@ -38,7 +38,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
@@ -82,11 +81,8 @@ type Config struct {
 type Controller struct {
 	cfg    Config
 	log    *zap.Logger
-	counts *prometheus.CounterVec // by result
-	// queueOnce creates queue on first use, so that a controller never
-	// run starts no goroutine.
-	queueOnce sync.Once
-	queue     workqueue.TypedRateLimitingInterface[seriesKey]
+	counts *prometheus.CounterVec     // by result
+	queue  *handlers.Queue[seriesKey] // shut down by Run
 
 	mu      sync.Mutex // guards limiters, idle, series and stopped
 	stopped bool       // Run has returned: reports are answered UNAVAILABLE
@@ -138,6 +134,7 @@ func New(cfg Config) (*Controller, error) {
 			Name: "edgesync_edge_events_total",
 			Help: "Events reported by edges, by result: written (or added to a series), rate_limited (over the node's budget, dropped), refused (not the node's object or malformed), failed (the write failed).",
 		}, []string{"result"}),
+		queue:    handlers.NewQueue[seriesKey]("eventsync", nil),
 		limiters: make(map[string]*rate.Limiter),
 		idle:     make(map[string]bool),
 		series:   make(map[seriesKey]*series),
@@ -148,14 +145,6 @@ func New(cfg Config) (*Controller, error) {
 		}
 	}
 	return c, nil
-}
-
-// work returns the controller's work queue, creating it on first use.
-func (c *Controller) work() workqueue.TypedRateLimitingInterface[seriesKey] {
-	c.queueOnce.Do(func() {
-		c.queue = handlers.NewQueue[seriesKey]("eventsync", nil)
-	})
-	return c.queue
 }
 
 // Run writes events with workers until ctx ends. Reports still waiting
@@ -169,7 +158,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		})
 	}
 	<-ctx.Done()
-	c.work().ShutDown()
+	c.queue.ShutDown()
 	wg.Wait()
 	c.mu.Lock()
 	c.stopped = true
@@ -185,18 +174,18 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.work().Get()
+	key, quit := c.queue.Get()
 	if quit {
 		return false
 	}
-	defer c.work().Done(key)
+	defer c.queue.Done(key)
 	if err := c.write(ctx, key); err != nil {
 		c.log.Warn("write event failed, retrying", zap.String("node", key.node), zap.String("reason", key.reason),
 			zap.String("object", key.namespace+"/"+key.name), zap.Error(err))
-		c.work().AddRateLimited(key)
+		c.queue.AddRateLimited(key)
 		return true
 	}
-	c.work().Forget(key)
+	c.queue.Forget(key)
 	return true
 }
 
@@ -251,7 +240,7 @@ func (c *Controller) HandleReport(node string, req *edgesyncv1.SyncRequest, answ
 		reply(err)
 	})
 	c.mu.Unlock()
-	c.work().Add(key)
+	c.queue.Add(key)
 }
 
 // SessionEnded keeps node's event budget (a node that reconnects gets no
@@ -340,7 +329,7 @@ func (c *Controller) write(ctx context.Context, key seriesKey) error {
 	for _, a := range answers {
 		a(nil)
 	}
-	c.work().AddAfter(key, SeriesWindow+time.Second) // to forget it once idle
+	c.queue.AddAfter(key, SeriesWindow+time.Second) // to forget it once idle
 	return nil
 }
 

@@ -25,7 +25,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -51,8 +50,7 @@ type Controller struct {
 	informer cache.SharedIndexInformer
 	nodes    corelisters.NodeLister
 
-	// queue is created by Run before the handler that fills it is added.
-	queue   workqueue.TypedRateLimitingInterface[string]
+	queue   *handlers.Queue[string] // shut down by Run
 	encoded *encodecache.Cache
 
 	// mu guards sent and is held while publishing, so that what a node
@@ -79,6 +77,7 @@ func New(cfg Config) (*Controller, error) {
 		isEdge:   cfg.IsEdge,
 		informer: cfg.Nodes,
 		nodes:    corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
+		queue:    handlers.NewQueue[string]("nodesync", nil),
 		encoded:  encodecache.New(),
 		sent:     make(map[string]*corev1.Node),
 	}, nil
@@ -92,7 +91,6 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("nodesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = handlers.NewQueue[string]("nodesync", nil)
 	return handlers.Run(ctx, "nodesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 

@@ -77,7 +77,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -163,9 +162,9 @@ type Manager struct {
 	log      *zap.Logger
 	informer cache.SharedIndexInformer
 	leases   coordinationlisters.LeaseNamespaceLister
-	handover workqueue.TypedRateLimitingInterface[string] // node records to give away
-	gone     workqueue.TypedRateLimitingInterface[string] // nodes whose Node was deleted
-	ready    chan struct{}                                // closed once the replica Lease is held and the cache synced
+	handover *handlers.Queue[string] // node records to give away; shut down by Run
+	gone     *handlers.Queue[string] // nodes whose Node was deleted; shut down by Run
+	ready    chan struct{}           // closed once the replica Lease is held and the cache synced
 
 	mu        sync.Mutex // guards the fields below
 	renewedAt time.Time  // start of the last successful replica Lease write

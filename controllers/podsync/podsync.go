@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/encodecache"
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -86,10 +85,9 @@ type Controller struct {
 	secrets    corelisters.SecretLister
 	nodes      corelisters.NodeLister
 
-	// podQueue and refQueue are created by Run before the handlers that
-	// fill them are added.
-	podQueue workqueue.TypedRateLimitingInterface[string]
-	refQueue workqueue.TypedRateLimitingInterface[feed.Key]
+	// podQueue and refQueue are shut down by Run.
+	podQueue *handlers.Queue[string]
+	refQueue *handlers.Queue[feed.Key]
 	encoded  *encodecache.Cache
 	reports  *reportqueue.Queue
 
@@ -131,6 +129,8 @@ func New(cfg Config) (*Controller, error) {
 		configMaps:   corelisters.NewConfigMapLister(cfg.ConfigMaps.GetIndexer()),
 		secrets:      corelisters.NewSecretLister(cfg.Secrets.GetIndexer()),
 		nodes:        corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
+		podQueue:     handlers.NewQueue[string]("podsync-pods", nil),
+		refQueue:     handlers.NewQueue[feed.Key]("podsync-refs", nil),
 		encoded:      encodecache.New(),
 		sent:         make(map[string]sentPod),
 		holders:      make(map[feed.Key]map[string]int),
@@ -222,8 +222,6 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("podsync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.podQueue = handlers.NewQueue[string]("podsync-pods", nil)
-	c.refQueue = handlers.NewQueue[feed.Key]("podsync-refs", nil)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { c.reports.Run(ctx, workers) })

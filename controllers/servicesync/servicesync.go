@@ -38,7 +38,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -106,9 +105,9 @@ type Controller struct {
 	slices   cache.Indexer
 	nodes    corelisters.NodeLister
 
-	// queue of Service keys (namespace/name) and node names (no slash),
-	// created by Run before the handlers that fill it are added.
-	queue workqueue.TypedRateLimitingInterface[string]
+	// queue of Service keys (namespace/name) and node names (no slash);
+	// shut down by Run.
+	queue *handlers.Queue[string]
 
 	// encodings counts every object encoded (Services and filtered
 	// slices), for tests and benchmarks.
@@ -156,6 +155,7 @@ func New(cfg Config) (*Controller, error) {
 		services: corelisters.NewServiceLister(cfg.Services.GetIndexer()),
 		slices:   cfg.EndpointSlices.GetIndexer(),
 		nodes:    corelisters.NewNodeLister(cfg.Nodes.GetIndexer()),
+		queue:    handlers.NewQueue[string]("servicesync", nil),
 		sent:     make(map[string]*sentService),
 		encoded:  make(map[feed.Key]*encodings),
 	}, nil
@@ -173,7 +173,6 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 		return errors.New("servicesync: Run needs a publisher")
 	}
 	c.pub = pub // before anything that publishes starts
-	c.queue = handlers.NewQueue[string]("servicesync", nil)
 	return handlers.Run(ctx, "servicesync", workers, c.queue, c.addHandlers, c.sync, c.log)
 }
 

@@ -49,7 +49,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"github.com/edgesync/edgesync/controllers/internal/handlers"
@@ -106,10 +105,7 @@ type Controller struct {
 	issued   prometheus.Counter
 	adopted  prometheus.Counter
 	failures prometheus.Counter
-	// queueOnce creates queue on first use (Run, or Desired before it),
-	// so that a controller never run starts no goroutine.
-	queueOnce sync.Once
-	queue     workqueue.TypedRateLimitingInterface[string]
+	queue    *handlers.Queue[string] // shut down by Run; Desired may add to it before
 
 	// mu guards active and held, and is held while publishing, so that
 	// what Desired answers and what is published agree.
@@ -179,6 +175,7 @@ func New(cfg Config) (*Controller, error) {
 			Name: "edgesync_token_refresh_failures_total",
 			Help: "TokenRequest calls for pods on edge nodes that failed (retried with backoff).",
 		}),
+		queue:  handlers.NewQueue[string]("tokensync", cfg.Clock),
 		active: make(map[string]bool),
 		held:   make(map[string]*podTokens),
 	}
@@ -192,14 +189,6 @@ func New(cfg Config) (*Controller, error) {
 	return c, nil
 }
 
-// work returns the controller's work queue, creating it on first use.
-func (c *Controller) work() workqueue.TypedRateLimitingInterface[string] {
-	c.queueOnce.Do(func() {
-		c.queue = handlers.NewQueue[string]("tokensync", c.clock)
-	})
-	return c.queue
-}
-
 // Run adds the controller's event handlers to the informers (which the
 // caller starts), waits until they have seen the caches' contents, then runs
 // workers until ctx ends, and returns once they have all stopped.
@@ -209,13 +198,13 @@ func (c *Controller) Run(ctx context.Context, pub feed.Publisher, workers int) e
 	}
 	c.pub = pub // before anything that publishes starts
 	syncKey := func(key string) error { return c.sync(ctx, key) }
-	return handlers.Run(ctx, "tokensync", workers, c.work(), c.addHandlers, syncKey, c.log)
+	return handlers.Run(ctx, "tokensync", workers, c.queue, c.addHandlers, syncKey, c.log)
 }
 
 // addHandlers adds to set the pod handler and the node handler, which
 // enqueues a node's pods when it gains or loses the edge role.
 func (c *Controller) addHandlers(set *handlers.Set) error {
-	enqueue := func(obj any) { handlers.EnqueueKey(c.work(), obj) }
+	enqueue := func(obj any) { handlers.EnqueueKey(c.queue, obj) }
 	if err := set.Add(c.cfg.Pods, cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue,
 		UpdateFunc: func(oldObj, newObj any) {
@@ -370,7 +359,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	next := cur.earliestRefresh()
 	c.mu.Unlock()
 	if !next.IsZero() {
-		c.work().AddAfter(key, next.Sub(now))
+		c.queue.AddAfter(key, next.Sub(now))
 	}
 	return nil
 }
@@ -530,7 +519,7 @@ func (c *Controller) Adopt(node string, held []*edgesyncv1.ObjectRef) {
 			}
 			cur.tokens[k] = &token{src: s, version: ref.GetResourceVersion(), refreshAt: refreshAt, adopted: true}
 			c.adopted.Inc()
-			c.work().AddAfter(podKey, refreshAt.Sub(now))
+			c.queue.AddAfter(podKey, refreshAt.Sub(now))
 		}
 	}
 }
@@ -606,7 +595,7 @@ func (c *Controller) Desired(node string) ([]*feed.Object, error) {
 			}
 		}
 		if !complete {
-			c.work().Add(key)
+			c.queue.Add(key)
 		}
 	}
 	return objs, nil

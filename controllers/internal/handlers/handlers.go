@@ -4,15 +4,16 @@
 // (Forget on success, AddRateLimited on error); Run does all of it for a
 // controller with one work queue.
 //
-// The lifecycle every controller's work queue follows: it is made with
-// NewQueue (client-go's controller rate limiter, named for its metrics);
-// its owner shuts it down on every way out and waits for its workers,
-// which end when Get reports the shutdown (ProcessNext); its event
-// handlers are added through a Set and removed on the way out. A queue
-// runs a goroutine of its own, so it is made where its owner will surely
-// shut it down: in Run (Run does), or on first use by a controller that
-// takes work before Run (reports, handlers of informers that start
-// first), whose Run then shuts it down.
+// One lifecycle for every controller's work queue (Queue): the controller
+// makes it with NewQueue in New; the client-go queue behind it, which
+// runs goroutines of its own, is made on first use, so work added before
+// Run (reports, Desired, handlers of informers that start first) is kept
+// and a controller built and never used starts no goroutine. The
+// controller's Run shuts it down on every way out (Run here does) and
+// waits for its workers, which end when Get reports the shutdown
+// (ProcessNext). So whoever uses a controller runs it, with an ended ctx
+// if need be, to stop what the use started. Its event handlers are added
+// through a Set in Run and removed on the way out.
 package handlers
 
 import (
@@ -26,7 +27,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/utils/clock"
 )
 
 // Set is the event handlers one controller added to shared informers. The
@@ -69,14 +69,6 @@ func (s *Set) RemoveAll() {
 	s.regs = nil
 }
 
-// NewQueue makes a controller's work queue: rate limited with client-go's
-// controller limiter, named name (its workqueue metrics), on clock (nil:
-// the real one).
-func NewQueue[T comparable](name string, clock clock.WithTicker) workqueue.TypedRateLimitingInterface[T] {
-	return workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[T](),
-		workqueue.TypedRateLimitingQueueConfig[T]{Name: name, Clock: clock})
-}
-
 // Run is the life of a controller with one work queue: add adds its event
 // handlers (which fill queue) to the shared informers, Run waits until
 // they have seen the caches' contents, then runs workers goroutines that
@@ -84,7 +76,7 @@ func NewQueue[T comparable](name string, clock clock.WithTicker) workqueue.Typed
 // removes the handlers, shuts queue down and waits for the workers. name
 // (the controller's package) prefixes the error when the caches did not
 // sync.
-func Run[T comparable](ctx context.Context, name string, workers int, queue workqueue.TypedRateLimitingInterface[T],
+func Run[T comparable](ctx context.Context, name string, workers int, queue *Queue[T],
 	add func(*Set) error, syncKey func(T) error, log *zap.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()

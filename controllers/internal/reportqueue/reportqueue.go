@@ -42,10 +42,10 @@ type Queue struct {
 	log    *zap.Logger
 	handle Handler
 
-	mu sync.Mutex // guards the fields below
-	// queue orders the keys to write; created by Run, so that a Queue that
-	// never runs starts no goroutine.
-	queue    workqueue.TypedRateLimitingInterface[string]
+	// queue orders the keys to write; shut down by Run.
+	queue *handlers.Queue[string]
+
+	mu       sync.Mutex // guards the fields below
 	pending  map[string]*entry
 	shutdown bool
 }
@@ -65,7 +65,7 @@ type waiter struct {
 // New returns a queue that applies reports with handle once Run is called;
 // reports added before wait for Run.
 func New(log *zap.Logger, handle Handler) *Queue {
-	return &Queue{log: log, handle: handle, pending: make(map[string]*entry)}
+	return &Queue{log: log, handle: handle, queue: handlers.NewQueue[string]("", nil), pending: make(map[string]*entry)}
 }
 
 // Add queues req from node under key. A report already waiting under key is
@@ -86,11 +86,8 @@ func (q *Queue) Add(key, node string, req *edgesyncv1.SyncRequest, answer feed.A
 	}
 	e.node, e.req = node, req
 	e.waiters = append(e.waiters, w)
-	queue := q.queue
 	q.mu.Unlock()
-	if queue != nil {
-		queue.Add(key)
-	}
+	q.queue.Add(key)
 }
 
 // Drop answers the reports waiting under key with err and forgets them; a
@@ -109,14 +106,7 @@ func (q *Queue) Drop(key string, err error) {
 // answers what is still waiting with UNAVAILABLE and returns once every
 // worker has stopped.
 func (q *Queue) Run(ctx context.Context, workers int) {
-	queue := handlers.NewQueue[string]("", nil)
-	q.mu.Lock()
-	q.queue = queue
-	for key := range q.pending {
-		queue.Add(key)
-	}
-	q.mu.Unlock()
-
+	queue := q.queue
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
