@@ -1,23 +1,19 @@
 package localapi
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/edgesync/edgesync/edgeclient/localca"
 )
 
 // Files of a credentials directory (EnsureCredentials). Keys are written
@@ -30,14 +26,6 @@ const (
 	ServerKeyFile  = "server.key"
 	ClientCertFile = "kubelet.crt"
 	ClientKeyFile  = "kubelet.key"
-)
-
-// Lifetimes of the generated certificates. Leaves are issued again by
-// EnsureCredentials once a third of their lifetime is left, so an agent
-// restarted at least once every few months never serves an expired one.
-const (
-	caLifetime   = 10 * 365 * 24 * time.Hour
-	leafLifetime = 365 * 24 * time.Hour
 )
 
 // Credentials are what the local API and its one client, the node's
@@ -70,57 +58,21 @@ func EnsureCredentials(dir, node string, hosts ...string) (*Credentials, error) 
 	if len(hosts) == 0 {
 		hosts = []string{"127.0.0.1", "::1", "localhost"}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("localapi credentials: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("localapi credentials: %w", err)
-	}
-	now := time.Now()
-	ca, caKey, err := loadPair(filepath.Join(dir, CAFile), filepath.Join(dir, caKeyFile))
-	fresh := err != nil || !ca.IsCA || now.After(ca.NotAfter.Add(-caLifetime/3))
-	if fresh {
-		ca, caKey, err = issue(nil, nil, &x509.Certificate{
-			Subject:               pkix.Name{CommonName: "edgesync-localapi-ca@" + node},
-			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-			BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
-		}, now, caLifetime)
-		if err != nil {
-			return nil, fmt.Errorf("localapi credentials: CA: %w", err)
-		}
-		if err := writePair(dir, CAFile, caKeyFile, ca, caKey); err != nil {
-			return nil, err
-		}
-	}
-	leaves := []struct {
-		cert, key string
-		tmpl      x509.Certificate
-		ok        func(*x509.Certificate) bool
-	}{
-		{ServerCertFile, ServerKeyFile, serverTemplate(node, hosts), func(c *x509.Certificate) bool { return coversHosts(c, hosts) }},
-		{ClientCertFile, ClientKeyFile, x509.Certificate{
+	err := localca.Ensure(dir,
+		localca.Pair{CertFile: CAFile, KeyFile: caKeyFile, Template: x509.Certificate{
+			Subject:        pkix.Name{CommonName: "edgesync-localapi-ca@" + node},
+			KeyUsage:       x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+			MaxPathLenZero: true,
+		}},
+		localca.Pair{CertFile: ServerCertFile, KeyFile: ServerKeyFile, Template: serverTemplate(node, hosts),
+			Valid: func(c *x509.Certificate) bool { return coversHosts(c, hosts) }},
+		localca.Pair{CertFile: ClientCertFile, KeyFile: ClientKeyFile, Template: x509.Certificate{
 			Subject:     pkix.Name{CommonName: NodeUser(node), Organization: []string{NodesGroup}},
 			KeyUsage:    x509.KeyUsageDigitalSignature,
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}, func(c *x509.Certificate) bool { return c.Subject.CommonName == NodeUser(node) }},
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	for _, l := range leaves {
-		cert, _, err := loadPair(filepath.Join(dir, l.cert), filepath.Join(dir, l.key))
-		if !fresh && err == nil && l.ok(cert) && now.Before(cert.NotAfter.Add(-leafLifetime/3)) {
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
-				continue
-			}
-		}
-		tmpl := l.tmpl
-		cert, key, err := issue(ca, caKey, &tmpl, now, leafLifetime)
-		if err != nil {
-			return nil, fmt.Errorf("localapi credentials: %s: %w", l.cert, err)
-		}
-		if err := writePair(dir, l.cert, l.key, cert, key); err != nil {
-			return nil, err
-		}
+		}, Valid: func(c *x509.Certificate) bool { return c.Subject.CommonName == NodeUser(node) }})
+	if err != nil {
+		return nil, fmt.Errorf("localapi credentials: %w", err)
 	}
 	return &Credentials{Dir: dir, Node: node}, nil
 }
@@ -206,78 +158,5 @@ func (c *Credentials) WriteKubeconfig(path, server string) error {
 	if err != nil {
 		return fmt.Errorf("write kubeconfig: %w", err)
 	}
-	return writeFileAtomic(path, b, 0o600)
-}
-
-// issue creates a key and a certificate from tmpl, signed by parent (self-
-// signed when parent is nil).
-func issue(parent *x509.Certificate, parentKey *ecdsa.PrivateKey, tmpl *x509.Certificate, now time.Time, lifetime time.Duration) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl.SerialNumber = serial
-	tmpl.NotBefore = now.Add(-5 * time.Minute)
-	tmpl.NotAfter = now.Add(lifetime)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
-}
-
-func loadPair(certPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
-	if err != nil {
-		return nil, nil, err
-	}
-	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, nil, fmt.Errorf("%s: not an ECDSA key", keyPath)
-	}
-	return pair.Leaf, key, nil
-}
-
-func writePair(dir, certName, keyName string, cert *x509.Certificate, key *ecdsa.PrivateKey) error {
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("localapi credentials: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(dir, keyName), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return err
-	}
-	return writeFileAtomic(filepath.Join(dir, certName), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644)
-}
-
-// writeFileAtomic replaces path with data, so a reader sees the old or the
-// new file, never half of one.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return localca.WriteFileAtomic(path, b, 0o600)
 }
