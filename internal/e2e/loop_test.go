@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,28 @@ func agentSaw(agent *process, event, kind, nsName, rv string) error {
 		return nil
 	}
 	return fmt.Errorf("agent has not printed %s %s %s rv=%s yet", event, kind, nsName, rv)
+}
+
+// agentSawAtLeast is agentSaw for an object that controllers may change
+// right after the test wrote it (a pod's tolerations, say): the edge gets
+// the latest version, so any version from rv on will do. The devcluster's
+// resourceVersions are etcd revisions, which order numerically.
+func agentSawAtLeast(agent *process, event, kind, nsName, rv string) error {
+	data, err := os.ReadFile(agent.log)
+	if err != nil {
+		return err
+	}
+	from, err := strconv.ParseInt(rv, 10, 64)
+	if err != nil {
+		return fmt.Errorf("resourceVersion %q is not a number", rv)
+	}
+	pattern := fmt.Sprintf(`(?m)\s%s\s+%s\s+%s rv=(\d+)\b`, event, kind, regexp.QuoteMeta(nsName))
+	for _, m := range regexp.MustCompile(pattern).FindAllSubmatch(data, -1) {
+		if got, err := strconv.ParseInt(string(m[1]), 10, 64); err == nil && got >= from {
+			return nil
+		}
+	}
+	return fmt.Errorf("agent has not printed %s %s %s at rv=%s or later yet", event, kind, nsName, rv)
 }
 
 // TestFullLoop runs the product as `make dev` does, with real binaries: a pod
@@ -112,7 +135,7 @@ func TestFullLoop(t *testing.T) {
 		{"Secret", secret.Name, secret.ResourceVersion},
 	} {
 		eventually(t, time.Minute, "the agent to receive "+want.kind+" "+want.name, func() error {
-			return agentSaw(agent, "ADDED", want.kind, ns+"/"+want.name, want.rv)
+			return agentSawAtLeast(agent, "ADDED", want.kind, ns+"/"+want.name, want.rv)
 		}, agent, in.server)
 	}
 	eventually(t, time.Minute, "the agent's Running status to reach the apiserver", func() error {
