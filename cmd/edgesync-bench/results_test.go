@@ -43,12 +43,12 @@ func TestTableHasARowForEveryScenario(t *testing.T) {
 		}
 		t.Errorf("scenario %d: no row with met %q and measured containing %q: %+v", n, met, measuredHas, byID[n])
 	}
-	check(1, "yes", "50.0 KiB/session")
+	check(1, "not measured at this scale (met at 2000 of 10000); RSS projected to 10,000 sessions: 498 MiB", "50.0 KiB/session")
 	check(3, "not run", "boom")
 	check(4, "not run", "not selected")
 	check(6, "no", "CPU 30.0 %") // 30 % of a core misses the 20 % goal
 	check(2, "not run", "no devcluster")
-	check(5, "yes", "resynced 4.0 s after restart")
+	check(5, "not measured at this scale (met at 2000 of 10000)", "resynced 4.0 s after restart")
 	check(9, "not run", "no devcluster")
 	check(10, "not run", "no devcluster")
 	for i := 1; i < len(rows); i++ {
@@ -73,7 +73,7 @@ func TestIdleRowsShowTheRawBaselineAndKeepTheGoalVerdicts(t *testing.T) {
 			// The goals are absolute: a server as cheap as grpc-go itself
 			// still misses 5 %.
 			densityMet: "no (memory: yes, idle CPU: no)",
-			heartsMet:  "yes",
+			heartsMet:  "not measured at this scale (met at 2000 of 10000)",
 		},
 		{
 			name:       "failed",
@@ -81,14 +81,14 @@ func TestIdleRowsShowTheRawBaselineAndKeepTheGoalVerdicts(t *testing.T) {
 			density:    "idle CPU 18.9 % (raw grpc-go baseline failed: connect: boom)",
 			heartbeats: "server CPU 18.9 % (raw grpc-go baseline failed: connect: boom);",
 			densityMet: "no (memory: yes, idle CPU: no)",
-			heartsMet:  "yes",
+			heartsMet:  "not measured at this scale (met at 2000 of 10000)",
 		},
 		{
 			name:       "not run",
 			density:    "idle CPU 18.9 %",
 			heartbeats: "server CPU 18.9 %;",
 			densityMet: "no (memory: yes, idle CPU: no)",
-			heartsMet:  "yes",
+			heartsMet:  "not measured at this scale (met at 2000 of 10000)",
 		},
 	}
 	for _, tt := range tests {
