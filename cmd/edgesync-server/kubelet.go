@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -108,28 +105,9 @@ func (k *kubeletEndpoint) run(ctx context.Context, kube *rest.Config, serverID s
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, TLSConfig: k.tlsCfg, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: zap.NewStdLog(k.log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeTLS(k.lis, "", "") }()
 	k.log.Info("serving the kubelet API of edge nodes", zap.Stringer("address", k.lis.Addr()),
 		zap.String("advertised", net.JoinHostPort(k.endpoint.Address, strconv.Itoa(int(k.endpoint.Port)))))
-	select {
-	case err := <-done:
-		return fmt.Errorf("kubelet API: %w", err)
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	// Upgraded connections (exec, port-forward) are hijacked: Shutdown
-	// does not wait for them; ending the sessions ends their tunnels.
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		srv.Close()
-	}
-	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return serveHTTPS(ctx, "kubelet API", k.lis, h, k.tlsCfg, k.log)
 }
 
 // advertise is the IP written into edge Nodes: AdvertiseAddress, else the

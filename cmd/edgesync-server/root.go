@@ -359,7 +359,8 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger, lis, httpLis net.Li
 	}
 	if routerLis != nil {
 		g.Go(func() error {
-			return serveRouter(gctx, routerLis, ctrls.Router().Handler(), routerServing, log.Named("router"))
+			log.Info("serving the router's REST port", zap.Stringer("address", routerLis.Addr()))
+			return serveHTTPS(gctx, "router REST port", routerLis, ctrls.Router().Handler(), routerServing, log.Named("router"))
 		})
 	}
 	start := time.Now()

@@ -143,16 +143,18 @@ func routerTLS(cfg Config) (serving, peers *tls.Config, err error) {
 	return serving, peers, nil
 }
 
-// serveRouter serves h on lis over TLS until ctx ends.
-func serveRouter(ctx context.Context, lis net.Listener, h http.Handler, tlsCfg *tls.Config, log *zap.Logger) error {
+// serveHTTPS serves h on lis over TLS until ctx ends, then shuts down
+// within 5 s. what names the port in errors. Upgraded connections (the
+// kubelet API's exec and port-forward) are hijacked: Shutdown does not wait
+// for them; ending the sessions ends their tunnels.
+func serveHTTPS(ctx context.Context, what string, lis net.Listener, h http.Handler, tlsCfg *tls.Config, log *zap.Logger) error {
 	srv := &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: zap.NewStdLog(log.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(lis, "", "") }()
-	log.Info("serving the router's REST port", zap.Stringer("address", lis.Addr()))
 	select {
 	case err := <-done:
-		return fmt.Errorf("router REST port: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	case <-ctx.Done():
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

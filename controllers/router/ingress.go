@@ -153,6 +153,23 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// failQueueing answers a message the node's buffer did not take (err not
+// nil) and reports whether it did; offlineHint follows the error of a node
+// that is offline.
+func failQueueing(err error, offlineHint string, fail func(int, string, ...any)) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrOffline):
+		fail(http.StatusServiceUnavailable, "%v%s", err, offlineHint)
+	case errors.Is(err, ErrBufferFull):
+		fail(http.StatusServiceUnavailable, "%v; try again later", err)
+	default:
+		fail(http.StatusInternalServerError, "%v", err)
+	}
+	return true
+}
+
 type answer struct {
 	ID     string `json:"id"`
 	Status string `json:"status"`
@@ -160,15 +177,7 @@ type answer struct {
 
 func (r *Router) serveEventBus(w http.ResponseWriter, req *http.Request, rl *rule, node, topic string, body []byte, fail func(int, string, ...any)) {
 	m, err := r.deliver(rl, node, topic, body)
-	switch {
-	case errors.Is(err, ErrOffline):
-		fail(http.StatusServiceUnavailable, "%v; messages wait only for nodes that were connected, and are sent when they reconnect", err)
-		return
-	case errors.Is(err, ErrBufferFull):
-		fail(http.StatusServiceUnavailable, "%v; try again later", err)
-		return
-	case err != nil:
-		fail(http.StatusInternalServerError, "%v", err)
+	if failQueueing(err, "; messages wait only for nodes that were connected, and are sent when they reconnect", fail) {
 		return
 	}
 	id := m.d.GetId()
@@ -209,15 +218,7 @@ func (r *Router) serveServiceBus(w http.ResponseWriter, req *http.Request, rl *r
 		}
 	}
 	m, err := r.request(rl, node, d)
-	switch {
-	case errors.Is(err, ErrOffline):
-		fail(http.StatusServiceUnavailable, "%v", err)
-		return
-	case errors.Is(err, ErrBufferFull):
-		fail(http.StatusServiceUnavailable, "%v; try again later", err)
-		return
-	case err != nil:
-		fail(http.StatusInternalServerError, "%v", err)
+	if failQueueing(err, "", fail) {
 		return
 	}
 	id := m.d.GetId()
