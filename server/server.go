@@ -81,6 +81,25 @@ const (
 	readBufferSize = 8 << 10
 )
 
+// EdgeTransportOptions are the gRPC transport settings of edge
+// connections, for the server and for baselines measured against it.
+//
+// Edges send small reports: a static receive window keeps gRPC from
+// answering every message with a window update and a bandwidth-probing
+// ping (two extra frames, and syscalls, per heartbeat), and a small read
+// buffer keeps 24 KiB per connection off the heap. The write buffer is
+// taken from a shared pool while a connection writes and returned when it
+// flushes: an idle session holds none (gRPC's default keeps 32 KiB per
+// connection for its lifetime).
+func EdgeTransportOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.StaticStreamWindowSize(receiveWindow),
+		grpc.StaticConnWindowSize(receiveWindow),
+		grpc.ReadBufferSize(readBufferSize),
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
 // Server serves edge sessions. Create it with New, hand it to the
 // controllers as their feed.Publisher, then call Serve once.
 type Server struct {
@@ -140,18 +159,10 @@ func New(opts Options) (*Server, error) {
 		logging.WithLevels(codeToLevel),
 	}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(s.recovered)}
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(EdgeTransportOptions(),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ForceServerCodecV2(frame.NewCodec()),
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
-		// Edges send small reports: a static receive window keeps gRPC
-		// from answering every message with a window update and a
-		// bandwidth-probing ping (two extra frames, and syscalls, per
-		// heartbeat), and a small read buffer keeps 24 KiB per
-		// connection off the heap.
-		grpc.StaticStreamWindowSize(receiveWindow),
-		grpc.StaticConnWindowSize(receiveWindow),
-		grpc.ReadBufferSize(readBufferSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: opts.Keepalive.Time, Timeout: opts.Keepalive.Timeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: opts.Keepalive.MinTime, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(
@@ -168,7 +179,7 @@ func New(opts Options) (*Server, error) {
 			auth.StreamServerInterceptor(authenticated),
 			recovery.StreamServerInterceptor(recoverOpts...),
 		),
-	)
+	)...)
 	edgesyncv1.RegisterSyncServiceServer(s.grpc, &syncService{srv: s})
 	edgesyncv1.RegisterAdminServiceServer(s.grpc, &adminService{srv: s})
 	if opts.Bootstrap != nil {
@@ -361,6 +372,7 @@ func (s *Server) Publish(node string, obj *feed.Object) {
 	s.mu.RUnlock()
 	if sess != nil {
 		sess.queue.Push(obj)
+		sess.signal()
 	}
 }
 

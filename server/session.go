@@ -41,20 +41,30 @@ func (*syncService) AuthFuncOverride(ctx context.Context, _ string) (context.Con
 	return authorizeNode(ctx)
 }
 
-// Sync runs one edge session. Three goroutines serve it: this handler,
-// which performs the handshake and initial sync and then waits for the
-// session to end; recvLoop, the only caller of Recv; and sendLoop, which
-// sends everything the session queues. Send calls are serialized by
-// sendMu: recvLoop also sends answers given while it hands a report over
-// (a heartbeat whose Lease is fresh), saving a goroutine hand-off per
-// report. The session ends through s.end (first cause wins), which
-// cancels s.ctx; the handler then returns the cause as the stream's status,
-// which ends the stream and unblocks the other two.
+// Sync runs one edge session. Besides gRPC's own goroutines of the
+// connection, these serve it: this handler, which performs the handshake
+// and initial sync and then waits for the session to end; recvLoop, the
+// only caller of Recv; and, while there is something to send, sendLoop,
+// started on demand by signal and gone once the session has nothing left
+// to send (the window full, or the queue and control messages empty), so
+// that an idle session holds no sending goroutine and its stack. Send
+// calls are serialized by sendMu: recvLoop also sends answers given while
+// it hands a report over (a heartbeat whose Lease is fresh), saving a
+// goroutine per report. The session ends through s.end (first cause wins),
+// which cancels s.ctx; the handler then returns the cause as the stream's
+// status, which ends the stream and unblocks the others (a Send blocked on
+// flow control returns once the stream ended, which is why the handler
+// does not send itself).
 func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequest, edgesyncv1.SyncResponse]) (err error) {
 	srv := svc.srv
 	s := newSession(srv, stream)
 	defer s.cancel(nil)
 	defer func() { srv.metrics.ended.WithLabelValues(status.Code(err).String()).Inc() }()
+	// The handler holds the server's WaitGroup while senders may start,
+	// so that they are counted there too (see signal).
+	srv.wg.Add(1)
+	defer srv.wg.Done()
+	defer s.closeSenders()
 
 	srv.wg.Add(1)
 	go s.recvLoop()
@@ -96,8 +106,6 @@ func (svc *syncService) Sync(stream grpc.BidiStreamingServer[edgesyncv1.SyncRequ
 		MaxMessageBytes:     uint32(srv.opts.MaxMessageBytes),
 		MaxReportsPerSecond: uint32(srv.opts.ReportsPerSecond),
 	}}})
-	srv.wg.Add(1)
-	go s.sendLoop()
 
 	srv.adopt(s.node, hello)
 	// Registered above, so every Publish from now on reaches the queue;
@@ -156,7 +164,9 @@ type session struct {
 	limiter   *rate.Limiter
 	hello     chan *edgesyncv1.Hello // capacity 1; recvLoop sends the Hello
 	started   chan struct{}          // closed by the handler once the initial objects are queued
-	wake      chan struct{}          // capacity 1: a control message or an ack arrived
+	// sending is set while a sendLoop goroutine runs; pending is set by
+	// signal and cleared by sendLoop before it looks at what to send.
+	sending, pending atomic.Bool
 
 	sendMu sync.Mutex // held around SendMsg calls
 	// lastReceived is when the edge last sent anything (unix nanoseconds).
@@ -164,6 +174,7 @@ type session struct {
 
 	mu             sync.Mutex // guards the fields below
 	answering      bool       // a goroutine is in report (recvLoop, or the claim releasing held reports): it sends answers itself
+	sendersClosed  bool       // the handler returned: signal starts no sender
 	agentVersion   string
 	control        []*edgesyncv1.SyncResponse
 	inflight       []sentObject // object events sent and not acknowledged, by sequence
@@ -206,7 +217,6 @@ func newSession(srv *Server, stream grpc.ServerStream) *session {
 		limiter:   rate.NewLimiter(rate.Limit(srv.opts.ReportsPerSecond), srv.opts.ReportBurst),
 		hello:     make(chan *edgesyncv1.Hello, 1),
 		started:   make(chan struct{}),
-		wake:      make(chan struct{}, 1),
 	}
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		s.peer = p.Addr.String()
@@ -218,11 +228,31 @@ func newSession(srv *Server, stream grpc.ServerStream) *session {
 // end ends the session with err as its status; the first cause wins.
 func (s *session) end(err error) { s.cancel(err) }
 
+// signal says there may be something to send: a message was queued, a
+// control message waits, or an acknowledgement opened the window. It starts
+// sendLoop unless one runs; a running one looks again before it stops.
 func (s *session) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	s.pending.Store(true)
+	if !s.sending.CompareAndSwap(false, true) {
+		return
 	}
+	s.mu.Lock()
+	if s.sendersClosed {
+		s.mu.Unlock()
+		s.sending.Store(false)
+		return
+	}
+	s.srv.wg.Add(1) // the handler's count keeps it above zero here
+	s.mu.Unlock()
+	go s.sendLoop()
+}
+
+// closeSenders stops signal from starting senders once the handler
+// returns; a running one ends with the stream.
+func (s *session) closeSenders() {
+	s.mu.Lock()
+	s.sendersClosed = true
+	s.mu.Unlock()
 }
 
 // errEdgeClosed ends a session whose edge closed its side of the stream.
@@ -531,24 +561,32 @@ func (s *session) queueDifference() (int, error) {
 			queued++
 		}
 	}
+	if queued > 0 {
+		s.signal()
+	}
 	return queued, nil
 }
 
+// sendLoop sends whatever the session has to send, as the window allows,
+// and returns when nothing is left (signal starts it again), when the
+// session ends, or when a send fails (which ends the session).
 func (s *session) sendLoop() {
 	defer s.srv.wg.Done()
 	for {
+		s.pending.Store(false)
 		s.sendMu.Lock()
 		err := s.sendAll(s.next)
 		s.sendMu.Unlock()
 		if err != nil {
 			s.end(err)
+			s.sending.Store(false)
 			return
 		}
-		select {
-		case <-s.ctx.Done():
+		s.sending.Store(false)
+		// A signal after the last look at the queue set pending: send
+		// again, unless that signal started a sender of its own.
+		if s.ctx.Err() != nil || !s.pending.Load() || !s.sending.CompareAndSwap(false, true) {
 			return
-		case <-s.queue.Ready():
-		case <-s.wake:
 		}
 	}
 }

@@ -83,6 +83,8 @@ type densityResult struct {
 	ServerSessions     float64     `json:"server_sessions_gauge"`
 	IdleCPUPercent     float64     `json:"idle_cpu_percent_of_one_core"`
 	BenchRSSBytes      int64       `json:"simulator_rss_bytes"`
+	// LimitedBy says why fewer sessions ran than the scale asked for.
+	LimitedBy string `json:"sessions_limited_by,omitempty"`
 	Ramp               []rampPoint `json:"ramp"`
 
 	// The raw grpc-go baseline of the idle window (rawstream's heartbeat
@@ -247,6 +249,30 @@ func yesNo(ok bool) string {
 // edges) for a figure measured at n: below the goal's scale a figure that
 // meets it never earns "yes", it says at which scale it was met; one that
 // misses it is a miss at any scale.
+// The goals of the performance issue (26), each at the scale it names.
+// A figure measured below that scale never earns "yes" (atScale).
+const (
+	goalDensitySessions  = 100000 // sessions on one replica
+	goalRSSPerSessionKiB = 48     // RSS per session
+	goalIdleCPURatio     = 1.1    // idle CPU against raw grpc-go's
+	goalFanoutNodes      = 10000  // nodes of one ConfigMap
+	goalFanoutP99Ms      = 250
+	goalFanoutSmallNodes = 1000 // the fan-out goal for 1,000 nodes
+	goalFanoutSmallP99Ms = 100
+	goalObjectMajor      = 0.8   // throughput object by object, × raw
+	goalNodeMajor        = 1.0   // throughput node by node, × raw
+	goalEncodeRecipients = 10000 // the largest recipient count of encode once
+	goalHeartbeatNodes   = 10000
+	goalHeartbeatCPU     = 15 // % of a core, via apiserver
+	goalFailoverEdges    = 10000
+	goalFailoverResync   = 10 // s
+	goalFailoverOwned    = 20 // s
+	// encodeRise is how much a cost per message may exceed the one at
+	// fewer recipients before it counts as rising: the run-to-run spread
+	// measured at 100 and 1,000 recipients (±2 µs on 5–8 µs).
+	encodeRise = 1.25
+)
+
 func atScale(ok bool, n, goalScale int) string {
 	switch {
 	case n >= goalScale:
@@ -279,89 +305,93 @@ func (r *results) table() []row {
 		return ""
 	}
 
-	name, goal := "1 density", "10,000 sessions; RSS ≤ 1 GiB (≤ 100 KiB/session); idle CPU ≤ 5 % of a core (heartbeats every 10 s)"
+	name, goal := "1 density", "100,000 sessions on one replica, heartbeats every 10 s: RSS ≤ 48 KiB/session; idle CPU ≤ 1.1× raw grpc-go carrying the same heartbeats on the same machine"
 	if d := r.Density; !missing(1, name, goal) && d.Done {
 		perKiB := d.RSSPerSessionBytes / kib
-		projected := float64(d.BaseRSSBytes) + 10000*d.RSSPerSessionBytes
-		ok := perKiB <= 100 && d.IdleCPUPercent <= 5 && (d.Sessions >= 10000 && d.RSSBytes <= 1<<30 || d.Sessions < 10000 && projected <= 1<<30)
-		memOK := perKiB <= 100 && (d.Sessions >= 10000 && d.RSSBytes <= 1<<30 || d.Sessions < 10000 && projected <= 1<<30)
-		met := atScale(ok, d.Sessions, 10000)
-		switch {
-		case !ok:
-			met = fmt.Sprintf("no (memory: %s, idle CPU: %s)", yesNo(memOK), yesNo(d.IdleCPUPercent <= 5))
-		case d.Sessions < 10000:
-			met += fmt.Sprintf("; RSS projected to 10,000 sessions: %.0f MiB (base + 10,000 × per session)", projected/mib)
+		memOK := perKiB <= goalRSSPerSessionKiB
+		cpuOK := d.RawIdleDone && d.IdleCPURatioToRaw > 0 && d.IdleCPURatioToRaw <= goalIdleCPURatio
+		met := atScale(memOK && cpuOK, d.Sessions, goalDensitySessions)
+		if !memOK || !cpuOK {
+			cpu := yesNo(cpuOK)
+			if !d.RawIdleDone {
+				cpu = "no raw baseline"
+			}
+			met = fmt.Sprintf("no (memory: %s, idle CPU: %s)", yesNo(memOK), cpu)
+			if d.Sessions < goalDensitySessions {
+				met += fmt.Sprintf(" (at %d of %d)", d.Sessions, goalDensitySessions)
+			}
 		}
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s",
-			d.Sessions, scaleNote(d.Sessions, 10000), float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote()), met})
+		if d.Sessions < goalDensitySessions {
+			projected := float64(d.BaseRSSBytes) + goalDensitySessions*d.RSSPerSessionBytes
+			met += fmt.Sprintf("; RSS projected to %d sessions: %.0f MiB (base + sessions × per session)", goalDensitySessions, projected/mib)
+		}
+		limited := ""
+		if d.LimitedBy != "" {
+			limited = " (" + d.LimitedBy + ")"
+		}
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s; the simulator's own RSS %.0f MiB (%.1f KiB/edge)",
+			d.Sessions, scaleNote(d.Sessions, goalDensitySessions), limited, float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote(),
+			float64(d.BenchRSSBytes)/mib, float64(d.BenchRSSBytes)/kib/float64(max(d.Sessions, 1))), met})
 	}
 
-	name, goal = "2 fan-out latency, server only", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"
+	name, goal = "2 fan-out latency, server only", fanoutGoal
 	if f := r.Fanout; !missing(2, name, goal) && f.Done {
 		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes × %d updates, from publish (no apiserver): p50 %.1f ms, p99 %.1f ms, max %.1f ms",
-			f.Nodes, f.Updates, f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs), yesNo(f.Latency.P99Ms <= 250) + " (without apiserver/informer)"})
+			f.Nodes, f.Updates, f.Latency.P50Ms, f.Latency.P99Ms, f.Latency.MaxMs), fanoutVerdict(f.Nodes, f.Latency.P99Ms) + " (without apiserver/informer)"})
 	}
 
 	rows = append(rows, r.kubeRow(2)...)
 
-	name, goal = "3 throughput vs raw", "1,000 sessions: delivered+acked msg/s ≥ 0.5 × raw grpc-go bidi"
+	name, goal = "3 throughput vs raw", "1,000 sessions: delivered+acked msg/s ≥ 0.8× raw grpc-go object by object, ≥ 1.0× node by node"
 	if t := r.Throughput; !missing(3, name, goal) && t.Done {
 		runs := ""
 		if len(t.EdgesyncRuns) > 1 {
-			runs = fmt.Sprintf(" (median of %d bursts each; object-major bursts %s/s, raw %s/s)", len(t.EdgesyncRuns), rates(t.EdgesyncRuns), rates(t.RawRuns))
+			runs = fmt.Sprintf(" (median of %d bursts each; object-major bursts %s/s, node-major %s/s, raw %s/s)", len(t.EdgesyncRuns), rates(t.EdgesyncRuns), rates(t.NodeMajorRuns), rates(t.RawRuns))
 		}
 		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions × %d msgs of ~%d B, raw %.0f/s; edgesync published object by object to all nodes %.0f/s = %.2f×; node by node %.0f/s = %.2f×%s",
 			t.Sessions, t.MessagesPerSession, t.SizeBytes, t.RawPerSecond, t.EdgesyncPerSecond, t.Ratio, t.NodeMajorPerSecond, t.NodeMajorRatio, runs),
-			fmt.Sprintf("%s (object-major), %s (node-major)", yesNo(t.Ratio >= 0.5), yesNo(t.NodeMajorRatio >= 0.5))})
+			fmt.Sprintf("%s (object-major), %s (node-major)", atScale(t.Ratio >= goalObjectMajor, t.Sessions, 1000), atScale(t.NodeMajorRatio >= goalNodeMajor, t.Sessions, 1000))})
 	}
 
-	name, goal = "4 encode once", "server CPU per delivered message flat at 1/10/100/1,000 recipients"
+	name, goal = "4 encode once", "server CPU per delivered message never rises with the recipient count (1 → 10 → 100 → 1,000 → 10,000)"
 	if e := r.Encode; !missing(4, name, goal) && e.Done {
 		var parts []string
-		belowFirst, neverRises := true, true
+		neverRises := true
 		for i, p := range e.Points {
 			parts = append(parts, fmt.Sprintf("%d: %.1f µs", p.Recipients, p.MicrosPerMsg))
-			if p.MicrosPerMsg > 1.25*e.Points[0].MicrosPerMsg {
-				belowFirst = false
-			}
-			if i > 0 && p.MicrosPerMsg > 1.25*e.Points[i-1].MicrosPerMsg {
+			if i > 0 && p.MicrosPerMsg > encodeRise*e.Points[i-1].MicrosPerMsg {
 				neverRises = false
 			}
 		}
-		met := "no (above 1.25× the 1-recipient cost)"
-		switch {
-		case belowFirst && neverRises:
-			met = "yes"
-		case belowFirst:
-			met = "partly: never above the 1-recipient cost, but rises between two recipient counts"
-		}
-		rows = append(rows, row{name, goal, "CPU/msg by recipients " + strings.Join(parts, ", "), met})
+		most := e.Points[len(e.Points)-1].Recipients
+		rows = append(rows, row{name, goal, fmt.Sprintf("CPU/msg by recipients %s (a point counts as rising when it is more than %.0f %% above the one before: the run-to-run spread)",
+			strings.Join(parts, ", "), 100*(encodeRise-1)), atScale(neverRises, most, goalEncodeRecipients)})
 	}
 
-	name, goal = "5 reconnect storm, server only", "10,000 edges, server killed+restarted: all resynced ≤ 30 s; 0 LIST/GET; 0 objects re-sent that an edge held"
+	name, goal = "5 reconnect storm, server only", stormGoal
 	if s := r.Storm; !missing(5, name, goal) && s.Done {
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d edges%s holding %d objects: all resynced %.1f s after restart (%.1f s after kill); %d objects re-sent, %d already held; LIST/GET not measured (in-memory controllers)",
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d edges%s holding %d objects: all resynced %.1f s after restart (%.1f s after kill; in-memory controllers: no informer cache to sync); %d objects re-sent, %d already held; LIST/GET not measured",
 			s.Edges, scaleNote(s.Edges, 10000), s.HeldObjects, s.ResyncSeconds, s.FromKillSeconds, s.ObjectsResent, s.Redundant),
 			atScale(s.ResyncSeconds <= 30 && s.Redundant == 0, s.Edges, 10000) + " (LIST/GET not measured)"})
 	}
 
 	rows = append(rows, r.kubeRow(5)...)
 
-	name, goal = "6 heartbeats, server only", "10,000 nodes every 10 s: ≤ 1 Lease write/node/10 s; no NodeStatus writes unless changed; CPU ≤ 20 % of a core"
+	name, goal = "6 heartbeats, server only", "no goal of its own (the goal is via apiserver, below; the server's idle CPU against raw grpc-go is row 1's)"
 	if h := r.Heartbeats; !missing(6, name, goal) && h.Done {
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: server CPU %.1f %%%s; %.2f heartbeats/node/10 s and %d other reports reached the controllers; Lease/NodeStatus writes not measured (in-memory controllers)",
-			h.Nodes, scaleNote(h.Nodes, 10000), h.WindowSeconds, h.CPUPercent, r.Density.rawIdleNote(), h.PerNodePer10s, h.OtherReports),
-			atScale(h.CPUPercent <= 20 && h.PerNodePer10s <= 1.05 && h.OtherReports == 0, h.Nodes, 10000) + " (server side only)"})
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d nodes over %.0f s: server CPU %.1f %%%s; %.2f heartbeats/node/10 s and %d other reports reached the controllers; Lease/NodeStatus writes not measured (in-memory controllers)",
+			h.Nodes, h.WindowSeconds, h.CPUPercent, r.Density.rawIdleNote(), h.PerNodePer10s, h.OtherReports), "n/a"})
 	}
 	rows = append(rows, r.kubeRow(6)...)
 	rows = append(rows, r.kubeRow(7)...)
 	rows = append(rows, r.kubeRow(9)...)
 
-	name, goal = "8 failover, via apiserver", "10,000 edges over 3 replicas, one killed: all resynced ≤ 15 s; 0 LIST/GET; 0 duplicate owners"
+	name, goal = "8 failover, via apiserver", "10,000 edges over 3 replicas, one killed: all resynced ≤ 10 s, every node owned ≤ 20 s, 0 node Leases lapsed, 0 LIST/GET, 0 duplicate owners"
 	if r.KubeSkipped != "" && r.Skipped[8] == "" && r.Failed[8] == "" {
 		rows = append(rows, row{name, goal, r.KubeSkipped, "not run"})
 	} else if f := r.Failover; !missing(8, name, goal) && f.Done {
-		rows = append(rows, row{name, goal, f.measured(), yesNo(f.ResyncedSeconds <= 15 && f.EdgesyncListGet == 0 && f.DuplicateOwners == 0 && f.Edges >= 10000)})
+		ok := f.ResyncedSeconds <= goalFailoverResync && f.OwnershipSeconds <= goalFailoverOwned && f.NodeLeasesLapsed == 0 && f.EdgesyncListGet == 0 && f.DuplicateOwners == 0
+		rows = append(rows, row{name, goal, f.measured(), atScale(ok, f.Edges, goalFailoverEdges)})
 	}
 
 	name, goal = "10 router rest → eventbus, via apiserver", "1,000 messages/s spread over 100 nodes: p99 ≤ 50 ms from the POST to the MQTT subscriber; server CPU per message"
@@ -396,12 +426,42 @@ func scenarioNumber(r row) int {
 
 // kubeRow is the row of scenario id measured through the real controllers
 // and apiserver, or why it is missing.
+// fanoutGoal and stormGoal are the goals of scenarios 2 and 5, server only
+// and via apiserver alike.
+const (
+	fanoutGoal = "1 ConfigMap on 10,000 nodes updated 20×: p99 ≤ 250 ms from the write (1,000 nodes: ≤ 100 ms)"
+	stormGoal  = "10,000 edges, server killed+restarted: all resynced ≤ 30 s; 0 LIST/GET; 0 objects re-sent that an edge held"
+)
+
+// fanoutVerdict judges a fan-out's p99 against the goal for the nodes it
+// reached: 10,000 nodes ≤ 250 ms; 1,000 nodes ≤ 100 ms, which alone
+// never meets the goal set for 10,000.
+func fanoutVerdict(nodes int, p99Ms float64) string {
+	switch {
+	case nodes >= goalFanoutNodes:
+		return yesNo(p99Ms <= goalFanoutP99Ms)
+	case nodes >= goalFanoutSmallNodes && p99Ms <= goalFanoutSmallP99Ms:
+		return fmt.Sprintf("met for %d nodes (≤ %d ms); %d nodes not measured at this scale", nodes, goalFanoutSmallP99Ms, goalFanoutNodes)
+	case nodes >= goalFanoutSmallNodes:
+		return fmt.Sprintf("no (%d nodes: p99 above %d ms)", nodes, goalFanoutSmallP99Ms)
+	}
+	return fmt.Sprintf("not measured at this scale (%d of %d nodes)", nodes, goalFanoutSmallNodes)
+}
+
+// leaseWritesPerInterval is the Lease writes per node per renew interval.
+func (k kubeResult) leaseWritesPerInterval() float64 {
+	if k.Nodes == 0 || k.WindowSeconds == 0 || k.LeaseRenew == 0 {
+		return 0
+	}
+	return k.LeaseWrites / float64(k.Nodes) / (k.WindowSeconds / k.LeaseRenew)
+}
+
 func (r *results) kubeRow(id int) []row {
 	k := r.Kube
 	goals := map[int][2]string{
-		2: {"2 fan-out latency, via apiserver", "1 ConfigMap on 1,000 nodes updated 20×: p99 ≤ 250 ms from the write"},
-		5: {"5 reconnect storm, via apiserver", "10,000 edges, server killed+restarted: all resynced ≤ 30 s; 0 LIST/GET; 0 objects re-sent that an edge held"},
-		6: {"6 heartbeats, via apiserver", "10,000 nodes every 10 s: ≤ 1 Lease write/node/10 s; no NodeStatus writes unless changed; CPU ≤ 20 % of a core"},
+		2: {"2 fan-out latency, via apiserver", fanoutGoal},
+		5: {"5 reconnect storm, via apiserver", stormGoal},
+		6: {"6 heartbeats, via apiserver", "10,000 nodes with the product's default settings: server CPU ≤ 15 % of a core, ≤ 1 Lease write/node/renewal interval, no Lease lapses"},
 		7: {"7 services to the edge, via apiserver", "1 Service, 1,000 endpoints on 1,000 nodes in 10 zones, endpoints churn: 10 encodings per slice change; p99 ≤ 250 ms"},
 		9: {"9 subscribed custom resource, via apiserver", "1,000 nodes subscribed to one 1 KiB custom object updated 20×: p99 ≤ 150 ms from the write; cloud CPU per update beside a ConfigMap's"},
 	}
@@ -416,8 +476,8 @@ func (r *results) kubeRow(id int) []row {
 		return nil
 	}
 	scaleNote := ""
-	if k.Nodes < 10000 && id != 2 {
-		scaleNote = fmt.Sprintf(" (reduced: %d of 10000)", k.Nodes)
+	if k.Nodes < goalHeartbeatNodes && id != 2 {
+		scaleNote = fmt.Sprintf(" (reduced: %d of %d)", k.Nodes, goalHeartbeatNodes)
 	}
 	switch id {
 	case 2:
@@ -425,7 +485,7 @@ func (r *results) kubeRow(id int) []row {
 			return nil
 		}
 		return []row{{name, goal, fmt.Sprintf("%d nodes × %d updates, ConfigMap PATCH → controllers → server → edge: p50 %.1f ms, p99 %.1f ms, max %.1f ms",
-			k.FanoutNodes, k.Updates, k.Latency.P50Ms, k.Latency.P99Ms, k.Latency.MaxMs), yesNo(k.Latency.P99Ms <= 250 && k.FanoutNodes >= 1000)}}
+			k.FanoutNodes, k.Updates, k.Latency.P50Ms, k.Latency.P99Ms, k.Latency.MaxMs), fanoutVerdict(k.FanoutNodes, k.Latency.P99Ms)}}
 	case 5:
 		if !k.StormDone {
 			return nil
@@ -450,7 +510,7 @@ func (r *results) kubeRow(id int) []row {
 		if len(cluster) > 0 {
 			others = "; every client of the apiserver, the controller-manager included: " + strings.Join(cluster, ", ")
 		}
-		return []row{{name, goal, fmt.Sprintf("%d edges%s: all resynced %.1f s after restart (%.1f s after kill); %.0f LIST/GET by edgesync during resync%s%s; %d objects sent, %d of them already held",
+		return []row{{name, goal, fmt.Sprintf("%d edges%s: all resynced %.1f s after restart (%.1f s after kill; the new process serves once its informers' caches synced, and that time is included); %.0f LIST/GET by edgesync during resync%s%s; %d objects sent, %d of them already held",
 			k.Nodes, scaleNote, k.ResyncSeconds, k.FromKillSeconds, lg, detail, others, k.ObjectsResent, k.Redundant), atScale(k.ResyncSeconds <= 30 && lg == 0 && k.Redundant == 0, k.Nodes, 10000)}}
 	case 6:
 		if !k.HeartbeatsDone {
@@ -470,9 +530,9 @@ func (r *results) kubeRow(id int) []row {
 			fresh = k.LeaseIntervalsOver30s == 0
 			freshness = fmt.Sprintf("; %.0f heartbeats answered without a write; renewal interval mean %.1f s, %.0f of %.0f renewals more than 30 s after the previous", k.HeartbeatsNoWrite, k.LeaseIntervalMean, k.LeaseIntervalsOver30s, k.LeaseRenewals)
 		}
-		return []row{{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: %.2f Lease writes/node/10 s (%.0f writes for %d heartbeats answered; each Lease renewed %s on average, duration 40 s%s), %.0f NodeStatus writes, server CPU %.1f %% (controllers QPS %.0f, Lease QPS %.0f, renew interval %.0f s; devcluster CPU %.0f %%)",
-			k.Nodes, scaleNote, k.WindowSeconds, k.LeaseWritesPerNode, k.LeaseWrites, k.HeartbeatsSent, renew, freshness, k.NodeStatusWrites, k.CPUPercent, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew, k.APIServerCPUPercent),
-			atScale(k.LeaseWritesPerNode <= 1.05 && fresh && k.NodeStatusWrites == 0 && k.CPUPercent <= 20, k.Nodes, 10000)}}
+		return []row{{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: %.2f Lease writes/node/renewal interval, %.2f/node/10 s (%.0f writes for %d heartbeats answered; each Lease renewed %s on average, duration 40 s%s), %.0f NodeStatus writes, server CPU %.1f %% (controllers QPS %.0f, Lease QPS %.0f, renew interval %.0f s; devcluster CPU %.0f %%)",
+			k.Nodes, scaleNote, k.WindowSeconds, k.leaseWritesPerInterval(), k.LeaseWritesPerNode, k.LeaseWrites, k.HeartbeatsSent, renew, freshness, k.NodeStatusWrites, k.CPUPercent, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew, k.APIServerCPUPercent),
+			atScale(k.leaseWritesPerInterval() <= 1.05 && fresh && k.NodeStatusWrites == 0 && k.CPUPercent <= goalHeartbeatCPU, k.Nodes, goalHeartbeatNodes)}}
 	case 9:
 		v := k.Subscriptions
 		if !v.Done {

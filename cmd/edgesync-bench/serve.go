@@ -70,7 +70,7 @@ func serveMain(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := netx.RaiseFileLimit(); err != nil {
+	if _, err := netx.RaiseFileLimit(0); err != nil {
 		return err
 	}
 	lis, err := net.Listen("tcp", *addr)
@@ -110,8 +110,7 @@ func serveRaw(ctx context.Context, lis net.Listener, certDir string) error {
 		return err
 	}
 	// The same transport settings as server.New gives edge connections.
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), rawstream.ServerOption(),
-		grpc.StaticStreamWindowSize(64<<10), grpc.StaticConnWindowSize(64<<10), grpc.ReadBufferSize(8<<10))
+	srv := grpc.NewServer(append(server.EdgeTransportOptions(), grpc.Creds(credentials.NewTLS(tlsCfg)), rawstream.ServerOption())...)
 	rawstream.Register(srv)
 	// The raw server's /metrics has only the Go runtime's figures.
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")

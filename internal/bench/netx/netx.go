@@ -9,16 +9,33 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 )
 
-// RaiseFileLimit raises the soft RLIMIT_NOFILE to the hard limit and returns
-// the new soft limit.
-func RaiseFileLimit() (uint64, error) {
+// RaiseFileLimit raises the soft RLIMIT_NOFILE to at least want and
+// returns the new soft limit. Up to the hard limit any process may; above it
+// the hard limit is raised too, which needs CAP_SYS_RESOURCE (root) and
+// stops at the kernel's fs.nr_open. Without the privilege the soft limit
+// stops at the hard one and the caller compares the result with what it
+// needs. Child processes inherit the limits, so a benchmark that raises
+// them raises its server's too.
+func RaiseFileLimit(want uint64) (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, fmt.Errorf("get open-file limit: %w", err)
+	}
+	if want > lim.Max {
+		if nrOpen, err := kernelFileLimit(); err == nil {
+			want = min(want, nrOpen)
+		}
+		raised := syscall.Rlimit{Cur: want, Max: want}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err == nil {
+			return want, nil
+		}
 	}
 	if lim.Cur < lim.Max {
 		lim.Cur = lim.Max
@@ -27,6 +44,15 @@ func RaiseFileLimit() (uint64, error) {
 		}
 	}
 	return lim.Cur, nil
+}
+
+// kernelFileLimit is fs.nr_open, the most open files a process may have.
+func kernelFileLimit() (uint64, error) {
+	b, err := os.ReadFile("/proc/sys/fs/nr_open")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 }
 
 // connsPerSource is how many connections one source address carries before
