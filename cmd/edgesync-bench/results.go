@@ -71,21 +71,21 @@ type rampPoint struct {
 }
 
 type densityResult struct {
-	Done               bool        `json:"done"`
-	Sessions           int         `json:"sessions"`
-	ConnectSeconds     float64     `json:"connect_seconds"`
-	BaseRSSBytes       int64       `json:"base_rss_bytes"`
-	RSSBytes           int64       `json:"rss_bytes"`
-	RSSPerSessionBytes float64     `json:"rss_per_session_bytes"`
-	HeapBytes          float64     `json:"heap_inuse_bytes"`
-	StackBytes         float64     `json:"stack_inuse_bytes"`
-	Goroutines         float64     `json:"goroutines"`
-	ServerSessions     float64     `json:"server_sessions_gauge"`
-	IdleCPUPercent     float64     `json:"idle_cpu_percent_of_one_core"`
-	BenchRSSBytes      int64       `json:"simulator_rss_bytes"`
+	Done               bool    `json:"done"`
+	Sessions           int     `json:"sessions"`
+	ConnectSeconds     float64 `json:"connect_seconds"`
+	BaseRSSBytes       int64   `json:"base_rss_bytes"`
+	RSSBytes           int64   `json:"rss_bytes"`
+	RSSPerSessionBytes float64 `json:"rss_per_session_bytes"`
+	HeapBytes          float64 `json:"heap_inuse_bytes"`
+	StackBytes         float64 `json:"stack_inuse_bytes"`
+	Goroutines         float64 `json:"goroutines"`
+	ServerSessions     float64 `json:"server_sessions_gauge"`
+	IdleCPUPercent     float64 `json:"idle_cpu_percent_of_one_core"`
+	BenchRSSBytes      int64   `json:"simulator_rss_bytes"`
 	// LimitedBy says why fewer sessions ran than the scale asked for.
-	LimitedBy string `json:"sessions_limited_by,omitempty"`
-	Ramp               []rampPoint `json:"ramp"`
+	LimitedBy string      `json:"sessions_limited_by,omitempty"`
+	Ramp      []rampPoint `json:"ramp"`
 
 	// The raw grpc-go baseline of the idle window (rawstream's heartbeat
 	// mode): as many connections, heartbeating on the same interval with
