@@ -83,6 +83,8 @@ type densityResult struct {
 	ServerSessions     float64 `json:"server_sessions_gauge"`
 	IdleCPUPercent     float64 `json:"idle_cpu_percent_of_one_core"`
 	BenchRSSBytes      int64   `json:"simulator_rss_bytes"`
+	// BenchIdleCPUPercent is the simulator's own CPU over the idle window.
+	BenchIdleCPUPercent float64 `json:"simulator_idle_cpu_percent_of_one_core"`
 	// LimitedBy says why fewer sessions ran than the scale asked for.
 	LimitedBy string      `json:"sessions_limited_by,omitempty"`
 	Ramp      []rampPoint `json:"ramp"`
@@ -329,9 +331,9 @@ func (r *results) table() []row {
 		if d.LimitedBy != "" {
 			limited = " (" + d.LimitedBy + ")"
 		}
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s; the simulator's own RSS %.0f MiB (%.1f KiB/edge)",
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s; the simulator's own RSS %.0f MiB (%.1f KiB/edge), CPU %.1f %% in the idle window",
 			d.Sessions, scaleNote(d.Sessions, goalDensitySessions), limited, float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote(),
-			float64(d.BenchRSSBytes)/mib, float64(d.BenchRSSBytes)/kib/float64(max(d.Sessions, 1))), met})
+			float64(d.BenchRSSBytes)/mib, float64(d.BenchRSSBytes)/kib/float64(max(d.Sessions, 1)), d.BenchIdleCPUPercent), met})
 	}
 
 	name, goal = "2 fan-out latency, server only", fanoutGoal

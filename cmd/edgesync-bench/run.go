@@ -495,6 +495,7 @@ func (b *bench) edgesyncDensityStormHeartbeats(ctx context.Context, run map[int]
 		return err
 	}
 	cpu0, _ := srv.proc()
+	self0 := selfCPU()
 	profDone := make(chan error, 1)
 	go func() {
 		profDone <- srv.profile(ctx, "profile", int(b.sc.IdleWindow.Seconds()), filepath.Join(b.out, "idle-cpu.pprof"))
@@ -512,6 +513,7 @@ func (b *bench) edgesyncDensityStormHeartbeats(ctx context.Context, run map[int]
 		fmt.Fprintf(os.Stderr, "idle CPU profile: %v\n", err)
 	}
 	d.IdleCPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / b.sc.IdleWindow.Seconds()
+	d.BenchIdleCPUPercent = 100 * (selfCPU() - self0) / b.sc.IdleWindow.Seconds()
 	h := &b.result.Heartbeats
 	h.Nodes = n
 	h.WindowSeconds = b.sc.IdleWindow.Seconds()
