@@ -158,6 +158,10 @@ func (b *bench) idleRaw(ctx context.Context, n int) error {
 		return err
 	}
 	defer srv.stop()
+	base, err := srv.proc()
+	if err != nil {
+		return err
+	}
 	conns, err := b.dialRaw(srv.ready.GRPC, n)
 	if err != nil {
 		return err
@@ -211,6 +215,9 @@ func (b *bench) idleRaw(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
+	// Memory as edgesync's is measured: after the settle, less the RSS
+	// before the first connection.
+	d.RawRSSPerSessionBytes = float64(cpu0.RSSBytes-base.RSSBytes) / float64(n)
 	answered0 := counters.Answered.Load()
 	if err := hold(ctx, b.sc.IdleWindow); err != nil {
 		return err

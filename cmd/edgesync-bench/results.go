@@ -100,7 +100,10 @@ type densityResult struct {
 	RawHeartbeatBytes          int     `json:"raw_heartbeat_bytes"`
 	RawAnswerBytes             int     `json:"raw_answer_bytes"`
 	RawConnectSeconds          float64 `json:"raw_connect_seconds"`
-	RawIdleError               string  `json:"raw_idle_error,omitempty"`
+	// RawRSSPerSessionBytes is the raw server's RSS per connection, after
+	// the settle, measured as edgesync's.
+	RawRSSPerSessionBytes float64 `json:"raw_rss_per_session_bytes"`
+	RawIdleError          string  `json:"raw_idle_error,omitempty"`
 }
 
 // rawIdleNote is what the raw grpc-go baseline adds to the idle CPU figure.
@@ -331,8 +334,12 @@ func (r *results) table() []row {
 		if d.LimitedBy != "" {
 			limited = " (" + d.LimitedBy + ")"
 		}
-		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s%s: RSS %.0f MiB, %.1f KiB/session (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s; the simulator's own RSS %.0f MiB (%.1f KiB/edge), CPU %.1f %% in the idle window",
-			d.Sessions, scaleNote(d.Sessions, goalDensitySessions), limited, float64(d.RSSBytes)/mib, perKiB, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote(),
+		rawRSS := ""
+		if d.RawRSSPerSessionBytes > 0 {
+			rawRSS = fmt.Sprintf(" (raw grpc-go holding the same heartbeating connections: %.1f KiB/session)", d.RawRSSPerSessionBytes/kib)
+		}
+		rows = append(rows, row{name, goal, fmt.Sprintf("%d sessions%s%s: RSS %.0f MiB, %.1f KiB/session%s (heap %.0f MiB, stacks %.0f MiB), %.0f goroutines, idle CPU %.1f %%%s; the simulator's own RSS %.0f MiB (%.1f KiB/edge), CPU %.1f %% in the idle window",
+			d.Sessions, scaleNote(d.Sessions, goalDensitySessions), limited, float64(d.RSSBytes)/mib, perKiB, rawRSS, d.HeapBytes/mib, d.StackBytes/mib, d.Goroutines, d.IdleCPUPercent, d.rawIdleNote(),
 			float64(d.BenchRSSBytes)/mib, float64(d.BenchRSSBytes)/kib/float64(max(d.Sessions, 1)), d.BenchIdleCPUPercent), met})
 	}
 
