@@ -20,8 +20,10 @@
 //
 // Keeping is bounded, so that a node whose edge is gone for good is still
 // seen NotReady: a node is kept only while its Node is an edge node whose
-// Ready condition is True in the cache (a node the cloud already sees as
-// not ready is never revived), and for at most Grace after its owner went
+// Ready condition in the cache is not False or Unknown (a node the cloud
+// already sees as not ready is never revived; one that never reported a
+// status, which the node lifecycle controller marks Unknown after its
+// grace period, may be), and for at most Grace after its owner went
 // silent (Orphan.Since; the node Lease's duration by default). An edge that
 // died with its replica therefore goes NotReady at most Grace later than
 // it would have; any live edge reconnects and is claimed well within it
@@ -57,7 +59,7 @@ type Config struct {
 	// Orphans lists the nodes this replica keeps (ownership.Manager.Orphans).
 	Orphans func() []ownership.Orphan
 	// Nodes lists Nodes from a cache: a kept node must be an edge node
-	// (EdgeLabel) whose Ready condition is True.
+	// (EdgeLabel) not seen as not ready (Ready False or Unknown).
 	Nodes     corelisters.NodeLister
 	EdgeLabel string
 	// LeaseClient writes the node Leases.
@@ -261,7 +263,8 @@ func (k *Keeper) stop(node string, st *kept, why string) {
 	k.log.Debug("no longer keeping a node Lease", zap.String("node", node), zap.String("reason", why))
 }
 
-// ready tells whether node is an edge node whose Ready condition is True.
+// ready tells whether node is an edge node the cloud does not see as not
+// ready: its Ready condition is True, or it has none yet.
 func (k *Keeper) ready(node string) bool {
 	n, err := k.cfg.Nodes.Get(node)
 	if err != nil {
@@ -275,7 +278,7 @@ func (k *Keeper) ready(node string) bool {
 			return c.Status == corev1.ConditionTrue
 		}
 	}
-	return false
+	return true
 }
 
 // renew patches the renewTime of node's Lease, on condition that it is
