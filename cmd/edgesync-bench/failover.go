@@ -98,7 +98,7 @@ type failoverResult struct {
 	StreamErrors int64 `json:"stream_errors"`
 	// StreamErrorsBefore counts streams that ended before the kill, while
 	// the edges connected and held (a replica that could not renew its
-	// replica Lease in time ends all its sessions).
+	// replica Lease within its hold limit ends all its sessions).
 	StreamErrorsBefore int64  `json:"stream_errors_before_kill"`
 	LastStreamError    string `json:"last_stream_error,omitempty"`
 }
