@@ -39,7 +39,7 @@ const (
 
 // patches records the node Lease renewals each keeper made.
 type patches struct {
-	mu  sync.Mutex // guards by
+	mu  sync.Mutex             // guards by
 	by  map[string][]string    // node -> replicas, one per successful patch
 	at  map[string][]time.Time // node -> when each was sent
 	all int
