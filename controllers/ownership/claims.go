@@ -116,6 +116,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 			switch {
 			case holder == m.cfg.Replica && wanted == "":
 				m.claim(node, rec)
+				m.confirmIfLate(node)
 				return nil
 			case holder == m.cfg.Replica, holder == "", !m.alive(holder):
 				// Ours with a stale request, released, or its holder died.

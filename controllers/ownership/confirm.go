@@ -81,6 +81,22 @@ func (m *Manager) confirmNext(ctx context.Context) bool {
 	return true
 }
 
+// confirmIfLate holds node, claimed from a record that already named this
+// replica (nothing written), until the record is confirmed when the last
+// late renewal was less than a LeaseDuration ago: a replica whose cache
+// missed that renewal may still take the record.
+func (m *Manager) confirmIfLate(node string) {
+	m.mu.Lock()
+	late := !m.lateAt.IsZero() && m.cfg.Now().Sub(m.lateAt) < m.cfg.LeaseDuration
+	if late {
+		m.unconfirmed[node] = struct{}{}
+	}
+	m.mu.Unlock()
+	if late {
+		m.confirm.Add(node)
+	}
+}
+
 // lose forgets node, whose record another replica may have taken, and
 // ends its session here.
 func (m *Manager) lose(node, holder string) {

@@ -76,6 +76,9 @@
 //     handover does) without releasing anything: a holding replica never
 //     writes a node another replica took. This costs one write per held
 //     node, only after a hold longer than LeaseDuration - RenewInterval.
+//     For a LeaseDuration after such a renewal, a node claimed from a
+//     record that already names this replica (its edge reconnected) is
+//     confirmed the same way before its writes begin.
 //
 // A hold that lasts HoldLimit (twice LeaseDuration by default: the Lease
 // has then surely expired) ends every session and forgets the nodes, so
@@ -234,6 +237,7 @@ type Manager struct {
 	mu          sync.Mutex // guards the fields below
 	renewedAt   time.Time  // start of the last successful replica Lease write
 	holding     bool       // the last check found the replica Lease too old to write
+	lateAt      time.Time  // when the last late renewal completed (confirm.go)
 	claimed     map[string]int64
 	unconfirmed map[string]struct{}      // claimed nodes held until their record is confirmed (confirm.go)
 	changed     chan struct{}            // closed and replaced when a held write may go on or must stop

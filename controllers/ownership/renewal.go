@@ -78,6 +78,7 @@ func (m *Manager) renew(ctx context.Context) error {
 	// confirmed (confirm.go). An earlier one releases them all now.
 	var confirm []string
 	if !prev.IsZero() && end.Sub(prev) >= m.cfg.LeaseDuration-m.cfg.RenewInterval {
+		m.lateAt = end
 		for node := range m.claimed {
 			if _, ok := m.unconfirmed[node]; !ok {
 				m.unconfirmed[node] = struct{}{}
