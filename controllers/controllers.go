@@ -52,6 +52,7 @@ import (
 	"github.com/edgesync/edgesync/controllers/dynamicsync"
 	"github.com/edgesync/edgesync/controllers/eventsync"
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
+	"github.com/edgesync/edgesync/controllers/leasekeeper"
 	"github.com/edgesync/edgesync/controllers/nodestatus"
 	"github.com/edgesync/edgesync/controllers/nodesync"
 	"github.com/edgesync/edgesync/controllers/ownership"
@@ -225,6 +226,9 @@ type Controllers struct {
 	events *eventsync.Controller
 	// owners decides which replica owns each node; nil with one replica.
 	owners *ownership.Manager
+	// keeper renews the node Leases of silent replicas' nodes; nil with
+	// one replica.
+	keeper *leasekeeper.Keeper
 	// dynamic serves the resources edges subscribe to; nil when off.
 	dynamic *dynamicsync.Controller
 	// router routes KubeEdge Rules' messages; nil when off.
@@ -406,6 +410,17 @@ func New(cfg Config) (*Controllers, error) {
 		if c.owners, err = ownership.New(ownership.Config{
 			Client: client, ReplicaClient: replicaClient, Namespace: o.Namespace, Replica: o.Replica, Address: o.Address, RouterAddress: o.RouterAddress,
 			LeaseDuration: o.LeaseDuration, Logger: cfg.Logger.Named("ownership"),
+		}); err != nil {
+			return nil, fmt.Errorf("controllers: %w", err)
+		}
+		leaseClient := cfg.LeaseClient
+		if leaseClient == nil {
+			leaseClient = cfg.Client
+		}
+		if c.keeper, err = leasekeeper.New(leasekeeper.Config{
+			Orphans: c.owners.Orphans, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
+			LeaseClient: leaseClient, LeaseDuration: cfg.LeaseDuration, RenewInterval: cfg.LeaseRenewInterval,
+			FieldManager: cfg.FieldManager, Registerer: cfg.Registerer, Logger: cfg.Logger.Named("leasekeeper"),
 		}); err != nil {
 			return nil, fmt.Errorf("controllers: %w", err)
 		}
@@ -593,6 +608,13 @@ func (c *Controllers) Run(ctx context.Context, pub feed.Publisher) error {
 	errs := make(chan error, 9) // at least one slot per controller below
 	if c.owners != nil {
 		wg.Go(func() { c.owners.Run(ctx, c) })
+		wg.Go(func() {
+			select {
+			case <-c.synced: // the Nodes' cache answers whether a node is Ready
+				c.keeper.Run(ctx)
+			case <-ctx.Done():
+			}
+		})
 	}
 	wg.Go(func() { c.nodes.Run(ctx, c.cfg.Workers) })
 	wg.Go(func() { c.autonomy.Run(ctx, c.cfg.Workers) })
@@ -692,7 +714,10 @@ func (c *Controllers) HandleReport(node string, req *edgesyncv1.SyncRequest, ans
 		answer(reportqueue.Result(req.GetRequestId(), feed.NewError(feed.ErrUnavailable, "the server's caches are still loading; send the report again shortly")))
 		return
 	}
-	if c.owners != nil && !c.owners.Owns(node) {
+	// A node this replica serves but whose writes it holds (its replica
+	// Lease is late) has its reports queued: they are written once the
+	// hold ends, or refused if another replica took the node meanwhile.
+	if c.owners != nil && !c.owners.Serves(node) {
 		answer(reportqueue.Result(req.GetRequestId(), feed.Errorf(feed.ErrUnavailable,
 			"server %s no longer serves node %q (another replica took it over); connect again", c.cfg.Ownership.Replica, node)))
 		return
@@ -779,8 +804,8 @@ func (c *Controllers) Claim(ctx context.Context, node string) error {
 
 // beginWrite admits a write for node while this replica owns it
 // (reportqueue.Guard; set only with ownership on).
-func (c *Controllers) beginWrite(node string) (func(), error) {
-	return c.owners.BeginWrite(node)
+func (c *Controllers) beginWrite(ctx context.Context, node string) (func(), error) {
+	return c.owners.BeginWrite(ctx, node)
 }
 
 // Owner returns the replica owning node: the one holding its session and

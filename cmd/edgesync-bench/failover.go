@@ -80,15 +80,25 @@ type failoverResult struct {
 
 	// NodeLeasesLapsed counts nodes whose Lease (kube-node-lease) expired
 	// during the window before it was renewed.
-	NodeLeasesLapsed int   `json:"node_leases_lapsed"`
-	ObjectsResent    int64 `json:"objects_sent_during_resync"`
-	Redundant        int64 `json:"redundant_objects"`
+	NodeLeasesLapsed int `json:"node_leases_lapsed"`
+	// NodeLeasesLapsedLater counts the same from the kill until one node
+	// Lease duration after the window, when every node's new owner has
+	// had a heartbeat to renew it: a Lease that expires just after the
+	// window lapses all the same.
+	NodeLeasesLapsedLater int     `json:"node_leases_lapsed_by_window_plus_lease_duration"`
+	LapseWatchSeconds     float64 `json:"lapse_watch_seconds"`
+	// KeptLeaseRenewals counts the node Lease renewals the survivors made
+	// as keepers of the dead replica's nodes (edgesync_lease_kept_total,
+	// result ok) until then.
+	KeptLeaseRenewals float64 `json:"kept_lease_renewals"`
+	ObjectsResent     int64   `json:"objects_sent_during_resync"`
+	Redundant         int64   `json:"redundant_objects"`
 	// StreamErrors counts edge streams that ended in the window (each
 	// killed edge's first is one); LastStreamError is the last one's.
 	StreamErrors int64 `json:"stream_errors"`
 	// StreamErrorsBefore counts streams that ended before the kill, while
 	// the edges connected and held (a replica that could not renew its
-	// replica Lease in time ends all its sessions).
+	// replica Lease within its hold limit ends all its sessions).
 	StreamErrorsBefore int64  `json:"stream_errors_before_kill"`
 	LastStreamError    string `json:"last_stream_error,omitempty"`
 }
@@ -310,6 +320,21 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 		}
 	}
 	f.NodeLeasesLapsed = leases.lapsed(killed, end)
+	// A Lease that expires just after the window lapses all the same:
+	// watch one node Lease duration more.
+	b.prog.say("failover: watching node Leases for %s more", leases.longest())
+	if err := hold(ctx, leases.longest()); err != nil {
+		return err
+	}
+	later := time.Now()
+	f.NodeLeasesLapsedLater, f.LapseWatchSeconds = leases.lapsed(killed, later), later.Sub(killed).Seconds()
+	s2, err := scrapeAll(ctx, survivors)
+	if err != nil {
+		return err
+	}
+	for i := range survivors {
+		f.KeptLeaseRenewals += requestsBy(s2[i], "edgesync_lease_kept_total", "result")["ok"]
+	}
 	if err := history.Err(); err != nil {
 		return fmt.Errorf("the ownership history is incomplete, so duplicate owners cannot be counted: %w", err)
 	}
@@ -321,8 +346,8 @@ func (b *bench) failover(ctx context.Context, _ map[int]bool) error {
 	c := history.Counts()
 	f.Transitions, f.Takeovers, f.Handovers = c.Transitions, c.Takeovers, c.Handovers
 	f.Done = true
-	b.prog.say("failover: %d edges of %s reconnected in %.1fs, all resynced in %.1fs, ownership settled in %.1fs; %.0f LIST/GET by edgesync, %d duplicate owners, %d node Leases lapsed",
-		f.KilledEdges, f.Killed, f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds, f.EdgesyncListGet, f.DuplicateOwners, f.NodeLeasesLapsed)
+	b.prog.say("failover: %d edges of %s reconnected in %.1fs, all resynced in %.1fs, ownership settled in %.1fs; %.0f LIST/GET by edgesync, %d duplicate owners, %d node Leases lapsed (%d within %.0fs of the kill), %.0f renewed by keepers",
+		f.KilledEdges, f.Killed, f.ReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds, f.EdgesyncListGet, f.DuplicateOwners, f.NodeLeasesLapsed, f.NodeLeasesLapsedLater, f.LapseWatchSeconds, f.KeptLeaseRenewals)
 	return nil
 }
 
@@ -515,6 +540,21 @@ func (l *nodeLeases) lapsed(from, to time.Time) int {
 		}
 	}
 	return len(nodes)
+}
+
+// longest is the longest node Lease duration seen; 40s (the product's
+// default) when none was.
+func (l *nodeLeases) longest() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := time.Duration(0)
+	for _, term := range l.last {
+		d = max(d, term.duration)
+	}
+	if d == 0 {
+		d = 40 * time.Second
+	}
+	return d
 }
 
 // Stop ends the watch and waits for it.

@@ -593,11 +593,11 @@ func (f failoverResult) measured() string {
 	return fmt.Sprintf("%d edges%s over %d replicas (their first writes, every node's Lease and every pod's token, done %.0f s after all synced), %s killed with its %d edges (ownership Lease %s, QPS %s): "+
 		"all reconnected %.1f s after the kill (first %.1f s; a stream a survivor dropped again counts from its last), all resynced (SyncComplete and the ConfigMap written after the kill) %.1f s, every node owned by a survivor %.1f s; "+
 		"%.0f LIST/GET by edgesync in the %.0f s window (edgesync's requests: %s; every client's, the controller-manager and the benchmark's watches included: %s); "+
-		"%d duplicate owners (%d ownership transitions: %d takeovers from the dead replica, %d handovers); %d node Leases lapsed; %d objects sent, %d of them already held; %d edge streams ended (%d before the kill)",
+		"%d duplicate owners (%d ownership transitions: %d takeovers from the dead replica, %d handovers); %d node Leases lapsed (%d by %.0f s after the kill, one node Lease duration past the window; %.0f renewals by survivors keeping the dead replica's nodes); %d objects sent, %d of them already held; %d edge streams ended (%d before the kill)",
 		f.Edges, note, f.Replicas, f.SteadySeconds, f.Killed, f.KilledEdges, f.OwnershipLease, f.OwnershipQPS,
 		f.ReconnectedSeconds, f.FirstReconnectedSeconds, f.ResyncedSeconds, f.OwnershipSeconds,
 		f.EdgesyncListGet, f.WindowSeconds, list(f.EdgesyncRequests), list(f.APIServerRequests),
-		f.DuplicateOwners, f.Transitions, f.Takeovers, f.Handovers, f.NodeLeasesLapsed, f.ObjectsResent, f.Redundant, f.StreamErrors, f.StreamErrorsBefore)
+		f.DuplicateOwners, f.Transitions, f.Takeovers, f.Handovers, f.NodeLeasesLapsed, f.NodeLeasesLapsedLater, f.LapseWatchSeconds, f.KeptLeaseRenewals, f.ObjectsResent, f.Redundant, f.StreamErrors, f.StreamErrorsBefore)
 }
 
 // measured is the router row's figures.

@@ -20,14 +20,30 @@ import (
 // status) while this replica owns it, and returns the function to call
 // once the write is done: a node asked for by another replica is handed
 // over only after the writes under way for it finished, so that no write
-// of the old owner lands after the new owner's. A node this replica does
-// not own (any more) gets UNAVAILABLE.
-func (m *Manager) BeginWrite(node string) (done func(), err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.claimed[node]; !ok || !m.selfValidLocked() {
-		return nil, feed.Errorf(feed.ErrUnavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
+// of the old owner lands after the new owner's. While this replica holds
+// its nodes' writes (its replica Lease is late, or the node awaits its
+// confirmation after a late renewal) BeginWrite waits, until the hold
+// ends or ctx does. A node this replica does not own (any more) gets
+// UNAVAILABLE, as does a write whose ctx ended while held.
+func (m *Manager) BeginWrite(ctx context.Context, node string) (done func(), err error) {
+	for {
+		m.mu.Lock()
+		if _, ok := m.claimed[node]; !ok {
+			m.mu.Unlock()
+			return nil, feed.Errorf(feed.ErrUnavailable, "server %s no longer serves node %q (another replica took it over); connect again", m.cfg.Replica, node)
+		}
+		if _, held := m.unconfirmed[node]; !held && m.selfValidLocked() {
+			break
+		}
+		wake := m.changed
+		m.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, feed.Errorf(feed.ErrUnavailable, "server %s holds the reports of node %q until it renews its ownership with the Kubernetes API server: %v", m.cfg.Replica, node, ctx.Err())
+		}
 	}
+	defer m.mu.Unlock()
 	w := m.writing[node]
 	if w == nil {
 		w = &writes{idle: make(chan struct{})}
@@ -100,6 +116,7 @@ func (m *Manager) Claim(ctx context.Context, node string) error {
 			switch {
 			case holder == m.cfg.Replica && wanted == "":
 				m.claim(node, rec)
+				m.confirmIfLate(node)
 				return nil
 			case holder == m.cfg.Replica, holder == "", !m.alive(holder):
 				// Ours with a stale request, released, or its holder died.

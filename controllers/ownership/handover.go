@@ -41,7 +41,7 @@ func (m *Manager) handOverNext(ctx context.Context) bool {
 		m.handover.Forget(name)
 		return true
 	}
-	delete(m.claimed, node)
+	m.forgetLocked(node)
 	m.mu.Unlock()
 	m.sessions.EndSession(node, feed.Errorf(feed.ErrAborted, "node %q connected to server %q; this stream is replaced", node, wanted))
 	// No write for the node begins from now on; the new owner's must not
@@ -108,7 +108,7 @@ func (m *Manager) forgetNext(ctx context.Context) bool {
 		return true // the holder deletes it
 	}
 	m.mu.Lock()
-	delete(m.claimed, node)
+	m.forgetLocked(node)
 	m.mu.Unlock()
 	wctx, cancel := context.WithTimeout(ctx, m.cfg.RenewInterval)
 	defer cancel()

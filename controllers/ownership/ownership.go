@@ -36,11 +36,73 @@
 //     its session ended, so two replicas never own a node at once.
 //
 // A replica whose record changes to another holder ends its session of the
-// node (feed.SessionEnder) at once; one that cannot renew its replica Lease
-// for LeaseDuration less one RenewInterval ends all its sessions and refuses
-// claims until it renews, before any other replica may take its nodes over.
-// On a clean stop the replica deletes its replica Lease, so its nodes move
-// without waiting for it to expire.
+// node (feed.SessionEnder) at once. On a clean stop the replica deletes its
+// replica Lease, so its nodes move without waiting for it to expire.
+//
+// # A replica that cannot renew: hold, then confirm or let go
+//
+// A replica whose renewal keeps failing (an API server slow or briefly
+// unreachable) keeps its sessions, so downstream keeps flowing, but from
+// LeaseDuration/2 after its last successful renewal it holds its nodes'
+// reports: BeginWrite waits instead of admitting a write (the reports wait,
+// latest per object, in the controllers' queues) and Claim refuses. That
+// instant is chosen to line up with what the others do: they see its Lease
+// as missed (unresponsive) from LeaseDuration/2 plus unresponsiveSlack
+// after its renewTime, which is when a claim starts waiting for the Lease
+// to expire and when keepers (below) may start renewing its nodes' Leases;
+// the slack covers clocks that differ, so the holder has stopped writing
+// before anyone else starts. Others take its nodes only once the Lease has
+// expired (LeaseDuration after renewTime), later still.
+//
+// When a renewal succeeds again, the held writes are released for every
+// node no other replica can have taken:
+//
+//   - a renewal that completed less than LeaseDuration - RenewInterval
+//     after the previous one never let the Lease come within a
+//     RenewInterval of expiring, the same margin the replica has always
+//     kept between its last write and the earliest takeover: no record can
+//     have been taken by expiry, and a live holder's record moves only by
+//     a handover this replica makes itself. Every node is released at
+//     once, with no API request.
+//   - a later renewal may have let the Lease expire for others, who may
+//     have taken nodes (or be about to, from a cache that has not seen the
+//     renewal). Each held node then stays held until a conditional update
+//     of its record (its version in this replica's cache, renewTime bumped)
+//     succeeds: success proves nobody changed the record since, and any
+//     replica whose cache holds the new version also holds the renewal
+//     that preceded it (one watch, in resourceVersion order), so it sees
+//     this replica alive and can only ask for a handover. A conflict, or a
+//     record that names another holder, ends the node's session (as a
+//     handover does) without releasing anything: a holding replica never
+//     writes a node another replica took. This costs one write per held
+//     node, only after a hold longer than LeaseDuration - RenewInterval.
+//     For a LeaseDuration after such a renewal, a node claimed from a
+//     record that already names this replica (its edge reconnected) is
+//     confirmed the same way before its writes begin.
+//
+// A hold that lasts HoldLimit (twice LeaseDuration by default: the Lease
+// has then surely expired) ends every session and forgets the nodes, so
+// that the edges of a replica cut off from the API server reconnect to one
+// that is not; their claims are then free (the Lease has expired).
+//
+// # Keeping a silent replica's node Leases
+//
+// A replica that died (or is holding) renews no node Lease, and its edges
+// are claimed by the others only as they reconnect and its Lease expires:
+// with thousands of nodes that can outlast a node Lease, and the node
+// lifecycle controller would mark live nodes NotReady. So a replica that
+// sees another miss its renewal (unresponsive, or its Lease expired or
+// deleted) keeps some of that replica's nodes (Orphans): the nodes whose
+// records still name the silent replica are spread over the replicas still
+// renewing by rendezvous hashing of the node name, so every replica with
+// the same cache picks the same keeper without talking to the others, and
+// a keeper's death moves only its share. The keeper (package
+// controllers/leasekeeper) renews their node Leases; it owns nothing (Owner
+// and Owners never name a keeper), writes nothing but a Lease's renewTime,
+// and stops for a node as soon as its record names a live replica again
+// (the edge reconnected and was claimed, or the holder renewed). Orphan
+// reports since when (Since): the instant the holder went silent, the same
+// for every replica, from which the keeper bounds how long it keeps a node.
 //
 // The cost in API requests: one Lease update per replica per RenewInterval
 // (three replicas at the default 3s: 1 write/s for any number of
@@ -120,8 +182,8 @@ type Config struct {
 	Client kubernetes.Interface
 	// ReplicaClient writes this replica's own Lease; Client when nil. Give
 	// it a budget apart from Client's, so that a burst of claims never
-	// delays a renewal (a replica whose renewal is late ends all its
-	// sessions).
+	// delays a renewal (a replica whose renewal is late holds its nodes'
+	// reports).
 	ReplicaClient kubernetes.Interface
 	// Namespace holds the records: the server's own namespace.
 	Namespace string
@@ -149,6 +211,11 @@ type Config struct {
 	// until the Lease expires, and HandoverTimeout beyond), and each write.
 	// DefaultHandoverTimeout when zero.
 	HandoverTimeout time.Duration
+	// HoldLimit is how long after its last successful renewal a replica
+	// that cannot renew keeps its sessions (holding their reports) before
+	// it ends them all; twice LeaseDuration when zero. It must be more
+	// than LeaseDuration/2.
+	HoldLimit time.Duration
 	// Now tells the time; time.Now when nil.
 	Now    func() time.Time
 	Logger *zap.Logger
@@ -164,13 +231,19 @@ type Manager struct {
 	leases   coordinationlisters.LeaseNamespaceLister
 	handover *handlers.Queue[string] // node records to give away; shut down by Run
 	gone     *handlers.Queue[string] // nodes whose Node was deleted; shut down by Run
+	confirm  *handlers.Queue[string] // held nodes to confirm after a late renewal; shut down by Run
 	ready    chan struct{}           // closed once the replica Lease is held and the cache synced
 
-	mu        sync.Mutex // guards the fields below
-	renewedAt time.Time  // start of the last successful replica Lease write
-	claimed   map[string]int64
-	waiters   map[string]chan struct{} // per record name, closed on its next event
-	writing   map[string]*writes       // writes under way, per node (BeginWrite)
+	mu          sync.Mutex // guards the fields below
+	renewedAt   time.Time  // start of the last successful replica Lease write
+	holding     bool       // the last check found the replica Lease too old to write
+	lateAt      time.Time  // when the last late renewal completed (confirm.go)
+	claimed     map[string]int64
+	unconfirmed map[string]struct{}      // claimed nodes held until their record is confirmed (confirm.go)
+	changed     chan struct{}            // closed and replaced when a held write may go on or must stop
+	waiters     map[string]chan struct{} // per record name, closed on its next event
+	writing     map[string]*writes       // writes under way, per node (BeginWrite)
+	silent      map[string]time.Time     // replicas whose Lease was deleted or never seen, since when (Orphans)
 }
 
 // writes counts the writes under way for one node; idle is closed when the
@@ -201,6 +274,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.HandoverTimeout <= 0 {
 		cfg.HandoverTimeout = DefaultHandoverTimeout
 	}
+	if cfg.HoldLimit <= 0 {
+		cfg.HoldLimit = 2 * cfg.LeaseDuration
+	}
+	if cfg.HoldLimit <= cfg.LeaseDuration/2 {
+		return nil, fmt.Errorf("ownership: hold limit %s must be more than half the lease duration %s", cfg.HoldLimit, cfg.LeaseDuration)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -210,7 +289,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	inf := coordinationinformers.NewFilteredLeaseInformer(cfg.Client, cfg.Namespace, 0, cache.Indexers{},
+	inf := coordinationinformers.NewFilteredLeaseInformer(cfg.Client, cfg.Namespace, 0, cache.Indexers{holderIndex: indexByHolder},
 		func(o *metav1.ListOptions) { o.LabelSelector = LabelKind })
 	m := &Manager{
 		cfg:      cfg,
@@ -219,10 +298,15 @@ func New(cfg Config) (*Manager, error) {
 		leases:   coordinationlisters.NewLeaseLister(inf.GetIndexer()).Leases(cfg.Namespace),
 		handover: handlers.NewQueue[string]("ownership", nil),
 		gone:     handlers.NewQueue[string]("ownership-gone", nil),
+		confirm:  handlers.NewQueue[string]("ownership-confirm", nil),
 		ready:    make(chan struct{}),
 		claimed:  make(map[string]int64),
 		waiters:  make(map[string]chan struct{}),
 		writing:  make(map[string]*writes),
+
+		unconfirmed: make(map[string]struct{}),
+		changed:     make(chan struct{}),
+		silent:      make(map[string]time.Time),
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { m.observe(obj, false) },
@@ -264,6 +348,7 @@ func (m *Manager) Run(ctx context.Context, sessions feed.SessionEnder) {
 	m.sessions = sessions // before anything that ends sessions starts
 	defer m.handover.ShutDown()
 	defer m.gone.ShutDown()
+	defer m.confirm.ShutDown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { m.informer.Run(ctx.Done()) })
@@ -275,15 +360,21 @@ func (m *Manager) Run(ctx context.Context, sessions feed.SessionEnder) {
 		for m.forgetNext(ctx) {
 		}
 	})
-	wg.Go(func() { <-ctx.Done(); m.handover.ShutDown(); m.gone.ShutDown() })
+	for range confirmWorkers {
+		wg.Go(func() {
+			for m.confirmNext(ctx) {
+			}
+		})
+	}
+	wg.Go(func() { <-ctx.Done(); m.handover.ShutDown(); m.gone.ShutDown(); m.confirm.ShutDown() })
 
 	if !cache.WaitForCacheSync(ctx.Done(), m.informer.HasSynced) {
 		return
 	}
 	// Renewed every RenewInterval; a failed renewal (an API server slow
 	// under load) is tried again after a third of that, so that a replica
-	// does not end all its sessions (checkOwnLease) over one or two slow
-	// writes.
+	// does not hold its nodes' reports (checkOwnLease) over one or two
+	// slow writes.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -353,12 +444,23 @@ func (m *Manager) RouterAddress(replica string) (string, bool) {
 }
 
 // Owns reports whether this replica owns node now: it claimed the node,
-// has not lost it, and its replica Lease is valid.
+// has not lost it, its replica Lease is valid and the node is not held.
 func (m *Manager) Owns(node string) bool {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	_, ok := m.claimed[node]
-	m.mu.Unlock()
-	return ok && m.selfValid()
+	_, held := m.unconfirmed[node]
+	return ok && !held && m.selfValidLocked()
+}
+
+// Serves reports whether this replica serves node: it claimed the node and
+// has not lost it, though its writes may be held (BeginWrite waits).
+// Reports of a node it serves are queued, not refused.
+func (m *Manager) Serves(node string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.claimed[node]
+	return ok
 }
 
 // nextEvent returns a channel closed on the next event of the record name.
@@ -387,6 +489,10 @@ func (m *Manager) observe(obj any, deleted bool) {
 		delete(m.waiters, rec.Name)
 	}
 	m.mu.Unlock()
+	if rec.Labels[LabelKind] == KindReplica {
+		m.observeReplica(rec, deleted)
+		return
+	}
 	if rec.Labels[LabelKind] != KindNode {
 		return
 	}
@@ -400,7 +506,7 @@ func (m *Manager) observe(obj any, deleted bool) {
 	// Events older than our claim (delivered after it) say nothing new.
 	lost := ours && version(rec) > claimedAt && (holder != m.cfg.Replica || deleted)
 	if lost {
-		delete(m.claimed, node)
+		m.forgetLocked(node)
 	}
 	m.mu.Unlock()
 	switch {
@@ -418,7 +524,25 @@ func (m *Manager) observe(obj any, deleted bool) {
 	}
 }
 
-var nodeSelector = labels.SelectorFromSet(labels.Set{LabelKind: KindNode})
+var (
+	nodeSelector    = labels.SelectorFromSet(labels.Set{LabelKind: KindNode})
+	replicaSelector = labels.SelectorFromSet(labels.Set{LabelKind: KindReplica})
+)
+
+// forgetLocked drops node from what this replica serves and wakes the
+// writes held for it, which then refuse. m.mu must be held.
+func (m *Manager) forgetLocked(node string) {
+	delete(m.claimed, node)
+	delete(m.unconfirmed, node)
+	m.wakeLocked()
+}
+
+// wakeLocked wakes every BeginWrite waiting for a hold to end, to look
+// again. m.mu must be held.
+func (m *Manager) wakeLocked() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
 
 // version orders the versions of one record: etcd's resource versions are
 // increasing integers. Unknown ones order last.

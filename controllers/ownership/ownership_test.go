@@ -2,6 +2,7 @@ package ownership_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -100,6 +101,12 @@ type replica struct {
 	sessions *sessions
 	writes   *writes
 	stop     func()
+
+	// failRenewals makes every write of the replica Lease fail, as an API
+	// server that cannot be reached would; renewFailed gets a value after
+	// each failed write.
+	failRenewals atomic.Bool
+	renewFailed  chan struct{}
 }
 
 // startReplica runs a Manager for replica id in ns until stop or the end
@@ -119,10 +126,28 @@ func startReplicaWith(t *testing.T, ns, id string, settings ownership.Config) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{sessions: newSessions(), writes: w}
+	r := &replica{sessions: newSessions(), writes: w, renewFailed: make(chan struct{}, 1)}
+	rcfg := rest.CopyConfig(testcluster.RESTConfig(t))
+	rcfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripper(func(req *http.Request) (*http.Response, error) {
+			if req.Method != http.MethodGet && r.failRenewals.Load() {
+				select {
+				case r.renewFailed <- struct{}{}:
+				default:
+				}
+				return nil, errors.New("test: the API server cannot be reached")
+			}
+			return rt.RoundTrip(req)
+		})
+	})
+	replicaClient, err := kubernetes.NewForConfig(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.Manager, err = ownership.New(ownership.Config{
-		Client: client, Namespace: ns, Replica: id, Address: id + ".example:7443",
-		LeaseDuration: settings.LeaseDuration, HandoverTimeout: settings.HandoverTimeout, Logger: zaptest.NewLogger(t),
+		Client: client, ReplicaClient: replicaClient, Namespace: ns, Replica: id, Address: id + ".example:7443",
+		LeaseDuration: settings.LeaseDuration, HandoverTimeout: settings.HandoverTimeout, HoldLimit: settings.HoldLimit,
+		Logger: zaptest.NewLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +426,7 @@ func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
 	if err := a.Claim(t.Context(), node); err != nil {
 		t.Fatal(err)
 	}
-	done, err := a.BeginWrite(node)
+	done, err := a.BeginWrite(t.Context(), node)
 	if err != nil {
 		t.Fatalf("a may not write for the node it owns: %v", err)
 	}
@@ -409,7 +434,7 @@ func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
 	claimed := make(chan error, 1)
 	go func() { claimed <- b.Claim(t.Context(), node) }()
 	a.sessions.waitEnded(t, node, codes.Aborted)
-	if _, err := a.BeginWrite(node); feed.KindOf(err) != feed.ErrUnavailable {
+	if _, err := a.BeginWrite(t.Context(), node); feed.KindOf(err) != feed.ErrUnavailable {
 		t.Fatalf("a write began on a after its session was ended for a handover: %v", err)
 	}
 	// The handover waits for a's write: a second is far longer than a
@@ -432,7 +457,7 @@ func TestHandoverWaitsForWritesUnderWay(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("b did not get the node after a's write finished")
 	}
-	if _, err := b.BeginWrite(node); err != nil {
+	if _, err := b.BeginWrite(t.Context(), node); err != nil {
 		t.Fatalf("b may not write for the node it now owns: %v", err)
 	}
 	history.Check(t)

@@ -68,9 +68,35 @@ func (m *Manager) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	end := m.cfg.Now()
 	m.mu.Lock()
+	prev := m.renewedAt
 	m.renewedAt = start
+	// A renewal that completed LeaseDuration - RenewInterval or more after
+	// the previous one may have let the Lease expire for the others: the
+	// nodes held since are released one by one as their records are
+	// confirmed (confirm.go). An earlier one releases them all now.
+	var confirm []string
+	if !prev.IsZero() && end.Sub(prev) >= m.cfg.LeaseDuration-m.cfg.RenewInterval {
+		m.lateAt = end
+		for node := range m.claimed {
+			if _, ok := m.unconfirmed[node]; !ok {
+				m.unconfirmed[node] = struct{}{}
+				confirm = append(confirm, node)
+			}
+		}
+	}
+	wasHolding := m.holding
+	m.holding = false
+	m.wakeLocked()
 	m.mu.Unlock()
+	for _, node := range confirm {
+		m.confirm.Add(node)
+	}
+	if wasHolding || len(confirm) > 0 {
+		m.log.Info("replica Lease renewed again; releasing the held reports",
+			zap.Duration("sinceLastRenewal", end.Sub(prev)), zap.Int("toConfirm", len(confirm)))
+	}
 	select {
 	case <-m.ready:
 	default:
@@ -92,8 +118,10 @@ func (m *Manager) renewTimeout(start time.Time) time.Duration {
 	return max(m.renewedAt.Add(m.cfg.LeaseDuration-m.cfg.RenewInterval).Sub(start), m.cfg.RenewInterval)
 }
 
-// selfValid reports whether this replica's Lease is surely still valid for
-// every other replica: renewed less than LeaseDuration - RenewInterval ago.
+// selfValid reports whether this replica may write for the nodes it owns:
+// its Lease was renewed less than LeaseDuration/2 ago, before any other
+// replica sees it as missed (unresponsive: LeaseDuration/2 and
+// unresponsiveSlack after its renewTime). From then on it holds.
 func (m *Manager) selfValid() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -102,23 +130,41 @@ func (m *Manager) selfValid() bool {
 
 // selfValidLocked is selfValid with m.mu held.
 func (m *Manager) selfValidLocked() bool {
-	return !m.renewedAt.IsZero() && m.cfg.Now().Sub(m.renewedAt) < m.cfg.LeaseDuration-m.cfg.RenewInterval
+	return !m.renewedAt.IsZero() && m.cfg.Now().Sub(m.renewedAt) < m.cfg.LeaseDuration/2
 }
 
-// checkOwnLease ends every session this replica holds once its own Lease
-// may have lapsed: other replicas may take its nodes from then on.
+// checkOwnLease notes when this replica starts holding its nodes' reports
+// (its Lease is too old to write for them), and ends every session once a
+// hold has lasted HoldLimit: other replicas may take its nodes long since,
+// and its edges are better served by a replica that reaches the API server.
 func (m *Manager) checkOwnLease() {
-	if m.selfValid() {
+	m.mu.Lock()
+	if m.renewedAt.IsZero() || m.selfValidLocked() {
+		m.mu.Unlock()
 		return
 	}
-	m.mu.Lock()
+	since := m.cfg.Now().Sub(m.renewedAt)
+	if since < m.cfg.HoldLimit {
+		started := !m.holding
+		m.holding = true
+		n := len(m.claimed)
+		m.mu.Unlock()
+		if started {
+			m.log.Warn("replica Lease not renewed in time; holding the nodes' reports until it is",
+				zap.Int("sessions", n), zap.Duration("sinceLastRenewal", since), zap.Duration("holdLimit", m.cfg.HoldLimit))
+		}
+		return
+	}
 	lapsed := m.claimed
 	m.claimed = make(map[string]int64)
+	m.unconfirmed = make(map[string]struct{})
+	m.wakeLocked()
 	m.mu.Unlock()
 	if len(lapsed) == 0 {
 		return
 	}
-	m.log.Warn("replica Lease not renewed in time; ending every session so that other replicas may take the nodes", zap.Int("sessions", len(lapsed)))
+	m.log.Warn("replica Lease not renewed within the hold limit; ending every session so that the edges reconnect to a replica that reaches the API server",
+		zap.Int("sessions", len(lapsed)), zap.Duration("sinceLastRenewal", since))
 	for node := range lapsed {
 		m.sessions.EndSession(node, feed.Errorf(feed.ErrUnavailable,
 			"server %s cannot renew its ownership of nodes with the Kubernetes API server; connect again (possibly to another replica)", m.cfg.Replica))
@@ -130,6 +176,8 @@ func (m *Manager) resign() {
 	m.mu.Lock()
 	m.renewedAt = time.Time{} // owns nothing from now on
 	m.claimed = make(map[string]int64)
+	m.unconfirmed = make(map[string]struct{})
+	m.wakeLocked()
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

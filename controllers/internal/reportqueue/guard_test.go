@@ -18,7 +18,7 @@ import (
 func TestGuardedWritesOnlyAdmittedNodes(t *testing.T) {
 	var writing, written atomic.Int32
 	var endedWhileWriting atomic.Bool
-	guard := func(node string) (func(), error) {
+	guard := func(_ context.Context, node string) (func(), error) {
 		if node != "owned" {
 			return nil, status.Errorf(codes.Unavailable, "server r1 no longer serves node %q", node)
 		}
