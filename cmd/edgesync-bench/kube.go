@@ -27,8 +27,11 @@ type kubeResult struct {
 	ControllersQPS float64 `json:"controllers_qps"`
 	LeaseQPS       float64 `json:"lease_qps"`
 	LeaseRenew     float64 `json:"lease_renew_interval_seconds"`
-	SetupSeconds   float64 `json:"setup_seconds"`
-	ConnectSeconds float64 `json:"connect_seconds"`
+	// Settings are the server's, as it announced them: the product's
+	// defaults unless --kube-* flags overrode them (Settings.Defaults).
+	Settings       kubeSettings `json:"settings"`
+	SetupSeconds   float64      `json:"setup_seconds"`
+	ConnectSeconds float64      `json:"connect_seconds"`
 
 	HeartbeatsDone     bool    `json:"heartbeats_done"`
 	WindowSeconds      float64 `json:"window_seconds"`
@@ -47,7 +50,19 @@ type kubeResult struct {
 	LeaseIntervalsOver30s float64 `json:"lease_renewal_intervals_over_30s"`
 	HeartbeatsNoWrite     float64 `json:"heartbeats_answered_without_lease_write"`
 	HeartbeatsPerNode     float64 `json:"heartbeats_per_node_per_10s"`
-	APIServerCPUPercent   float64 `json:"apiserver_cpu_percent_of_one_core"`
+	// LeaseWritesPerRenewal is Lease writes per node per renew interval
+	// (Settings.LeaseRenewInterval).
+	LeaseWritesPerRenewal float64 `json:"lease_writes_per_node_per_renew_interval"`
+	// Lease lapses: renewals in the window that came more than the Lease
+	// duration after the previous one (the server's histogram), and the
+	// nodes whose Lease was older than its duration (or missing) when the
+	// benchmark listed the Leases at the start and at the end of the
+	// window. LeaseLapses is their sum.
+	LeaseIntervalsOverDuration float64 `json:"lease_renewal_intervals_over_duration"`
+	LeaseStaleAtSamples        int     `json:"leases_stale_at_samples"`
+	LeaseSamples               int     `json:"lease_samples"`
+	LeaseLapses                float64 `json:"lease_lapses"`
+	APIServerCPUPercent        float64 `json:"apiserver_cpu_percent_of_one_core"`
 
 	FanoutDone  bool            `json:"fanout_done"`
 	FanoutNodes int             `json:"fanout_nodes"`
@@ -82,7 +97,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	k := &b.result.Kube
 	n := b.sc.KubeNodes
 	fanout := min(b.sc.FanoutNodes, n)
-	k.Nodes, k.FanoutNodes, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew = n, fanout, b.kubeQPS, b.leaseQPS, b.leaseRenew.Seconds()
+	k.Nodes, k.FanoutNodes = n, fanout
 	setup := time.Now()
 	b.prog.say("starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster"))
@@ -115,9 +130,10 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	}
 	k.SetupSeconds = time.Since(setup).Seconds()
 	start := func(name string) (*child, error) {
+		// Zero flags are the product's defaults.
 		return startChild(ctx, filepath.Join(b.out, name+".log"),
 			"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", "127.0.0.1:"+strconv.Itoa(b.kubePort),
-			"--heartbeat", heartbeatInterval.String(), "--kubeconfig", cl.Kubeconfig,
+			"--heartbeat", b.kubeHeartbeat.String(), "--kubeconfig", cl.Kubeconfig,
 			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)),
 			"--kube-lease-qps", strconv.FormatFloat(b.leaseQPS, 'f', -1, 64), "--kube-lease-renew", b.leaseRenew.String())
 	}
@@ -125,6 +141,14 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	if err != nil {
 		return err
 	}
+	if srv.ready.Settings == nil {
+		srv.kill()
+		return fmt.Errorf("the server with the real controllers announced no settings")
+	}
+	k.Settings = *srv.ready.Settings
+	k.ControllersQPS, k.LeaseQPS, k.LeaseRenew = k.Settings.QPS, k.Settings.LeaseQPS, k.Settings.LeaseRenewInterval.Seconds()
+	heartbeat := k.Settings.HeartbeatInterval
+	b.prog.say("server with the real controllers: %s", k.Settings)
 	defer func() { srv.kill() }()
 	fleet, stopFleet, err := b.startFleet(ctx, "kube", srv.ready.GRPC, n, true, true)
 	if err != nil {
@@ -139,11 +163,16 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	b.prog.say("%d edges synced through the real controllers in %.1fs", n, k.ConnectSeconds)
 	// Every node's first heartbeat (which creates its Lease) falls within
 	// one interval of connecting; measure after that.
-	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
+	if err := hold(ctx, heartbeat+2*time.Second); err != nil {
 		return err
 	}
 
 	if run[6] {
+		stale, err := staleLeases(ctx, cl, b.names[:n], time.Now())
+		if err != nil {
+			return err
+		}
+		k.LeaseStaleAtSamples += stale
 		m0, err := cl.Metrics(ctx)
 		if err != nil {
 			return err
@@ -169,7 +198,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		}
 		cpu1, _ := srv.proc()
 		k.WindowSeconds = b.sc.IdleWindow.Seconds()
-		periods := k.WindowSeconds / heartbeatInterval.Seconds()
+		periods := k.WindowSeconds / 10 // the figures per 10 s
 		k.CPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / k.WindowSeconds
 		k.APIServerCPUPercent = 100 * (apiserverCPU(cl) - api0) / k.WindowSeconds
 		k.HeartbeatsSent = int64(heartbeatsAnswered(ctx, srv) - hb0)
@@ -179,6 +208,8 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			k.LeaseIntervalMean = (lease1.intervals.Sum - lease0.intervals.Sum) / k.LeaseRenewals
 		}
 		k.LeaseIntervalsOver30s = lease1.intervals.Above(30) - lease0.intervals.Above(30)
+		duration := k.Settings.LeaseDuration.Seconds()
+		k.LeaseIntervalsOverDuration = lease1.intervals.Above(duration) - lease0.intervals.Above(duration)
 		k.HeartbeatsNoWrite = lease1.skipped - lease0.skipped
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
@@ -192,6 +223,14 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			k.NodeStatusWrites += cluster.Requests(m1, verb, "nodes", "status") - cluster.Requests(m0, verb, "nodes", "status")
 		}
 		k.LeaseWritesPerNode = k.LeaseWrites / float64(n) / periods
+		k.LeaseWritesPerRenewal = k.LeaseWrites / float64(n) / (k.WindowSeconds / k.Settings.LeaseRenewInterval.Seconds())
+		stale, err = staleLeases(ctx, cl, b.names[:n], time.Now())
+		if err != nil {
+			return err
+		}
+		k.LeaseStaleAtSamples += stale
+		k.LeaseSamples = 2 * n
+		k.LeaseLapses = k.LeaseIntervalsOverDuration + float64(k.LeaseStaleAtSamples)
 		k.HeartbeatsDone = true
 	}
 

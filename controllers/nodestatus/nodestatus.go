@@ -82,7 +82,9 @@ type Config struct {
 	// zero.
 	LeaseDuration time.Duration
 	// LeaseRenewInterval is how often a node's Lease is renewed while the
-	// node sends heartbeats at least that often; LeaseDuration/4 when zero.
+	// node sends heartbeats at least that often; three eighths of
+	// LeaseDuration when zero (15 s of 40 s: controllers.DefaultLeaseRenewInterval
+	// says why).
 	// It must be less than LeaseDuration/2.
 	LeaseRenewInterval time.Duration
 	// LeaseWorkers is the number of goroutines writing Leases; 16 when
@@ -138,7 +140,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.LeaseDuration = 40 * time.Second
 	}
 	if cfg.LeaseRenewInterval == 0 {
-		cfg.LeaseRenewInterval = cfg.LeaseDuration / 4
+		cfg.LeaseRenewInterval = cfg.LeaseDuration * 3 / 8
 	}
 	if cfg.LeaseRenewInterval < 0 || cfg.LeaseRenewInterval >= cfg.LeaseDuration/2 {
 		return nil, fmt.Errorf("nodestatus: lease renew interval %s must be positive and less than half the lease duration %s, so that one late renewal does not expire the Lease",
