@@ -31,8 +31,9 @@ type leases struct {
 	log   *zap.Logger
 	queue *reportqueue.Queue // keyed by node name
 
-	mu      sync.Mutex           // guards renewed
-	renewed map[string]time.Time // last successful renewal per node
+	mu      sync.Mutex                       // guards renewed and written
+	renewed map[string]time.Time             // last successful renewal per node
+	written map[string]*coordinationv1.Lease // what the last write returned, without managedFields
 
 	lastWarning atomic.Int64 // unix nanoseconds of the last lag warning
 
@@ -51,6 +52,7 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 		cfg:           cfg,
 		log:           log,
 		renewed:       make(map[string]time.Time),
+		written:       make(map[string]*coordinationv1.Lease),
 		renewalsOK:    renewals.WithLabelValues("ok"),
 		renewalsError: renewals.WithLabelValues("error"),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
@@ -104,6 +106,7 @@ func (l *leases) fresh(node string, now time.Time) bool {
 func (l *leases) forget(node string) {
 	l.mu.Lock()
 	delete(l.renewed, node)
+	delete(l.written, node)
 	l.mu.Unlock()
 }
 
@@ -169,26 +172,44 @@ type leasePatchMeta struct {
 	OwnerReferences []metav1.OwnerReference `json:"ownerReferences"`
 }
 
-// renew writes renewTime now into the Lease of Node n with a JSON merge
-// patch, creating the Lease when it is missing and n is still in the
-// cache. No read. The Lease is owned by n, as a kubelet's is: the garbage
-// collector deletes it with the Node, and deletes one this renewal wrote
-// just after the Node was deleted.
+// renew writes renewTime now into the Lease of Node n. It updates the
+// Lease this replica last wrote, as a kubelet does: a protobuf PUT with
+// that resourceVersion, no read and no patch for the API server to apply
+// (a JSON merge patch makes it convert the stored object to JSON and
+// back). When there is none (the node's first renewal since this replica
+// took it), or the update conflicts (another replica renewed the Lease
+// after a failover) or finds no Lease, it falls back to a JSON merge patch,
+// which needs no resourceVersion, and a create when the Lease is missing
+// and n is still in the cache. The Lease is owned by n, as a kubelet's is:
+// the garbage collector deletes it with the Node, and deletes one this
+// renewal wrote just after the Node was deleted.
 func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error {
 	node := n.Name
 	seconds := int32(l.cfg.LeaseDuration / time.Second)
 	renewTime := metav1.NewMicroTime(now)
 	owners := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
-	p := leasePatch{
-		Metadata: &leasePatchMeta{OwnerReferences: owners},
-		Spec:     coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime},
+	spec := coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}
+	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
+	if last := l.lastWritten(node); last != nil && ownedBy(last, n) {
+		// A shallow copy: Update encodes the object and changes none of
+		// the metadata it shares with last.
+		lease := *last
+		lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds, lease.Spec.RenewTime = spec.HolderIdentity, spec.LeaseDurationSeconds, spec.RenewTime
+		got, err := api.Update(ctx, &lease, metav1.UpdateOptions{FieldManager: l.cfg.FieldManager})
+		if err == nil {
+			l.keep(node, got)
+			return nil
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("renew lease of node %q: %w", node, err)
+		}
 	}
+	p := leasePatch{Metadata: &leasePatchMeta{OwnerReferences: owners}, Spec: spec}
 	patch, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("encode lease patch: %w", err)
 	}
-	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
-	_, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
+	got, err := api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 	if apierrors.IsNotFound(err) {
 		// Deleted with its Node? Then the cache no longer has the Node.
 		if _, err := edgeNode(l.cfg, node); err != nil {
@@ -198,13 +219,42 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 			ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: LeaseNamespace, OwnerReferences: owners},
 			Spec:       p.Spec,
 		}
-		_, err = api.Create(ctx, lease, metav1.CreateOptions{FieldManager: l.cfg.FieldManager})
+		got, err = api.Create(ctx, lease, metav1.CreateOptions{FieldManager: l.cfg.FieldManager})
 		if apierrors.IsAlreadyExists(err) { // created since the patch: renew it
-			_, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
+			got, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("renew lease of node %q: %w", node, err)
 	}
+	l.keep(node, got)
 	return nil
+}
+
+// lastWritten returns the Lease the last renewal of node wrote, or nil.
+func (l *leases) lastWritten(node string) *coordinationv1.Lease {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.written[node]
+}
+
+// keep records lease as the one node's next renewal updates. Its
+// managedFields are dropped: they are most of its bytes, and an update
+// without them leaves the stored ones as they are.
+func (l *leases) keep(node string, lease *coordinationv1.Lease) {
+	lease.ManagedFields = nil
+	l.mu.Lock()
+	l.written[node] = lease
+	l.mu.Unlock()
+}
+
+// ownedBy tells whether lease names Node n (this incarnation of it) as
+// its owner, as every Lease renew writes does.
+func ownedBy(lease *coordinationv1.Lease, n *corev1.Node) bool {
+	for _, o := range lease.OwnerReferences {
+		if o.Kind == "Node" && o.Name == n.Name && o.UID == n.UID {
+			return true
+		}
+	}
+	return false
 }

@@ -21,8 +21,10 @@
 // Leases are renewed apart from heartbeats, as kubelets do: a heartbeat
 // that arrives less than LeaseRenewInterval after the node's last
 // successful renewal is answered OK at once, without a write; otherwise it
-// queues one renewal for the node (a JSON merge patch of the Lease spec, or
-// a create when the Lease is missing). Renewals have their own queue,
+// queues one renewal for the node: an update of the Lease this replica
+// wrote last, as kubelets renew theirs (a JSON merge patch of the Lease
+// spec when there is none or it is stale, a create when the Lease is
+// missing). Renewals have their own queue,
 // workers and client (its own QPS and burst), so status writes never starve
 // them and they never starve status writes. A replica holding N nodes
 // therefore writes about N / LeaseRenewInterval Leases per second; the
