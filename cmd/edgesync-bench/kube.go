@@ -33,12 +33,22 @@ type kubeResult struct {
 	SetupSeconds   float64      `json:"setup_seconds"`
 	ConnectSeconds float64      `json:"connect_seconds"`
 
-	HeartbeatsDone     bool    `json:"heartbeats_done"`
-	WindowSeconds      float64 `json:"window_seconds"`
-	CPUPercent         float64 `json:"server_cpu_percent_of_one_core"`
-	HeartbeatsSent     int64   `json:"heartbeats_answered"`
-	LeaseWrites        float64 `json:"lease_writes"`
-	LeaseCreates       float64 `json:"lease_creates"`
+	HeartbeatsDone bool    `json:"heartbeats_done"`
+	WindowSeconds  float64 `json:"window_seconds"`
+	CPUPercent     float64 `json:"server_cpu_percent_of_one_core"`
+	HeartbeatsSent int64   `json:"heartbeats_answered"`
+	// LeaseWrites and LeaseCreates are the server's own node Lease writes
+	// (edgesync_kube_requests_total), LeaseWritesAPIServer every client's
+	// Lease writes as the API server counts them (the control plane's
+	// leader-election Leases included).
+	LeaseWrites          float64 `json:"lease_writes"`
+	LeaseCreates         float64 `json:"lease_creates"`
+	LeaseWritesAPIServer float64 `json:"lease_writes_apiserver"`
+	// LeaseWritesByVerb are the server's Lease writes by verb (UPDATE,
+	// PATCH, CREATE): how each renewal was written.
+	LeaseWritesByVerb map[string]float64 `json:"lease_writes_by_verb"`
+	// WritesPerRenewal is LeaseWrites per successful renewal.
+	WritesPerRenewal   float64 `json:"lease_writes_per_renewal"`
 	LeaseWritesPerNode float64 `json:"lease_writes_per_node_per_10s"`
 	NodeStatusWrites   float64 `json:"node_status_writes"`
 	// From the server's edgesync_lease_renewal_interval_seconds: the
@@ -181,6 +191,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		api0 := apiserverCPU(cl)
 		hb0 := heartbeatsAnswered(ctx, srv)
 		lease0 := leaseRenewals(ctx, srv)
+		own0 := leaseWrites(ctx, srv)
 		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
 		profDone := make(chan error, 1)
 		go func() {
@@ -212,12 +223,19 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		k.LeaseIntervalsOverDuration = lease1.intervals.Above(duration) - lease0.intervals.Above(duration)
 		k.HeartbeatsNoWrite = lease1.skipped - lease0.skipped
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
+		own1 := leaseWrites(ctx, srv)
+		k.LeaseWritesByVerb = map[string]float64{}
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
-			d := cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+			k.LeaseWritesAPIServer += cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+			d := own1[verb] - own0[verb]
 			k.LeaseWrites += d
-			if verb == "CREATE" {
-				k.LeaseCreates = d
+			if d > 0 {
+				k.LeaseWritesByVerb[verb] = d
 			}
+		}
+		k.LeaseCreates = k.LeaseWritesByVerb["CREATE"]
+		if ok := lease1.ok - lease0.ok; ok > 0 {
+			k.WritesPerRenewal = k.LeaseWrites / ok
 		}
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY"} {
 			k.NodeStatusWrites += cluster.Requests(m1, verb, "nodes", "status") - cluster.Requests(m0, verb, "nodes", "status")
@@ -354,6 +372,7 @@ func heartbeatsAnswered(ctx context.Context, srv *child) float64 {
 type leaseStats struct {
 	intervals measure.Histogram
 	skipped   float64
+	ok        float64 // successful renewals
 }
 
 func leaseRenewals(ctx context.Context, srv *child) leaseStats {
@@ -365,7 +384,23 @@ func leaseRenewals(ctx context.Context, srv *child) leaseStats {
 	return leaseStats{
 		intervals: m.Histogram("edgesync_lease_renewal_interval_seconds"),
 		skipped:   m.Sum("edgesync_lease_renewals_skipped_total", nil),
+		ok:        m.Sum("edgesync_lease_renewals_total", map[string]string{"result": "ok"}),
 	}
+}
+
+// leaseWrites returns the server's own requests that wrote node Leases,
+// by verb (edgesync_kube_requests_total).
+func leaseWrites(ctx context.Context, srv *child) map[string]float64 {
+	m, err := srv.metrics(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "server metrics: %v\n", err)
+		return nil
+	}
+	by := map[string]float64{}
+	for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
+		by[verb] = m.Sum("edgesync_kube_requests_total", map[string]string{"verb": verb, "resource": "leases"})
+	}
+	return by
 }
 
 // apiserverCPU returns the devcluster process's CPU seconds (etcd and

@@ -470,8 +470,8 @@ func (r *results) kubeRow(id int) []row {
 			fresh = k.LeaseIntervalsOver30s == 0
 			freshness = fmt.Sprintf("; %.0f heartbeats answered without a write; renewal interval mean %.1f s, %.0f of %.0f renewals more than 30 s after the previous", k.HeartbeatsNoWrite, k.LeaseIntervalMean, k.LeaseIntervalsOver30s, k.LeaseRenewals)
 		}
-		return []row{{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: %.2f Lease writes/node/10 s, %.2f per renew interval (%.0f writes for %d heartbeats answered; each Lease renewed %s on average, duration 40 s%s); %.0f Lease lapses (%.0f renewals later than the duration, %d of %d Leases stale when sampled at the window's start and end); %.0f NodeStatus writes, server CPU %.1f %% (%s; devcluster CPU %.0f %%)",
-			k.Nodes, scaleNote, k.WindowSeconds, k.LeaseWritesPerNode, k.LeaseWritesPerRenewal, k.LeaseWrites, k.HeartbeatsSent, renew, freshness,
+		return []row{{name, goal, fmt.Sprintf("%d nodes%s over %.0f s: %.2f Lease writes/node/10 s, %.2f per renew interval, %.2f per renewal (%.0f writes %v for %d heartbeats answered; each Lease renewed %s on average, duration 40 s%s); %.0f Lease lapses (%.0f renewals later than the duration, %d of %d Leases stale when sampled at the window's start and end); %.0f NodeStatus writes, server CPU %.1f %% (%s; devcluster CPU %.0f %%)",
+			k.Nodes, scaleNote, k.WindowSeconds, k.LeaseWritesPerNode, k.LeaseWritesPerRenewal, k.WritesPerRenewal, k.LeaseWrites, k.LeaseWritesByVerb, k.HeartbeatsSent, renew, freshness,
 			k.LeaseLapses, k.LeaseIntervalsOverDuration, k.LeaseStaleAtSamples, k.LeaseSamples, k.NodeStatusWrites, k.CPUPercent, k.Settings, k.APIServerCPUPercent),
 			atScale(k.LeaseWritesPerNode <= 1.05 && fresh && k.NodeStatusWrites == 0 && k.CPUPercent <= 20, k.Nodes, 10000)}}
 	case 9:
