@@ -313,8 +313,11 @@ func New(cfg Config) (*Controllers, error) {
 		cfg.LeaseWorkers = max(16, int(cfg.LeaseQPS/20))
 	}
 	if cfg.LeaseClient == nil && cfg.RESTConfig != nil {
+		// No client-side limiter: nodestatus limits renewals to LeaseQPS
+		// itself, before each write. client-go's limiter would build each
+		// request's URL template once more just for a metric.
 		leaseConfig := builtinKinds(cfg.RESTConfig)
-		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = cfg.LeaseQPS, cfg.LeaseBurst, nil
+		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = -1, 0, nil
 		if cfg.LeaseClient, err = kubernetes.NewForConfig(leaseConfig); err != nil {
 			return nil, fmt.Errorf("controllers: kubernetes lease client: %w", err)
 		}
@@ -380,6 +383,7 @@ func New(cfg Config) (*Controllers, error) {
 	if c.nodes, err = nodestatus.New(nodestatus.Config{
 		Client: cfg.Client, LeaseClient: cfg.LeaseClient, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
 		LeaseDuration: cfg.LeaseDuration, LeaseRenewInterval: cfg.LeaseRenewInterval, LeaseWorkers: cfg.LeaseWorkers,
+		LeaseQPS: cfg.LeaseQPS, LeaseBurst: cfg.LeaseBurst,
 		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
 		KubeletEndpoint: cfg.KubeletEndpoint, WriteGuard: guard,
 	}); err != nil {

@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/edgesync/edgesync/controllers/internal/reportqueue"
 	edgesyncv1 "github.com/edgesync/edgesync/gen/edgesync/v1"
@@ -29,7 +30,8 @@ const lagWarningEvery = time.Minute
 type leases struct {
 	cfg   *Config
 	log   *zap.Logger
-	queue *reportqueue.Queue // keyed by node name
+	queue *reportqueue.Queue      // keyed by node name
+	limit flowcontrol.RateLimiter // Config.LeaseQPS; nil when unlimited
 
 	mu      sync.Mutex                       // guards renewed and written
 	renewed map[string]time.Time             // last successful renewal per node
@@ -72,6 +74,9 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 				return nil, fmt.Errorf("nodestatus: register lease metrics: %w", err)
 			}
 		}
+	}
+	if cfg.LeaseQPS > 0 {
+		l.limit = flowcontrol.NewTokenBucketRateLimiter(cfg.LeaseQPS, max(cfg.LeaseBurst, 1))
 	}
 	l.queue = reportqueue.New(log, reportqueue.Guarded(cfg.WriteGuard, l.write))
 	return l, nil
@@ -189,13 +194,12 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 	renewTime := metav1.NewMicroTime(now)
 	owners := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
 	spec := coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}
-	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
 	if last := l.lastWritten(node); last != nil && ownedBy(last, n) {
-		// A shallow copy: Update encodes the object and changes none of
-		// the metadata it shares with last.
+		// A shallow copy: the update encodes the object and changes none
+		// of the metadata it shares with last.
 		lease := *last
 		lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds, lease.Spec.RenewTime = spec.HolderIdentity, spec.LeaseDurationSeconds, spec.RenewTime
-		got, err := api.Update(ctx, &lease, metav1.UpdateOptions{FieldManager: l.cfg.FieldManager})
+		got, err := l.update(ctx, &lease)
 		if err == nil {
 			l.keep(node, got)
 			return nil
@@ -209,6 +213,10 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 	if err != nil {
 		return fmt.Errorf("encode lease patch: %w", err)
 	}
+	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
+	if err := l.wait(ctx); err != nil {
+		return err
+	}
 	got, err := api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 	if apierrors.IsNotFound(err) {
 		// Deleted with its Node? Then the cache no longer has the Node.
@@ -219,8 +227,14 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 			ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: LeaseNamespace, OwnerReferences: owners},
 			Spec:       p.Spec,
 		}
+		if err := l.wait(ctx); err != nil {
+			return err
+		}
 		got, err = api.Create(ctx, lease, metav1.CreateOptions{FieldManager: l.cfg.FieldManager})
 		if apierrors.IsAlreadyExists(err) { // created since the patch: renew it
+			if err := l.wait(ctx); err != nil {
+				return err
+			}
 			got, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 		}
 	}
@@ -228,6 +242,33 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 		return fmt.Errorf("renew lease of node %q: %w", node, err)
 	}
 	l.keep(node, got)
+	return nil
+}
+
+// update writes lease, the steady renewal. It is the typed client's
+// Update without its reflective encoding of UpdateOptions into the query
+// (a sixth of a renewal's client CPU): one parameter, set directly.
+func (l *leases) update(ctx context.Context, lease *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	if err := l.wait(ctx); err != nil {
+		return nil, err
+	}
+	req := l.cfg.LeaseClient.CoordinationV1().RESTClient().Put().
+		Namespace(LeaseNamespace).Resource("leases").Name(lease.Name).Body(lease)
+	if l.cfg.FieldManager != "" {
+		req = req.Param("fieldManager", l.cfg.FieldManager)
+	}
+	got := &coordinationv1.Lease{}
+	return got, req.Do(ctx).Into(got)
+}
+
+// wait takes a token of the Lease budget (Config.LeaseQPS).
+func (l *leases) wait(ctx context.Context) error {
+	if l.limit == nil {
+		return nil
+	}
+	if err := l.limit.Wait(ctx); err != nil {
+		return fmt.Errorf("wait for the Lease write budget: %w", err)
+	}
 	return nil
 }
 
