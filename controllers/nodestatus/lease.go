@@ -38,6 +38,10 @@ type leases struct {
 	written map[string]*coordinationv1.Lease // what the last write returned, without managedFields
 
 	lastWarning atomic.Int64 // unix nanoseconds of the last lag warning
+	// updateRefused is set once the API server refused an update of a
+	// Lease (RBAC granting patch but not update, as before edgesync
+	// renewed by update): renewals patch from then on.
+	updateRefused atomic.Bool
 
 	renewalsOK    prometheus.Counter
 	renewalsError prometheus.Counter
@@ -183,8 +187,9 @@ type leasePatchMeta struct {
 // (a JSON merge patch makes it convert the stored object to JSON and
 // back). When there is none (the node's first renewal since this replica
 // took it), or the update conflicts (another replica renewed the Lease
-// after a failover) or finds no Lease, it falls back to a JSON merge patch,
-// which needs no resourceVersion, and a create when the Lease is missing
+// after a failover) or finds no Lease, or is forbidden (RBAC from before
+// renewals updated), it falls back to a JSON merge patch, which needs no
+// resourceVersion, and a create when the Lease is missing
 // and n is still in the cache. The Lease is owned by n, as a kubelet's is:
 // the garbage collector deletes it with the Node, and deletes one this
 // renewal wrote just after the Node was deleted.
@@ -194,7 +199,7 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 	renewTime := metav1.NewMicroTime(now)
 	owners := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
 	spec := coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}
-	if last := l.lastWritten(node); last != nil && ownedBy(last, n) {
+	if last := l.lastWritten(node); last != nil && ownedBy(last, n) && !l.updateRefused.Load() {
 		// A shallow copy: the update encodes the object and changes none
 		// of the metadata it shares with last.
 		lease := *last
@@ -204,7 +209,12 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 			l.keep(node, got)
 			return nil
 		}
-		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+		if apierrors.IsForbidden(err) && l.updateRefused.CompareAndSwap(false, true) {
+			l.log.Warn("the API server refused to update a node Lease: node Leases are patched from now on, which costs "+
+				"the API server more; grant verb update on leases in kube-node-lease (deploy/rbac/edgesync-server.yaml)",
+				zap.String("node", node), zap.Error(err))
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err) {
 			return fmt.Errorf("renew lease of node %q: %w", node, err)
 		}
 	}

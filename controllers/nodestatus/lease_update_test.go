@@ -1,14 +1,21 @@
 package nodestatus_test
 
 import (
+	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc/codes"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -24,6 +31,8 @@ import (
 // requestLog records the method and content type of each request a client
 // sends.
 type requestLog struct {
+	refusePuts bool // answer every PUT 403 Forbidden, as RBAC without verb update would
+
 	mu   sync.Mutex // guards seen
 	seen []string
 }
@@ -33,6 +42,14 @@ func (l *requestLog) wrap(rt http.RoundTripper) http.RoundTripper {
 		l.mu.Lock()
 		l.seen = append(l.seen, r.Method+" "+r.Header.Get("Content-Type"))
 		l.mu.Unlock()
+		if l.refusePuts && r.Method == http.MethodPut {
+			body := `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,` +
+				`"message":"leases.coordination.k8s.io is forbidden: cannot update resource \"leases\""}`
+			return &http.Response{
+				StatusCode: http.StatusForbidden, Status: "403 Forbidden", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+				Header: http.Header{"Content-Type": []string{"application/json"}}, Body: io.NopCloser(strings.NewReader(body)), Request: r,
+			}, nil
+		}
 		return rt.RoundTrip(r)
 	})
 }
@@ -54,14 +71,27 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // (no read, no patch for the API server to apply); a Lease someone else
 // wrote meanwhile (another replica, after a failover) is renewed all the
 // same, keeping what they added, and so is one deleted behind its back.
-func TestLeaseRenewalUpdatesTheLeaseItWroteLast(t *testing.T) {
+// renewer is a node and a controller renewing its Lease through a client
+// whose requests are logged.
+type renewer struct {
+	t      *testing.T
+	client kubernetes.Interface
+	node   *corev1.Node
+	ctrl   *nodestatus.Controller
+	clk    *clock
+	t0     time.Time
+	log    *requestLog
+	logs   *observer.ObservedLogs
+}
+
+func newRenewer(t *testing.T, log *requestLog) *renewer {
+	t.Helper()
 	client := testcluster.Client(t)
 	node := createNode(t, client)
 	nodes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	if err := nodes.Add(node); err != nil {
 		t.Fatal(err)
 	}
-	var log requestLog
 	cfg := rest.CopyConfig(testcluster.RESTConfig(t))
 	cfg.ContentType = runtime.ContentTypeProtobuf // as controllers.New builds the Lease client
 	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
@@ -70,95 +100,126 @@ func TestLeaseRenewalUpdatesTheLeaseItWroteLast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0 := time.Now().Truncate(time.Second)
-	clk := &clock{now: t0}
-	ctrl, err := nodestatus.New(nodestatus.Config{
+	core, logs := observer.New(zapcore.WarnLevel)
+	r := &renewer{t: t, client: client, node: node, t0: time.Now().Truncate(time.Second), log: log, logs: logs}
+	r.clk = &clock{now: r.t0}
+	r.ctrl, err = nodestatus.New(nodestatus.Config{
 		Client: client, LeaseClient: leaseClient, Nodes: corelisters.NewNodeLister(nodes), EdgeLabel: edgeLabel,
-		LeaseDuration: 40 * time.Second, LeaseRenewInterval: 15 * time.Second,
-		Registerer: prometheus.NewRegistry(), Now: clk.Now, FieldManager: "edgesync-test",
+		LeaseDuration: 40 * time.Second, LeaseRenewInterval: 15 * time.Second, LeaseQPS: 100, LeaseBurst: 10,
+		Registerer: prometheus.NewRegistry(), Now: r.clk.Now, FieldManager: "edgesync-test", Logger: zap.New(core),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, ctrl)
-	leases := client.CoordinationV1().Leases(nodestatus.LeaseNamespace)
+	run(t, r.ctrl)
+	return r
+}
 
-	beat := func(at time.Duration) {
-		t.Helper()
-		clk.set(t0.Add(at))
-		results := make(chan *edgesyncv1.StatusResult, 1)
-		ctrl.HandleReport(node.Name, &edgesyncv1.SyncRequest{RequestId: 1, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}},
-			func(r *edgesyncv1.StatusResult) { results <- r })
-		select {
-		case r := <-results:
-			if codes.Code(r.GetCode()) != codes.OK {
-				t.Fatalf("heartbeat at t0+%s answered %v, want OK", at, r)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("heartbeat at t0+%s not answered within 30s", at)
+// beat sends a heartbeat at t0+at and waits for its OK.
+func (r *renewer) beat(at time.Duration) {
+	r.t.Helper()
+	r.clk.set(r.t0.Add(at))
+	results := make(chan *edgesyncv1.StatusResult, 1)
+	r.ctrl.HandleReport(r.node.Name, &edgesyncv1.SyncRequest{RequestId: 1, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}},
+		func(res *edgesyncv1.StatusResult) { results <- res })
+	select {
+	case res := <-results:
+		if codes.Code(res.GetCode()) != codes.OK {
+			r.t.Fatalf("heartbeat at t0+%s answered %v, want OK", at, res)
 		}
+	case <-time.After(30 * time.Second):
+		r.t.Fatalf("heartbeat at t0+%s not answered within 30s", at)
 	}
-	lease := func(renewedAt time.Duration) *coordinationv1.Lease {
-		t.Helper()
-		l, err := leases.Get(t.Context(), node.Name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rt := l.Spec.RenewTime; rt == nil || !rt.Time.Equal(t0.Add(renewedAt)) || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != node.Name {
-			t.Fatalf("lease spec %+v, want renewed at t0+%s by %s", l.Spec, renewedAt, node.Name)
-		}
-		if len(l.OwnerReferences) != 1 || l.OwnerReferences[0].UID != node.UID {
-			t.Fatalf("lease owners %v, want Node %s", l.OwnerReferences, node.UID)
-		}
-		return l
-	}
-	requests := func(want ...string) {
-		t.Helper()
-		got := log.take()
-		if len(got) != len(want) {
-			t.Fatalf("requests %q, want %q", got, want)
-		}
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("requests %q, want %q", got, want)
-			}
-		}
-	}
-	const (
-		put   = "PUT " + runtime.ContentTypeProtobuf
-		patch = "PATCH application/merge-patch+json"
-		post  = "POST " + runtime.ContentTypeProtobuf
-	)
+}
 
-	beat(0)
-	lease(0)
-	requests(patch, post) // no Lease yet: the patch finds none, the create makes it
-	beat(15 * time.Second)
-	lease(15 * time.Second)
-	beat(30 * time.Second)
-	lease(30 * time.Second)
-	requests(put, put)
+// lease checks the Lease was renewed at t0+renewedAt and returns it.
+func (r *renewer) lease(renewedAt time.Duration) *coordinationv1.Lease {
+	r.t.Helper()
+	l, err := r.client.CoordinationV1().Leases(nodestatus.LeaseNamespace).Get(r.t.Context(), r.node.Name, metav1.GetOptions{})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if rt := l.Spec.RenewTime; rt == nil || !rt.Time.Equal(r.t0.Add(renewedAt)) || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != r.node.Name {
+		r.t.Fatalf("lease spec %+v, want renewed at t0+%s by %s", l.Spec, renewedAt, r.node.Name)
+	}
+	if len(l.OwnerReferences) != 1 || l.OwnerReferences[0].UID != r.node.UID {
+		r.t.Fatalf("lease owners %v, want Node %s", l.OwnerReferences, r.node.UID)
+	}
+	return l
+}
+
+// requests checks the requests sent since the last call.
+func (r *renewer) requests(want ...string) {
+	r.t.Helper()
+	got := r.log.take()
+	if !slices.Equal(got, want) {
+		r.t.Fatalf("requests %q, want %q", got, want)
+	}
+}
+
+const (
+	put   = "PUT " + runtime.ContentTypeProtobuf
+	patch = "PATCH application/merge-patch+json"
+	post  = "POST " + runtime.ContentTypeProtobuf
+)
+
+// A steady renewal is one protobuf PUT of the Lease the last renewal wrote
+// (no read, no patch for the API server to apply); a Lease someone else
+// wrote meanwhile (another replica, after a failover) is renewed all the
+// same, keeping what they added, and so is one deleted behind its back.
+func TestLeaseRenewalUpdatesTheLeaseItWroteLast(t *testing.T) {
+	r := newRenewer(t, &requestLog{})
+	leases := r.client.CoordinationV1().Leases(nodestatus.LeaseNamespace)
+
+	r.beat(0)
+	r.lease(0)
+	r.requests(patch, post) // no Lease yet: the patch finds none, the create makes it
+	r.beat(15 * time.Second)
+	r.lease(15 * time.Second)
+	r.beat(30 * time.Second)
+	r.lease(30 * time.Second)
+	r.requests(put, put)
 
 	// Another writer changes the Lease: the next update conflicts, and the
 	// renewal falls back to a patch that keeps their label.
-	other := lease(30 * time.Second)
+	other := r.lease(30 * time.Second)
 	other.Labels = map[string]string{"written-by": "another-replica"}
 	if _, err := leases.Update(t.Context(), other, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	beat(45 * time.Second)
-	if got := lease(45 * time.Second).Labels["written-by"]; got != "another-replica" {
+	r.beat(45 * time.Second)
+	if got := r.lease(45 * time.Second).Labels["written-by"]; got != "another-replica" {
 		t.Fatalf("the renewal after another writer's update dropped their label: %q", got)
 	}
-	beat(60 * time.Second)
-	lease(60 * time.Second)
-	requests(put, patch, put)
+	r.beat(60 * time.Second)
+	r.lease(60 * time.Second)
+	r.requests(put, patch, put)
 
 	// A Lease deleted behind the controller's back is created again.
-	if err := leases.Delete(t.Context(), node.Name, metav1.DeleteOptions{}); err != nil {
+	if err := leases.Delete(t.Context(), r.node.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	beat(75 * time.Second)
-	lease(75 * time.Second)
-	requests(put, patch, post)
+	r.beat(75 * time.Second)
+	r.lease(75 * time.Second)
+	r.requests(put, patch, post)
+	if n := r.logs.Len(); n != 0 {
+		t.Errorf("%d warnings, want none: %v", n, r.logs.All())
+	}
+}
+
+// An API server that refuses updates (RBAC from before renewals updated
+// Leases: create and patch only) still has every Lease renewed: by patch,
+// after one refused update and one warning that names the missing verb.
+func TestLeaseRenewalPatchesWhenUpdatesAreForbidden(t *testing.T) {
+	r := newRenewer(t, &requestLog{refusePuts: true})
+	r.beat(0)
+	r.beat(15 * time.Second)
+	r.lease(15 * time.Second)
+	r.beat(30 * time.Second)
+	r.lease(30 * time.Second)
+	r.requests(patch, post, put, patch, patch)
+	warnings := r.logs.FilterMessageSnippet("refused to update a node Lease").All()
+	if len(warnings) != 1 || !strings.Contains(warnings[0].Message, "grant verb update on leases in kube-node-lease") {
+		t.Fatalf("warnings %v, want one that says to grant verb update", r.logs.All())
+	}
 }
