@@ -33,9 +33,9 @@ type leases struct {
 	queue *reportqueue.Queue      // keyed by node name
 	limit flowcontrol.RateLimiter // Config.LeaseQPS; nil when unlimited
 
-	mu      sync.Mutex                       // guards renewed and written
-	renewed map[string]time.Time             // last successful renewal per node
-	written map[string]*coordinationv1.Lease // what the last write returned, without managedFields
+	mu      sync.Mutex           // guards renewed and pending
+	renewed map[string]renewal   // last successful renewal per node
+	pending map[string]time.Time // when the heartbeat that queued node's renewal arrived
 
 	lastWarning atomic.Int64 // unix nanoseconds of the last lag warning
 	// updateRefused is set once the API server refused an update of a
@@ -57,8 +57,8 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 	l := &leases{
 		cfg:           cfg,
 		log:           log,
-		renewed:       make(map[string]time.Time),
-		written:       make(map[string]*coordinationv1.Lease),
+		renewed:       make(map[string]renewal),
+		pending:       make(map[string]time.Time),
 		renewalsOK:    renewals.WithLabelValues("ok"),
 		renewalsError: renewals.WithLabelValues("error"),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
@@ -86,11 +86,28 @@ func newLeases(cfg *Config, log *zap.Logger) (*leases, error) {
 	return l, nil
 }
 
+// renewal is a node's last successful Lease renewal.
+type renewal struct {
+	// asked is when the heartbeat that asked for it arrived, wrote when
+	// it was written.
+	asked, wrote time.Time
+	// lease is what the write returned, without managedFields: the next
+	// renewal updates it.
+	lease *coordinationv1.Lease
+}
+
 // heartbeat answers a heartbeat from node: at once when node's Lease was
 // renewed less than LeaseRenewInterval ago, after a renewal otherwise. It
 // runs for every heartbeat of every node: one map lookup under a mutex.
 func (l *leases) heartbeat(node string, req *edgesyncv1.SyncRequest, answer feed.Answer) {
-	if l.fresh(node, l.cfg.Now()) {
+	now := l.cfg.Now()
+	l.mu.Lock()
+	fresh := l.freshLocked(node, now)
+	if _, queued := l.pending[node]; !fresh && !queued {
+		l.pending[node] = now
+	}
+	l.mu.Unlock()
+	if fresh {
 		l.skipped.Inc()
 		answer(reportqueue.Result(req.GetRequestId(), nil))
 		return
@@ -98,14 +115,18 @@ func (l *leases) heartbeat(node string, req *edgesyncv1.SyncRequest, answer feed
 	l.queue.Add(node, node, req, answer)
 }
 
-// fresh tells whether node's Lease was renewed less than LeaseRenewInterval
-// before now, less a tenth: heartbeats come on a fixed interval, and one
-// arriving a hair early must not push the renewal a whole interval later.
-func (l *leases) fresh(node string, now time.Time) bool {
-	l.mu.Lock()
+// freshLocked tells whether a heartbeat of node that arrived at t needs no
+// renewal: the heartbeat that asked for the last one arrived less than
+// LeaseRenewInterval before t, less a tenth (heartbeats come on a fixed
+// interval, and one arriving a hair early must not push the renewal a
+// whole interval later). Arrival times, not write times, are compared: a
+// renewal that waited in the queue under load must not make the next
+// heartbeat look early, or renewals at the default cadence (every
+// heartbeat) would skip every other heartbeat and come 30 s apart. l.mu
+// must be held.
+func (l *leases) freshLocked(node string, t time.Time) bool {
 	last, ok := l.renewed[node]
-	l.mu.Unlock()
-	return ok && now.Sub(last) < l.cfg.LeaseRenewInterval-l.cfg.LeaseRenewInterval/10
+	return ok && t.Sub(last.asked) < l.cfg.LeaseRenewInterval-l.cfg.LeaseRenewInterval/10
 }
 
 // forget drops node's last renewal time, so that memory is bounded by the
@@ -115,7 +136,7 @@ func (l *leases) fresh(node string, now time.Time) bool {
 func (l *leases) forget(node string) {
 	l.mu.Lock()
 	delete(l.renewed, node)
-	delete(l.written, node)
+	delete(l.pending, node)
 	l.mu.Unlock()
 }
 
@@ -124,25 +145,37 @@ func (l *leases) forget(node string) {
 // lost the edge label) meanwhile.
 func (l *leases) write(ctx context.Context, node string, _ *edgesyncv1.SyncRequest) error {
 	now := l.cfg.Now()
+	l.mu.Lock()
+	asked, ok := l.pending[node]
+	if !ok {
+		asked = now
+	}
+	delete(l.pending, node)
+	fresh := l.freshLocked(node, asked)
+	l.mu.Unlock()
 	n, err := edgeNode(l.cfg, node)
 	if err != nil {
 		return err
 	}
-	if l.fresh(node, now) {
+	if fresh {
 		l.skipped.Inc()
 		return nil
 	}
-	if err := l.renew(ctx, n, now); err != nil {
+	lease, err := l.renew(ctx, n, now)
+	if err != nil {
 		l.renewalsError.Inc()
 		return err
 	}
+	// The managedFields are most of the Lease's bytes, and an update
+	// without them leaves the stored ones as they are.
+	lease.ManagedFields = nil
 	l.renewalsOK.Inc()
 	l.mu.Lock()
 	last, ok := l.renewed[node]
-	l.renewed[node] = now
+	l.renewed[node] = renewal{asked: asked, wrote: now, lease: lease}
 	l.mu.Unlock()
 	if ok {
-		l.observe(node, now.Sub(last), now)
+		l.observe(node, now.Sub(last.wrote), now)
 	}
 	return nil
 }
@@ -189,25 +222,27 @@ type leasePatchMeta struct {
 // took it), or the update conflicts (another replica renewed the Lease
 // after a failover) or finds no Lease, or is forbidden (RBAC from before
 // renewals updated), it falls back to a JSON merge patch, which needs no
-// resourceVersion, and a create when the Lease is missing
-// and n is still in the cache. The Lease is owned by n, as a kubelet's is:
-// the garbage collector deletes it with the Node, and deletes one this
-// renewal wrote just after the Node was deleted.
-func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error {
+// resourceVersion, and a create when the Lease is missing and n is still
+// in the cache. It returns the Lease as written. The Lease is owned by n,
+// as a kubelet's is: the garbage collector deletes it with the Node, and
+// deletes one this renewal wrote just after the Node was deleted.
+func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) (*coordinationv1.Lease, error) {
 	node := n.Name
 	seconds := int32(l.cfg.LeaseDuration / time.Second)
 	renewTime := metav1.NewMicroTime(now)
 	owners := []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
 	spec := coordinationv1.LeaseSpec{HolderIdentity: &node, LeaseDurationSeconds: &seconds, RenewTime: &renewTime}
-	if last := l.lastWritten(node); last != nil && ownedBy(last, n) && !l.updateRefused.Load() {
+	l.mu.Lock()
+	last := l.renewed[node].lease
+	l.mu.Unlock()
+	if last != nil && ownedBy(last, n) && !l.updateRefused.Load() {
 		// A shallow copy: the update encodes the object and changes none
 		// of the metadata it shares with last.
 		lease := *last
 		lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds, lease.Spec.RenewTime = spec.HolderIdentity, spec.LeaseDurationSeconds, spec.RenewTime
 		got, err := l.update(ctx, &lease)
 		if err == nil {
-			l.keep(node, got)
-			return nil
+			return got, nil
 		}
 		if apierrors.IsForbidden(err) && l.updateRefused.CompareAndSwap(false, true) {
 			l.log.Warn("the API server refused to update a node Lease: node Leases are patched from now on, which costs "+
@@ -215,44 +250,43 @@ func (l *leases) renew(ctx context.Context, n *corev1.Node, now time.Time) error
 				zap.String("node", node), zap.Error(err))
 		}
 		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err) {
-			return fmt.Errorf("renew lease of node %q: %w", node, err)
+			return nil, fmt.Errorf("renew lease of node %q: %w", node, err)
 		}
 	}
 	p := leasePatch{Metadata: &leasePatchMeta{OwnerReferences: owners}, Spec: spec}
 	patch, err := json.Marshal(p)
 	if err != nil {
-		return fmt.Errorf("encode lease patch: %w", err)
+		return nil, fmt.Errorf("encode lease patch: %w", err)
 	}
 	api := l.cfg.LeaseClient.CoordinationV1().Leases(LeaseNamespace)
 	if err := l.wait(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	got, err := api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 	if apierrors.IsNotFound(err) {
 		// Deleted with its Node? Then the cache no longer has the Node.
 		if _, err := edgeNode(l.cfg, node); err != nil {
-			return err
+			return nil, err
 		}
 		lease := &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: node, Namespace: LeaseNamespace, OwnerReferences: owners},
 			Spec:       p.Spec,
 		}
 		if err := l.wait(ctx); err != nil {
-			return err
+			return nil, err
 		}
 		got, err = api.Create(ctx, lease, metav1.CreateOptions{FieldManager: l.cfg.FieldManager})
 		if apierrors.IsAlreadyExists(err) { // created since the patch: renew it
 			if err := l.wait(ctx); err != nil {
-				return err
+				return nil, err
 			}
 			got, err = api.Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: l.cfg.FieldManager})
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("renew lease of node %q: %w", node, err)
+		return nil, fmt.Errorf("renew lease of node %q: %w", node, err)
 	}
-	l.keep(node, got)
-	return nil
+	return got, nil
 }
 
 // update writes lease, the steady renewal. It is the typed client's
@@ -280,23 +314,6 @@ func (l *leases) wait(ctx context.Context) error {
 		return fmt.Errorf("wait for the Lease write budget: %w", err)
 	}
 	return nil
-}
-
-// lastWritten returns the Lease the last renewal of node wrote, or nil.
-func (l *leases) lastWritten(node string) *coordinationv1.Lease {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.written[node]
-}
-
-// keep records lease as the one node's next renewal updates. Its
-// managedFields are dropped: they are most of its bytes, and an update
-// without them leaves the stored ones as they are.
-func (l *leases) keep(node string, lease *coordinationv1.Lease) {
-	lease.ManagedFields = nil
-	l.mu.Lock()
-	l.written[node] = lease
-	l.mu.Unlock()
 }
 
 // ownedBy tells whether lease names Node n (this incarnation of it) as

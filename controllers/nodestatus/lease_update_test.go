@@ -32,6 +32,8 @@ import (
 // sends.
 type requestLog struct {
 	refusePuts bool // answer every PUT 403 Forbidden, as RBAC without verb update would
+	// before, when set, runs before each request is sent.
+	before func(*http.Request)
 
 	mu   sync.Mutex // guards seen
 	seen []string
@@ -42,6 +44,9 @@ func (l *requestLog) wrap(rt http.RoundTripper) http.RoundTripper {
 		l.mu.Lock()
 		l.seen = append(l.seen, r.Method+" "+r.Header.Get("Content-Type"))
 		l.mu.Unlock()
+		if l.before != nil {
+			l.before(r)
+		}
 		if l.refusePuts && r.Method == http.MethodPut {
 			body := `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,` +
 				`"message":"leases.coordination.k8s.io is forbidden: cannot update resource \"leases\""}`
@@ -222,4 +227,91 @@ func TestLeaseRenewalPatchesWhenUpdatesAreForbidden(t *testing.T) {
 	if len(warnings) != 1 || !strings.Contains(warnings[0].Message, "grant verb update on leases in kube-node-lease") {
 		t.Fatalf("warnings %v, want one that says to grant verb update", r.logs.All())
 	}
+}
+
+// A renewal that waited in the queue (behind other nodes' writes, on a
+// loaded server) does not make the node's next heartbeat look early: with
+// heartbeats every 15 s and the default renew interval, every heartbeat
+// still renews, instead of every other one (30 s apart, one lost
+// heartbeat from lapsing a 40 s Lease).
+func TestLeaseRenewalDelayedInTheQueueKeepsTheCadence(t *testing.T) {
+	client := testcluster.Client(t)
+	first, second := createNode(t, client), createNode(t, client)
+	nodes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	for _, n := range []*corev1.Node{first, second} {
+		if err := nodes.Add(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Now().Truncate(time.Second)
+	clk := &clock{now: t0}
+	// The first node's write holds the only worker until the second
+	// node's heartbeat has arrived, and takes 2 s.
+	inFirst, secondArrived := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	log := &requestLog{before: func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/"+first.Name) {
+			once.Do(func() {
+				close(inFirst)
+				<-secondArrived
+				clk.set(clk.Now().Add(2 * time.Second))
+			})
+		}
+	}}
+	cfg := rest.CopyConfig(testcluster.RESTConfig(t))
+	cfg.Wrap(log.wrap)
+	leaseClient, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := nodestatus.New(nodestatus.Config{
+		Client: client, LeaseClient: leaseClient, Nodes: corelisters.NewNodeLister(nodes), EdgeLabel: edgeLabel,
+		LeaseDuration: 40 * time.Second, LeaseRenewInterval: 15 * time.Second, LeaseWorkers: 1,
+		Registerer: prometheus.NewRegistry(), Now: clk.Now, FieldManager: "edgesync-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, ctrl)
+
+	results := make(chan *edgesyncv1.StatusResult, 2)
+	heartbeat := func(node string) {
+		ctrl.HandleReport(node, &edgesyncv1.SyncRequest{RequestId: 1, Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}},
+			func(res *edgesyncv1.StatusResult) { results <- res })
+	}
+	answered := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case res := <-results:
+				if codes.Code(res.GetCode()) != codes.OK {
+					t.Fatalf("heartbeat answered %v, want OK", res)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("heartbeat not answered within 30s")
+			}
+		}
+	}
+	renewedAt := func(node string, want time.Time) {
+		t.Helper()
+		l, err := client.CoordinationV1().Leases(nodestatus.LeaseNamespace).Get(t.Context(), node, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rt := l.Spec.RenewTime; rt == nil || !rt.Time.Equal(want) {
+			t.Fatalf("lease of %s renewed at %v, want %v", node, l.Spec.RenewTime, want)
+		}
+	}
+
+	heartbeat(first.Name)
+	<-inFirst
+	heartbeat(second.Name) // arrives at t0, written at t0+2s
+	close(secondArrived)
+	answered(2)
+	renewedAt(second.Name, t0.Add(2*time.Second))
+
+	clk.set(t0.Add(15 * time.Second)) // the next heartbeat, 13 s after the write
+	heartbeat(second.Name)
+	answered(1)
+	renewedAt(second.Name, t0.Add(15*time.Second))
 }
