@@ -225,8 +225,12 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
 		own1 := leaseWrites(ctx, srv)
 		k.LeaseWritesByVerb = map[string]float64{}
-		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
+		// The API server names writes by HTTP method (PUT, POST, PATCH,
+		// APPLY), edgesync_kube_requests_total by what they do.
+		for _, verb := range []string{"PUT", "PATCH", "APPLY", "POST"} {
 			k.LeaseWritesAPIServer += cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+		}
+		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
 			d := own1[verb] - own0[verb]
 			k.LeaseWrites += d
 			if d > 0 {
@@ -237,7 +241,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		if ok := lease1.ok - lease0.ok; ok > 0 {
 			k.WritesPerRenewal = k.LeaseWrites / ok
 		}
-		for _, verb := range []string{"UPDATE", "PATCH", "APPLY"} {
+		for _, verb := range []string{"PUT", "PATCH", "APPLY"} {
 			k.NodeStatusWrites += cluster.Requests(m1, verb, "nodes", "status") - cluster.Requests(m0, verb, "nodes", "status")
 		}
 		k.LeaseWritesPerNode = k.LeaseWrites / float64(n) / periods
