@@ -147,6 +147,12 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)),
 			"--kube-lease-qps", strconv.FormatFloat(b.leaseQPS, 'f', -1, 64), "--kube-lease-renew", b.leaseRenew.String())
 	}
+	// The port is picked now, not when the run began: minutes of
+	// scenarios (thousands of client connections) in between could take
+	// it. The restart of scenario 5 reuses it.
+	if b.kubePort, err = freePort(); err != nil {
+		return err
+	}
 	srv, err := start("server-kube")
 	if err != nil {
 		return err
