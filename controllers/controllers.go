@@ -70,11 +70,42 @@ const DefaultEdgeLabel = "node-role.kubernetes.io/edge"
 // DefaultFieldManager names edgesync's writes to the API server.
 const DefaultFieldManager = "edgesync"
 
-// DefaultLeaseQPS and DefaultLeaseBurst bound Lease renewals: enough for
-// 5,000 nodes renewed every 10s with a margin of two.
+// DefaultQPS and DefaultBurst bound the requests of Client: every write
+// reports cause but Lease renewals, Events and token requests, which have
+// clients of their own. edgesync-server's kubernetes.qps and
+// kubernetes.burst default to them.
 const (
-	DefaultLeaseQPS   = 500
-	DefaultLeaseBurst = 1000
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
+
+// Node Lease defaults. Kubernetes' node lifecycle controller marks a node
+// Unknown when it has not seen its Lease renewed for its grace period
+// (--node-monitor-grace-period: 40 s before Kubernetes 1.32, 50 s since),
+// checked every --node-monitor-period (5 s); kubelets write a Lease
+// duration of 40 s and renew every 10 s. edgesync renews a node's Lease
+// only when a heartbeat shows the node alive, at the first heartbeat at
+// least nine tenths of DefaultLeaseRenewInterval after the previous
+// renewal. With the server's default heartbeats every 15 s
+// (server.DefaultHeartbeatInterval) that is every heartbeat: a renewal
+// every 15 s, and a late or lost heartbeat leaves the Lease 30 s old, plus
+// the write's queueing and the controller's 5 s period still inside 40 s.
+// Renewing every other heartbeat (30 s) would let one lost heartbeat
+// (45 s) lapse the Lease; so 15 s is the longest cadence the Lease allows
+// at 15 s heartbeats. At faster heartbeats the same interval keeps writes
+// at one per 15-20 s instead of one per heartbeat (10 s heartbeats: every
+// other one, 20 s, and a lost one leaves 30 s).
+//
+// DefaultLeaseQPS and DefaultLeaseBurst bound the renewals: the server's
+// default node limit (10,000) renewing every 15 s writes 667 Leases per
+// second; 1,000 leaves half again for catching up after the API server
+// stalled (the queue coalesces per node, so a 10 s stall is made up within
+// 20 s).
+const (
+	DefaultLeaseDuration      = 40 * time.Second
+	DefaultLeaseRenewInterval = 15 * time.Second
+	DefaultLeaseQPS           = 1000
+	DefaultLeaseBurst         = 2000
 )
 
 // Config configures the controllers. Zero values take the defaults given.
@@ -102,10 +133,12 @@ type Config struct {
 	EdgeLabel string
 	// FieldManager names the writes; DefaultFieldManager when empty.
 	FieldManager string
-	// LeaseDuration is written into node Leases; 40s when zero.
+	// LeaseDuration is written into node Leases; DefaultLeaseDuration when
+	// zero.
 	LeaseDuration time.Duration
 	// LeaseRenewInterval is how often a node's Lease is renewed while it
-	// sends heartbeats; LeaseDuration/4 when zero. It must be less than
+	// sends heartbeats; DefaultLeaseRenewInterval when zero (with a
+	// LeaseDuration of its own: three eighths of it). It must be less than
 	// LeaseDuration/2.
 	LeaseRenewInterval time.Duration
 	// LeaseWorkers is the number of goroutines renewing Leases; when zero,
@@ -284,8 +317,11 @@ func New(cfg Config) (*Controllers, error) {
 		cfg.LeaseWorkers = max(16, int(cfg.LeaseQPS/20))
 	}
 	if cfg.LeaseClient == nil && cfg.RESTConfig != nil {
+		// No client-side limiter: nodestatus limits renewals to LeaseQPS
+		// itself, before each write. client-go's limiter would build each
+		// request's URL template once more just for a metric.
 		leaseConfig := builtinKinds(cfg.RESTConfig)
-		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = cfg.LeaseQPS, cfg.LeaseBurst, nil
+		leaseConfig.QPS, leaseConfig.Burst, leaseConfig.RateLimiter = -1, 0, nil
 		if cfg.LeaseClient, err = kubernetes.NewForConfig(leaseConfig); err != nil {
 			return nil, fmt.Errorf("controllers: kubernetes lease client: %w", err)
 		}
@@ -351,6 +387,7 @@ func New(cfg Config) (*Controllers, error) {
 	if c.nodes, err = nodestatus.New(nodestatus.Config{
 		Client: cfg.Client, LeaseClient: cfg.LeaseClient, Nodes: corelisters.NewNodeLister(nodes.GetIndexer()), EdgeLabel: label,
 		LeaseDuration: cfg.LeaseDuration, LeaseRenewInterval: cfg.LeaseRenewInterval, LeaseWorkers: cfg.LeaseWorkers,
+		LeaseQPS: cfg.LeaseQPS, LeaseBurst: cfg.LeaseBurst,
 		Registerer: cfg.Registerer, FieldManager: cfg.FieldManager, Logger: cfg.Logger.Named("nodestatus"),
 		KubeletEndpoint: cfg.KubeletEndpoint, WriteGuard: guard,
 	}); err != nil {

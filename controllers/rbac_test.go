@@ -3,6 +3,12 @@ package controllers_test
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -47,9 +53,12 @@ func TestRBACIsEnough(t *testing.T) {
 	// Node ownership between replicas: the replica Lease is created and
 	// renewed, and the ownership records watched, before the caches count
 	// as synced.
+	// A renew interval of a millisecond renews the Lease at each
+	// heartbeat: the second one updates the Lease the first created.
+	logCore, logs := observer.New(zapcore.WarnLevel)
 	ctrls := start(t, controllers.Config{RESTConfig: asServer, Ownership: controllers.OwnershipConfig{
 		Namespace: "edgesync-system", Replica: testcluster.UniqueName("rbac-replica"),
-	}}, rec)
+	}, LeaseRenewInterval: time.Millisecond, Logger: zap.New(zapcore.NewTee(logCore, zaptest.NewLogger(t).Core()))}, rec)
 	if err := ctrls.Claim(t.Context(), edge1); err != nil {
 		t.Fatalf("claim %s: %v", edge1, err)
 	}
@@ -115,6 +124,9 @@ func TestRBACIsEnough(t *testing.T) {
 		&corev1.NodeStatus{Phase: corev1.NodeRunning}, &corev1pb.NodeStatus{})}}})
 	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
 	report(fresh, &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Heartbeat{Heartbeat: &edgesyncv1.Heartbeat{}}})
+	if refused := logs.FilterMessageSnippet("refused to update a node Lease").All(); len(refused) > 0 {
+		t.Errorf("the server's RBAC lets it patch node Leases but not update them: %v", refused[0].ContextMap())
+	}
 
 	// Device status.
 	if _, err := dyn.Resource(devicesync.DeviceModels).Namespace(ns).Create(t.Context(), object(t, modelYAML), metav1.CreateOptions{}); err != nil {

@@ -17,6 +17,12 @@ import (
 	"github.com/edgesync/edgesync/server/certreload"
 )
 
+// DefaultHeartbeatInterval is the heartbeat interval edges are told when
+// Options.HeartbeatInterval is zero. Node Leases are renewed on heartbeats,
+// so it bounds how often they can be (controllers.DefaultLeaseRenewInterval
+// says how the two fit Kubernetes' node Lease of 40 s).
+const DefaultHeartbeatInterval = 15 * time.Second
+
 // Options configure a Server. Zero fields take the defaults listed.
 type Options struct {
 	// ServerID names this replica in Welcome and AdminService. Default: the
@@ -29,7 +35,8 @@ type Options struct {
 	// memory). It must require and verify client certificates.
 	TLSConfig *tls.Config
 
-	// HeartbeatInterval is sent in Welcome. Default 15s.
+	// HeartbeatInterval is sent in Welcome. DefaultHeartbeatInterval when
+	// zero.
 	HeartbeatInterval time.Duration
 	// HeartbeatTimeout ends a session from which nothing (no heartbeat,
 	// no Ack, no report) arrived for this long: the edge is gone or stuck.
@@ -135,7 +142,7 @@ func (o *Options) setDefaults() error {
 			*i = v
 		}
 	}
-	def(&o.HeartbeatInterval, 15*time.Second)
+	def(&o.HeartbeatInterval, DefaultHeartbeatInterval)
 	def(&o.HelloTimeout, 30*time.Second)
 	def(&o.DrainTimeout, 10*time.Second)
 	def(&o.HeartbeatTimeout, 3*o.HeartbeatInterval)

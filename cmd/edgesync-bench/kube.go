@@ -27,15 +27,28 @@ type kubeResult struct {
 	ControllersQPS float64 `json:"controllers_qps"`
 	LeaseQPS       float64 `json:"lease_qps"`
 	LeaseRenew     float64 `json:"lease_renew_interval_seconds"`
-	SetupSeconds   float64 `json:"setup_seconds"`
-	ConnectSeconds float64 `json:"connect_seconds"`
+	// Settings are the server's, as it announced them: the product's
+	// defaults unless --kube-* flags overrode them (Settings.Defaults).
+	Settings       kubeSettings `json:"settings"`
+	SetupSeconds   float64      `json:"setup_seconds"`
+	ConnectSeconds float64      `json:"connect_seconds"`
 
-	HeartbeatsDone     bool    `json:"heartbeats_done"`
-	WindowSeconds      float64 `json:"window_seconds"`
-	CPUPercent         float64 `json:"server_cpu_percent_of_one_core"`
-	HeartbeatsSent     int64   `json:"heartbeats_answered"`
-	LeaseWrites        float64 `json:"lease_writes"`
-	LeaseCreates       float64 `json:"lease_creates"`
+	HeartbeatsDone bool    `json:"heartbeats_done"`
+	WindowSeconds  float64 `json:"window_seconds"`
+	CPUPercent     float64 `json:"server_cpu_percent_of_one_core"`
+	HeartbeatsSent int64   `json:"heartbeats_answered"`
+	// LeaseWrites and LeaseCreates are the server's own node Lease writes
+	// (edgesync_kube_requests_total), LeaseWritesAPIServer every client's
+	// Lease writes as the API server counts them (the control plane's
+	// leader-election Leases included).
+	LeaseWrites          float64 `json:"lease_writes"`
+	LeaseCreates         float64 `json:"lease_creates"`
+	LeaseWritesAPIServer float64 `json:"lease_writes_apiserver"`
+	// LeaseWritesByVerb are the server's Lease writes by verb (UPDATE,
+	// PATCH, CREATE): how each renewal was written.
+	LeaseWritesByVerb map[string]float64 `json:"lease_writes_by_verb"`
+	// WritesPerRenewal is LeaseWrites per successful renewal.
+	WritesPerRenewal   float64 `json:"lease_writes_per_renewal"`
 	LeaseWritesPerNode float64 `json:"lease_writes_per_node_per_10s"`
 	NodeStatusWrites   float64 `json:"node_status_writes"`
 	// From the server's edgesync_lease_renewal_interval_seconds: the
@@ -47,7 +60,19 @@ type kubeResult struct {
 	LeaseIntervalsOver30s float64 `json:"lease_renewal_intervals_over_30s"`
 	HeartbeatsNoWrite     float64 `json:"heartbeats_answered_without_lease_write"`
 	HeartbeatsPerNode     float64 `json:"heartbeats_per_node_per_10s"`
-	APIServerCPUPercent   float64 `json:"apiserver_cpu_percent_of_one_core"`
+	// LeaseWritesPerRenewal is Lease writes per node per renew interval
+	// (Settings.LeaseRenewInterval).
+	LeaseWritesPerRenewal float64 `json:"lease_writes_per_node_per_renew_interval"`
+	// Lease lapses: renewals in the window that came more than the Lease
+	// duration after the previous one (the server's histogram), and the
+	// nodes whose Lease was older than its duration (or missing) when the
+	// benchmark listed the Leases at the start and at the end of the
+	// window. LeaseLapses is their sum.
+	LeaseIntervalsOverDuration float64 `json:"lease_renewal_intervals_over_duration"`
+	LeaseStaleAtSamples        int     `json:"leases_stale_at_samples"`
+	LeaseSamples               int     `json:"lease_samples"`
+	LeaseLapses                float64 `json:"lease_lapses"`
+	APIServerCPUPercent        float64 `json:"apiserver_cpu_percent_of_one_core"`
 
 	FanoutDone  bool            `json:"fanout_done"`
 	FanoutNodes int             `json:"fanout_nodes"`
@@ -82,7 +107,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	k := &b.result.Kube
 	n := b.sc.KubeNodes
 	fanout := min(b.sc.FanoutNodes, n)
-	k.Nodes, k.FanoutNodes, k.ControllersQPS, k.LeaseQPS, k.LeaseRenew = n, fanout, b.kubeQPS, b.leaseQPS, b.leaseRenew.Seconds()
+	k.Nodes, k.FanoutNodes = n, fanout
 	setup := time.Now()
 	b.prog.say("starting devcluster (etcd + kube-apiserver)")
 	cl, err := cluster.Start(ctx, b.devcluster, filepath.Join(b.out, "cluster"))
@@ -115,16 +140,31 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	}
 	k.SetupSeconds = time.Since(setup).Seconds()
 	start := func(name string) (*child, error) {
+		// Zero flags are the product's defaults.
 		return startChild(ctx, filepath.Join(b.out, name+".log"),
 			"--kind", "edgesync", "--certs", b.certs.Dir, "--addr", "127.0.0.1:"+strconv.Itoa(b.kubePort),
-			"--heartbeat", heartbeatInterval.String(), "--kubeconfig", cl.Kubeconfig,
+			"--heartbeat", b.kubeHeartbeat.String(), "--kubeconfig", cl.Kubeconfig,
 			"--kube-qps", strconv.FormatFloat(b.kubeQPS, 'f', -1, 64), "--kube-burst", strconv.Itoa(int(2*b.kubeQPS)),
 			"--kube-lease-qps", strconv.FormatFloat(b.leaseQPS, 'f', -1, 64), "--kube-lease-renew", b.leaseRenew.String())
+	}
+	// The port is picked now, not when the run began: minutes of
+	// scenarios (thousands of client connections) in between could take
+	// it. The restart of scenario 5 reuses it.
+	if b.kubePort, err = freePort(); err != nil {
+		return err
 	}
 	srv, err := start("server-kube")
 	if err != nil {
 		return err
 	}
+	if srv.ready.Settings == nil {
+		srv.kill()
+		return fmt.Errorf("the server with the real controllers announced no settings")
+	}
+	k.Settings = *srv.ready.Settings
+	k.ControllersQPS, k.LeaseQPS, k.LeaseRenew = k.Settings.QPS, k.Settings.LeaseQPS, k.Settings.LeaseRenewInterval.Seconds()
+	heartbeat := k.Settings.HeartbeatInterval
+	b.prog.say("server with the real controllers: %s", k.Settings)
 	defer func() { srv.kill() }()
 	fleet, stopFleet, err := b.startFleet(ctx, "kube", srv.ready.GRPC, n, true, true)
 	if err != nil {
@@ -139,11 +179,30 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 	b.prog.say("%d edges synced through the real controllers in %.1fs", n, k.ConnectSeconds)
 	// Every node's first heartbeat (which creates its Lease) falls within
 	// one interval of connecting; measure after that.
-	if err := hold(ctx, heartbeatInterval+2*time.Second); err != nil {
+	if err := hold(ctx, heartbeat+2*time.Second); err != nil {
 		return err
 	}
 
 	if run[6] {
+		// At 10,000 nodes on a loaded machine the first renewals (a
+		// patch and a create each) take longer than that: measure once
+		// every node's Lease was written, or the start sample counts
+		// Leases not created yet as lapsed.
+		var asked time.Time
+		if err := waitFor(ctx, 2*time.Minute, "every node's Lease written", func() bool {
+			if time.Since(asked) < time.Second { // one scrape of the server's metrics a second
+				return false
+			}
+			asked = time.Now()
+			return leaseRenewals(ctx, srv).ok >= float64(n)
+		}); err != nil {
+			return err
+		}
+		stale, err := staleLeases(ctx, cl, b.names[:n], time.Now())
+		if err != nil {
+			return err
+		}
+		k.LeaseStaleAtSamples += stale
 		m0, err := cl.Metrics(ctx)
 		if err != nil {
 			return err
@@ -152,6 +211,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		api0 := apiserverCPU(cl)
 		hb0 := heartbeatsAnswered(ctx, srv)
 		lease0 := leaseRenewals(ctx, srv)
+		own0 := leaseWrites(ctx, srv)
 		b.prog.say("heartbeat window of %s through the real controllers", b.sc.IdleWindow)
 		profDone := make(chan error, 1)
 		go func() {
@@ -169,7 +229,7 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 		}
 		cpu1, _ := srv.proc()
 		k.WindowSeconds = b.sc.IdleWindow.Seconds()
-		periods := k.WindowSeconds / heartbeatInterval.Seconds()
+		periods := k.WindowSeconds / 10 // the figures per 10 s
 		k.CPUPercent = 100 * (cpu1.CPUSeconds - cpu0.CPUSeconds) / k.WindowSeconds
 		k.APIServerCPUPercent = 100 * (apiserverCPU(cl) - api0) / k.WindowSeconds
 		k.HeartbeatsSent = int64(heartbeatsAnswered(ctx, srv) - hb0)
@@ -179,19 +239,40 @@ func (b *bench) kubeScenarios(ctx context.Context, run map[int]bool) error {
 			k.LeaseIntervalMean = (lease1.intervals.Sum - lease0.intervals.Sum) / k.LeaseRenewals
 		}
 		k.LeaseIntervalsOver30s = lease1.intervals.Above(30) - lease0.intervals.Above(30)
+		duration := k.Settings.LeaseDuration.Seconds()
+		k.LeaseIntervalsOverDuration = lease1.intervals.Above(duration) - lease0.intervals.Above(duration)
 		k.HeartbeatsNoWrite = lease1.skipped - lease0.skipped
 		k.HeartbeatsPerNode = float64(k.HeartbeatsSent) / float64(n) / periods
+		own1 := leaseWrites(ctx, srv)
+		k.LeaseWritesByVerb = map[string]float64{}
+		// The API server names writes by HTTP method (PUT, POST, PATCH,
+		// APPLY), edgesync_kube_requests_total by what they do.
+		for _, verb := range []string{"PUT", "PATCH", "APPLY", "POST"} {
+			k.LeaseWritesAPIServer += cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+		}
 		for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
-			d := cluster.Requests(m1, verb, "leases", "") - cluster.Requests(m0, verb, "leases", "")
+			d := own1[verb] - own0[verb]
 			k.LeaseWrites += d
-			if verb == "CREATE" {
-				k.LeaseCreates = d
+			if d > 0 {
+				k.LeaseWritesByVerb[verb] = d
 			}
 		}
-		for _, verb := range []string{"UPDATE", "PATCH", "APPLY"} {
+		k.LeaseCreates = k.LeaseWritesByVerb["CREATE"]
+		if ok := lease1.ok - lease0.ok; ok > 0 {
+			k.WritesPerRenewal = k.LeaseWrites / ok
+		}
+		for _, verb := range []string{"PUT", "PATCH", "APPLY"} {
 			k.NodeStatusWrites += cluster.Requests(m1, verb, "nodes", "status") - cluster.Requests(m0, verb, "nodes", "status")
 		}
 		k.LeaseWritesPerNode = k.LeaseWrites / float64(n) / periods
+		k.LeaseWritesPerRenewal = k.LeaseWrites / float64(n) / (k.WindowSeconds / k.Settings.LeaseRenewInterval.Seconds())
+		stale, err = staleLeases(ctx, cl, b.names[:n], time.Now())
+		if err != nil {
+			return err
+		}
+		k.LeaseStaleAtSamples += stale
+		k.LeaseSamples = 2 * n
+		k.LeaseLapses = k.LeaseIntervalsOverDuration + float64(k.LeaseStaleAtSamples)
 		k.HeartbeatsDone = true
 	}
 
@@ -315,6 +396,7 @@ func heartbeatsAnswered(ctx context.Context, srv *child) float64 {
 type leaseStats struct {
 	intervals measure.Histogram
 	skipped   float64
+	ok        float64 // successful renewals
 }
 
 func leaseRenewals(ctx context.Context, srv *child) leaseStats {
@@ -326,7 +408,23 @@ func leaseRenewals(ctx context.Context, srv *child) leaseStats {
 	return leaseStats{
 		intervals: m.Histogram("edgesync_lease_renewal_interval_seconds"),
 		skipped:   m.Sum("edgesync_lease_renewals_skipped_total", nil),
+		ok:        m.Sum("edgesync_lease_renewals_total", map[string]string{"result": "ok"}),
 	}
+}
+
+// leaseWrites returns the server's own requests that wrote node Leases,
+// by verb (edgesync_kube_requests_total).
+func leaseWrites(ctx context.Context, srv *child) map[string]float64 {
+	m, err := srv.metrics(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "server metrics: %v\n", err)
+		return nil
+	}
+	by := map[string]float64{}
+	for _, verb := range []string{"UPDATE", "PATCH", "APPLY", "CREATE"} {
+		by[verb] = m.Sum("edgesync_kube_requests_total", map[string]string{"verb": verb, "resource": "leases"})
+	}
+	return by
 }
 
 // apiserverCPU returns the devcluster process's CPU seconds (etcd and

@@ -104,8 +104,12 @@ type bench struct {
 	kubeQPS    float64       // the controllers' API-server QPS
 	leaseQPS   float64       // the controllers' Lease-renewal QPS
 	leaseRenew time.Duration // the controllers' Lease renew interval
-	kubePort   int           // the server's port in the apiserver scenarios
-	edgeclient bool          // edges run the edgeclient library
+	// kubeHeartbeat is the heartbeat interval of the apiserver scenarios
+	// but 8 and 10. Zero, like kubeQPS, leaseQPS and leaseRenew: the
+	// product's default.
+	kubeHeartbeat time.Duration
+	kubePort      int  // the server's port in the apiserver scenarios
+	edgeclient    bool // edges run the edgeclient library
 	// subscriptions, while set, gives the subscriptions each node of a
 	// new fleet sends in its Hello (scenario 9).
 	subscriptions func(node string) []*edgesyncv1.Subscription
@@ -129,11 +133,13 @@ func runMain(ctx context.Context, args []string) error {
 	kube := fs.String("kube", "auto", "run scenarios 2, 5 and 6 also through the real controllers and a devcluster apiserver: on, off, or auto (when --devcluster exists)")
 	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
 	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest) or edgeclient (the edgeclient library with an in-memory store)")
-	kubeQPS := fs.Float64("kube-qps", 200, "the controllers' API-server QPS in the apiserver scenarios (burst is twice)")
-	// Sized by the README's rule for 10,000 nodes heartbeating every
-	// 10 s: renewals every 20 s are 500 writes/s, half the Lease budget.
-	leaseQPS := fs.Float64("kube-lease-qps", 1000, "the controllers' own QPS for Lease renewals in the apiserver scenarios (burst is twice)")
-	leaseRenew := fs.Duration("kube-lease-renew", 19*time.Second, "the controllers' Lease renew interval in the apiserver scenarios")
+	// The apiserver scenarios run with the product's defaults (the zero
+	// values: edgesync-server's defaults, the same constants) unless these
+	// override them; scenario 6's goal is set at the defaults.
+	kubeQPS := fs.Float64("kube-qps", 0, "override the controllers' API-server QPS in the apiserver scenarios (burst is twice; 0: the product's default)")
+	leaseQPS := fs.Float64("kube-lease-qps", 0, "override the controllers' own QPS for Lease renewals in the apiserver scenarios (burst is twice; 0: the product's default)")
+	leaseRenew := fs.Duration("kube-lease-renew", 0, "override the controllers' Lease renew interval in the apiserver scenarios (0: the product's default)")
+	kubeHeartbeat := fs.Duration("kube-heartbeat", 0, "override the heartbeat interval of scenarios 2, 5, 6, 7 and 9 (0: the product's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -169,7 +175,7 @@ func runMain(ctx context.Context, args []string) error {
 	if *edges != "lean" && *edges != "edgeclient" {
 		return fmt.Errorf("--edges must be lean or edgeclient, not %q", *edges)
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, edgeclient: *edges == "edgeclient", crds: *crds, mosquitto: *mosquitto}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, kubeHeartbeat: *kubeHeartbeat, edgeclient: *edges == "edgeclient", crds: *crds, mosquitto: *mosquitto}
 	switch *kube {
 	case "on", "auto":
 		if _, err := os.Stat(*devcluster); err == nil {

@@ -43,6 +43,49 @@ type ready struct {
 	Control string `json:"control"`
 	// Router is the router's REST port (HTTPS), with --router-listen.
 	Router string `json:"router,omitempty"`
+	// Settings are what a server with the real controllers (--kubeconfig)
+	// runs with, defaults applied.
+	Settings *kubeSettings `json:"settings,omitempty"`
+}
+
+// kubeSettings are the settings that decide a server's API-server load:
+// the product's defaults unless the benchmark overrode them.
+type kubeSettings struct {
+	HeartbeatInterval  time.Duration `json:"heartbeat_interval"`
+	QPS                float64       `json:"qps"`
+	Burst              int           `json:"burst"`
+	LeaseQPS           float64       `json:"lease_qps"`
+	LeaseBurst         int           `json:"lease_burst"`
+	LeaseDuration      time.Duration `json:"lease_duration"`
+	LeaseRenewInterval time.Duration `json:"lease_renew_interval"`
+	// Defaults tells whether every one of them is the product's default.
+	Defaults bool `json:"defaults"`
+}
+
+// settings applies the product's defaults (edgesync-server's, the same
+// constants) to what the flags left zero.
+func (b kubeBudget) settings(heartbeat time.Duration) kubeSettings {
+	s := kubeSettings{
+		HeartbeatInterval: heartbeat, QPS: b.qps, Burst: b.burst, LeaseQPS: b.leaseQPS, LeaseBurst: int(2 * b.leaseQPS),
+		LeaseDuration: controllers.DefaultLeaseDuration, LeaseRenewInterval: b.leaseRenew,
+	}
+	s.Defaults = heartbeat == 0 && b.qps == 0 && b.burst == 0 && b.leaseQPS == 0 && b.leaseRenew == 0
+	if s.HeartbeatInterval == 0 {
+		s.HeartbeatInterval = server.DefaultHeartbeatInterval
+	}
+	if s.QPS == 0 {
+		s.QPS = controllers.DefaultQPS
+	}
+	if s.Burst == 0 {
+		s.Burst = controllers.DefaultBurst
+	}
+	if s.LeaseQPS == 0 {
+		s.LeaseQPS, s.LeaseBurst = controllers.DefaultLeaseQPS, controllers.DefaultLeaseBurst
+	}
+	if s.LeaseRenewInterval == 0 {
+		s.LeaseRenewInterval = controllers.DefaultLeaseRenewInterval
+	}
+	return s
 }
 
 // serveMain runs a server under test: "edgesync" (the real server package
@@ -52,16 +95,19 @@ func serveMain(ctx context.Context, args []string) error {
 	kind := fs.String("kind", "edgesync", "server to run: edgesync or raw")
 	certDir := fs.String("certs", "", "directory with ca.crt, ca.key, server.crt, server.key")
 	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
-	heartbeat := fs.Duration("heartbeat", 10*time.Second, "heartbeat interval told to edges")
+	heartbeat := fs.Duration("heartbeat", 0, "heartbeat interval told to edges (0: the product's default, server.DefaultHeartbeatInterval)")
 	nodes := fs.Int("nodes", 0, "nodes that hold the initial objects")
 	objects := fs.Int("objects", 0, "initial ConfigMaps every node holds (resource version 1)")
 	size := fs.Int("size", 1024, "encoded size of each object event in bytes")
 	nodeLimit := fs.Int("node-limit", 20000, "most sessions the server holds")
 	kubeconfig := fs.String("kubeconfig", "", "run the real controllers against this cluster instead of simulated ones")
-	qps := fs.Float64("kube-qps", 50, "controllers' API-server QPS (with --kubeconfig)")
-	burst := fs.Int("kube-burst", 100, "controllers' API-server burst (with --kubeconfig)")
-	leaseQPS := fs.Float64("kube-lease-qps", controllers.DefaultLeaseQPS, "controllers' Lease-renewal QPS (with --kubeconfig; burst is twice)")
-	leaseRenew := fs.Duration("kube-lease-renew", 0, "controllers' Lease renew interval (with --kubeconfig; 0: their default)")
+	// The zero values of the budget flags are edgesync-server's defaults
+	// (the same constants), so that a benchmark run without them measures
+	// the product as shipped.
+	qps := fs.Float64("kube-qps", 0, "controllers' API-server QPS (with --kubeconfig; 0: the product's default)")
+	burst := fs.Int("kube-burst", 0, "controllers' API-server burst (with --kubeconfig; 0: the product's default)")
+	leaseQPS := fs.Float64("kube-lease-qps", 0, "controllers' Lease-renewal QPS (with --kubeconfig; burst is twice; 0: the product's default QPS and burst)")
+	leaseRenew := fs.Duration("kube-lease-renew", 0, "controllers' Lease renew interval (with --kubeconfig; 0: the product's default)")
 	replicaID := fs.String("replica-id", "edgesync-bench", "this server's id (Welcome's server_id; the replica's name in ownership records)")
 	ownershipNS := fs.String("ownership-namespace", "", "with --kubeconfig: claim each node in this namespace's ownership records before serving it, as one of several replicas (empty: a single replica)")
 	ownershipLease := fs.Duration("ownership-lease-duration", 0, "the replica Lease's duration (with --ownership-namespace; 0: the product default)")
@@ -189,7 +235,8 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 	if err := kubemetrics.Register(reg); err != nil {
 		return err
 	}
-	srv, httpLis, err := newServer(certDir, id, heartbeat, nodeLimit, logger, reg)
+	set := budget.settings(heartbeat)
+	srv, httpLis, err := newServer(certDir, id, set.HeartbeatInterval, nodeLimit, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -197,7 +244,7 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 	if err != nil {
 		return fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
-	cfg.QPS, cfg.Burst = float32(budget.qps), budget.burst
+	cfg.QPS, cfg.Burst = float32(set.QPS), set.Burst
 	var (
 		routerOpts *router.Options
 		routerLis  net.Listener
@@ -218,7 +265,7 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 	}
 	ctrls, err := controllers.New(controllers.Config{
 		RESTConfig: cfg, DisableDevices: true, Logger: logger, Registerer: reg,
-		LeaseQPS: float32(budget.leaseQPS), LeaseBurst: int(2 * budget.leaseQPS), LeaseRenewInterval: budget.leaseRenew,
+		LeaseQPS: float32(set.LeaseQPS), LeaseBurst: set.LeaseBurst, LeaseDuration: set.LeaseDuration, LeaseRenewInterval: set.LeaseRenewInterval,
 		Ownership: own, Router: routerOpts,
 	})
 	if err != nil {
@@ -233,7 +280,7 @@ func serveKube(ctx context.Context, lis net.Listener, certDir, id string, heartb
 	case err := <-ctrlsDone:
 		return fmt.Errorf("controllers stopped before their caches synced: %w", err)
 	}
-	r := ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String()}
+	r := ready{GRPC: lis.Addr().String(), HTTP: httpLis.Addr().String(), Settings: &set}
 	if routerLis != nil {
 		rest := &http.Server{Handler: ctrls.Router().Handler(), TLSConfig: routerTLS, ReadHeaderTimeout: 10 * time.Second}
 		go rest.ServeTLS(routerLis, "", "")

@@ -11,6 +11,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/edgesync/edgesync/controllers"
+	"github.com/edgesync/edgesync/server"
 )
 
 // Config is the YAML configuration file of edgesync-server. Every field has
@@ -103,8 +106,10 @@ type KubernetesConfig struct {
 	QPS   float32 `json:"qps"`
 	Burst int     `json:"burst"`
 	// LeaseQPS and LeaseBurst bound node Lease renewals, which have a
-	// client of their own: nodes / controllers.leaseRenewInterval must stay
-	// below LeaseQPS.
+	// client of their own: a Lease is renewed on a heartbeat at most once
+	// per controllers.leaseRenewInterval, so nodes / the longer of the two
+	// intervals (10,000 / 15 s = 667 at the defaults) must stay below
+	// LeaseQPS.
 	LeaseQPS   float32 `json:"leaseQPS"`
 	LeaseBurst int     `json:"leaseBurst"`
 	// TokenQPS and TokenBurst bound TokenRequests for the ServiceAccount
@@ -169,7 +174,7 @@ func defaultConfig() Config {
 			CertFile: "/etc/edgesync/pki/server.crt",
 			KeyFile:  "/etc/edgesync/pki/server.key",
 		},
-		HeartbeatInterval: d(15 * time.Second),
+		HeartbeatInterval: d(server.DefaultHeartbeatInterval),
 		AckWindow:         128,
 		MaxMessageBytes:   4 << 20,
 		ReportsPerSecond:  20,
@@ -178,13 +183,13 @@ func defaultConfig() Config {
 		HelloTimeout:      d(30 * time.Second),
 		DrainTimeout:      d(10 * time.Second),
 		Keepalive:         KeepaliveConfig{Time: d(5 * time.Minute), Timeout: d(10 * time.Second), MinTime: d(5 * time.Second)},
-		Kubernetes: KubernetesConfig{QPS: 50, Burst: 100, LeaseQPS: 500, LeaseBurst: 1000,
+		Kubernetes: KubernetesConfig{QPS: controllers.DefaultQPS, Burst: controllers.DefaultBurst, LeaseQPS: controllers.DefaultLeaseQPS, LeaseBurst: controllers.DefaultLeaseBurst,
 			TokenQPS: 50, TokenBurst: 100, EventQPS: 20, EventBurst: 50},
 		Controllers: ControllersConfig{
 			EdgeLabel:          "node-role.kubernetes.io/edge",
 			Workers:            4,
-			LeaseDuration:      d(40 * time.Second),
-			LeaseRenewInterval: d(10 * time.Second),
+			LeaseDuration:      d(controllers.DefaultLeaseDuration),
+			LeaseRenewInterval: d(controllers.DefaultLeaseRenewInterval),
 			NodeEventRate:      5,
 			NodeEventBurst:     50,
 		},

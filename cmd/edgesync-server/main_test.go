@@ -123,18 +123,24 @@ func TestBadConfigNamesTheField(t *testing.T) {
 }
 
 func TestLeaseSettings(t *testing.T) {
-	t.Run("defaults renew a 40s Lease every 10s within 500 writes per second", func(t *testing.T) {
+	t.Run("defaults keep the default node limit's Leases alive within the Lease budget", func(t *testing.T) {
 		d := defaultConfig()
-		if d.Kubernetes.LeaseQPS != 500 || d.Kubernetes.LeaseBurst != 1000 ||
-			d.Controllers.LeaseRenewInterval.Duration != 10*time.Second || d.Controllers.LeaseDuration.Duration != 40*time.Second {
-			t.Fatalf("defaults: kubernetes %+v, controllers %+v; want leaseQPS 500, leaseBurst 1000, leaseRenewInterval 10s, leaseDuration 40s",
-				d.Kubernetes, d.Controllers)
+		hb, renew, lease := d.HeartbeatInterval.Duration, d.Controllers.LeaseRenewInterval.Duration, d.Controllers.LeaseDuration.Duration
+		// A renewal waits for the first heartbeat nine tenths of the
+		// renew interval after the previous one.
+		cadence := hb * ((renew*9/10 + hb - 1) / hb)
+		if lapse := cadence + hb; lapse >= lease {
+			t.Errorf("renewals every %s (heartbeats every %s, renew interval %s): one lost heartbeat leaves a Lease unrenewed for %s, not less than its duration %s",
+				cadence, hb, renew, lapse, lease)
+		}
+		if writes := float64(d.NodeLimit) / cadence.Seconds(); writes > float64(d.Kubernetes.LeaseQPS) || d.Kubernetes.LeaseBurst < int(d.Kubernetes.LeaseQPS) {
+			t.Errorf("%d nodes renewing every %s write %.0f Leases per second; leaseQPS %g, leaseBurst %d", d.NodeLimit, cadence, writes, d.Kubernetes.LeaseQPS, d.Kubernetes.LeaseBurst)
 		}
 		out, err := execute(t, "--print-default-config")
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, field := range []string{"leaseQPS: 500", "leaseBurst: 1000", "leaseRenewInterval: 10s"} {
+		for _, field := range []string{"leaseQPS: 1000", "leaseBurst: 2000", "leaseRenewInterval: 15s", "leaseDuration: 40s", "heartbeatInterval: 15s"} {
 			if !strings.Contains(out, field) {
 				t.Errorf("default config lacks %q:\n%s", field, out)
 			}

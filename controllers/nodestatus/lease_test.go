@@ -61,7 +61,7 @@ func TestNewRejectsARenewIntervalOfHalfTheDuration(t *testing.T) {
 		duration, got time.Duration
 		ok            bool
 	}{
-		{"default quarter", 40 * time.Second, 0, true},
+		{"default three eighths", 40 * time.Second, 0, true},
 		{"just under half", 40 * time.Second, 19 * time.Second, true},
 		{"half", 40 * time.Second, 20 * time.Second, false},
 		{"longer than the lease", 40 * time.Second, time.Minute, false},

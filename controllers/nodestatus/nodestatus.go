@@ -21,8 +21,10 @@
 // Leases are renewed apart from heartbeats, as kubelets do: a heartbeat
 // that arrives less than LeaseRenewInterval after the node's last
 // successful renewal is answered OK at once, without a write; otherwise it
-// queues one renewal for the node (a JSON merge patch of the Lease spec, or
-// a create when the Lease is missing). Renewals have their own queue,
+// queues one renewal for the node: an update of the Lease this replica
+// wrote last, as kubelets renew theirs (a JSON merge patch of the Lease
+// spec when there is none or it is stale, a create when the Lease is
+// missing). Renewals have their own queue,
 // workers and client (its own QPS and burst), so status writes never starve
 // them and they never starve status writes. A replica holding N nodes
 // therefore writes about N / LeaseRenewInterval Leases per second; the
@@ -82,9 +84,18 @@ type Config struct {
 	// zero.
 	LeaseDuration time.Duration
 	// LeaseRenewInterval is how often a node's Lease is renewed while the
-	// node sends heartbeats at least that often; LeaseDuration/4 when zero.
+	// node sends heartbeats at least that often; three eighths of
+	// LeaseDuration when zero (15 s of 40 s: controllers.DefaultLeaseRenewInterval
+	// says why).
 	// It must be less than LeaseDuration/2.
 	LeaseRenewInterval time.Duration
+	// LeaseQPS and LeaseBurst, when LeaseQPS is positive, bound the Lease
+	// writes (each renewal's update, patch or create) with a token bucket
+	// of the controller's own, taken before each write. Give LeaseClient no
+	// limiter of its own then (rest.Config.QPS < 0): client-go's costs an
+	// extra URL template per request, a fifth of a renewal's client CPU.
+	LeaseQPS   float32
+	LeaseBurst int
 	// LeaseWorkers is the number of goroutines writing Leases; 16 when
 	// zero. Enough to keep LeaseClient's QPS busy at the API server's
 	// latency.
@@ -138,7 +149,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.LeaseDuration = 40 * time.Second
 	}
 	if cfg.LeaseRenewInterval == 0 {
-		cfg.LeaseRenewInterval = cfg.LeaseDuration / 4
+		cfg.LeaseRenewInterval = cfg.LeaseDuration * 3 / 8
 	}
 	if cfg.LeaseRenewInterval < 0 || cfg.LeaseRenewInterval >= cfg.LeaseDuration/2 {
 		return nil, fmt.Errorf("nodestatus: lease renew interval %s must be positive and less than half the lease duration %s, so that one late renewal does not expire the Lease",
