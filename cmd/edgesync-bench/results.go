@@ -150,13 +150,13 @@ type throughputResult struct {
 	RawBenchCPUSeconds        float64 `json:"raw_client_cpu_seconds"`
 	Ratio                     float64 `json:"ratio"`
 	// The rate of every burst measured; the figures above are the median's.
-	EdgesyncRuns []float64 `json:"edgesync_runs_per_second"`
+	EdgesyncRuns  []float64 `json:"edgesync_runs_per_second"`
+	NodeMajorRuns []float64 `json:"node_major_runs_per_second"`
+	RawRuns       []float64 `json:"raw_runs_per_second"`
 	// Object events per message sent (above 1 when edges accept batches,
 	// EventBatch), object-major and node-major, in the median bursts.
-	EdgesyncEventsPerMessage  float64   `json:"edgesync_events_per_message,omitempty"`
-	NodeMajorEventsPerMessage float64   `json:"node_major_events_per_message,omitempty"`
-	NodeMajorRuns             []float64 `json:"node_major_runs_per_second"`
-	RawRuns                   []float64 `json:"raw_runs_per_second"`
+	EdgesyncEventsPerMessage  float64 `json:"edgesync_events_per_message,omitempty"`
+	NodeMajorEventsPerMessage float64 `json:"node_major_events_per_message,omitempty"`
 }
 
 type encodePoint struct {
