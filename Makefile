@@ -142,8 +142,25 @@ generate-ts: tools k8s-protos $(TS_CLIENT)/node_modules/.package-lock.json ## Ge
 
 # --- checks ------------------------------------------------------------------
 
+# api/ stays wire- and JSON-compatible (buf breaking, WIRE_JSON) with the
+# API of BUF_BREAKING_AGAINST, a git ref: main, or origin/main in a clone
+# without a local main. Its committed protos are extracted beside the same
+# Kubernetes protos and compared; a new field or message passes, a changed
+# number, type or name fails.
+BUF_BREAKING_AGAINST ?= $(shell git rev-parse -q --verify main >/dev/null 2>&1 && echo main || echo origin/main)
+BREAKING_DIR := $(BUILD)/buf-breaking
+
+.PHONY: breaking
+breaking: tools k8s-protos ## buf breaking: api/ against BUF_BREAKING_AGAINST (default main).
+	@git rev-parse -q --verify '$(BUF_BREAKING_AGAINST)^{commit}' >/dev/null || { \
+	  echo "buf breaking: no git ref '$(BUF_BREAKING_AGAINST)' to compare api/ with; fetch main or set BUF_BREAKING_AGAINST=<ref>"; exit 1; }
+	@rm -rf $(BREAKING_DIR) && mkdir -p $(BREAKING_DIR)/.build
+	@git archive '$(BUF_BREAKING_AGAINST)' api buf.yaml | tar -x -C $(BREAKING_DIR)
+	@cp -r $(K8S_PROTO) $(BREAKING_DIR)/.build/
+	$(BIN)/buf breaking --against $(BREAKING_DIR)
+
 .PHONY: lint
-lint: tools k8s-protos ## go vet, gofmt, buf lint, buf format.
+lint: tools k8s-protos breaking ## go vet, gofmt, buf lint, buf format, buf breaking.
 	go vet ./...
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); \
 	  if [ -n "$$bad" ]; then echo "gofmt would change:"; echo "$$bad"; exit 1; fi

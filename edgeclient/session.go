@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -193,6 +194,9 @@ func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint)
 	hello := &edgesyncv1.SyncRequest{Message: &edgesyncv1.SyncRequest_Hello{Hello: &edgesyncv1.Hello{
 		NodeName: c.cfg.NodeName, AgentVersion: c.cfg.AgentVersion, HeldObjects: refs,
 		Subscriptions: c.subscriptionSet(),
+		// Several object events may come in one message (EventBatch),
+		// within what this client receives.
+		Batches: &edgesyncv1.Batches{MaxMessageBytes: uint32(min(c.cfg.MaxRecvMessageBytes, math.MaxUint32))},
 	}}}
 	if err := stream.Send(hello); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -224,6 +228,7 @@ func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint)
 }
 
 // receive is the stream's only Recv caller; it closes msgs when it returns.
+// The events of an EventBatch go on one by one, as if each had come alone.
 func (s *session) receive(ctx context.Context, msgs chan<- *edgesyncv1.SyncResponse) error {
 	defer close(msgs)
 	for {
@@ -234,12 +239,38 @@ func (s *session) receive(ctx context.Context, msgs chan<- *edgesyncv1.SyncRespo
 		if err != nil {
 			return fmt.Errorf("stream: %w", err)
 		}
-		select {
-		case msgs <- m:
-		case <-ctx.Done():
-			return ctx.Err()
+		one := []*edgesyncv1.SyncResponse{m}
+		if b := m.GetEventBatch(); b != nil {
+			if err := checkBatch(m.GetSequence(), b); err != nil {
+				return err
+			}
+			one = b.GetEvents()
+		}
+		for _, m := range one {
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
+}
+
+// checkBatch refuses a batch that breaks the protocol's promises (object
+// events only, consecutive sequences ending at the batch's own), which
+// would otherwise acknowledge what was never applied.
+func checkBatch(seq uint64, b *edgesyncv1.EventBatch) error {
+	events := b.GetEvents()
+	if len(events) == 0 {
+		return fmt.Errorf("server sent an empty event batch (sequence %d)", seq)
+	}
+	first := seq - uint64(len(events)) + 1
+	for i, ev := range events {
+		if ev.GetSequence() != first+uint64(i) || !isObjectEvent(ev) {
+			return fmt.Errorf("server sent a malformed event batch (sequence %d): event %d has sequence %d and is %T", seq, i, ev.GetSequence(), ev.GetMessage())
+		}
+	}
+	return nil
 }
 
 func (s *session) liveness() time.Duration {
@@ -322,13 +353,22 @@ func (s *session) noteApplied(seq uint64, idle, objects bool) {
 // carriesObject reports whether batch holds an object event.
 func carriesObject(batch []*edgesyncv1.SyncResponse) bool {
 	for _, m := range batch {
-		switch m.GetMessage().(type) {
-		case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
-			*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent,
-			*edgesyncv1.SyncResponse_NodeEvent, *edgesyncv1.SyncResponse_ServiceEvent,
-			*edgesyncv1.SyncResponse_EndpointSliceEvent, *edgesyncv1.SyncResponse_TokenEvent:
+		if isObjectEvent(m) {
 			return true
 		}
+	}
+	return false
+}
+
+// isObjectEvent reports whether m carries one object event.
+func isObjectEvent(m *edgesyncv1.SyncResponse) bool {
+	switch m.GetMessage().(type) {
+	case *edgesyncv1.SyncResponse_PodEvent, *edgesyncv1.SyncResponse_ConfigMapEvent,
+		*edgesyncv1.SyncResponse_SecretEvent, *edgesyncv1.SyncResponse_DeviceEvent,
+		*edgesyncv1.SyncResponse_NodeEvent, *edgesyncv1.SyncResponse_ServiceEvent,
+		*edgesyncv1.SyncResponse_EndpointSliceEvent, *edgesyncv1.SyncResponse_TokenEvent,
+		*edgesyncv1.SyncResponse_ResourceEvent, *edgesyncv1.SyncResponse_SubscriptionEvent:
+		return true
 	}
 	return false
 }

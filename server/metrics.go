@@ -15,6 +15,9 @@ type metrics struct {
 	latency  prometheus.Histogram
 	upstream *prometheus.CounterVec // by kind, outcome
 	ended    *prometheus.CounterVec // by code
+	// batches counts EventBatch messages sent, batchedEvents the object
+	// events they carried (batch.go).
+	batches, batchedEvents prometheus.Counter
 
 	// The per-message counters, looked up once: a label lookup per
 	// message costs more than the increment.
@@ -73,6 +76,14 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 			Name: "edgesync_sessions_ended_total",
 			Help: "Sessions ended, by the gRPC code the stream ended with.",
 		}, []string{"code"}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgesync_event_batches_sent_total",
+			Help: "Messages sent carrying several object events (EventBatch), to edges that accept them.",
+		}),
+		batchedEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgesync_batched_events_sent_total",
+			Help: "Object events sent inside an EventBatch (also counted in edgesync_messages_sent_total).",
+		}),
 	}
 	m.sentObjects = newKindCounters(m.sent)
 	m.ackedObjects = newKindCounters(m.acked)
@@ -89,7 +100,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 		Name: "edgesync_queue_depth",
 		Help: "Objects queued for edges of this replica and not yet sent.",
 	}, func() float64 { return float64(srv.queuedObjects()) })
-	for _, c := range []prometheus.Collector{m.sent, m.acked, m.nacked, m.latency, m.upstream, m.ended, connected, depth} {
+	for _, c := range []prometheus.Collector{m.sent, m.acked, m.nacked, m.latency, m.upstream, m.ended, m.batches, m.batchedEvents, connected, depth} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -176,6 +176,7 @@ type session struct {
 	answering      bool       // a goroutine is in report (recvLoop, or the claim releasing held reports): it sends answers itself
 	sendersClosed  bool       // the handler returned: signal starts no sender
 	agentVersion   string
+	batchBytes     int // the largest batch the edge accepts; 0: single events only (batch.go)
 	control        []*edgesyncv1.SyncResponse
 	inflight       []sentObject // object events sent and not acknowledged, by sequence
 	lastSent       uint64
@@ -276,6 +277,7 @@ func (s *session) recvLoop() {
 	}
 	s.mu.Lock()
 	s.agentVersion = hello.GetAgentVersion()
+	s.batchBytes = batchBytes(hello)
 	s.mu.Unlock()
 	for _, ref := range hello.GetHeldObjects() {
 		s.queue.Hold(feed.Key{Kind: ref.GetKind(), Namespace: ref.GetNamespace(), Name: ref.GetName()}, queue.Held{UID: ref.GetUid(), ResourceVersion: ref.GetResourceVersion()})
@@ -608,22 +610,7 @@ func (s *session) next() (any, prometheus.Counter) {
 		}}}), s.srv.metrics.sentSyncComplete
 	}
 	if len(s.inflight) < s.srv.opts.AckWindow {
-		e, ok := s.queue.Pop() // skips versions the edge holds
-		if !ok {
-			return nil, nil
-		}
-		obj := e.Object
-		s.lastSent++
-		s.messagesSent++
-		s.inflight = append(s.inflight, sentObject{sequence: s.lastSent, entry: e})
-		if !s.syncComplete {
-			if obj.Deleted {
-				s.initialDeleted++
-			} else {
-				s.initialApplied++
-			}
-		}
-		return &frame.Frame{Sequence: s.lastSent, Payload: obj.Payload}, s.srv.metrics.sentObjects.of(obj.Key.Kind)
+		return s.nextObjects() // batch.go
 	}
 	return nil, nil
 }

@@ -20,7 +20,8 @@ type results struct {
 	Finished time.Time `json:"finished"`
 	Machine  machine   `json:"machine"`
 	Scale    scale     `json:"scale"`
-	// Edges names the simulated edge client: lean or edgeclient.
+	// Edges names the simulated edge client: lean, lean-single (lean edges
+	// that do not accept event batches) or edgeclient.
 	Edges string `json:"edges"`
 
 	Density    densityResult    `json:"density"`
@@ -159,6 +160,10 @@ type throughputResult struct {
 	EdgesyncRuns  []float64 `json:"edgesync_runs_per_second"`
 	NodeMajorRuns []float64 `json:"node_major_runs_per_second"`
 	RawRuns       []float64 `json:"raw_runs_per_second"`
+	// Object events per message sent (above 1 when edges accept batches,
+	// EventBatch), object-major and node-major, in the median bursts.
+	EdgesyncEventsPerMessage  float64 `json:"edgesync_events_per_message,omitempty"`
+	NodeMajorEventsPerMessage float64 `json:"node_major_events_per_message,omitempty"`
 }
 
 type encodePoint struct {

@@ -110,6 +110,8 @@ type bench struct {
 	kubeHeartbeat time.Duration
 	kubePort      int  // the server's port in the apiserver scenarios
 	edgeclient    bool // edges run the edgeclient library
+	// singleEvents: lean edges do not accept event batches.
+	singleEvents bool
 	// subscriptions, while set, gives the subscriptions each node of a
 	// new fleet sends in its Hello (scenario 9).
 	subscriptions func(node string) []*edgesyncv1.Subscription
@@ -132,7 +134,7 @@ func runMain(ctx context.Context, args []string) error {
 	mosquitto := fs.String("mosquitto", "mosquitto", "the MQTT broker of scenario 10 (Debian's mosquitto; make apt-deps)")
 	kube := fs.String("kube", "auto", "run scenarios 2, 5 and 6 also through the real controllers and a devcluster apiserver: on, off, or auto (when --devcluster exists)")
 	devcluster := fs.String("devcluster", "bin/devcluster", "the devcluster binary (make devcluster)")
-	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest) or edgeclient (the edgeclient library with an in-memory store)")
+	edges := fs.String("edges", "lean", "simulated edge client: lean (the built-in protocol client, smallest), lean-single (lean, not accepting event batches, as edges before them) or edgeclient (the edgeclient library with an in-memory store)")
 	// The apiserver scenarios run with the product's defaults (the zero
 	// values: edgesync-server's defaults, the same constants) unless these
 	// override them; scenario 6's goal is set at the defaults.
@@ -172,10 +174,10 @@ func runMain(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	if *edges != "lean" && *edges != "edgeclient" {
-		return fmt.Errorf("--edges must be lean or edgeclient, not %q", *edges)
+	if *edges != "lean" && *edges != "lean-single" && *edges != "edgeclient" {
+		return fmt.Errorf("--edges must be lean, lean-single or edgeclient, not %q", *edges)
 	}
-	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, kubeHeartbeat: *kubeHeartbeat, edgeclient: *edges == "edgeclient", crds: *crds, mosquitto: *mosquitto}
+	b := &bench{sc: sc, out: *out, prog: newProgress(os.Stderr), kubeQPS: *kubeQPS, leaseQPS: *leaseQPS, leaseRenew: *leaseRenew, kubeHeartbeat: *kubeHeartbeat, edgeclient: *edges == "edgeclient", singleEvents: *edges == "lean-single", crds: *crds, mosquitto: *mosquitto}
 	switch *kube {
 	case "on", "auto":
 		if _, err := os.Stat(*devcluster); err == nil {
@@ -333,7 +335,7 @@ func (b *bench) startEdgesync(ctx context.Context, name, addr string, nodes, obj
 func (b *bench) fleet(addrs []string, n int, heartbeats, latency bool) (*edgesim.Fleet, error) {
 	cfg := edgesim.Config{
 		Roots: b.certs.CA.Pool(), Heartbeats: heartbeats, RecordLatency: latency,
-		ConnectConcurrency: connectConcurrency(),
+		ConnectConcurrency: connectConcurrency(), SingleEvents: b.singleEvents,
 	}
 	if len(addrs) == 1 {
 		cfg.Addr = addrs[0]
@@ -723,6 +725,7 @@ func (b *bench) throughputEdgesync(ctx context.Context, n, m int) error {
 	t.EdgesyncServerCPUSeconds, t.EdgesyncBenchCPUSeconds = obj.serverCPU, obj.benchCPU
 	t.NodeMajorPerSecond, t.NodeMajorSeconds, t.NodeMajorPublishSeconds = node.perSecond, node.seconds, node.publishSeconds
 	t.NodeMajorServerCPUSeconds, t.NodeMajorBenchCPUSeconds = node.serverCPU, node.benchCPU
+	t.EdgesyncEventsPerMessage, t.NodeMajorEventsPerMessage = obj.eventsPerMessage, node.eventsPerMessage
 	return nil
 }
 
@@ -731,6 +734,9 @@ type delivery struct {
 	seconds, deliveredSeconds, publishSeconds float64
 	perSecond, acked                          float64
 	serverCPU, benchCPU                       float64
+	// eventsPerMessage is object events sent per message carrying them
+	// (EventBatch carries several).
+	eventsPerMessage float64
 }
 
 // throughputRuns is how often each throughput burst is measured; the
@@ -783,6 +789,10 @@ func (b *bench) measureDelivery(ctx context.Context, srv *child, fleet *edgesim.
 			return false
 		}
 		d.acked = m1.Sum("edgesync_messages_acked_total", nil) - m0.Sum("edgesync_messages_acked_total", nil)
+		if batches := m1.Sum("edgesync_event_batches_sent_total", nil) - m0.Sum("edgesync_event_batches_sent_total", nil); d.acked > 0 {
+			batched := m1.Sum("edgesync_batched_events_sent_total", nil) - m0.Sum("edgesync_batched_events_sent_total", nil)
+			d.eventsPerMessage = d.acked / (d.acked - batched + batches)
+		}
 		return d.acked >= float64(total)
 	})
 	if err != nil {
@@ -794,7 +804,7 @@ func (b *bench) measureDelivery(ctx context.Context, srv *child, fleet *edgesim.
 	d.perSecond = float64(total) / elapsed.Seconds()
 	d.serverCPU = cpu1.CPUSeconds - cpu0.CPUSeconds
 	d.benchCPU = selfCPU() - self0
-	b.prog.say("edgesync, %s-major: %d messages in %.2fs: %.0f/s", order, total, elapsed.Seconds(), d.perSecond)
+	b.prog.say("edgesync, %s-major: %d messages in %.2fs: %.0f/s (%.2f events per message)", order, total, elapsed.Seconds(), d.perSecond, d.eventsPerMessage)
 	return d, nil
 }
 

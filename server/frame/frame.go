@@ -2,8 +2,9 @@
 // again. A Frame is a SyncResponse whose event was encoded once by the
 // controllers (feed.Object.Payload); the Codec writes the session's sequence
 // number (field 1, varint) in front of those bytes, which protobuf decodes as
-// the same message with that sequence set. Every other message goes through
-// the standard proto codec.
+// the same message with that sequence set. A Batch carries several frames
+// in one SyncResponse (EventBatch) with the same shared bytes. Every other
+// message goes through the standard proto codec.
 package frame
 
 import (
@@ -25,8 +26,8 @@ type Frame struct {
 	Payload  []byte
 }
 
-// Codec is a grpc encoding.CodecV2 named "proto" that passes *Frame through
-// and uses the proto codec for everything else. Install it with
+// Codec is a grpc encoding.CodecV2 named "proto" that passes *Frame and
+// *Batch through and uses the proto codec for everything else. Install it with
 // grpc.ForceServerCodecV2.
 type Codec struct {
 	proto encoding.CodecV2
@@ -37,9 +38,12 @@ func NewCodec() *Codec {
 	return &Codec{proto: encoding.GetCodecV2(grpcproto.Name)}
 }
 
-// Marshal encodes v. The payload of a *Frame is shared, not copied: it must
-// not change afterwards.
+// Marshal encodes v. The payloads of a *Frame or a *Batch are shared, not
+// copied: they must not change afterwards.
 func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(*Batch); ok {
+		return b.marshal(), nil
+	}
 	f, ok := v.(*Frame)
 	if !ok {
 		return c.proto.Marshal(v)

@@ -15,6 +15,7 @@
 package queue
 
 import (
+	"math"
 	"sync"
 	"time"
 
@@ -130,19 +131,29 @@ func (q *Queue) slot(key feed.Key) *slot {
 // Pop removes and returns the oldest entry, skipping versions the edge
 // already holds.
 func (q *Queue) Pop() (Entry, bool) {
+	return q.PopUpTo(math.MaxInt)
+}
+
+// PopUpTo is Pop for an entry whose payload is at most maxPayload bytes:
+// when the oldest entry to send is larger, it stays queued and PopUpTo
+// returns false (a batch that has no room for it).
+func (q *Queue) PopUpTo(maxPayload int) (Entry, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.order) > 0 {
 		sl := q.order[0]
+		if len(sl.entry.Object.Payload) > maxPayload && !q.skips(sl) {
+			return Entry{}, false
+		}
 		q.order[0] = nil
 		q.order = q.order[1:]
 		if len(q.order) == 0 {
 			q.order = nil // let the backing array go
 		}
 		e := sl.entry
+		skip := q.skips(sl)
 		sl.entry = Entry{} // the slot no longer holds the object
-		obj := e.Object
-		if !obj.Deleted && sl.holds && sl.acked == sl.sent && sl.held.ResourceVersion == obj.ResourceVersion {
+		if skip {
 			continue // the edge already holds this version, and nothing else is on its way
 		}
 		sl.sent++
@@ -150,6 +161,13 @@ func (q *Queue) Pop() (Entry, bool) {
 		return e, true
 	}
 	return Entry{}, false
+}
+
+// skips reports whether the entry queued in sl is a version the edge
+// already holds with nothing else on its way; the caller holds mu.
+func (q *Queue) skips(sl *slot) bool {
+	obj := sl.entry.Object
+	return !obj.Deleted && sl.holds && sl.acked == sl.sent && sl.held.ResourceVersion == obj.ResourceVersion
 }
 
 // Hold records that the edge holds key at the given version (as its Hello

@@ -60,6 +60,25 @@
 // need not acknowledge them on their own (the Go edgeclient lets them ride on
 // the next object event's Ack, which saves a message per report).
 //
+// # Batches
+//
+// An edge may accept several object events in one message: it says so in
+// Hello.batches, with the largest message it accepts. The server may then
+// carry object events that wait for the edge as one SyncResponse holding an
+// EventBatch: each event in it is a complete SyncResponse with a sequence
+// of its own, the events' sequences consecutive and in the order they are
+// to be applied, exactly as if each had come alone. The batch's own
+// sequence is its last event's: a batch takes no sequence number of its
+// own, so an edge that acknowledges cumulatively need not know batches
+// exist beyond unpacking them (Ack the outer sequence, or any event's).
+// Every event of a batch counts against ack_window like one sent alone, and
+// Nack names the sequence of the event inside the batch. Batches hold only
+// object events (never Welcome, SyncComplete, StatusResult or other control
+// messages), never hold a batch, and never exceed the edge's stated size;
+// an event larger than that size comes alone. An edge that does not set
+// Hello.batches (older edges, grpcurl) gets every event in a message of its
+// own, as before.
+//
 // An edge that cannot apply an object sends Nack with the object and a
 // reason. The server records it (metrics, AdminService, logs) and continues;
 // a Nack also acknowledges nothing, so the edge still sends Ack for it.
@@ -732,6 +751,7 @@ type SyncResponse struct {
 	//	*SyncResponse_SubscriptionEvent
 	//	*SyncResponse_RouteDelivery
 	//	*SyncResponse_RouteSubscriptions
+	//	*SyncResponse_EventBatch
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -925,6 +945,15 @@ func (x *SyncResponse) GetRouteSubscriptions() *RouteSubscriptions {
 	return nil
 }
 
+func (x *SyncResponse) GetEventBatch() *EventBatch {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_EventBatch); ok {
+			return x.EventBatch
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -1005,6 +1034,13 @@ type SyncResponse_RouteSubscriptions struct {
 	RouteSubscriptions *RouteSubscriptions `protobuf:"bytes,41,opt,name=route_subscriptions,json=routeSubscriptions,proto3,oneof"`
 }
 
+type SyncResponse_EventBatch struct {
+	// event_batch carries several object events, sent only to an edge whose
+	// Hello set batches (see "Batches"). The SyncResponse's sequence is
+	// that of the batch's last event.
+	EventBatch *EventBatch `protobuf:"bytes,25,opt,name=event_batch,json=eventBatch,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Message() {}
 
 func (*SyncResponse_PodEvent) isSyncResponse_Message() {}
@@ -1037,6 +1073,107 @@ func (*SyncResponse_RouteDelivery) isSyncResponse_Message() {}
 
 func (*SyncResponse_RouteSubscriptions) isSyncResponse_Message() {}
 
+func (*SyncResponse_EventBatch) isSyncResponse_Message() {}
+
+// EventBatch is several object events in one SyncResponse (see "Batches").
+type EventBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events are object events (pod_event, config_map_event, ... one per
+	// SyncResponse), each with its own sequence, consecutive and in order.
+	// Apply them as if each had arrived alone, first to last.
+	Events        []*SyncResponse `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventBatch) Reset() {
+	*x = EventBatch{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventBatch) ProtoMessage() {}
+
+func (x *EventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
+func (*EventBatch) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EventBatch) GetEvents() []*SyncResponse {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Batches says that an edge accepts EventBatch (see "Batches").
+type Batches struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// max_message_bytes is the largest SyncResponse carrying a batch that the
+	// edge accepts (its receive limit, for example gRPC's
+	// MaxCallRecvMsgSize). The server keeps every batch at or below it, and
+	// below a size of its own choosing; an event too large for it comes
+	// alone. Zero, or a value too small for a batch of two events, means
+	// no batches.
+	MaxMessageBytes uint32 `protobuf:"varint,1,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Batches) Reset() {
+	*x = Batches{}
+	mi := &file_edgesync_v1_sync_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batches) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batches) ProtoMessage() {}
+
+func (x *Batches) ProtoReflect() protoreflect.Message {
+	mi := &file_edgesync_v1_sync_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batches.ProtoReflect.Descriptor instead.
+func (*Batches) Descriptor() ([]byte, []int) {
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Batches) GetMaxMessageBytes() uint32 {
+	if x != nil {
+		return x.MaxMessageBytes
+	}
+	return 0
+}
+
 // ObjectRef names one object version the edge holds.
 type ObjectRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1060,7 +1197,7 @@ type ObjectRef struct {
 
 func (x *ObjectRef) Reset() {
 	*x = ObjectRef{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[2]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1209,7 @@ func (x *ObjectRef) String() string {
 func (*ObjectRef) ProtoMessage() {}
 
 func (x *ObjectRef) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[2]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1222,7 @@ func (x *ObjectRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectRef.ProtoReflect.Descriptor instead.
 func (*ObjectRef) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{2}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ObjectRef) GetKind() Kind {
@@ -1140,13 +1277,17 @@ type Hello struct {
 	// KIND_SUBSCRIPTION entries of held_objects) are kept while the server
 	// checks the subscriptions again, and only the difference is sent.
 	Subscriptions []*Subscription `protobuf:"bytes,4,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	// batches, when set, lets the server carry several object events in one
+	// SyncResponse (EventBatch; see "Batches"). Unset, every event comes in a
+	// message of its own.
+	Batches       *Batches `protobuf:"bytes,5,opt,name=batches,proto3" json:"batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[3]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1299,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[3]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1312,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Hello) GetNodeName() string {
@@ -1202,6 +1343,13 @@ func (x *Hello) GetSubscriptions() []*Subscription {
 	return nil
 }
 
+func (x *Hello) GetBatches() *Batches {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
 // Ack acknowledges every downstream message up to and including sequence.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1212,7 +1360,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[4]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1372,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[4]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1385,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Ack) GetSequence() uint64 {
@@ -1262,7 +1410,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[5]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1422,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[5]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1435,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Nack) GetSequence() uint64 {
@@ -1332,7 +1480,7 @@ type NodeRegistration struct {
 
 func (x *NodeRegistration) Reset() {
 	*x = NodeRegistration{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[6]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1492,7 @@ func (x *NodeRegistration) String() string {
 func (*NodeRegistration) ProtoMessage() {}
 
 func (x *NodeRegistration) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[6]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1505,7 @@ func (x *NodeRegistration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRegistration.ProtoReflect.Descriptor instead.
 func (*NodeRegistration) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodeRegistration) GetLabels() map[string]string {
@@ -1400,7 +1548,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[7]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1560,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[7]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1573,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{7}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeStatus) GetStatus() *v1.NodeStatus {
@@ -1449,7 +1597,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[8]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1609,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[8]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1622,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{8}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{10}
 }
 
 // PodStatus reports the status of one pod bound to this node. The server
@@ -1493,7 +1641,7 @@ type PodStatus struct {
 
 func (x *PodStatus) Reset() {
 	*x = PodStatus{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[9]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1653,7 @@ func (x *PodStatus) String() string {
 func (*PodStatus) ProtoMessage() {}
 
 func (x *PodStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[9]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1666,7 @@ func (x *PodStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodStatus.ProtoReflect.Descriptor instead.
 func (*PodStatus) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{9}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PodStatus) GetNamespace() string {
@@ -1565,7 +1713,7 @@ type DeviceStatus struct {
 
 func (x *DeviceStatus) Reset() {
 	*x = DeviceStatus{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[10]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1725,7 @@ func (x *DeviceStatus) String() string {
 func (*DeviceStatus) ProtoMessage() {}
 
 func (x *DeviceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[10]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1738,7 @@ func (x *DeviceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceStatus.ProtoReflect.Descriptor instead.
 func (*DeviceStatus) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{10}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeviceStatus) GetNamespace() string {
@@ -1671,7 +1819,7 @@ type EventReport struct {
 
 func (x *EventReport) Reset() {
 	*x = EventReport{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1831,7 @@ func (x *EventReport) String() string {
 func (*EventReport) ProtoMessage() {}
 
 func (x *EventReport) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[11]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1844,7 @@ func (x *EventReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventReport.ProtoReflect.Descriptor instead.
 func (*EventReport) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{11}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EventReport) GetRegarding() *ObjectRef {
@@ -1761,7 +1909,7 @@ type Twin struct {
 
 func (x *Twin) Reset() {
 	*x = Twin{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1921,7 @@ func (x *Twin) String() string {
 func (*Twin) ProtoMessage() {}
 
 func (x *Twin) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[12]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1934,7 @@ func (x *Twin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Twin.ProtoReflect.Descriptor instead.
 func (*Twin) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{12}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Twin) GetPropertyName() string {
@@ -1822,7 +1970,7 @@ type TwinValue struct {
 
 func (x *TwinValue) Reset() {
 	*x = TwinValue{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +1982,7 @@ func (x *TwinValue) String() string {
 func (*TwinValue) ProtoMessage() {}
 
 func (x *TwinValue) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[13]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +1995,7 @@ func (x *TwinValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TwinValue.ProtoReflect.Descriptor instead.
 func (*TwinValue) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{13}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TwinValue) GetValue() string {
@@ -1887,7 +2035,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2047,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[14]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2060,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{14}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1970,7 +2118,7 @@ type PodEvent struct {
 
 func (x *PodEvent) Reset() {
 	*x = PodEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2130,7 @@ func (x *PodEvent) String() string {
 func (*PodEvent) ProtoMessage() {}
 
 func (x *PodEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[15]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2143,7 @@ func (x *PodEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodEvent.ProtoReflect.Descriptor instead.
 func (*PodEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{15}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PodEvent) GetType() EventType {
@@ -2023,7 +2171,7 @@ type ConfigMapEvent struct {
 
 func (x *ConfigMapEvent) Reset() {
 	*x = ConfigMapEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2183,7 @@ func (x *ConfigMapEvent) String() string {
 func (*ConfigMapEvent) ProtoMessage() {}
 
 func (x *ConfigMapEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[16]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2196,7 @@ func (x *ConfigMapEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigMapEvent.ProtoReflect.Descriptor instead.
 func (*ConfigMapEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{16}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConfigMapEvent) GetType() EventType {
@@ -2076,7 +2224,7 @@ type SecretEvent struct {
 
 func (x *SecretEvent) Reset() {
 	*x = SecretEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2236,7 @@ func (x *SecretEvent) String() string {
 func (*SecretEvent) ProtoMessage() {}
 
 func (x *SecretEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[17]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2249,7 @@ func (x *SecretEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretEvent.ProtoReflect.Descriptor instead.
 func (*SecretEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{17}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretEvent) GetType() EventType {
@@ -2151,7 +2299,7 @@ type NodeEvent struct {
 
 func (x *NodeEvent) Reset() {
 	*x = NodeEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2311,7 @@ func (x *NodeEvent) String() string {
 func (*NodeEvent) ProtoMessage() {}
 
 func (x *NodeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[18]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2324,7 @@ func (x *NodeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
 func (*NodeEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{18}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeEvent) GetType() EventType {
@@ -2209,7 +2357,7 @@ type ServiceEvent struct {
 
 func (x *ServiceEvent) Reset() {
 	*x = ServiceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2221,7 +2369,7 @@ func (x *ServiceEvent) String() string {
 func (*ServiceEvent) ProtoMessage() {}
 
 func (x *ServiceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[19]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2234,7 +2382,7 @@ func (x *ServiceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEvent.ProtoReflect.Descriptor instead.
 func (*ServiceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{19}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceEvent) GetType() EventType {
@@ -2287,7 +2435,7 @@ type EndpointSliceEvent struct {
 
 func (x *EndpointSliceEvent) Reset() {
 	*x = EndpointSliceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2447,7 @@ func (x *EndpointSliceEvent) String() string {
 func (*EndpointSliceEvent) ProtoMessage() {}
 
 func (x *EndpointSliceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[20]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2460,7 @@ func (x *EndpointSliceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointSliceEvent.ProtoReflect.Descriptor instead.
 func (*EndpointSliceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{20}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EndpointSliceEvent) GetType() EventType {
@@ -2361,7 +2509,7 @@ type TokenEvent struct {
 
 func (x *TokenEvent) Reset() {
 	*x = TokenEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2373,7 +2521,7 @@ func (x *TokenEvent) String() string {
 func (*TokenEvent) ProtoMessage() {}
 
 func (x *TokenEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[21]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2386,7 +2534,7 @@ func (x *TokenEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenEvent.ProtoReflect.Descriptor instead.
 func (*TokenEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{21}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TokenEvent) GetType() EventType {
@@ -2432,7 +2580,7 @@ type ServiceAccountToken struct {
 
 func (x *ServiceAccountToken) Reset() {
 	*x = ServiceAccountToken{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2592,7 @@ func (x *ServiceAccountToken) String() string {
 func (*ServiceAccountToken) ProtoMessage() {}
 
 func (x *ServiceAccountToken) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[22]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2605,7 @@ func (x *ServiceAccountToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceAccountToken.ProtoReflect.Descriptor instead.
 func (*ServiceAccountToken) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{22}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceAccountToken) GetMetadata() *v12.ObjectMeta {
@@ -2532,7 +2680,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2544,7 +2692,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[23]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2557,7 +2705,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{23}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeviceEvent) GetType() EventType {
@@ -2599,7 +2747,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2759,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[24]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2772,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{24}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Device) GetMetadata() *v12.ObjectMeta {
@@ -2690,7 +2838,7 @@ type DeviceProperty struct {
 
 func (x *DeviceProperty) Reset() {
 	*x = DeviceProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2850,7 @@ func (x *DeviceProperty) String() string {
 func (*DeviceProperty) ProtoMessage() {}
 
 func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[25]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2863,7 @@ func (x *DeviceProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceProperty.ProtoReflect.Descriptor instead.
 func (*DeviceProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{25}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeviceProperty) GetName() string {
@@ -2778,7 +2926,7 @@ type ProtocolConfig struct {
 
 func (x *ProtocolConfig) Reset() {
 	*x = ProtocolConfig{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2790,7 +2938,7 @@ func (x *ProtocolConfig) String() string {
 func (*ProtocolConfig) ProtoMessage() {}
 
 func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[26]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2803,7 +2951,7 @@ func (x *ProtocolConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProtocolConfig.ProtoReflect.Descriptor instead.
 func (*ProtocolConfig) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{26}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ProtocolConfig) GetProtocolName() string {
@@ -2832,7 +2980,7 @@ type DeviceMethod struct {
 
 func (x *DeviceMethod) Reset() {
 	*x = DeviceMethod{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +2992,7 @@ func (x *DeviceMethod) String() string {
 func (*DeviceMethod) ProtoMessage() {}
 
 func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[27]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +3005,7 @@ func (x *DeviceMethod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMethod.ProtoReflect.Descriptor instead.
 func (*DeviceMethod) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{27}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeviceMethod) GetName() string {
@@ -2894,7 +3042,7 @@ type DeviceModel struct {
 
 func (x *DeviceModel) Reset() {
 	*x = DeviceModel{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2906,7 +3054,7 @@ func (x *DeviceModel) String() string {
 func (*DeviceModel) ProtoMessage() {}
 
 func (x *DeviceModel) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[28]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2919,7 +3067,7 @@ func (x *DeviceModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceModel.ProtoReflect.Descriptor instead.
 func (*DeviceModel) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{28}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeviceModel) GetMetadata() *v12.ObjectMeta {
@@ -2961,7 +3109,7 @@ type ModelProperty struct {
 
 func (x *ModelProperty) Reset() {
 	*x = ModelProperty{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3121,7 @@ func (x *ModelProperty) String() string {
 func (*ModelProperty) ProtoMessage() {}
 
 func (x *ModelProperty) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[29]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3134,7 @@ func (x *ModelProperty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelProperty.ProtoReflect.Descriptor instead.
 func (*ModelProperty) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{29}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ModelProperty) GetName() string {
@@ -3052,7 +3200,7 @@ type SyncComplete struct {
 
 func (x *SyncComplete) Reset() {
 	*x = SyncComplete{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3212,7 @@ func (x *SyncComplete) String() string {
 func (*SyncComplete) ProtoMessage() {}
 
 func (x *SyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[30]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3225,7 @@ func (x *SyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncComplete.ProtoReflect.Descriptor instead.
 func (*SyncComplete) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{30}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SyncComplete) GetObjectsSent() uint32 {
@@ -3113,7 +3261,7 @@ type StatusResult struct {
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3125,7 +3273,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[31]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3138,7 +3286,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{31}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatusResult) GetRequestId() uint64 {
@@ -3226,7 +3374,7 @@ type Subscription struct {
 
 func (x *Subscription) Reset() {
 	*x = Subscription{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3386,7 @@ func (x *Subscription) String() string {
 func (*Subscription) ProtoMessage() {}
 
 func (x *Subscription) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[32]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3399,7 @@ func (x *Subscription) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
 func (*Subscription) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{32}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Subscription) GetId() string {
@@ -3329,7 +3477,7 @@ type Subscriptions struct {
 
 func (x *Subscriptions) Reset() {
 	*x = Subscriptions{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3341,7 +3489,7 @@ func (x *Subscriptions) String() string {
 func (*Subscriptions) ProtoMessage() {}
 
 func (x *Subscriptions) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[33]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3354,7 +3502,7 @@ func (x *Subscriptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscriptions.ProtoReflect.Descriptor instead.
 func (*Subscriptions) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{33}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Subscriptions) GetSubscriptions() []*Subscription {
@@ -3402,7 +3550,7 @@ type SubscriptionEvent struct {
 
 func (x *SubscriptionEvent) Reset() {
 	*x = SubscriptionEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3562,7 @@ func (x *SubscriptionEvent) String() string {
 func (*SubscriptionEvent) ProtoMessage() {}
 
 func (x *SubscriptionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[34]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3575,7 @@ func (x *SubscriptionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscriptionEvent.ProtoReflect.Descriptor instead.
 func (*SubscriptionEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{34}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SubscriptionEvent) GetType() EventType {
@@ -3514,7 +3662,7 @@ type ResourceEvent struct {
 
 func (x *ResourceEvent) Reset() {
 	*x = ResourceEvent{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +3674,7 @@ func (x *ResourceEvent) String() string {
 func (*ResourceEvent) ProtoMessage() {}
 
 func (x *ResourceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[35]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3539,7 +3687,7 @@ func (x *ResourceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceEvent.ProtoReflect.Descriptor instead.
 func (*ResourceEvent) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{35}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResourceEvent) GetType() EventType {
@@ -3612,7 +3760,7 @@ type ResourceWrite struct {
 
 func (x *ResourceWrite) Reset() {
 	*x = ResourceWrite{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3772,7 @@ func (x *ResourceWrite) String() string {
 func (*ResourceWrite) ProtoMessage() {}
 
 func (x *ResourceWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[36]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3785,7 @@ func (x *ResourceWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceWrite.ProtoReflect.Descriptor instead.
 func (*ResourceWrite) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{36}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResourceWrite) GetMethod() string {
@@ -3696,7 +3844,7 @@ type ResourceWriteResult struct {
 
 func (x *ResourceWriteResult) Reset() {
 	*x = ResourceWriteResult{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3708,7 +3856,7 @@ func (x *ResourceWriteResult) String() string {
 func (*ResourceWriteResult) ProtoMessage() {}
 
 func (x *ResourceWriteResult) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[37]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3721,7 +3869,7 @@ func (x *ResourceWriteResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceWriteResult.ProtoReflect.Descriptor instead.
 func (*ResourceWriteResult) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{37}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResourceWriteResult) GetHttpStatus() int32 {
@@ -3756,7 +3904,7 @@ type RouteHeader struct {
 
 func (x *RouteHeader) Reset() {
 	*x = RouteHeader{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3768,7 +3916,7 @@ func (x *RouteHeader) String() string {
 func (*RouteHeader) ProtoMessage() {}
 
 func (x *RouteHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[38]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3781,7 +3929,7 @@ func (x *RouteHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteHeader.ProtoReflect.Descriptor instead.
 func (*RouteHeader) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{38}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RouteHeader) GetName() string {
@@ -3829,7 +3977,7 @@ type RouteDelivery struct {
 
 func (x *RouteDelivery) Reset() {
 	*x = RouteDelivery{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3841,7 +3989,7 @@ func (x *RouteDelivery) String() string {
 func (*RouteDelivery) ProtoMessage() {}
 
 func (x *RouteDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[39]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3854,7 +4002,7 @@ func (x *RouteDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteDelivery.ProtoReflect.Descriptor instead.
 func (*RouteDelivery) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{39}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RouteDelivery) GetId() string {
@@ -3947,7 +4095,7 @@ type RouteResult struct {
 
 func (x *RouteResult) Reset() {
 	*x = RouteResult{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3959,7 +4107,7 @@ func (x *RouteResult) String() string {
 func (*RouteResult) ProtoMessage() {}
 
 func (x *RouteResult) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[40]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3972,7 +4120,7 @@ func (x *RouteResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteResult.ProtoReflect.Descriptor instead.
 func (*RouteResult) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{40}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RouteResult) GetId() string {
@@ -4026,7 +4174,7 @@ type RouteMessage struct {
 
 func (x *RouteMessage) Reset() {
 	*x = RouteMessage{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4038,7 +4186,7 @@ func (x *RouteMessage) String() string {
 func (*RouteMessage) ProtoMessage() {}
 
 func (x *RouteMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[41]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4051,7 +4199,7 @@ func (x *RouteMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMessage.ProtoReflect.Descriptor instead.
 func (*RouteMessage) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{41}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RouteMessage) GetId() string {
@@ -4086,7 +4234,7 @@ type RouteSubscriptions struct {
 
 func (x *RouteSubscriptions) Reset() {
 	*x = RouteSubscriptions{}
-	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4098,7 +4246,7 @@ func (x *RouteSubscriptions) String() string {
 func (*RouteSubscriptions) ProtoMessage() {}
 
 func (x *RouteSubscriptions) ProtoReflect() protoreflect.Message {
-	mi := &file_edgesync_v1_sync_proto_msgTypes[42]
+	mi := &file_edgesync_v1_sync_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4111,7 +4259,7 @@ func (x *RouteSubscriptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteSubscriptions.ProtoReflect.Descriptor instead.
 func (*RouteSubscriptions) Descriptor() ([]byte, []int) {
-	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{42}
+	return file_edgesync_v1_sync_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RouteSubscriptions) GetTopics() []string {
@@ -4145,7 +4293,7 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x0eresource_write\x18\x14 \x01(\v2\x1a.edgesync.v1.ResourceWriteH\x00R\rresourceWrite\x12=\n" +
 	"\froute_result\x18( \x01(\v2\x18.edgesync.v1.RouteResultH\x00R\vrouteResult\x12@\n" +
 	"\rroute_message\x18) \x01(\v2\x19.edgesync.v1.RouteMessageH\x00R\frouteMessageB\t\n" +
-	"\amessage\"\xdf\b\n" +
+	"\amessage\"\x9b\t\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x120\n" +
 	"\awelcome\x18\n" +
@@ -4167,19 +4315,27 @@ const file_edgesync_v1_sync_proto_rawDesc = "" +
 	"\x0eresource_event\x18\x17 \x01(\v2\x1a.edgesync.v1.ResourceEventH\x00R\rresourceEvent\x12O\n" +
 	"\x12subscription_event\x18\x18 \x01(\v2\x1e.edgesync.v1.SubscriptionEventH\x00R\x11subscriptionEvent\x12C\n" +
 	"\x0eroute_delivery\x18( \x01(\v2\x1a.edgesync.v1.RouteDeliveryH\x00R\rrouteDelivery\x12R\n" +
-	"\x13route_subscriptions\x18) \x01(\v2\x1f.edgesync.v1.RouteSubscriptionsH\x00R\x12routeSubscriptionsB\t\n" +
-	"\amessage\"\xa1\x01\n" +
+	"\x13route_subscriptions\x18) \x01(\v2\x1f.edgesync.v1.RouteSubscriptionsH\x00R\x12routeSubscriptions\x12:\n" +
+	"\vevent_batch\x18\x19 \x01(\v2\x17.edgesync.v1.EventBatchH\x00R\n" +
+	"eventBatchB\t\n" +
+	"\amessage\"?\n" +
+	"\n" +
+	"EventBatch\x121\n" +
+	"\x06events\x18\x01 \x03(\v2\x19.edgesync.v1.SyncResponseR\x06events\"5\n" +
+	"\aBatches\x12*\n" +
+	"\x11max_message_bytes\x18\x01 \x01(\rR\x0fmaxMessageBytes\"\xa1\x01\n" +
 	"\tObjectRef\x12%\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x11.edgesync.v1.KindR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
 	"\x03uid\x18\x04 \x01(\tR\x03uid\x12)\n" +
-	"\x10resource_version\x18\x05 \x01(\tR\x0fresourceVersion\"\xc5\x01\n" +
+	"\x10resource_version\x18\x05 \x01(\tR\x0fresourceVersion\"\xf5\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x129\n" +
 	"\fheld_objects\x18\x03 \x03(\v2\x16.edgesync.v1.ObjectRefR\vheldObjects\x12?\n" +
-	"\rsubscriptions\x18\x04 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\"!\n" +
+	"\rsubscriptions\x18\x04 \x03(\v2\x19.edgesync.v1.SubscriptionR\rsubscriptions\x12.\n" +
+	"\abatches\x18\x05 \x01(\v2\x14.edgesync.v1.BatchesR\abatches\"!\n" +
 	"\x03Ack\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\"j\n" +
 	"\x04Nack\x12\x1a\n" +
@@ -4441,7 +4597,7 @@ func file_edgesync_v1_sync_proto_rawDescGZIP() []byte {
 }
 
 var file_edgesync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_edgesync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_edgesync_v1_sync_proto_goTypes = []any{
 	(Kind)(0),                     // 0: edgesync.v1.Kind
 	(EventType)(0),                // 1: edgesync.v1.EventType
@@ -4449,161 +4605,166 @@ var file_edgesync_v1_sync_proto_goTypes = []any{
 	(RouteTarget)(0),              // 3: edgesync.v1.RouteTarget
 	(*SyncRequest)(nil),           // 4: edgesync.v1.SyncRequest
 	(*SyncResponse)(nil),          // 5: edgesync.v1.SyncResponse
-	(*ObjectRef)(nil),             // 6: edgesync.v1.ObjectRef
-	(*Hello)(nil),                 // 7: edgesync.v1.Hello
-	(*Ack)(nil),                   // 8: edgesync.v1.Ack
-	(*Nack)(nil),                  // 9: edgesync.v1.Nack
-	(*NodeRegistration)(nil),      // 10: edgesync.v1.NodeRegistration
-	(*NodeStatus)(nil),            // 11: edgesync.v1.NodeStatus
-	(*Heartbeat)(nil),             // 12: edgesync.v1.Heartbeat
-	(*PodStatus)(nil),             // 13: edgesync.v1.PodStatus
-	(*DeviceStatus)(nil),          // 14: edgesync.v1.DeviceStatus
-	(*EventReport)(nil),           // 15: edgesync.v1.EventReport
-	(*Twin)(nil),                  // 16: edgesync.v1.Twin
-	(*TwinValue)(nil),             // 17: edgesync.v1.TwinValue
-	(*Welcome)(nil),               // 18: edgesync.v1.Welcome
-	(*PodEvent)(nil),              // 19: edgesync.v1.PodEvent
-	(*ConfigMapEvent)(nil),        // 20: edgesync.v1.ConfigMapEvent
-	(*SecretEvent)(nil),           // 21: edgesync.v1.SecretEvent
-	(*NodeEvent)(nil),             // 22: edgesync.v1.NodeEvent
-	(*ServiceEvent)(nil),          // 23: edgesync.v1.ServiceEvent
-	(*EndpointSliceEvent)(nil),    // 24: edgesync.v1.EndpointSliceEvent
-	(*TokenEvent)(nil),            // 25: edgesync.v1.TokenEvent
-	(*ServiceAccountToken)(nil),   // 26: edgesync.v1.ServiceAccountToken
-	(*DeviceEvent)(nil),           // 27: edgesync.v1.DeviceEvent
-	(*Device)(nil),                // 28: edgesync.v1.Device
-	(*DeviceProperty)(nil),        // 29: edgesync.v1.DeviceProperty
-	(*ProtocolConfig)(nil),        // 30: edgesync.v1.ProtocolConfig
-	(*DeviceMethod)(nil),          // 31: edgesync.v1.DeviceMethod
-	(*DeviceModel)(nil),           // 32: edgesync.v1.DeviceModel
-	(*ModelProperty)(nil),         // 33: edgesync.v1.ModelProperty
-	(*SyncComplete)(nil),          // 34: edgesync.v1.SyncComplete
-	(*StatusResult)(nil),          // 35: edgesync.v1.StatusResult
-	(*Subscription)(nil),          // 36: edgesync.v1.Subscription
-	(*Subscriptions)(nil),         // 37: edgesync.v1.Subscriptions
-	(*SubscriptionEvent)(nil),     // 38: edgesync.v1.SubscriptionEvent
-	(*ResourceEvent)(nil),         // 39: edgesync.v1.ResourceEvent
-	(*ResourceWrite)(nil),         // 40: edgesync.v1.ResourceWrite
-	(*ResourceWriteResult)(nil),   // 41: edgesync.v1.ResourceWriteResult
-	(*RouteHeader)(nil),           // 42: edgesync.v1.RouteHeader
-	(*RouteDelivery)(nil),         // 43: edgesync.v1.RouteDelivery
-	(*RouteResult)(nil),           // 44: edgesync.v1.RouteResult
-	(*RouteMessage)(nil),          // 45: edgesync.v1.RouteMessage
-	(*RouteSubscriptions)(nil),    // 46: edgesync.v1.RouteSubscriptions
-	nil,                           // 47: edgesync.v1.NodeRegistration.LabelsEntry
-	nil,                           // 48: edgesync.v1.NodeRegistration.AnnotationsEntry
-	nil,                           // 49: edgesync.v1.TwinValue.MetadataEntry
-	(*TunnelOpen)(nil),            // 50: edgesync.v1.TunnelOpen
-	(*v1.Taint)(nil),              // 51: k8s.io.api.core.v1.Taint
-	(*v1.NodeStatus)(nil),         // 52: k8s.io.api.core.v1.NodeStatus
-	(*v1.PodStatus)(nil),          // 53: k8s.io.api.core.v1.PodStatus
-	(*timestamppb.Timestamp)(nil), // 54: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 55: google.protobuf.Duration
-	(*v1.Pod)(nil),                // 56: k8s.io.api.core.v1.Pod
-	(*v1.ConfigMap)(nil),          // 57: k8s.io.api.core.v1.ConfigMap
-	(*v1.Secret)(nil),             // 58: k8s.io.api.core.v1.Secret
-	(*v1.Node)(nil),               // 59: k8s.io.api.core.v1.Node
-	(*v1.Service)(nil),            // 60: k8s.io.api.core.v1.Service
-	(*v11.EndpointSlice)(nil),     // 61: k8s.io.api.discovery.v1.EndpointSlice
-	(*v12.ObjectMeta)(nil),        // 62: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	(*structpb.Struct)(nil),       // 63: google.protobuf.Struct
+	(*EventBatch)(nil),            // 6: edgesync.v1.EventBatch
+	(*Batches)(nil),               // 7: edgesync.v1.Batches
+	(*ObjectRef)(nil),             // 8: edgesync.v1.ObjectRef
+	(*Hello)(nil),                 // 9: edgesync.v1.Hello
+	(*Ack)(nil),                   // 10: edgesync.v1.Ack
+	(*Nack)(nil),                  // 11: edgesync.v1.Nack
+	(*NodeRegistration)(nil),      // 12: edgesync.v1.NodeRegistration
+	(*NodeStatus)(nil),            // 13: edgesync.v1.NodeStatus
+	(*Heartbeat)(nil),             // 14: edgesync.v1.Heartbeat
+	(*PodStatus)(nil),             // 15: edgesync.v1.PodStatus
+	(*DeviceStatus)(nil),          // 16: edgesync.v1.DeviceStatus
+	(*EventReport)(nil),           // 17: edgesync.v1.EventReport
+	(*Twin)(nil),                  // 18: edgesync.v1.Twin
+	(*TwinValue)(nil),             // 19: edgesync.v1.TwinValue
+	(*Welcome)(nil),               // 20: edgesync.v1.Welcome
+	(*PodEvent)(nil),              // 21: edgesync.v1.PodEvent
+	(*ConfigMapEvent)(nil),        // 22: edgesync.v1.ConfigMapEvent
+	(*SecretEvent)(nil),           // 23: edgesync.v1.SecretEvent
+	(*NodeEvent)(nil),             // 24: edgesync.v1.NodeEvent
+	(*ServiceEvent)(nil),          // 25: edgesync.v1.ServiceEvent
+	(*EndpointSliceEvent)(nil),    // 26: edgesync.v1.EndpointSliceEvent
+	(*TokenEvent)(nil),            // 27: edgesync.v1.TokenEvent
+	(*ServiceAccountToken)(nil),   // 28: edgesync.v1.ServiceAccountToken
+	(*DeviceEvent)(nil),           // 29: edgesync.v1.DeviceEvent
+	(*Device)(nil),                // 30: edgesync.v1.Device
+	(*DeviceProperty)(nil),        // 31: edgesync.v1.DeviceProperty
+	(*ProtocolConfig)(nil),        // 32: edgesync.v1.ProtocolConfig
+	(*DeviceMethod)(nil),          // 33: edgesync.v1.DeviceMethod
+	(*DeviceModel)(nil),           // 34: edgesync.v1.DeviceModel
+	(*ModelProperty)(nil),         // 35: edgesync.v1.ModelProperty
+	(*SyncComplete)(nil),          // 36: edgesync.v1.SyncComplete
+	(*StatusResult)(nil),          // 37: edgesync.v1.StatusResult
+	(*Subscription)(nil),          // 38: edgesync.v1.Subscription
+	(*Subscriptions)(nil),         // 39: edgesync.v1.Subscriptions
+	(*SubscriptionEvent)(nil),     // 40: edgesync.v1.SubscriptionEvent
+	(*ResourceEvent)(nil),         // 41: edgesync.v1.ResourceEvent
+	(*ResourceWrite)(nil),         // 42: edgesync.v1.ResourceWrite
+	(*ResourceWriteResult)(nil),   // 43: edgesync.v1.ResourceWriteResult
+	(*RouteHeader)(nil),           // 44: edgesync.v1.RouteHeader
+	(*RouteDelivery)(nil),         // 45: edgesync.v1.RouteDelivery
+	(*RouteResult)(nil),           // 46: edgesync.v1.RouteResult
+	(*RouteMessage)(nil),          // 47: edgesync.v1.RouteMessage
+	(*RouteSubscriptions)(nil),    // 48: edgesync.v1.RouteSubscriptions
+	nil,                           // 49: edgesync.v1.NodeRegistration.LabelsEntry
+	nil,                           // 50: edgesync.v1.NodeRegistration.AnnotationsEntry
+	nil,                           // 51: edgesync.v1.TwinValue.MetadataEntry
+	(*TunnelOpen)(nil),            // 52: edgesync.v1.TunnelOpen
+	(*v1.Taint)(nil),              // 53: k8s.io.api.core.v1.Taint
+	(*v1.NodeStatus)(nil),         // 54: k8s.io.api.core.v1.NodeStatus
+	(*v1.PodStatus)(nil),          // 55: k8s.io.api.core.v1.PodStatus
+	(*timestamppb.Timestamp)(nil), // 56: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 57: google.protobuf.Duration
+	(*v1.Pod)(nil),                // 58: k8s.io.api.core.v1.Pod
+	(*v1.ConfigMap)(nil),          // 59: k8s.io.api.core.v1.ConfigMap
+	(*v1.Secret)(nil),             // 60: k8s.io.api.core.v1.Secret
+	(*v1.Node)(nil),               // 61: k8s.io.api.core.v1.Node
+	(*v1.Service)(nil),            // 62: k8s.io.api.core.v1.Service
+	(*v11.EndpointSlice)(nil),     // 63: k8s.io.api.discovery.v1.EndpointSlice
+	(*v12.ObjectMeta)(nil),        // 64: k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	(*structpb.Struct)(nil),       // 65: google.protobuf.Struct
 }
 var file_edgesync_v1_sync_proto_depIdxs = []int32{
-	7,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
-	8,  // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
-	9,  // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
-	10, // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
-	11, // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
-	12, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
-	13, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
-	14, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
-	15, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
-	37, // 9: edgesync.v1.SyncRequest.subscriptions:type_name -> edgesync.v1.Subscriptions
-	40, // 10: edgesync.v1.SyncRequest.resource_write:type_name -> edgesync.v1.ResourceWrite
-	44, // 11: edgesync.v1.SyncRequest.route_result:type_name -> edgesync.v1.RouteResult
-	45, // 12: edgesync.v1.SyncRequest.route_message:type_name -> edgesync.v1.RouteMessage
-	18, // 13: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
-	19, // 14: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
-	20, // 15: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
-	21, // 16: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
-	27, // 17: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
-	34, // 18: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
-	35, // 19: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
-	22, // 20: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
-	25, // 21: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
-	23, // 22: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
-	24, // 23: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
-	50, // 24: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
-	39, // 25: edgesync.v1.SyncResponse.resource_event:type_name -> edgesync.v1.ResourceEvent
-	38, // 26: edgesync.v1.SyncResponse.subscription_event:type_name -> edgesync.v1.SubscriptionEvent
-	43, // 27: edgesync.v1.SyncResponse.route_delivery:type_name -> edgesync.v1.RouteDelivery
-	46, // 28: edgesync.v1.SyncResponse.route_subscriptions:type_name -> edgesync.v1.RouteSubscriptions
-	0,  // 29: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
-	6,  // 30: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
-	36, // 31: edgesync.v1.Hello.subscriptions:type_name -> edgesync.v1.Subscription
-	6,  // 32: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
-	47, // 33: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
-	48, // 34: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
-	51, // 35: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
-	52, // 36: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	52, // 37: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
-	53, // 38: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
-	16, // 39: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
-	54, // 40: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
-	6,  // 41: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
-	54, // 42: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
-	17, // 43: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
-	17, // 44: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
-	49, // 45: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
-	55, // 46: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 47: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
-	56, // 48: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
-	1,  // 49: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
-	57, // 50: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
-	1,  // 51: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
-	58, // 52: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
-	1,  // 53: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
-	59, // 54: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
-	1,  // 55: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
-	60, // 56: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
-	1,  // 57: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
-	61, // 58: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
-	1,  // 59: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
-	26, // 60: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
-	62, // 61: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	54, // 62: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
-	1,  // 63: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
-	28, // 64: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
-	32, // 65: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
-	62, // 66: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	29, // 67: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
-	30, // 68: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
-	31, // 69: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
-	17, // 70: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
-	30, // 71: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
-	63, // 72: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
-	63, // 73: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
-	62, // 74: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	33, // 75: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
-	41, // 76: edgesync.v1.StatusResult.write_result:type_name -> edgesync.v1.ResourceWriteResult
-	36, // 77: edgesync.v1.Subscriptions.subscriptions:type_name -> edgesync.v1.Subscription
-	1,  // 78: edgesync.v1.SubscriptionEvent.type:type_name -> edgesync.v1.EventType
-	62, // 79: edgesync.v1.SubscriptionEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	36, // 80: edgesync.v1.SubscriptionEvent.subscription:type_name -> edgesync.v1.Subscription
-	2,  // 81: edgesync.v1.SubscriptionEvent.state:type_name -> edgesync.v1.SubscriptionState
-	1,  // 82: edgesync.v1.ResourceEvent.type:type_name -> edgesync.v1.EventType
-	62, // 83: edgesync.v1.ResourceEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
-	3,  // 84: edgesync.v1.RouteDelivery.target:type_name -> edgesync.v1.RouteTarget
-	42, // 85: edgesync.v1.RouteDelivery.headers:type_name -> edgesync.v1.RouteHeader
-	55, // 86: edgesync.v1.RouteDelivery.ttl:type_name -> google.protobuf.Duration
-	42, // 87: edgesync.v1.RouteResult.headers:type_name -> edgesync.v1.RouteHeader
-	4,  // 88: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
-	5,  // 89: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
-	89, // [89:90] is the sub-list for method output_type
-	88, // [88:89] is the sub-list for method input_type
-	88, // [88:88] is the sub-list for extension type_name
-	88, // [88:88] is the sub-list for extension extendee
-	0,  // [0:88] is the sub-list for field type_name
+	9,  // 0: edgesync.v1.SyncRequest.hello:type_name -> edgesync.v1.Hello
+	10, // 1: edgesync.v1.SyncRequest.ack:type_name -> edgesync.v1.Ack
+	11, // 2: edgesync.v1.SyncRequest.nack:type_name -> edgesync.v1.Nack
+	12, // 3: edgesync.v1.SyncRequest.node_registration:type_name -> edgesync.v1.NodeRegistration
+	13, // 4: edgesync.v1.SyncRequest.node_status:type_name -> edgesync.v1.NodeStatus
+	14, // 5: edgesync.v1.SyncRequest.heartbeat:type_name -> edgesync.v1.Heartbeat
+	15, // 6: edgesync.v1.SyncRequest.pod_status:type_name -> edgesync.v1.PodStatus
+	16, // 7: edgesync.v1.SyncRequest.device_status:type_name -> edgesync.v1.DeviceStatus
+	17, // 8: edgesync.v1.SyncRequest.event_report:type_name -> edgesync.v1.EventReport
+	39, // 9: edgesync.v1.SyncRequest.subscriptions:type_name -> edgesync.v1.Subscriptions
+	42, // 10: edgesync.v1.SyncRequest.resource_write:type_name -> edgesync.v1.ResourceWrite
+	46, // 11: edgesync.v1.SyncRequest.route_result:type_name -> edgesync.v1.RouteResult
+	47, // 12: edgesync.v1.SyncRequest.route_message:type_name -> edgesync.v1.RouteMessage
+	20, // 13: edgesync.v1.SyncResponse.welcome:type_name -> edgesync.v1.Welcome
+	21, // 14: edgesync.v1.SyncResponse.pod_event:type_name -> edgesync.v1.PodEvent
+	22, // 15: edgesync.v1.SyncResponse.config_map_event:type_name -> edgesync.v1.ConfigMapEvent
+	23, // 16: edgesync.v1.SyncResponse.secret_event:type_name -> edgesync.v1.SecretEvent
+	29, // 17: edgesync.v1.SyncResponse.device_event:type_name -> edgesync.v1.DeviceEvent
+	36, // 18: edgesync.v1.SyncResponse.sync_complete:type_name -> edgesync.v1.SyncComplete
+	37, // 19: edgesync.v1.SyncResponse.status_result:type_name -> edgesync.v1.StatusResult
+	24, // 20: edgesync.v1.SyncResponse.node_event:type_name -> edgesync.v1.NodeEvent
+	27, // 21: edgesync.v1.SyncResponse.token_event:type_name -> edgesync.v1.TokenEvent
+	25, // 22: edgesync.v1.SyncResponse.service_event:type_name -> edgesync.v1.ServiceEvent
+	26, // 23: edgesync.v1.SyncResponse.endpoint_slice_event:type_name -> edgesync.v1.EndpointSliceEvent
+	52, // 24: edgesync.v1.SyncResponse.tunnel_open:type_name -> edgesync.v1.TunnelOpen
+	41, // 25: edgesync.v1.SyncResponse.resource_event:type_name -> edgesync.v1.ResourceEvent
+	40, // 26: edgesync.v1.SyncResponse.subscription_event:type_name -> edgesync.v1.SubscriptionEvent
+	45, // 27: edgesync.v1.SyncResponse.route_delivery:type_name -> edgesync.v1.RouteDelivery
+	48, // 28: edgesync.v1.SyncResponse.route_subscriptions:type_name -> edgesync.v1.RouteSubscriptions
+	6,  // 29: edgesync.v1.SyncResponse.event_batch:type_name -> edgesync.v1.EventBatch
+	5,  // 30: edgesync.v1.EventBatch.events:type_name -> edgesync.v1.SyncResponse
+	0,  // 31: edgesync.v1.ObjectRef.kind:type_name -> edgesync.v1.Kind
+	8,  // 32: edgesync.v1.Hello.held_objects:type_name -> edgesync.v1.ObjectRef
+	38, // 33: edgesync.v1.Hello.subscriptions:type_name -> edgesync.v1.Subscription
+	7,  // 34: edgesync.v1.Hello.batches:type_name -> edgesync.v1.Batches
+	8,  // 35: edgesync.v1.Nack.object:type_name -> edgesync.v1.ObjectRef
+	49, // 36: edgesync.v1.NodeRegistration.labels:type_name -> edgesync.v1.NodeRegistration.LabelsEntry
+	50, // 37: edgesync.v1.NodeRegistration.annotations:type_name -> edgesync.v1.NodeRegistration.AnnotationsEntry
+	53, // 38: edgesync.v1.NodeRegistration.taints:type_name -> k8s.io.api.core.v1.Taint
+	54, // 39: edgesync.v1.NodeRegistration.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	54, // 40: edgesync.v1.NodeStatus.status:type_name -> k8s.io.api.core.v1.NodeStatus
+	55, // 41: edgesync.v1.PodStatus.status:type_name -> k8s.io.api.core.v1.PodStatus
+	18, // 42: edgesync.v1.DeviceStatus.twins:type_name -> edgesync.v1.Twin
+	56, // 43: edgesync.v1.DeviceStatus.last_online_time:type_name -> google.protobuf.Timestamp
+	8,  // 44: edgesync.v1.EventReport.regarding:type_name -> edgesync.v1.ObjectRef
+	56, // 45: edgesync.v1.EventReport.event_time:type_name -> google.protobuf.Timestamp
+	19, // 46: edgesync.v1.Twin.reported:type_name -> edgesync.v1.TwinValue
+	19, // 47: edgesync.v1.Twin.observed_desired:type_name -> edgesync.v1.TwinValue
+	51, // 48: edgesync.v1.TwinValue.metadata:type_name -> edgesync.v1.TwinValue.MetadataEntry
+	57, // 49: edgesync.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 50: edgesync.v1.PodEvent.type:type_name -> edgesync.v1.EventType
+	58, // 51: edgesync.v1.PodEvent.pod:type_name -> k8s.io.api.core.v1.Pod
+	1,  // 52: edgesync.v1.ConfigMapEvent.type:type_name -> edgesync.v1.EventType
+	59, // 53: edgesync.v1.ConfigMapEvent.config_map:type_name -> k8s.io.api.core.v1.ConfigMap
+	1,  // 54: edgesync.v1.SecretEvent.type:type_name -> edgesync.v1.EventType
+	60, // 55: edgesync.v1.SecretEvent.secret:type_name -> k8s.io.api.core.v1.Secret
+	1,  // 56: edgesync.v1.NodeEvent.type:type_name -> edgesync.v1.EventType
+	61, // 57: edgesync.v1.NodeEvent.node:type_name -> k8s.io.api.core.v1.Node
+	1,  // 58: edgesync.v1.ServiceEvent.type:type_name -> edgesync.v1.EventType
+	62, // 59: edgesync.v1.ServiceEvent.service:type_name -> k8s.io.api.core.v1.Service
+	1,  // 60: edgesync.v1.EndpointSliceEvent.type:type_name -> edgesync.v1.EventType
+	63, // 61: edgesync.v1.EndpointSliceEvent.endpoint_slice:type_name -> k8s.io.api.discovery.v1.EndpointSlice
+	1,  // 62: edgesync.v1.TokenEvent.type:type_name -> edgesync.v1.EventType
+	28, // 63: edgesync.v1.TokenEvent.token:type_name -> edgesync.v1.ServiceAccountToken
+	64, // 64: edgesync.v1.ServiceAccountToken.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	56, // 65: edgesync.v1.ServiceAccountToken.expiration_time:type_name -> google.protobuf.Timestamp
+	1,  // 66: edgesync.v1.DeviceEvent.type:type_name -> edgesync.v1.EventType
+	30, // 67: edgesync.v1.DeviceEvent.device:type_name -> edgesync.v1.Device
+	34, // 68: edgesync.v1.DeviceEvent.model:type_name -> edgesync.v1.DeviceModel
+	64, // 69: edgesync.v1.Device.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	31, // 70: edgesync.v1.Device.properties:type_name -> edgesync.v1.DeviceProperty
+	32, // 71: edgesync.v1.Device.protocol:type_name -> edgesync.v1.ProtocolConfig
+	33, // 72: edgesync.v1.Device.methods:type_name -> edgesync.v1.DeviceMethod
+	19, // 73: edgesync.v1.DeviceProperty.desired:type_name -> edgesync.v1.TwinValue
+	32, // 74: edgesync.v1.DeviceProperty.visitors:type_name -> edgesync.v1.ProtocolConfig
+	65, // 75: edgesync.v1.DeviceProperty.push_method:type_name -> google.protobuf.Struct
+	65, // 76: edgesync.v1.ProtocolConfig.config_data:type_name -> google.protobuf.Struct
+	64, // 77: edgesync.v1.DeviceModel.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	35, // 78: edgesync.v1.DeviceModel.properties:type_name -> edgesync.v1.ModelProperty
+	43, // 79: edgesync.v1.StatusResult.write_result:type_name -> edgesync.v1.ResourceWriteResult
+	38, // 80: edgesync.v1.Subscriptions.subscriptions:type_name -> edgesync.v1.Subscription
+	1,  // 81: edgesync.v1.SubscriptionEvent.type:type_name -> edgesync.v1.EventType
+	64, // 82: edgesync.v1.SubscriptionEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	38, // 83: edgesync.v1.SubscriptionEvent.subscription:type_name -> edgesync.v1.Subscription
+	2,  // 84: edgesync.v1.SubscriptionEvent.state:type_name -> edgesync.v1.SubscriptionState
+	1,  // 85: edgesync.v1.ResourceEvent.type:type_name -> edgesync.v1.EventType
+	64, // 86: edgesync.v1.ResourceEvent.metadata:type_name -> k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta
+	3,  // 87: edgesync.v1.RouteDelivery.target:type_name -> edgesync.v1.RouteTarget
+	44, // 88: edgesync.v1.RouteDelivery.headers:type_name -> edgesync.v1.RouteHeader
+	57, // 89: edgesync.v1.RouteDelivery.ttl:type_name -> google.protobuf.Duration
+	44, // 90: edgesync.v1.RouteResult.headers:type_name -> edgesync.v1.RouteHeader
+	4,  // 91: edgesync.v1.SyncService.Sync:input_type -> edgesync.v1.SyncRequest
+	5,  // 92: edgesync.v1.SyncService.Sync:output_type -> edgesync.v1.SyncResponse
+	92, // [92:93] is the sub-list for method output_type
+	91, // [91:92] is the sub-list for method input_type
+	91, // [91:91] is the sub-list for extension type_name
+	91, // [91:91] is the sub-list for extension extendee
+	0,  // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_edgesync_v1_sync_proto_init() }
@@ -4644,6 +4805,7 @@ func file_edgesync_v1_sync_proto_init() {
 		(*SyncResponse_SubscriptionEvent)(nil),
 		(*SyncResponse_RouteDelivery)(nil),
 		(*SyncResponse_RouteSubscriptions)(nil),
+		(*SyncResponse_EventBatch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4651,7 +4813,7 @@ func file_edgesync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgesync_v1_sync_proto_rawDesc), len(file_edgesync_v1_sync_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -60,6 +60,25 @@
 // need not acknowledge them on their own (the Go edgeclient lets them ride on
 // the next object event's Ack, which saves a message per report).
 //
+// # Batches
+//
+// An edge may accept several object events in one message: it says so in
+// Hello.batches, with the largest message it accepts. The server may then
+// carry object events that wait for the edge as one SyncResponse holding an
+// EventBatch: each event in it is a complete SyncResponse with a sequence
+// of its own, the events' sequences consecutive and in the order they are
+// to be applied, exactly as if each had come alone. The batch's own
+// sequence is its last event's: a batch takes no sequence number of its
+// own, so an edge that acknowledges cumulatively need not know batches
+// exist beyond unpacking them (Ack the outer sequence, or any event's).
+// Every event of a batch counts against ack_window like one sent alone, and
+// Nack names the sequence of the event inside the batch. Batches hold only
+// object events (never Welcome, SyncComplete, StatusResult or other control
+// messages), never hold a batch, and never exceed the edge's stated size;
+// an event larger than that size comes alone. An edge that does not set
+// Hello.batches (older edges, grpcurl) gets every event in a message of its
+// own, as before.
+//
 // An edge that cannot apply an object sends Nack with the object and a
 // reason. The server records it (metrics, AdminService, logs) and continues;
 // a Nack also acknowledges nothing, so the edge still sends Ack for it.

@@ -31,6 +31,9 @@ const (
 	responseServiceEvent = 19
 	responseSliceEvent   = 20
 	responseResource     = 23
+	responseEventBatch   = 25
+
+	batchEvents = 1
 
 	eventType   = 1
 	eventObject = 2
@@ -65,6 +68,9 @@ type response struct {
 	ref          *edgesyncv1.ObjectRef // set for object events
 	deleted      bool
 	sentAt       string // the ConfigMap's SentAtKey value, if any
+	// events are the object events of an EventBatch, in order; sequence
+	// is then the last one's.
+	events []response
 }
 
 // shallowCodec marshals requests as protobuf and reads responses into a
@@ -92,7 +98,7 @@ func (shallowCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
-	*r = response{}
+	*r = response{events: r.events[:0]}
 	return r.decode(buf.ReadOnlyData())
 }
 
@@ -160,7 +166,27 @@ func (r *response) decode(b []byte) error {
 			return r.event(edgesyncv1.Kind_KIND_SERVICE_ACCOUNT_TOKEN, sub)
 		case responseResource:
 			return r.resource(sub)
+		case responseEventBatch:
+			return r.batch(sub)
 		}
+		return nil
+	})
+}
+
+// batch reads an EventBatch: each event a SyncResponse of its own.
+func (r *response) batch(b []byte) error {
+	return fields(b, func(num protowire.Number, _ protowire.Type, _ uint64, sub []byte) error {
+		if num != batchEvents {
+			return nil
+		}
+		var ev response
+		if err := ev.decode(sub); err != nil {
+			return err
+		}
+		if ev.ref == nil || len(ev.events) > 0 {
+			return errors.New("edgesim: an EventBatch holds object events only")
+		}
+		r.events = append(r.events, ev)
 		return nil
 	})
 }

@@ -110,3 +110,45 @@ func TestShallowCodecRefusesTruncatedInput(t *testing.T) {
 		t.Fatalf("truncated message decoded without error: %+v", got)
 	}
 }
+
+// A batch reads as its events, in order, each with its own sequence; the
+// message's sequence is the last event's.
+func TestShallowCodecReadsBatches(t *testing.T) {
+	event := func(seq uint64, name string, typ edgesyncv1.EventType) *edgesyncv1.SyncResponse {
+		return &edgesyncv1.SyncResponse{Sequence: seq, Message: &edgesyncv1.SyncResponse_ConfigMapEvent{ConfigMapEvent: &edgesyncv1.ConfigMapEvent{
+			Type: typ, ConfigMap: &corev1pb.ConfigMap{Metadata: meta("ns", name, "u-"+name, "1")},
+		}}}
+	}
+	msg := &edgesyncv1.SyncResponse{Sequence: 6, Message: &edgesyncv1.SyncResponse_EventBatch{EventBatch: &edgesyncv1.EventBatch{Events: []*edgesyncv1.SyncResponse{
+		event(4, "a", edgesyncv1.EventType_EVENT_TYPE_APPLY), event(5, "b", edgesyncv1.EventType_EVENT_TYPE_DELETE), event(6, "c", edgesyncv1.EventType_EVENT_TYPE_APPLY),
+	}}}}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got response
+	if err := (shallowCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.sequence != 6 || len(got.events) != 3 {
+		t.Fatalf("decoded sequence %d with %d events, want 6 with 3", got.sequence, len(got.events))
+	}
+	for i, want := range []struct {
+		seq     uint64
+		name    string
+		deleted bool
+	}{{4, "a", false}, {5, "b", true}, {6, "c", false}} {
+		ev := got.events[i]
+		if ev.sequence != want.seq || ev.ref.GetName() != want.name || ev.deleted != want.deleted {
+			t.Errorf("event %d: sequence %d %s deleted=%v, want %d %s deleted=%v", i, ev.sequence, ev.ref.GetName(), ev.deleted, want.seq, want.name, want.deleted)
+		}
+	}
+	// A batch in a batch breaks the protocol.
+	nested, err := proto.Marshal(&edgesyncv1.SyncResponse{Sequence: 6, Message: &edgesyncv1.SyncResponse_EventBatch{EventBatch: &edgesyncv1.EventBatch{Events: []*edgesyncv1.SyncResponse{msg}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (shallowCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(nested)}, &got); err == nil {
+		t.Fatal("a batch nested in a batch decoded without error")
+	}
+}

@@ -63,6 +63,9 @@ type Config struct {
 	// Edgeclient, when set, runs every edge through the edgeclient
 	// library instead of the lean built-in client.
 	Edgeclient *EdgeclientConfig
+	// SingleEvents makes lean edges leave Hello.batches unset, as edges
+	// before batches did: the server then sends every object event alone.
+	SingleEvents bool
 	// Subscriptions, when set, returns the subscriptions a node sends in
 	// every Hello (the resources its applications read); the objects they
 	// cover are held like any other (KIND_RESOURCE).
@@ -191,6 +194,10 @@ func New(cfg Config, names []string, certificates []tls.Certificate) (*Fleet, er
 	}
 	return f, nil
 }
+
+// maxRecvMessageBytes is grpc-go's default limit on a received message,
+// which the lean edges keep: their batches stay within it.
+const maxRecvMessageBytes = 4 << 20
 
 // TransportOptions are the gRPC transport settings of a simulated edge, the
 // same as edgeclient's: a small read buffer and a static 1 MiB receive
@@ -474,10 +481,15 @@ func (e *edge) stream(ctx context.Context, welcomed func()) (err error) {
 		case resp.statusResult:
 			c.StatusResults.Add(1)
 			continue
+		case len(resp.events) > 0:
+			for i := range resp.events {
+				e.apply(&resp.events[i])
+			}
 		case resp.ref == nil:
 			continue // Welcome, or a message this simulator does not know
+		default:
+			e.apply(&resp)
 		}
-		e.apply(&resp)
 		select {
 		case <-latest:
 		default:
@@ -555,6 +567,9 @@ func (e *edge) hello() *edgesyncv1.Hello {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	h := &edgesyncv1.Hello{NodeName: e.name, AgentVersion: "edgesync-bench/edgesim"}
+	if !e.fleet.cfg.SingleEvents {
+		h.Batches = &edgesyncv1.Batches{MaxMessageBytes: maxRecvMessageBytes}
+	}
 	if e.fleet.cfg.Subscriptions != nil {
 		h.Subscriptions = e.fleet.cfg.Subscriptions(e.name)
 	}
