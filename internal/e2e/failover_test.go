@@ -328,6 +328,11 @@ func churn(t *testing.T, client kubernetes.Interface, ns string) *churner {
 	c.stop = sync.OnceValues(func() (int, string) {
 		cancel()
 		<-done
+		// An Update cut short by the cancel may still have been written:
+		// the apiserver's version is the last one, not the last answer.
+		if cm, err := client.CoreV1().ConfigMaps(ns).Get(context.Background(), "settings", metav1.GetOptions{}); err == nil {
+			last = cm.ResourceVersion
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.updates, last
