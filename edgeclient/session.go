@@ -196,7 +196,7 @@ func (c *Client) session(ctx context.Context, gen uint64, ep endpoints.Endpoint)
 		Subscriptions: c.subscriptionSet(),
 		// Several object events may come in one message (EventBatch),
 		// within what this client receives.
-		Batches: &edgesyncv1.Batches{MaxMessageBytes: uint32(min(c.cfg.MaxRecvMessageBytes, math.MaxUint32))},
+		Batches: &edgesyncv1.Batches{MaxMessageBytes: uint32(min(uint64(c.cfg.MaxRecvMessageBytes), math.MaxUint32))},
 	}}}
 	if err := stream.Send(hello); err != nil {
 		if errors.Is(err, io.EOF) {
