@@ -183,8 +183,14 @@ func (r *response) batch(b []byte) error {
 		if err := ev.decode(sub); err != nil {
 			return err
 		}
-		if ev.ref == nil || len(ev.events) > 0 {
-			return errors.New("edgesim: an EventBatch holds object events only")
+		switch {
+		case len(ev.events) > 0:
+			return errors.New("edgesim: an EventBatch holds no EventBatch")
+		case ev.ref == nil:
+			// An object event this simulator does not read (a
+			// SubscriptionEvent, say): skipped, as it is when it comes
+			// alone; the batch's sequence still acknowledges it.
+			return nil
 		}
 		r.events = append(r.events, ev)
 		return nil
