@@ -47,9 +47,10 @@ type Held struct {
 // to the objects a node holds costs one index lookup per message: with
 // thousands of sessions the index is rarely in the CPU cache, and every
 // lookup is a cache miss, so the queue makes as few as it can.
+//
+// The queue notifies no one: its owner (the session) is told of a push by
+// the publisher and starts a sender when needed.
 type Queue struct {
-	notify chan struct{} // capacity 1: "something was pushed"
-
 	mu    sync.Mutex // guards the fields below and every slot
 	slots map[feed.Key]*slot
 	order []*slot // FIFO of the queued slots
@@ -74,12 +75,8 @@ type slot struct {
 
 // New returns an empty queue.
 func New() *Queue {
-	return &Queue{notify: make(chan struct{}, 1), slots: make(map[feed.Key]*slot)}
+	return &Queue{slots: make(map[feed.Key]*slot)}
 }
-
-// Ready receives a value after a push; the receiver should then Pop until
-// the queue is empty.
-func (q *Queue) Ready() <-chan struct{} { return q.notify }
 
 // Push queues obj, replacing any entry for the same key (latest wins; a
 // delete replaces an apply and vice versa). It reports whether the queue grew.
@@ -110,10 +107,6 @@ func (q *Queue) push(obj *feed.Object, replace bool) bool {
 	q.mu.Unlock()
 	if queued && !replace {
 		return false
-	}
-	select {
-	case q.notify <- struct{}{}:
-	default:
 	}
 	return !queued
 }

@@ -94,21 +94,6 @@ func TestPendingMark(t *testing.T) {
 	}
 }
 
-func TestReadyAfterPush(t *testing.T) {
-	q := New()
-	select {
-	case <-q.Ready():
-		t.Fatal("Ready before any push")
-	default:
-	}
-	q.Push(obj("a", "1", false))
-	select {
-	case <-q.Ready():
-	default:
-		t.Fatal("not Ready after push")
-	}
-}
-
 // Updates to the same objects reuse their slots, in FIFO order again, and
 // an acknowledged delete frees its object's slot: the index holds at most
 // the objects the node has or is sent, however many versions pass through.
